@@ -1,0 +1,108 @@
+//! The objects that REST bodies and WebSocket frames are made of.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A user's role: admins have no quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    /// An ordinary user.
+    #[default]
+    User,
+    /// An administrator, exempt from quotas.
+    Admin,
+}
+
+/// A user as the API shows it (never with credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user id, also the `sub` claim of their tokens.
+    pub id: Uuid,
+    /// The login name.
+    pub username: String,
+    /// Whether the user is an admin.
+    pub role: UserRole,
+}
+
+/// A chat session (a conversation) as listed and returned by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session id.
+    pub id: Uuid,
+    /// The title shown in session lists.
+    pub title: String,
+    /// When the session was created.
+    pub created_at: DateTime<Utc>,
+    /// When the session or its messages last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The person chatting.
+    User,
+    /// The model.
+    Assistant,
+    /// Instructions to the model.
+    System,
+}
+
+/// Whether a stored message is whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// The message is whole.
+    #[default]
+    Complete,
+    /// The reply was stopped early; the content is what had arrived.
+    Cancelled,
+    /// The reply failed; the content is what had arrived.
+    Error,
+}
+
+/// A stored chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The message id.
+    pub id: Uuid,
+    /// The session it belongs to.
+    pub session_id: Uuid,
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text (markdown for assistant replies).
+    pub content: String,
+    /// Tokens it counted for, when known.
+    pub token_count: Option<u32>,
+    /// Whether it is whole.
+    pub status: MessageStatus,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Token usage of one model reply, as the provider reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    /// Tokens in the prompt (the context sent).
+    pub prompt_tokens: u32,
+    /// Tokens in the reply.
+    pub completion_tokens: u32,
+    /// Both together.
+    pub total_tokens: u32,
+}
+
+/// A user's daily message quota.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Messages sent today (UTC).
+    pub messages_today: u32,
+    /// The daily limit; `None` means unlimited.
+    pub limit: Option<u32>,
+    /// Messages left today; `None` means unlimited.
+    pub remaining: Option<u32>,
+    /// When the count starts again (next midnight UTC).
+    pub resets_at: DateTime<Utc>,
+}

@@ -1,0 +1,136 @@
+//! REST request and response bodies, and the SSE events of a streamed send.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User};
+
+/// Body of `POST /api/v1/auth/register`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The wanted login name: 3 to 32 of `[A-Za-z0-9_.-]`.
+    pub username: String,
+    /// The password: at least 8 characters.
+    pub password: String,
+}
+
+/// Body of `POST /api/v1/auth/login`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// The login name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+/// Answer to register and login: a bearer token and the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthResponse {
+    /// The JWT to send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Who the token is for.
+    pub user: User,
+}
+
+/// Answer to `GET /api/v1/auth/me`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeResponse {
+    /// The authenticated user.
+    pub user: User,
+    /// Their quota today.
+    pub quota: Quota,
+}
+
+/// Body of `POST /api/v1/chat/sessions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CreateSessionRequest {
+    /// The title; "New chat" when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Body of `PATCH /api/v1/chat/sessions/:id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSessionRequest {
+    /// The new title.
+    pub title: String,
+}
+
+/// Answer to `GET /api/v1/chat/sessions`: one page of sessions, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// The sessions on this page.
+    pub sessions: Vec<Session>,
+    /// How many sessions the user has in all.
+    pub total: u64,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// The page size used.
+    pub per_page: u32,
+    /// How many pages there are.
+    pub total_pages: u32,
+}
+
+/// Answer to `GET /api/v1/chat/sessions/:id`: the session and its messages, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWithMessages {
+    /// The session.
+    pub session: Session,
+    /// Its messages in chronological order.
+    pub messages: Vec<Message>,
+}
+
+/// Answer to `DELETE /api/v1/chat/sessions/:id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    /// Always "Session deleted".
+    pub message: String,
+}
+
+/// Body of `POST /api/v1/chat/sessions/:id/messages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessageRequest {
+    /// The user's message.
+    pub content: String,
+}
+
+/// Answer to a non-streaming send: both stored messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessageResponse {
+    /// The stored user message.
+    pub user_message: Message,
+    /// The stored assistant reply.
+    pub assistant_message: Message,
+}
+
+/// One `data:` event of a streamed send (`Accept: text/event-stream`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SseEvent {
+    /// The reply ended: `{"done": true, "message_id", "finish_reason", "usage"}`.
+    Done {
+        /// Always true.
+        done: bool,
+        /// The stored assistant message.
+        message_id: Uuid,
+        /// Why the reply ended.
+        finish_reason: FinishReason,
+        /// Token usage, when the provider reported it.
+        #[serde(default)]
+        usage: Option<Usage>,
+    },
+    /// A piece of the reply: `{"chunk": "...", "done": false}`.
+    Chunk {
+        /// The text to append.
+        chunk: String,
+        /// Always false.
+        done: bool,
+    },
+    /// The request failed; the stream ends: `{"error": "...", "code": "..."}`.
+    Error {
+        /// What went wrong, for people.
+        error: String,
+        /// What went wrong, for programs.
+        code: ErrorCode,
+    },
+}

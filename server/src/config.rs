@@ -1,0 +1,357 @@
+//! Server configuration: one struct, loaded once from the environment.
+//!
+//! Every variable has a default that runs on a fresh machine; a bad value fails start-up
+//! with an error naming the variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::llm::mock::MockSettings;
+
+/// A configuration variable that is missing a required value or has a bad one.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Where the model replies come from.
+#[derive(Clone, Debug)]
+pub enum ModelBackend {
+    /// A real OpenAI-compatible provider (SambaNova by default).
+    Remote {
+        /// The provider's API key.
+        api_key: String,
+        /// Base URL, e.g. `https://api.sambanova.ai/v1`.
+        api_base: String,
+    },
+    /// The built-in mock model, started on a loopback port at start-up.
+    Mock(MockSettings),
+}
+
+/// How the server verifies and issues tokens.
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    /// HS256 secret for tokens this server issues (and host tokens signed with it).
+    /// `None` in dev mode until the server generates one beside its data.
+    pub secret: Option<Vec<u8>>,
+    /// Public key (PEM) of a host application that signs tokens with RS256 or ES256.
+    pub public_key_pem: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Lifetime of tokens this server issues.
+    pub ttl: Duration,
+    /// Clock skew tolerated on `exp`.
+    pub leeway: Duration,
+}
+
+/// The whole server configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `BIND_ADDR`: where the HTTP server listens.
+    pub bind_addr: SocketAddr,
+    /// `RELAY_ENV=production` turns dev conveniences off (generated secrets).
+    pub production: bool,
+    /// `RELAY_DATA_DIR`: directory for the embedded database and generated secrets.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`: `surrealkv://path`, `mem://` or `ws://host:port`.
+    pub database_url: String,
+    /// `DATABASE_USER` / `DATABASE_PASS`: root credentials for a remote SurrealDB.
+    pub database_credentials: Option<(String, String)>,
+    /// `DATABASE_NS`: SurrealDB namespace.
+    pub database_ns: String,
+    /// `DATABASE_DB`: SurrealDB database.
+    pub database_db: String,
+    /// JWT settings.
+    pub jwt: JwtConfig,
+    /// `CHAT_ADMIN_USERS`: usernames that are admins.
+    pub admin_users: Vec<String>,
+    /// The model provider or the mock.
+    pub model_backend: ModelBackend,
+    /// `SAMBANOVA_MODEL`: model name sent upstream.
+    pub model: String,
+    /// `CHAT_MAX_TOKENS`: reply token limit sent upstream.
+    pub max_tokens: u32,
+    /// `LLM_TIMEOUT_SECS`: time allowed for the provider to answer, and between chunks.
+    pub llm_timeout: Duration,
+    /// `CHAT_SYSTEM_PROMPT`: the system message that starts every context.
+    pub system_prompt: String,
+    /// `CHAT_MAX_CONTEXT_MESSAGES`: how many recent messages are sent as context.
+    pub max_context_messages: usize,
+    /// `CHAT_MAX_MESSAGE_LENGTH`: longest user message, in characters.
+    pub max_message_length: usize,
+    /// `CHAT_DAILY_MESSAGE_QUOTA`: messages per user per UTC day (0 = unlimited).
+    pub daily_message_quota: Option<u32>,
+    /// `CHAT_CANCEL_GRACE_MS`: how long a reply runs on with nobody watching.
+    pub cancel_grace: Duration,
+    /// `CHAT_MAX_QUEUED_SENDS`: sends a session may hold waiting; more answer `busy`.
+    pub max_queued_sends: usize,
+    /// `CHAT_SESSION_IDLE_SECS`: an unwatched, idle session actor stops after this.
+    pub session_idle: Duration,
+    /// `CHAT_CHECKPOINT_MS`: how often a reply in progress is saved.
+    pub checkpoint_interval: Duration,
+    /// `HTTP_MAX_BODY_BYTES`: largest REST request body.
+    pub max_body_bytes: usize,
+    /// `WS_MAX_FRAME_BYTES`: largest WebSocket frame; larger closes with 1009.
+    pub ws_max_frame_bytes: usize,
+    /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
+    pub ws_outbound_queue: usize,
+    /// `WS_PING_INTERVAL_SECS`: how often the server pings an idle connection.
+    pub ws_ping_interval: Duration,
+    /// `WS_PING_TIMEOUT_SECS`: a connection silent this long is closed.
+    pub ws_ping_timeout: Duration,
+    /// `WS_AUTH_TIMEOUT_SECS`: time allowed for the first `auth` frame.
+    pub ws_auth_timeout: Duration,
+}
+
+/// The variables the built-in mock model reads (see [`MockSettings::from_lookup`]).
+const MOCK_VARS: [&str; 7] = [
+    "MOCK_FIRST_TOKEN_MS",
+    "MOCK_TOKENS_PER_SEC",
+    "MOCK_REPLY_TOKENS",
+    "MOCK_TOKEN_BYTES",
+    "MOCK_FAULT",
+    "MOCK_CHOICES",
+    "MOCK_API_KEY",
+];
+
+const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
+
+impl Config {
+    /// Loads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    /// Loads the configuration from a map of variables (for tests and embedding).
+    pub fn from_map(vars: &HashMap<&str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    /// Loads the configuration from any variable lookup; empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let production = match var("RELAY_ENV").as_deref() {
+            None | Some("development") | Some("dev") => false,
+            Some("production") | Some("prod") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "RELAY_ENV",
+                    reason: format!("expected development or production, got {other:?}"),
+                });
+            }
+        };
+        let data_dir = PathBuf::from(var("RELAY_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let database_url = var("DATABASE_URL")
+            .unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("relay.db").display()));
+        if !["surrealkv://", "mem://", "memory", "ws://", "wss://"]
+            .iter()
+            .any(|p| database_url.starts_with(p))
+        {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                reason: format!("unsupported scheme in {database_url:?} (surrealkv://, mem://, ws://, wss://)"),
+            });
+        }
+        let database_credentials = match (var("DATABASE_USER"), var("DATABASE_PASS")) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError { var: "DATABASE_PASS", reason: "set DATABASE_USER without DATABASE_PASS".into() });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError { var: "DATABASE_USER", reason: "set DATABASE_PASS without DATABASE_USER".into() });
+            }
+        };
+
+        let secret = var("JWT_SECRET").map(String::into_bytes);
+        let public_key_pem = var("JWT_PUBLIC_KEY_PEM");
+        if let Some(s) = &secret {
+            if production && s.len() < 32 {
+                return Err(ConfigError {
+                    var: "JWT_SECRET",
+                    reason: "must be at least 32 bytes when RELAY_ENV=production".into(),
+                });
+            }
+        } else if production {
+            return Err(ConfigError {
+                var: "JWT_SECRET",
+                reason: "required (at least 32 bytes) when RELAY_ENV=production".into(),
+            });
+        }
+        if let Some(pem) = &public_key_pem {
+            if !pem.contains("-----BEGIN") {
+                return Err(ConfigError { var: "JWT_PUBLIC_KEY_PEM", reason: "not a PEM public key".into() });
+            }
+        }
+        let jwt = JwtConfig {
+            secret,
+            public_key_pem,
+            issuer: var("JWT_ISSUER"),
+            audience: var("JWT_AUDIENCE"),
+            ttl: parse_duration("JWT_TTL", var("JWT_TTL"), Duration::from_secs(24 * 3600))?,
+            leeway: Duration::from_secs(30),
+        };
+
+        let model_backend = match (var("SAMBANOVA_API_KEY"), parse_bool("LLM_MOCK", var("LLM_MOCK"))?) {
+            (Some(api_key), false) => ModelBackend::Remote {
+                api_key,
+                api_base: var("SAMBANOVA_API_BASE")
+                    .unwrap_or_else(|| "https://api.sambanova.ai/v1".into())
+                    .trim_end_matches('/')
+                    .to_string(),
+            },
+            _ => ModelBackend::Mock(MockSettings::from_lookup(&var).map_err(|reason| ConfigError {
+                var: MOCK_VARS.iter().find(|v| reason.starts_with(*v)).copied().unwrap_or("MOCK_*"),
+                reason,
+            })?),
+        };
+
+        let daily_quota: u32 = parse("CHAT_DAILY_MESSAGE_QUOTA", var("CHAT_DAILY_MESSAGE_QUOTA"), 100)?;
+        let config = Config {
+            bind_addr: parse("BIND_ADDR", var("BIND_ADDR"), SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            production,
+            data_dir,
+            database_url,
+            database_credentials,
+            database_ns: var("DATABASE_NS").unwrap_or_else(|| "relay".into()),
+            database_db: var("DATABASE_DB").unwrap_or_else(|| "chat".into()),
+            jwt,
+            admin_users: var("CHAT_ADMIN_USERS")
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+            model_backend,
+            model: var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
+            max_tokens: positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), 2048)?,
+            llm_timeout: Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?),
+            system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+            max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
+            max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
+            daily_message_quota: (daily_quota > 0).then_some(daily_quota),
+            cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
+            max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
+            session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),
+            checkpoint_interval: Duration::from_millis(positive("CHAT_CHECKPOINT_MS", var("CHAT_CHECKPOINT_MS"), 1000)?),
+            max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
+            ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
+            ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
+            ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
+            ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
+            ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
+        };
+        Ok(config)
+    }
+
+    /// Whether a username is listed in `CHAT_ADMIN_USERS`.
+    pub fn is_admin(&self, username: &str) -> bool {
+        self.admin_users.iter().any(|a| a == username)
+    }
+}
+
+fn parse<T: FromStr>(name: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e| ConfigError { var: name, reason: format!("{v:?}: {e}") }),
+    }
+}
+
+fn positive<T: FromStr + PartialOrd + Default>(name: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let v = parse(name, value, default)?;
+    if v <= T::default() {
+        return Err(ConfigError { var: name, reason: "must be greater than zero".into() });
+    }
+    Ok(v)
+}
+
+fn parse_bool(name: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError { var: name, reason: format!("expected 1/0/true/false, got {other:?}") }),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `24h` or `7d`.
+fn parse_duration(name: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    let v = v.trim();
+    let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| ConfigError { var: name, reason: format!("{v:?} is not a duration like 3600, 90s, 15m, 24h, 7d") })?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(ConfigError { var: name, reason: format!("unknown unit in {v:?} (s, m, h, d)") }),
+    };
+    if secs == 0 {
+        return Err(ConfigError { var: name, reason: "must be greater than zero".into() });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<&str, String> = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_run_anywhere() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.database_url.starts_with("surrealkv://"));
+        assert!(matches!(c.model_backend, ModelBackend::Mock(_)));
+        assert_eq!(c.max_message_length, 4000);
+        assert_eq!(c.max_context_messages, 20);
+        assert_eq!(c.cancel_grace, Duration::from_millis(3000));
+        assert_eq!(c.jwt.ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(load(&[("BIND_ADDR", "nowhere")]).unwrap_err().var, "BIND_ADDR");
+        assert_eq!(load(&[("CHAT_MAX_TOKENS", "0")]).unwrap_err().var, "CHAT_MAX_TOKENS");
+        assert_eq!(load(&[("JWT_TTL", "3x")]).unwrap_err().var, "JWT_TTL");
+        assert_eq!(load(&[("DATABASE_URL", "postgres://x")]).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(load(&[("MOCK_FAULT", "explode")]).unwrap_err().var, "MOCK_FAULT");
+    }
+
+    #[test]
+    fn production_demands_a_strong_secret() {
+        assert_eq!(load(&[("RELAY_ENV", "production")]).unwrap_err().var, "JWT_SECRET");
+        assert_eq!(load(&[("RELAY_ENV", "production"), ("JWT_SECRET", "short")]).unwrap_err().var, "JWT_SECRET");
+        let strong = "x".repeat(32);
+        assert!(load(&[("RELAY_ENV", "production"), ("JWT_SECRET", &strong)]).is_ok());
+        assert!(load(&[("JWT_SECRET", "short")]).is_ok(), "dev mode accepts a weak secret");
+    }
+
+    #[test]
+    fn api_key_selects_the_real_provider_unless_mock_is_forced() {
+        let c = load(&[("SAMBANOVA_API_KEY", "k")]).unwrap();
+        assert!(matches!(c.model_backend, ModelBackend::Remote { ref api_base, .. } if api_base == "https://api.sambanova.ai/v1"));
+        let c = load(&[("SAMBANOVA_API_KEY", "k"), ("LLM_MOCK", "1")]).unwrap();
+        assert!(matches!(c.model_backend, ModelBackend::Mock(_)));
+    }
+}

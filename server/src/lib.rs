@@ -1,0 +1,24 @@
+//! relay-chat server: a self-hosted, real-time LLM chat backend.
+//!
+//! Layout, one module per idea: [`config`] (environment), [`store`] (SurrealDB),
+//! [`auth`] (passwords and tokens), [`llm`] (the model client and the built-in mock),
+//! [`session`] (one actor per live chat session), [`fanout`] and [`hub`] (delivering
+//! frames), [`catalog`] (a user's session list), [`http`] and [`ws`] (the wire), [`limits`]
+//! (quotas), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod llm;
+pub mod session;
+pub mod store;
+pub mod ws;
+
+pub use app::{AppState, Server};
+pub use config::Config;

@@ -1,0 +1,69 @@
+//! Ordered, idempotent schema migrations, recorded in the database itself.
+//!
+//! Each migration is a SurrealQL file under `schema/`. The newest applied version is kept
+//! in the `schema_migration` table; at start-up the server applies the ones after it, and
+//! refuses a database whose schema is newer than the migrations it was built with (an
+//! older server must not write into a schema it does not understand).
+
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+
+use super::StoreError;
+
+/// One schema migration.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// Its version, counting from 1 without gaps.
+    pub version: u32,
+    /// A short name, recorded with the version.
+    pub name: &'static str,
+    /// The SurrealQL to run; must be safe to run twice.
+    pub sql: &'static str,
+}
+
+/// The migrations this build knows, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../../schema/0001_init.surql"),
+}];
+
+const BOOKKEEPING: &str = "
+    DEFINE TABLE IF NOT EXISTS schema_migration SCHEMAFULL;
+    DEFINE FIELD IF NOT EXISTS version ON schema_migration TYPE int;
+    DEFINE FIELD IF NOT EXISTS name ON schema_migration TYPE string;
+    DEFINE FIELD IF NOT EXISTS applied_at ON schema_migration TYPE datetime;
+    DEFINE INDEX IF NOT EXISTS schema_migration_version ON schema_migration FIELDS version UNIQUE;
+";
+
+/// Applies the migrations newer than the database's version; returns the version after.
+pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result<u32, StoreError> {
+    db.query(BOOKKEEPING).await?.check()?;
+    let current = current_version(db).await?;
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(StoreError::SchemaTooNew { found: current, known });
+    }
+    for migration in migrations.iter().filter(|m| m.version > current) {
+        tracing::info!(version = migration.version, name = migration.name, "applying schema migration");
+        let sql = format!(
+            "BEGIN TRANSACTION;\n{}\nCREATE type::record('schema_migration', $version) CONTENT \
+             {{ version: $version, name: $name, applied_at: time::now() }};\nCOMMIT TRANSACTION;",
+            migration.sql
+        );
+        db.query(sql)
+            .bind(serde_json::json!({"version": migration.version, "name": migration.name}))
+            .await?
+            .check()?;
+    }
+    current_version(db).await
+}
+
+async fn current_version(db: &Surreal<Any>) -> Result<u32, StoreError> {
+    let mut response = db
+        .query("SELECT version FROM schema_migration ORDER BY version DESC LIMIT 1")
+        .await?
+        .check()?;
+    let rows: Vec<serde_json::Value> = response.take(0)?;
+    Ok(rows.first().and_then(|r| r.get("version")).and_then(|v| v.as_u64()).unwrap_or(0) as u32)
+}

@@ -1,0 +1,357 @@
+//! Persistence in SurrealDB: users, chat sessions, chat messages and daily usage.
+//!
+//! The store speaks SurrealQL through the `surrealdb` crate's `any` engine, so one code
+//! path serves the embedded on-disk database (`surrealkv://`), the in-memory one (`mem://`)
+//! and a remote server (`ws://`). Rows come back as JSON and are decoded into the
+//! protocol's types, which keeps the SDK's own value types out of the rest of the server.
+
+mod migrations;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use relay_protocol::{Message, MessageStatus, Session, UserRole};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::opt::auth::Root;
+use uuid::Uuid;
+
+pub use migrations::{MIGRATIONS, Migration};
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database rejected a query or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] surrealdb::Error),
+    /// A row did not have the shape the server expects.
+    #[error("unexpected row shape: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// A unique index refused the write (a taken username).
+    #[error("already exists")]
+    Conflict,
+    /// The database holds a schema newer than this server knows.
+    #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
+    SchemaTooNew {
+        /// The newest migration recorded in the database.
+        found: u32,
+        /// The newest migration this build carries.
+        known: u32,
+    },
+}
+
+/// Connection settings for [`Store::connect`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// `surrealkv://path`, `mem://` or `ws://host:port`.
+    pub url: String,
+    /// Root user and password for a remote server.
+    pub credentials: Option<(String, String)>,
+    /// Namespace to use.
+    pub namespace: String,
+    /// Database to use.
+    pub database: String,
+}
+
+/// A stored user with the password hash (never sent to clients).
+#[derive(Clone, Debug, Deserialize)]
+pub struct UserRecord {
+    /// The user id.
+    pub id: Uuid,
+    /// The login name.
+    pub username: String,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+    /// Stored role.
+    pub role: UserRole,
+}
+
+/// A stored session with its owner, as the session actor needs it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SessionRecord {
+    /// The session as the API shows it.
+    #[serde(flatten)]
+    pub session: Session,
+    /// The owner's user id.
+    pub user_id: Uuid,
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Surreal<Any>,
+}
+
+const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
+const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at";
+
+impl Store {
+    /// Connects, selects namespace and database, and applies pending migrations.
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        let url = embedded_path_ready(&config.url);
+        let db = surrealdb::engine::any::connect(url).await?;
+        if let Some((username, password)) = &config.credentials {
+            db.signin(Root { username: username.clone(), password: password.clone() }).await?;
+        }
+        if config.url.starts_with("ws") {
+            // A remote server may not have them yet; defining is idempotent.
+            db.query(format!(
+                "DEFINE NAMESPACE IF NOT EXISTS `{ns}`; USE NS `{ns}`; DEFINE DATABASE IF NOT EXISTS `{db}`;",
+                ns = config.namespace,
+                db = config.database
+            ))
+            .await?
+            .check()?;
+        }
+        db.use_ns(config.namespace.clone()).use_db(config.database.clone()).await?;
+        let store = Store { db };
+        migrations::apply(&store.db, MIGRATIONS).await?;
+        Ok(store)
+    }
+
+    /// Applies a given list of migrations (for tests of the migration runner).
+    pub async fn apply_migrations(&self, migrations: &[Migration]) -> Result<u32, StoreError> {
+        migrations::apply(&self.db, migrations).await
+    }
+
+    /// Checks that the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.query("RETURN 1").await?.check()?;
+        Ok(())
+    }
+
+    async fn rows<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        bind: serde_json::Value,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut response = self.db.query(sql).bind(bind).await?.check()?;
+        let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 1)?;
+        rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
+    }
+
+    async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
+        let result = self.db.query(sql).bind(bind).await?.check();
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    /// Stores a new user; [`StoreError::Conflict`] when the username is taken.
+    pub async fn create_user(&self, username: &str, password_hash: &str, role: UserRole) -> Result<UserRecord, StoreError> {
+        let id = Uuid::new_v4();
+        self.execute(
+            "CREATE type::record('user', $id) CONTENT { username: $username, password_hash: $hash, role: $role, created_at: time::now() }",
+            serde_json::json!({"id": id, "username": username, "hash": password_hash, "role": role}),
+        )
+        .await?;
+        Ok(UserRecord { id, username: username.to_string(), password_hash: password_hash.to_string(), role })
+    }
+
+    /// Finds a user by login name.
+    pub async fn find_user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT record::id(id) AS id, username, password_hash, role FROM user WHERE username = $username LIMIT 1",
+                serde_json::json!({"username": username}),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Finds a user by id.
+    pub async fn find_user(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT record::id(id) AS id, username, password_hash, role FROM type::record('user', $id)",
+                serde_json::json!({"id": id}),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    // ---- sessions ----------------------------------------------------------------------
+
+    /// Creates a session owned by `user_id`.
+    pub async fn create_session(&self, user_id: Uuid, title: &str) -> Result<Session, StoreError> {
+        let now = Utc::now();
+        let session = Session { id: Uuid::new_v4(), title: title.to_string(), created_at: now, updated_at: now };
+        self.execute(
+            "CREATE type::record('chat_session', $id) CONTENT { user_id: $user_id, title: $title, \
+             created_at: <datetime>$now, updated_at: <datetime>$now }",
+            serde_json::json!({"id": session.id, "user_id": user_id, "title": title, "now": now}),
+        )
+        .await?;
+        Ok(session)
+    }
+
+    /// Loads a session that exists and is not deleted, whoever owns it.
+    pub async fn get_session(&self, session_id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let rows = self
+            .rows(
+                &format!("SELECT {SESSION_FIELDS} FROM type::record('chat_session', $id) WHERE deleted_at = NONE"),
+                serde_json::json!({"id": session_id}),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Loads a session only if `user_id` owns it and it is not deleted.
+    pub async fn get_owned_session(&self, user_id: Uuid, session_id: Uuid) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .get_session(session_id)
+            .await?
+            .filter(|r| r.user_id == user_id)
+            .map(|r| r.session))
+    }
+
+    /// One page of a user's live sessions, most recently active first, with the total.
+    pub async fn list_sessions(&self, user_id: Uuid, page: u32, per_page: u32) -> Result<(Vec<Session>, u64), StoreError> {
+        let start = u64::from(page.saturating_sub(1)) * u64::from(per_page);
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT {SESSION_FIELDS} FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE \
+                 ORDER BY updated_at DESC LIMIT $limit START $start;
+                 SELECT count() AS total FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL;"
+            ))
+            .bind(serde_json::json!({"user_id": user_id, "limit": per_page, "start": start}))
+            .await?
+            .check()?;
+        let rows: Vec<serde_json::Value> = response.take(0)?;
+        let totals: Vec<serde_json::Value> = response.take(1)?;
+        let sessions = rows
+            .into_iter()
+            .map(|r| serde_json::from_value::<SessionRecord>(r).map(|r| r.session))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = totals.first().and_then(|t| t.get("total")).and_then(|t| t.as_u64()).unwrap_or(0);
+        Ok((sessions, total))
+    }
+
+    /// Renames a session the user owns; `None` when it is not theirs or is deleted.
+    pub async fn rename_session(&self, user_id: Uuid, session_id: Uuid, title: &str) -> Result<Option<Session>, StoreError> {
+        let rows: Vec<SessionRecord> = self
+            .rows(
+                &format!(
+                    "UPDATE type::record('chat_session', $id) SET title = $title, updated_at = time::now() \
+                     WHERE user_id = $user_id AND deleted_at = NONE RETURN {SESSION_FIELDS}"
+                ),
+                serde_json::json!({"id": session_id, "user_id": user_id, "title": title}),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(|r| r.session))
+    }
+
+    /// Marks a session the user owns as deleted; false when it is not theirs or already gone.
+    pub async fn soft_delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "UPDATE type::record('chat_session', $id) SET deleted_at = time::now() \
+                 WHERE user_id = $user_id AND deleted_at = NONE RETURN record::id(id) AS id",
+                serde_json::json!({"id": session_id, "user_id": user_id}),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Moves a session's `updated_at` forward (it had a new message).
+    pub async fn touch_session(&self, session_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE type::record('chat_session', $id) SET updated_at = <datetime>$at",
+            serde_json::json!({"id": session_id, "at": at}),
+        )
+        .await
+    }
+
+    // ---- messages ----------------------------------------------------------------------
+
+    /// Writes a message, creating it or replacing an earlier version (a checkpoint).
+    pub async fn save_message(&self, message: &Message) -> Result<(), StoreError> {
+        let sql = if message.token_count.is_some() {
+            "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
+             content: $content, token_count: $token_count, status: $status, created_at: <datetime>$created_at }"
+        } else {
+            "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
+             content: $content, status: $status, created_at: <datetime>$created_at }"
+        };
+        self.execute(sql, serde_json::to_value(message)?).await
+    }
+
+    /// The last `limit` messages of a session, oldest first.
+    pub async fn recent_messages(&self, session_id: Uuid, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let mut rows: Vec<Message> = self
+            .rows(
+                &format!(
+                    "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                     ORDER BY created_at DESC LIMIT $limit"
+                ),
+                serde_json::json!({"session_id": session_id, "limit": limit}),
+            )
+            .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    // ---- usage -------------------------------------------------------------------------
+
+    /// Counts one more message for the user today and returns today's count.
+    pub async fn record_message_usage(&self, user_id: Uuid, day: NaiveDate) -> Result<u32, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, \
+                 messages += 1 RETURN messages",
+                serde_json::json!({"user_id": user_id, "day": day.to_string()}),
+            )
+            .await?;
+        Ok(count_field(&rows, "messages"))
+    }
+
+    /// Adds reply tokens to the user's count for the day.
+    pub async fn record_token_usage(&self, user_id: Uuid, day: NaiveDate, tokens: u32) -> Result<(), StoreError> {
+        self.execute(
+            "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, tokens += $tokens",
+            serde_json::json!({"user_id": user_id, "day": day.to_string(), "tokens": tokens}),
+        )
+        .await
+    }
+
+    /// How many messages the user sent on `day`.
+    pub async fn messages_on(&self, user_id: Uuid, day: NaiveDate) -> Result<u32, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "SELECT messages FROM type::record('daily_usage', [$user_id, $day])",
+                serde_json::json!({"user_id": user_id, "day": day.to_string()}),
+            )
+            .await?;
+        Ok(count_field(&rows, "messages"))
+    }
+}
+
+fn count_field(rows: &[serde_json::Value], field: &str) -> u32 {
+    rows.first().and_then(|r| r.get(field)).and_then(|v| v.as_u64()).unwrap_or(0) as u32
+}
+
+fn is_unique_violation(e: &surrealdb::Error) -> bool {
+    let text = e.to_string();
+    text.contains("already contains") || text.contains("already exists")
+}
+
+/// Creates the parent directory of an embedded database so a fresh machine just works.
+fn embedded_path_ready(url: &str) -> &str {
+    if let Some(path) = url.strip_prefix("surrealkv://") {
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+    }
+    url
+}
+
+/// Whether a stored message belongs in a model's context (failed replies do not).
+pub fn counts_as_context(message: &Message) -> bool {
+    message.status != MessageStatus::Error && !message.content.is_empty()
+}
