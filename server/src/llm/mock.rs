@@ -58,6 +58,9 @@ const BYTE_PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMN
 /// `system_fingerprint` SambaNova puts on its chunks.
 const SYSTEM_FINGERPRINT: &str = "fastcoe";
 
+/// Pause before breaking a body for a cut fault, long enough for hyper to flush what precedes the break.
+const CUT_FLUSH_PAUSE: Duration = Duration::from_millis(20);
+
 /// Request bodies up to this size are accepted, so long chat histories in load tests are not rejected.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
@@ -89,7 +92,10 @@ impl fmt::Debug for MockSettings {
             .field("reply_tokens", &self.reply_tokens)
             .field("token_bytes", &self.token_bytes)
             .field("fault", &self.fault)
-            .field("choices_null_in_usage_chunk", &self.choices_null_in_usage_chunk)
+            .field(
+                "choices_null_in_usage_chunk",
+                &self.choices_null_in_usage_chunk,
+            )
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -118,8 +124,14 @@ impl MockSettings {
     /// Builds settings from any variable source, so parsing is testable without mutating the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         // Empty values count as unset so `MOCK_FAULT=` in a shell script means "no fault".
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let bad = |name: &str, value: &str, why: &dyn fmt::Display| format!("{name}: invalid value {value:?}: {why}");
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |name: &str, value: &str, why: &dyn fmt::Display| {
+            format!("{name}: invalid value {value:?}: {why}")
+        };
         let mut s = Self::default();
         if let Some(v) = get("MOCK_FIRST_TOKEN_MS") {
             let ms: u64 = v.parse().map_err(|e| bad("MOCK_FIRST_TOKEN_MS", &v, &e))?;
@@ -143,7 +155,8 @@ impl MockSettings {
             s.fault = parse_optional_fault(&v).map_err(|e| bad("MOCK_FAULT", &v, &e))?;
         }
         if let Some(v) = get("MOCK_CHOICES") {
-            s.choices_null_in_usage_chunk = parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
+            s.choices_null_in_usage_chunk =
+                parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
         }
         s.api_key = get("MOCK_API_KEY");
         Ok(s)
@@ -179,7 +192,9 @@ impl FromStr for Fault {
         }
         match s.parse::<u16>() {
             Ok(code) if (400..=599).contains(&code) => Ok(Fault::Status(code)),
-            _ => Err(format!("expected an HTTP status 400..=599, \"stall\" or \"cut:N\", got {s:?}")),
+            _ => Err(format!(
+                "expected an HTTP status 400..=599, \"stall\" or \"cut:N\", got {s:?}"
+            )),
         }
     }
 }
@@ -283,7 +298,9 @@ impl MockState {
     pub async fn wait_for_closed_early(&self, at_least: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.stats.subscribe();
         let waited = tokio::time::timeout(timeout, async {
-            rx.wait_for(|s| s.streams_closed_early >= at_least).await.is_ok()
+            rx.wait_for(|s| s.streams_closed_early >= at_least)
+                .await
+                .is_ok()
         })
         .await;
         matches!(waited, Ok(true))
@@ -332,7 +349,8 @@ impl MockLlm {
         let shutdown = state.inner.shutdown.clone();
         let app = router(state.clone());
         tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(err) = serve.await {
                 tracing::warn!("mock llm server stopped with an error: {err}");
             }
@@ -394,7 +412,9 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
     match token_bytes {
         None => format!("{} ", WORDS[i % WORDS.len()]),
         // Starting each token at a different offset makes reordering or loss visible in comparisons.
-        Some(n) => (0..n).map(|j| BYTE_PATTERN[(i + j) % BYTE_PATTERN.len()] as char).collect(),
+        Some(n) => (0..n)
+            .map(|j| BYTE_PATTERN[(i + j) % BYTE_PATTERN.len()] as char)
+            .collect(),
     }
 }
 
@@ -487,10 +507,18 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(settings: &MockSettings, d: Directives, model: String, max_tokens: Option<u64>, prompt_tokens: usize) -> Self {
+    fn new(
+        settings: &MockSettings,
+        d: Directives,
+        model: String,
+        max_tokens: Option<u64>,
+        prompt_tokens: usize,
+    ) -> Self {
         let wanted = d.tokens.unwrap_or(settings.reply_tokens);
         let (tokens, finish_reason) = match max_tokens {
-            Some(max) if max < u64::try_from(wanted).unwrap_or(u64::MAX) => (max as usize, "length"),
+            Some(max) if max < u64::try_from(wanted).unwrap_or(u64::MAX) => {
+                (max as usize, "length")
+            }
             _ => (wanted, "stop"),
         };
         let tps = d.tps.unwrap_or(settings.tokens_per_second);
@@ -501,17 +529,23 @@ impl Plan {
             tokens,
             finish_reason,
             token_bytes: d.bytes.unwrap_or(settings.token_bytes),
-            first_token_delay: d.delay_ms.map(Duration::from_millis).unwrap_or(settings.first_token_delay),
+            first_token_delay: d
+                .delay_ms
+                .map(Duration::from_millis)
+                .unwrap_or(settings.first_token_delay),
             period: (tps > 0.0 && tps.is_finite()).then(|| Duration::from_secs_f64(1.0 / tps)),
             fault: d.fault.unwrap_or_else(|| settings.fault.clone()),
-            choices_null: d.choices_null.unwrap_or(settings.choices_null_in_usage_chunk),
+            choices_null: d
+                .choices_null
+                .unwrap_or(settings.choices_null_in_usage_chunk),
             prompt_tokens,
         }
     }
 
     /// When token `i` (0-based) is due, counted from the role chunk; tokens keep a fixed schedule so the average rate is exact despite timer granularity.
     fn token_due(&self, first_at: Instant, i: usize) -> Option<Instant> {
-        self.period.map(|p| first_at + p.saturating_mul(u32::try_from(i + 1).unwrap_or(u32::MAX)))
+        self.period
+            .map(|p| first_at + p.saturating_mul(u32::try_from(i + 1).unwrap_or(u32::MAX)))
     }
 
     fn chunk(&self, choice: Value) -> Value {
@@ -544,13 +578,17 @@ impl Plan {
     }
 
     fn finish_chunk(&self) -> Value {
-        self.chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": self.finish_reason}))
+        self.chunk(
+            json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": self.finish_reason}),
+        )
     }
 
     fn usage(&self, completion_tokens: usize, timing: &Timing) -> Value {
         let end = chrono::Utc::now();
         let total = timing.started.elapsed().as_secs_f64();
-        let ttft = timing.first_at.map_or(total, |t| t.duration_since(timing.started).as_secs_f64());
+        let ttft = timing
+            .first_at
+            .map_or(total, |t| t.duration_since(timing.started).as_secs_f64());
         let generating = (total - ttft).max(f64::EPSILON);
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -681,7 +719,12 @@ async fn post_reset(State(state): State<MockState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "Not found", "invalid_request_error", None)
+    error_response(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "invalid_request_error",
+        None,
+    )
 }
 
 /// An OpenAI-style error response: `{"error":{"message","type","code"}}`.
@@ -693,14 +736,40 @@ fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&s
 fn fault_response(code: u16) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = match status.as_u16() {
-        401 => error_response(status, "Invalid API key (mock fault)", "invalid_request_error", Some("invalid_api_key")),
-        429 => error_response(status, "Rate limit exceeded (mock fault)", "rate_limit_exceeded", Some("rate_limit_exceeded")),
-        503 => error_response(status, "The model is overloaded (mock fault)", "service_unavailable", None),
-        c if c < 500 => error_response(status, "Request rejected (mock fault)", "invalid_request_error", None),
-        _ => error_response(status, "Internal server error (mock fault)", "server_error", None),
+        401 => error_response(
+            status,
+            "Invalid API key (mock fault)",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+        429 => error_response(
+            status,
+            "Rate limit exceeded (mock fault)",
+            "rate_limit_exceeded",
+            Some("rate_limit_exceeded"),
+        ),
+        503 => error_response(
+            status,
+            "The model is overloaded (mock fault)",
+            "service_unavailable",
+            None,
+        ),
+        c if c < 500 => error_response(
+            status,
+            "Request rejected (mock fault)",
+            "invalid_request_error",
+            None,
+        ),
+        _ => error_response(
+            status,
+            "Internal server error (mock fault)",
+            "server_error",
+            None,
+        ),
     };
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -718,7 +787,11 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat_completions(
+    State(state): State<MockState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let started_wall = chrono::Utc::now();
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
@@ -733,7 +806,9 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
     let settings = state.settings().clone();
     if let Some(key) = &settings.api_key {
         let expected = format!("Bearer {key}");
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if given != Some(expected.as_str()) {
             return error_response(
                 StatusCode::UNAUTHORIZED,
@@ -761,7 +836,11 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .get("max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| req.get("max_tokens").and_then(Value::as_u64));
-    let model = req.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
 
     let last_user = messages
         .iter()
@@ -798,7 +877,12 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
 }
 
 fn bad_request(message: &str) -> Response {
-    error_response(StatusCode::BAD_REQUEST, message, "invalid_request_error", None)
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        None,
+    )
 }
 
 /// Answers a non-streaming request after the time the whole reply would have taken.
@@ -812,7 +896,11 @@ async fn unary_response(state: MockState, plan: Plan, mut timing: Timing) -> Res
             std::future::pending::<()>().await;
         }
         let first_at = Instant::now();
-        if let Some(due) = plan.tokens.checked_sub(1).and_then(|last| plan.token_due(first_at, last)) {
+        if let Some(due) = plan
+            .tokens
+            .checked_sub(1)
+            .and_then(|last| plan.token_due(first_at, last))
+        {
             tokio::time::sleep_until(due.into()).await;
         }
         first_at
@@ -832,8 +920,8 @@ async fn unary_response(state: MockState, plan: Plan, mut timing: Timing) -> Res
         guard.abort();
         let half = Bytes::from(body[..body.len() / 2].to_vec());
         let cut = futures::stream::once(async {
-            // Pending once first so hyper flushes the headers and the half body before the error.
-            tokio::task::yield_now().await;
+            // Pause first so hyper flushes the headers and the half body before the error.
+            tokio::time::sleep(CUT_FLUSH_PAUSE).await;
             Err(io::Error::other("mock fault: connection cut"))
         });
         let chunks = futures::stream::once(async move { Ok::<_, io::Error>(half) }).chain(cut);
@@ -878,7 +966,11 @@ impl SseStream {
                 Phase::Role => {
                     tokio::time::sleep(self.plan.first_token_delay).await;
                     self.timing.first_at = Some(Instant::now());
-                    self.phase = if self.plan.fault == Some(Fault::Stall) { Phase::Stalled } else { Phase::Token(0) };
+                    self.phase = if self.plan.fault == Some(Fault::Stall) {
+                        Phase::Stalled
+                    } else {
+                        Phase::Token(0)
+                    };
                     return Some(Ok(sse(&self.plan.role_chunk())));
                 }
                 Phase::Stalled => {
@@ -891,9 +983,9 @@ impl SseStream {
                     {
                         self.phase = Phase::Ended;
                         self.guard.abort();
-                        // Returning Pending once lets hyper flush the chunks already written; an
-                        // immediate error would make it drop them and the client would see none.
-                        tokio::task::yield_now().await;
+                        // Pausing lets hyper flush the chunks already written; an immediate error
+                        // would make it drop its write buffer and the client would see none of them.
+                        tokio::time::sleep(CUT_FLUSH_PAUSE).await;
                         // An error item makes hyper abort the chunked body without its terminator, so the client sees a truncated stream.
                         return Some(Err(io::Error::other("mock fault: connection cut")));
                     }
@@ -991,8 +1083,10 @@ mod tests {
 
     #[test]
     fn directives_parse_keys_flags_and_ignore_unknown() {
-        let d = Directives::parse("hi [[mock tokens=3 tps=0 delay_ms=1 bytes=8 fault=cut:2 choices=empty wat=1 frob]]")
-            .unwrap();
+        let d = Directives::parse(
+            "hi [[mock tokens=3 tps=0 delay_ms=1 bytes=8 fault=cut:2 choices=empty wat=1 frob]]",
+        )
+        .unwrap();
         assert_eq!(d.tokens, Some(3));
         assert_eq!(d.tps, Some(0.0));
         assert_eq!(d.delay_ms, Some(1));
@@ -1003,14 +1097,22 @@ mod tests {
         let d = Directives::parse("[[mock stall]] then [[mock fault=none instant]]").unwrap();
         assert_eq!(d.fault, Some(None));
         assert_eq!(d.delay_ms, Some(0));
-        assert_eq!(Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(), Directives::default());
+        assert_eq!(
+            Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(),
+            Directives::default()
+        );
         assert!(Directives::parse("[[mock tokens=many]]").is_err());
     }
 
     #[test]
     fn settings_from_lookup() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let s = MockSettings::from_lookup(env(&[
             ("MOCK_FIRST_TOKEN_MS", "5"),
@@ -1041,6 +1143,11 @@ mod tests {
         let t = reply_text(4, Some(5));
         assert_eq!(t.len(), 20);
         assert_eq!(&t[..10], "abcdebcdef");
-        assert_eq!(reply_text(WORDS.len() + 1, None).split(' ').nth(WORDS.len()), Some("Lorem"));
+        assert_eq!(
+            reply_text(WORDS.len() + 1, None)
+                .split(' ')
+                .nth(WORDS.len()),
+            Some("Lorem")
+        );
     }
 }

@@ -60,10 +60,9 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
 }
 
 async fn current_version(db: &Surreal<Any>) -> Result<u32, StoreError> {
-    let mut response = db
-        .query("SELECT version FROM schema_migration ORDER BY version DESC LIMIT 1")
-        .await?
-        .check()?;
-    let rows: Vec<serde_json::Value> = response.take(0)?;
-    Ok(rows.first().and_then(|r| r.get("version")).and_then(|v| v.as_u64()).unwrap_or(0) as u32)
+    // The table holds one small row per migration; the maximum is taken here rather than
+    // trusting ORDER BY on a freshly defined table.
+    let mut response = db.query("SELECT VALUE version FROM schema_migration").await?.check()?;
+    let versions: Vec<serde_json::Value> = response.take(0)?;
+    Ok(versions.iter().filter_map(|v| v.as_u64()).max().unwrap_or(0) as u32)
 }

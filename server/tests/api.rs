@@ -1,0 +1,622 @@
+//! REST API, auth and persistence tests: the real server over real HTTP.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{SECRET, TestServer};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use relay_protocol::{
+    ErrorCode, ErrorResponse, Message, MessageStatus, Role, SendMessageResponse, Session, SessionList,
+    SessionWithMessages, SseEvent,
+};
+use relay_server::llm::mock::reply_text;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, ErrorCode) {
+    let status = response.status().as_u16();
+    let body: ErrorResponse = response.json().await.expect("an error body");
+    (status, body.error.code)
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+async fn me_status(server: &TestServer, token: &str) -> u16 {
+    server.http.get(server.url("/api/v1/auth/me")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+async fn send_json(server: &TestServer, token: &str, session: Uuid, content: &str) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{session}/messages")))
+        .bearer_auth(token)
+        .json(&json!({"content": content}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    let r = server.http.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = server.http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
+}
+
+#[tokio::test]
+async fn register_login_me() {
+    let server = TestServer::start().await;
+    let (token, id) = server.register("alice").await;
+    let (status, me) = server.get(&token, "/api/v1/auth/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"]["id"], id.to_string());
+    assert_eq!(me["user"]["username"], "alice");
+    assert_eq!(me["user"]["role"], "user");
+    assert_eq!(me["quota"]["limit"], 100);
+    assert_eq!(me["quota"]["messages_today"], 0);
+
+    let login = |password: &'static str| {
+        server.http.post(server.url("/api/v1/auth/login")).json(&json!({"username": "alice", "password": password})).send()
+    };
+    let r = login("password123").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(me_status(&server, body["token"].as_str().unwrap()).await, 200);
+
+    assert_eq!(error_of(login("wrong-password").await.unwrap()).await, (401, ErrorCode::Unauthorized));
+    let r = server
+        .http
+        .post(server.url("/api/v1/auth/login"))
+        .json(&json!({"username": "nobody", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
+}
+
+#[tokio::test]
+async fn registration_rules() {
+    let server = TestServer::start().await;
+    server.register("bob").await;
+    let register = |username: &str, password: &str| {
+        server
+            .http
+            .post(server.url("/api/v1/auth/register"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+    };
+    assert_eq!(error_of(register("bob", "password123").await.unwrap()).await, (409, ErrorCode::Conflict));
+    assert_eq!(error_of(register("ab", "password123").await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(register(&"a".repeat(33), "password123").await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(register("bad name", "password123").await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(register("carol", "short").await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(register("a.b-c_9", "12345678").await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn admins_are_unlimited() {
+    let server = TestServer::with(&[("CHAT_ADMIN_USERS", "root,ops")]).await;
+    let (token, _) = server.register("root").await;
+    let (_, me) = server.get(&token, "/api/v1/auth/me").await;
+    assert_eq!(me["user"]["role"], "admin");
+    assert_eq!(me["quota"]["limit"], Value::Null);
+    let (_, quota) = server.get(&token, "/api/v1/chat/quota").await;
+    assert_eq!(quota["remaining"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let server = TestServer::with(&[("JWT_ISSUER", "relay"), ("JWT_AUDIENCE", "chat")]).await;
+    let (good, id) = server.register("dave").await;
+    assert_eq!(me_status(&server, &good).await, 200);
+
+    let claims = |exp: u64, aud: &str| json!({"sub": id, "exp": exp, "iat": now(), "iss": "relay", "aud": aud, "username": "dave"});
+    // Signed with the right key but expired (beyond the leeway).
+    assert_eq!(me_status(&server, &hs256(claims(now() - 3600, "chat"), SECRET)).await, 401);
+    // Forged: right claims, wrong key.
+    assert_eq!(me_status(&server, &hs256(claims(now() + 3600, "chat"), "some-other-secret-0123456789abcdef")).await, 401);
+    // Right key, wrong audience.
+    assert_eq!(me_status(&server, &hs256(claims(now() + 3600, "elsewhere"), SECRET)).await, 401);
+    // Right key, wrong issuer.
+    let wrong_iss = json!({"sub": id, "exp": now() + 3600, "iss": "evil", "aud": "chat"});
+    assert_eq!(me_status(&server, &hs256(wrong_iss, SECRET)).await, 401);
+    // No expiry at all.
+    assert_eq!(me_status(&server, &hs256(json!({"sub": id, "iss": "relay", "aud": "chat"}), SECRET)).await, 401);
+    // alg: none, unsigned.
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims(now() + 3600, "chat")));
+    assert_eq!(me_status(&server, &none).await, 401);
+    // Tampered payload with the original signature.
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered = format!("{}.{}.{}", parts[0], b64(json!({"sub": Uuid::new_v4(), "exp": now() + 3600, "iss": "relay", "aud": "chat"})), parts[2]);
+    assert_eq!(me_status(&server, &tampered).await, 401);
+    // Garbage, and no token at all.
+    assert_eq!(me_status(&server, "not.a.token").await, 401);
+    let r = server.http.get(server.url("/api/v1/auth/me")).send().await.unwrap();
+    assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
+    // A host application's token with the same key, issuer and audience is accepted,
+    // for a user this server has never seen.
+    let host = hs256(json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "relay", "aud": "chat", "preferred_username": "erin"}), SECRET);
+    let r = server.http.get(server.url("/api/v1/auth/me")).bearer_auth(&host).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["user"]["username"], "erin");
+}
+
+#[tokio::test]
+async fn host_tokens_signed_with_rs256_are_accepted() {
+    let public = include_str!("fixtures/host_public.pem");
+    let private = include_str!("fixtures/host_private.pem");
+    let server = TestServer::with(&[("JWT_PUBLIC_KEY_PEM", public)]).await;
+    let claims = json!({"sub": Uuid::new_v4(), "exp": now() + 600, "role": "admin", "name": "frank"});
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap()).unwrap();
+    let (status, me) = server.get(&token, "/api/v1/auth/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"]["role"], "admin");
+    // The same claims as HS256 signed with the public key text (the classic key-confusion
+    // attack) must fail: HS256 uses only the configured secret.
+    let confused = hs256(claims, public);
+    assert_eq!(me_status(&server, &confused).await, 401);
+}
+
+#[tokio::test]
+async fn session_crud_and_pagination() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("gina").await;
+
+    let r = server.http.post(server.url("/api/v1/chat/sessions")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 201, "an empty body is allowed");
+    let first: Session = r.json().await.unwrap();
+    assert_eq!(first.title, "New chat");
+    let r = server
+        .http
+        .post(server.url("/api/v1/chat/sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "  Trip plans "}))
+        .send()
+        .await
+        .unwrap();
+    let titled: Session = r.json().await.unwrap();
+    assert_eq!(titled.title, "Trip plans");
+    for _ in 0..3 {
+        server.create_session(&token).await;
+    }
+
+    let (status, page) = server.get(&token, "/api/v1/chat/sessions?page=1&per_page=2").await;
+    assert_eq!(status, 200);
+    let page: SessionList = serde_json::from_value(page).unwrap();
+    assert_eq!((page.total, page.page, page.per_page, page.total_pages, page.sessions.len()), (5, 1, 2, 3, 2));
+    let (_, last) = server.get(&token, "/api/v1/chat/sessions?page=3&per_page=2").await;
+    let last: SessionList = serde_json::from_value(last).unwrap();
+    assert_eq!(last.sessions.len(), 1);
+    let (_, beyond) = server.get(&token, "/api/v1/chat/sessions?page=9&per_page=2").await;
+    assert_eq!(beyond["sessions"].as_array().unwrap().len(), 0);
+    let (_, clamped) = server.get(&token, "/api/v1/chat/sessions?per_page=1000").await;
+    assert_eq!(clamped["per_page"], 100);
+    let (_, clamped) = server.get(&token, "/api/v1/chat/sessions?per_page=0&page=0").await;
+    assert_eq!((clamped["per_page"].as_u64(), clamped["page"].as_u64()), (Some(1), Some(1)));
+    let (_, default) = server.get(&token, "/api/v1/chat/sessions").await;
+    assert_eq!((default["per_page"].as_u64(), default["total"].as_u64()), (Some(20), Some(5)));
+    let r = server.http.get(server.url("/api/v1/chat/sessions?page=abc")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
+
+    // Newest activity first: renaming moves a session to the top.
+    let r = server
+        .http
+        .patch(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let renamed: Session = r.json().await.unwrap();
+    assert_eq!(renamed.title, "Renamed");
+    let (_, top) = server.get(&token, "/api/v1/chat/sessions?per_page=1").await;
+    assert_eq!(top["sessions"][0]["id"], first.id.to_string());
+
+    let (status, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", first.id)).await;
+    assert_eq!(status, 200);
+    let got: SessionWithMessages = serde_json::from_value(got).unwrap();
+    assert_eq!(got.session.title, "Renamed");
+    assert!(got.messages.is_empty());
+
+    let r = server
+        .http
+        .patch(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
+        .bearer_auth(&token)
+        .json(&json!({"title": "   "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
+
+    let r = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"message": "Session deleted"}));
+    let (status, body) = server.get(&token, &format!("/api/v1/chat/sessions/{}", first.id)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+    let r = send_json(&server, &token, first.id, "hello?").await;
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+    let (_, list) = server.get(&token, "/api/v1/chat/sessions").await;
+    assert_eq!(list["total"], 4, "deleted sessions are not listed");
+
+    let (status, _) = server.get(&token, "/api/v1/chat/sessions/not-a-uuid").await;
+    assert_eq!(status, 404);
+    let (status, _) = server.get(&token, &format!("/api/v1/chat/sessions/{}", Uuid::new_v4())).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn other_users_sessions_are_not_found() {
+    let server = TestServer::start().await;
+    let (owner, _) = server.register("henry").await;
+    let (intruder, _) = server.register("ivan").await;
+    let session = server.create_session(&owner).await;
+    let path = format!("/api/v1/chat/sessions/{}", session.id);
+
+    let (status, body) = server.get(&intruder, &path).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = server.http.patch(server.url(&path)).bearer_auth(&intruder).json(&json!({"title": "mine"})).send().await.unwrap();
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+    let r = server.http.delete(server.url(&path)).bearer_auth(&intruder).send().await.unwrap();
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+    let r = send_json(&server, &intruder, session.id, "hi").await;
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+    let (_, list) = server.get(&intruder, "/api/v1/chat/sessions").await;
+    assert_eq!(list["total"], 0);
+
+    // The owner still has it, untouched.
+    let (status, body) = server.get(&owner, &path).await;
+    assert_eq!((status, body["session"]["title"].as_str()), (200, Some("New chat")));
+}
+
+#[tokio::test]
+async fn non_streaming_send_stores_both_messages() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("jane").await;
+    let session = server.create_session(&token).await;
+
+    let r = send_json(&server, &token, session.id, "What is Rust?\nTell me more.").await;
+    assert_eq!(r.status(), 200);
+    let sent: SendMessageResponse = r.json().await.unwrap();
+    assert_eq!(sent.user_message.role, Role::User);
+    assert_eq!(sent.user_message.content, "What is Rust?\nTell me more.");
+    assert_eq!(sent.assistant_message.role, Role::Assistant);
+    assert_eq!(sent.assistant_message.content, reply_text(20, None));
+    assert_eq!(sent.assistant_message.status, MessageStatus::Complete);
+    assert_eq!(sent.assistant_message.token_count, Some(20), "the provider's completion_tokens");
+    assert!(sent.user_message.token_count.is_some_and(|t| t > 0));
+
+    let (_, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    let got: SessionWithMessages = serde_json::from_value(got).unwrap();
+    assert_eq!(got.messages, vec![sent.user_message.clone(), sent.assistant_message.clone()]);
+    assert_eq!(got.session.title, "What is Rust?", "the first message names a new chat");
+
+    // The context sent upstream: system prompt, then history, oldest first, ending with the new message.
+    let r = send_json(&server, &token, session.id, "And Go?").await;
+    assert_eq!(r.status(), 200);
+    let request = server.mock.stats().last_request.unwrap();
+    let roles: Vec<&str> = request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(request["messages"][0]["content"], "You are a helpful AI assistant.");
+    assert_eq!(request["messages"][3]["content"], "And Go?");
+    assert_eq!(request["model"], "Llama-4-Maverick-17B-128E-Instruct");
+    assert_eq!(request["max_tokens"], 2048);
+    let (_, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    assert_eq!(got["session"]["title"], "What is Rust?", "only the first message names the chat");
+
+    let (_, quota) = server.get(&token, "/api/v1/chat/quota").await;
+    assert_eq!((quota["messages_today"].as_u64(), quota["remaining"].as_u64()), (Some(2), Some(98)));
+}
+
+#[tokio::test]
+async fn context_window_is_bounded_and_system_prompt_configurable() {
+    let server = TestServer::with(&[("CHAT_MAX_CONTEXT_MESSAGES", "3"), ("CHAT_SYSTEM_PROMPT", "Be terse.")]).await;
+    let (token, _) = server.register("kate").await;
+    let session = server.create_session(&token).await;
+    for i in 0..3 {
+        assert_eq!(send_json(&server, &token, session.id, &format!("question {i} [[mock tokens=2]]")).await.status(), 200);
+    }
+    let request = server.mock.stats().last_request.unwrap();
+    let messages = request["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4, "system + the last 3 messages");
+    assert_eq!(messages[0]["content"], "Be terse.");
+    assert_eq!(messages[1]["content"], "question 1 [[mock tokens=2]]");
+    assert_eq!(messages[3]["content"], "question 2 [[mock tokens=2]]");
+}
+
+#[tokio::test]
+async fn sambanova_final_chunks_parse_through_the_server() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("liam").await;
+    let session = server.create_session(&token).await;
+    for choices in ["null", "empty"] {
+        let r = server
+            .http
+            .post(server.url(&format!("/api/v1/chat/sessions/{}/messages", session.id)))
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .json(&json!({"content": format!("hi [[mock tokens=7 choices={choices}]]")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let events = sse_events(&r.text().await.unwrap());
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                SseEvent::Chunk { chunk, done: false } => Some(chunk.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, reply_text(7, None));
+        match events.last().unwrap() {
+            SseEvent::Done { done: true, finish_reason, usage: Some(usage), .. } => {
+                assert_eq!(*finish_reason, relay_protocol::FinishReason::Stop);
+                assert_eq!(usage.completion_tokens, 7, "usage from the chunk with choices {choices}");
+            }
+            other => panic!("expected done with usage, got {other:?}"),
+        }
+    }
+}
+
+/// Parses an SSE body into its `data:` events.
+fn sse_events(body: &str) -> Vec<SseEvent> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap_or_else(|e| panic!("bad SSE data {d}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_error_codes() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("mia").await;
+    let session = server.create_session(&token).await;
+    for (fault, status, code) in [
+        ("500", 502, ErrorCode::UpstreamError),
+        ("401", 503, ErrorCode::UpstreamUnavailable),
+        ("503", 503, ErrorCode::UpstreamUnavailable),
+        ("cut:3", 502, ErrorCode::UpstreamError),
+    ] {
+        let r = send_json(&server, &token, session.id, &format!("x [[mock fault={fault}]]")).await;
+        assert_eq!(error_of(r).await, (status, code), "fault {fault}");
+    }
+    // The failed replies are stored with status error (the cut one with its partial text).
+    let (_, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    let got: SessionWithMessages = serde_json::from_value(got).unwrap();
+    let replies: Vec<&Message> = got.messages.iter().filter(|m| m.role == Role::Assistant).collect();
+    assert_eq!(replies.len(), 4);
+    assert!(replies.iter().all(|m| m.status == MessageStatus::Error));
+    assert_eq!(replies[3].content, reply_text(3, None));
+
+    // SSE: the failure is an error event that ends the stream.
+    let r = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{}/messages", session.id)))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": "x [[mock fault=500]]"}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(&r.text().await.unwrap());
+    assert!(matches!(events.last(), Some(SseEvent::Error { code: ErrorCode::UpstreamError, .. })), "{events:?}");
+
+    // A working reply after failures: failed replies are left out of the context.
+    assert_eq!(send_json(&server, &token, session.id, "ok now").await.status(), 200);
+    let request = server.mock.stats().last_request.unwrap();
+    let roles: Vec<&str> = request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert!(!roles.contains(&"assistant"), "{roles:?}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("nora").await;
+    let session = server.create_session(&token).await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{}/messages", session.id));
+    let post = |body: String| {
+        server.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body(body).send()
+    };
+
+    assert_eq!(error_of(post("{not json".into()).await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(post("{}".into()).await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(post(r#"{"content": 5}"#.into()).await.unwrap()).await, (400, ErrorCode::BadRequest));
+    let r = server.http.post(&url).bearer_auth(&token).body(r#"{"content":"hi"}"#).send().await.unwrap();
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "no JSON content type");
+    assert_eq!(error_of(post(json!({"content": ""}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
+    assert_eq!(error_of(post(json!({"content": "  \n "}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
+    let too_long = "é".repeat(4001);
+    assert_eq!(error_of(post(json!({"content": too_long}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
+    let just_right = format!("{}[[mock tokens=1]]", "é".repeat(4000 - 17));
+    assert_eq!(post(json!({"content": just_right}).to_string()).await.unwrap().status(), 200, "4000 characters are fine");
+    let huge = json!({"content": "x".repeat(70_000)}).to_string();
+    assert_eq!(error_of(post(huge).await.unwrap()).await, (413, ErrorCode::TooLarge));
+
+    let r = server
+        .http
+        .post(server.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body("[1,2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
+    let r = server.http.get(server.url("/api/v1/nothing-here")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
+
+    // Nothing invalid was stored; the one valid message and its reply were.
+    let (_, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    assert_eq!(got["messages"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn refuses_a_database_with_a_newer_schema() {
+    use relay_server::store::{MIGRATIONS, Migration, Store, StoreConfig, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        url: format!("surrealkv://{}", dir.path().join("db").display()),
+        credentials: None,
+        namespace: "relay".into(),
+        database: "chat".into(),
+    };
+    {
+        let store = Store::connect(&config).await.unwrap();
+        // Applying twice is a no-op: migrations are recorded.
+        assert_eq!(store.apply_migrations(MIGRATIONS).await.unwrap(), 1);
+        let future = [MIGRATIONS[0], Migration { version: 2, name: "from the future", sql: "DEFINE TABLE IF NOT EXISTS from_the_future SCHEMALESS;" }];
+        assert_eq!(store.apply_migrations(&future).await.unwrap(), 2);
+        assert!(matches!(store.apply_migrations(MIGRATIONS).await, Err(StoreError::SchemaTooNew { found: 2, known: 1 })));
+    }
+}
+
+/// A server process of the real binary, for restart and signal tests.
+struct Process {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Process {
+    fn start(data_dir: &std::path::Path) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BIND_ADDR", &addr)
+            .env("RELAY_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .env("MOCK_FIRST_TOKEN_MS", "1")
+            .env("MOCK_TOKENS_PER_SEC", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the relay-server binary starts");
+        Process { child, addr }
+    }
+
+    async fn ready(&self, http: &reqwest::Client) {
+        for _ in 0..300 {
+            if let Ok(r) = http.get(format!("http://{}/readyz", self.addr)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server at {} never became ready", self.addr);
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn on_disk_data_and_logins_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let first = Process::start(dir.path());
+    first.ready(&http).await;
+    let base = format!("http://{}", first.addr);
+    let auth: Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": "olga", "password": "password123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = auth["token"].as_str().unwrap().to_string();
+    let session: Session = http
+        .post(format!("{base}/api/v1/chat/sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Keep me"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent: SendMessageResponse = http
+        .post(format!("{base}/api/v1/chat/sessions/{}/messages", session.id))
+        .bearer_auth(&token)
+        .json(&json!({"content": "remember this [[mock tokens=5]]"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(first.terminate().success(), "SIGTERM is a clean exit");
+
+    let second = Process::start(dir.path());
+    second.ready(&http).await;
+    let base = format!("http://{}", second.addr);
+    // The generated dev secret was kept beside the data, so the old token still works.
+    let got: SessionWithMessages = http
+        .get(format!("{base}/api/v1/chat/sessions/{}", session.id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got.session.title, "Keep me");
+    assert_eq!(got.messages, vec![sent.user_message, sent.assistant_message]);
+    let r = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "olga", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(second.terminate().success());
+}
+
+#[test]
+fn production_refuses_a_weak_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for secret in [None, Some("too-short")] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"));
+        command.env_clear().env("RELAY_ENV", "production").env("RELAY_DATA_DIR", dir.path()).env("BIND_ADDR", "127.0.0.1:0");
+        if let Some(secret) = secret {
+            command.env("JWT_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("JWT_SECRET"), "the error names the variable: {stderr}");
+    }
+}

@@ -1,0 +1,277 @@
+//! Test harness: the real server on an ephemeral port with an in-memory SurrealDB (or an
+//! on-disk one), the mock model served over real HTTP, and real HTTP and WebSocket clients.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use relay_protocol::{AuthResponse, ServerFrame, Session};
+use relay_server::llm::mock::{MockLlm, MockSettings};
+use relay_server::{Config, Server};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The HS256 secret test servers use, so tests can forge and craft tokens.
+pub const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+/// How long a test waits for any one expected frame or response.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running server with its mock model.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub mock: MockLlm,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+/// Mock settings fast enough for tests; directives in messages slow single replies down.
+pub fn fast_mock() -> MockSettings {
+    MockSettings {
+        first_token_delay: Duration::from_millis(5),
+        tokens_per_second: 1000.0,
+        reply_tokens: 20,
+        ..MockSettings::default()
+    }
+}
+
+impl TestServer {
+    /// A server with default settings.
+    pub async fn start() -> TestServer {
+        TestServer::with(&[]).await
+    }
+
+    /// A server with some environment variables set (others take test defaults).
+    pub async fn with(vars: &[(&'static str, &str)]) -> TestServer {
+        let mock = MockLlm::start(fast_mock(), "127.0.0.1:0".parse().unwrap()).await.expect("mock starts");
+        let dir = tempfile::tempdir().unwrap();
+        let mut map: HashMap<&str, String> = HashMap::new();
+        map.insert("BIND_ADDR", "127.0.0.1:0".into());
+        map.insert("DATABASE_URL", "mem://".into());
+        map.insert("RELAY_DATA_DIR", dir.path().display().to_string());
+        map.insert("JWT_SECRET", SECRET.into());
+        map.insert("SAMBANOVA_API_KEY", "test-key".into());
+        map.insert("SAMBANOVA_API_BASE", mock.base_url());
+        for (k, v) in vars {
+            map.insert(k, v.to_string());
+        }
+        let config = Config::from_map(&map).expect("test config is valid");
+        let server = Server::start(config).await.expect("server starts");
+        TestServer { addr: server.addr, server: Some(server), mock, http: reqwest::Client::new(), dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn state(&self) -> &relay_server::AppState {
+        &self.server.as_ref().expect("server running").state
+    }
+
+    /// Registers a user and returns its token and id.
+    pub async fn register(&self, username: &str) -> (String, uuid::Uuid) {
+        let response = self
+            .http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"username": username, "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "register {username}");
+        let body: AuthResponse = response.json().await.unwrap();
+        (body.token, body.user.id)
+    }
+
+    /// Creates a session for the token's user.
+    pub async fn create_session(&self, token: &str) -> Session {
+        let response = self
+            .http
+            .post(self.url("/api/v1/chat/sessions"))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// GET with a token; returns status and JSON body.
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A WebSocket authenticated by header, after its `ready` frame.
+    pub async fn ws(&self, token: &str) -> Ws {
+        let mut ws = self.ws_raw(Some(token)).await;
+        match ws.recv().await {
+            ServerFrame::Ready { .. } => ws,
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+
+    /// A WebSocket with or without an `Authorization` header, before any frame.
+    pub async fn ws_raw(&self, token: Option<&str>) -> Ws {
+        let mut request = format!("ws://{}/api/v1/ws", self.addr).into_client_request().unwrap();
+        if let Some(token) = token {
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+        Ws { stream }
+    }
+
+    /// A WebSocket whose TCP receive buffer is tiny, for slow-reader tests.
+    pub async fn ws_small_buffer(&self, token: &str) -> Ws {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(self.addr).await.unwrap();
+        let mut request = format!("ws://{}/api/v1/ws", self.addr).into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
+        let mut ws = Ws { stream };
+        assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
+        ws
+    }
+
+    /// Shuts the server down gracefully.
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// A test WebSocket client.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a WebSocket read gave.
+#[derive(Debug)]
+pub enum Read {
+    Frame(ServerFrame),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    pub async fn send(&mut self, frame: Value) {
+        self.stream.send(WsMessage::Text(frame.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: WsMessage) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next frame or the close, skipping pings.
+    pub async fn read(&mut self) -> Read {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame in time");
+            match next {
+                Some(Ok(WsMessage::Text(text))) => {
+                    return Read::Frame(serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad frame {text}: {e}")));
+                }
+                Some(Ok(WsMessage::Close(frame))) => return Read::Closed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Read::Closed(None),
+            }
+        }
+    }
+
+    /// The next frame; panics on close.
+    pub async fn recv(&mut self) -> ServerFrame {
+        match self.read().await {
+            Read::Frame(frame) => frame,
+            Read::Closed(code) => panic!("connection closed ({code:?}) while a frame was expected"),
+        }
+    }
+
+    /// Frames up to and including the first that matches.
+    pub async fn recv_until(&mut self, mut done: impl FnMut(&ServerFrame) -> bool) -> Vec<ServerFrame> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            let stop = done(&frame);
+            frames.push(frame);
+            if stop {
+                return frames;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            if let Read::Closed(code) = self.read().await {
+                return code;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await;
+    }
+}
+
+/// Whether a frame is the `done` of a given reply (any reply when `None`).
+pub fn is_done(frame: &ServerFrame) -> bool {
+    matches!(frame, ServerFrame::Done { .. })
+}
+
+/// The text of a reply, from a list of frames.
+pub fn reply_text(frames: &[ServerFrame], message_id: uuid::Uuid) -> String {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Delta { message_id: m, text, .. } if *m == message_id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that session events carry contiguous `seq` numbers, starting after `after`.
+pub fn assert_contiguous(frames: &[ServerFrame], session_id: uuid::Uuid, after: u64) {
+    let mut expected = after + 1;
+    for frame in frames {
+        let sid = match frame {
+            ServerFrame::Message { session_id, .. }
+            | ServerFrame::GenerationStarted { session_id, .. }
+            | ServerFrame::Delta { session_id, .. }
+            | ServerFrame::Done { session_id, .. } => *session_id,
+            _ => continue,
+        };
+        if sid != session_id {
+            continue;
+        }
+        assert_eq!(frame.seq(), Some(expected), "gap or repeat at {frame:?}");
+        expected += 1;
+    }
+}
+
+/// Polls until `check` is true or the wait runs out.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
