@@ -13,9 +13,8 @@ mod ws;
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
 pub use objects::{Message, MessageStatus, Quota, Role, Session, Usage, User, UserRole};
 pub use rest::{
-    AuthResponse, CreateSessionRequest, DeletedResponse, LoginRequest, MeResponse,
-    RegisterRequest, SendMessageRequest, SendMessageResponse, SessionList, SessionWithMessages,
-    SseEvent, UpdateSessionRequest,
+    AuthResponse, CreateSessionRequest, DeletedResponse, LoginRequest, MeResponse, RegisterRequest, SendMessageRequest,
+    SendMessageResponse, SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, ServerFrame};
 

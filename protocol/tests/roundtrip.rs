@@ -11,21 +11,29 @@ const UID: &str = "a3d5c7e9-1b2d-4f6a-8c0e-2a4c6e8f0b1d";
 const T: &str = "2026-11-26T12:00:00Z";
 
 fn roundtrip<T: Serialize + DeserializeOwned + std::fmt::Debug>(example: Value) -> T {
-    let decoded: T = serde_json::from_value(example.clone())
-        .unwrap_or_else(|e| panic!("{example} does not decode: {e}"));
+    let decoded: T =
+        serde_json::from_value(example.clone()).unwrap_or_else(|e| panic!("{example} does not decode: {e}"));
     let encoded = serde_json::to_value(&decoded).unwrap();
     assert_eq!(encoded, example, "re-encoding {decoded:?} changed it");
     decoded
 }
 
-fn user() -> Value { json!({"id": UID, "username": "alice", "role": "user"}) }
-fn session() -> Value { json!({"id": SID, "title": "New chat", "created_at": T, "updated_at": T}) }
+fn user() -> Value {
+    json!({"id": UID, "username": "alice", "role": "user"})
+}
+fn session() -> Value {
+    json!({"id": SID, "title": "New chat", "created_at": T, "updated_at": T})
+}
 fn message(role: &str, status: &str, tokens: Value) -> Value {
     json!({"id": MID, "session_id": SID, "role": role, "content": "Hi **there**",
            "token_count": tokens, "status": status, "created_at": T})
 }
-fn quota() -> Value { json!({"messages_today": 3, "limit": 100, "remaining": 97, "resets_at": "2026-11-27T00:00:00Z"}) }
-fn usage() -> Value { json!({"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}) }
+fn quota() -> Value {
+    json!({"messages_today": 3, "limit": 100, "remaining": 97, "resets_at": "2026-11-27T00:00:00Z"})
+}
+fn usage() -> Value {
+    json!({"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42})
+}
 
 #[test]
 fn objects_roundtrip() {
@@ -54,8 +62,12 @@ fn rest_bodies_roundtrip() {
     roundtrip::<CreateSessionRequest>(json!({"title": "Trip"}));
     roundtrip::<CreateSessionRequest>(json!({}));
     roundtrip::<UpdateSessionRequest>(json!({"title": "Renamed"}));
-    roundtrip::<SessionList>(json!({"sessions": [session()], "total": 41, "page": 2, "per_page": 20, "total_pages": 3}));
-    roundtrip::<SessionWithMessages>(json!({"session": session(), "messages": [message("user", "complete", json!(3))]}));
+    roundtrip::<SessionList>(
+        json!({"sessions": [session()], "total": 41, "page": 2, "per_page": 20, "total_pages": 3}),
+    );
+    roundtrip::<SessionWithMessages>(
+        json!({"session": session(), "messages": [message("user", "complete", json!(3))]}),
+    );
     roundtrip::<DeletedResponse>(json!({"message": "Session deleted"}));
     roundtrip::<SendMessageRequest>(json!({"content": "What is Rust?"}));
     roundtrip::<SendMessageResponse>(json!({"user_message": message("user", "complete", json!(4)),
@@ -152,10 +164,19 @@ fn bad_frames_are_rejected() {
 #[test]
 fn error_codes_have_their_http_status() {
     let table = [
-        ("unauthorized", 401), ("bad_request", 400), ("invalid_content", 400), ("too_large", 413),
-        ("not_found", 404), ("conflict", 409), ("rate_limited", 429), ("quota_exceeded", 429),
-        ("busy", 429), ("upstream_unavailable", 503), ("upstream_timeout", 504),
-        ("upstream_error", 502), ("internal", 500),
+        ("unauthorized", 401),
+        ("bad_request", 400),
+        ("invalid_content", 400),
+        ("too_large", 413),
+        ("not_found", 404),
+        ("conflict", 409),
+        ("rate_limited", 429),
+        ("quota_exceeded", 429),
+        ("busy", 429),
+        ("upstream_unavailable", 503),
+        ("upstream_timeout", 504),
+        ("upstream_error", 502),
+        ("internal", 500),
     ];
     for (name, status) in table {
         let code: ErrorCode = serde_json::from_value(json!(name)).unwrap();

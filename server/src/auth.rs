@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -13,9 +13,9 @@ use relay_protocol::{User, UserRole};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::app::AppState;
 use crate::config::JwtConfig;
 use crate::error::AppError;
-use crate::app::AppState;
 
 /// Errors of authentication.
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +183,8 @@ impl TokenKeys {
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let claims = data.claims;
         let id = Uuid::parse_str(&claims.sub).map_err(|_| AuthError::InvalidToken("sub is not a UUID".into()))?;
-        let username = claims
-            .username
-            .or(claims.preferred_username)
-            .or(claims.name)
-            .unwrap_or_else(|| claims.sub.clone());
+        let username =
+            claims.username.or(claims.preferred_username).or(claims.name).unwrap_or_else(|| claims.sub.clone());
         let role = if claims.role.as_deref() == Some("admin") || self.admin_users.contains(&username) {
             UserRole::Admin
         } else {
@@ -287,7 +284,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts.headers.get(axum::http::header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
+        let token =
+            bearer_token(parts.headers.get(axum::http::header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
         let user = state.tokens.verify(token)?;
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         Ok(user)

@@ -37,14 +37,25 @@ pub async fn create(state: &AppState, user_id: Uuid, title: Option<&str>, origin
 }
 
 /// One page of the user's sessions, most recently active first.
-pub async fn list(state: &AppState, user_id: Uuid, page: Option<u32>, per_page: Option<u32>) -> Result<SessionList, AppError> {
+pub async fn list(
+    state: &AppState,
+    user_id: Uuid,
+    page: Option<u32>,
+    per_page: Option<u32>,
+) -> Result<SessionList, AppError> {
     let (page, per_page) = clamp_page(page, per_page);
     let (sessions, total) = state.store.list_sessions(user_id, page, per_page).await?;
     Ok(SessionList { sessions, total, page, per_page, total_pages: total_pages(total, per_page) })
 }
 
 /// Renames a session of the user and announces `session_updated`.
-pub async fn rename(state: &AppState, user_id: Uuid, session_id: Uuid, title: &str, origin: Origin) -> Result<Session, AppError> {
+pub async fn rename(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+    title: &str,
+    origin: Origin,
+) -> Result<Session, AppError> {
     let title = clean_title(Some(title), None)?;
     let session = state.store.rename_session(user_id, session_id, &title).await?.ok_or(AppError::NotFound)?;
     state.sessions.renamed(&session);

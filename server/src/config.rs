@@ -151,12 +151,9 @@ impl Config {
             }
         };
         let data_dir = PathBuf::from(var("RELAY_DATA_DIR").unwrap_or_else(|| "./data".into()));
-        let database_url = var("DATABASE_URL")
-            .unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("relay.db").display()));
-        if !["surrealkv://", "mem://", "memory", "ws://", "wss://"]
-            .iter()
-            .any(|p| database_url.starts_with(p))
-        {
+        let database_url =
+            var("DATABASE_URL").unwrap_or_else(|| format!("surrealkv://{}", data_dir.join("relay.db").display()));
+        if !["surrealkv://", "mem://", "memory", "ws://", "wss://"].iter().any(|p| database_url.starts_with(p)) {
             return Err(ConfigError {
                 var: "DATABASE_URL",
                 reason: format!("unsupported scheme in {database_url:?} (surrealkv://, mem://, ws://, wss://)"),
@@ -166,10 +163,16 @@ impl Config {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(ConfigError { var: "DATABASE_PASS", reason: "set DATABASE_USER without DATABASE_PASS".into() });
+                return Err(ConfigError {
+                    var: "DATABASE_PASS",
+                    reason: "set DATABASE_USER without DATABASE_PASS".into(),
+                });
             }
             (None, Some(_)) => {
-                return Err(ConfigError { var: "DATABASE_USER", reason: "set DATABASE_PASS without DATABASE_USER".into() });
+                return Err(ConfigError {
+                    var: "DATABASE_USER",
+                    reason: "set DATABASE_PASS without DATABASE_USER".into(),
+                });
             }
         };
 
@@ -188,10 +191,10 @@ impl Config {
                 reason: "required (at least 32 bytes) when RELAY_ENV=production".into(),
             });
         }
-        if let Some(pem) = &public_key_pem {
-            if !pem.contains("-----BEGIN") {
-                return Err(ConfigError { var: "JWT_PUBLIC_KEY_PEM", reason: "not a PEM public key".into() });
-            }
+        if let Some(pem) = &public_key_pem
+            && !pem.contains("-----BEGIN")
+        {
+            return Err(ConfigError { var: "JWT_PUBLIC_KEY_PEM", reason: "not a PEM public key".into() });
         }
         let jwt = JwtConfig {
             secret,
@@ -210,7 +213,7 @@ impl Config {
                     .trim_end_matches('/')
                     .to_string(),
             },
-            _ => ModelBackend::Mock(MockSettings::from_lookup(&var).map_err(|reason| ConfigError {
+            _ => ModelBackend::Mock(MockSettings::from_lookup(var).map_err(|reason| ConfigError {
                 var: MOCK_VARS.iter().find(|v| reason.starts_with(*v)).copied().unwrap_or("MOCK_*"),
                 reason,
             })?),
@@ -240,7 +243,11 @@ impl Config {
             cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
             max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
             session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),
-            checkpoint_interval: Duration::from_millis(positive("CHAT_CHECKPOINT_MS", var("CHAT_CHECKPOINT_MS"), 1000)?),
+            checkpoint_interval: Duration::from_millis(positive(
+                "CHAT_CHECKPOINT_MS",
+                var("CHAT_CHECKPOINT_MS"),
+                1000,
+            )?),
             max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
             ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
@@ -267,7 +274,11 @@ where
     }
 }
 
-fn positive<T: FromStr + PartialOrd + Default>(name: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError>
+fn positive<T: FromStr + PartialOrd + Default>(
+    name: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
@@ -292,9 +303,10 @@ fn parse_duration(name: &'static str, value: Option<String>, default: Duration) 
     let Some(v) = value else { return Ok(default) };
     let v = v.trim();
     let (digits, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| ConfigError { var: name, reason: format!("{v:?} is not a duration like 3600, 90s, 15m, 24h, 7d") })?;
+    let n: u64 = digits.parse().map_err(|_| ConfigError {
+        var: name,
+        reason: format!("{v:?} is not a duration like 3600, 90s, 15m, 24h, 7d"),
+    })?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -350,7 +362,9 @@ mod tests {
     #[test]
     fn api_key_selects_the_real_provider_unless_mock_is_forced() {
         let c = load(&[("SAMBANOVA_API_KEY", "k")]).unwrap();
-        assert!(matches!(c.model_backend, ModelBackend::Remote { ref api_base, .. } if api_base == "https://api.sambanova.ai/v1"));
+        assert!(
+            matches!(c.model_backend, ModelBackend::Remote { ref api_base, .. } if api_base == "https://api.sambanova.ai/v1")
+        );
         let c = load(&[("SAMBANOVA_API_KEY", "k"), ("LLM_MOCK", "1")]).unwrap();
         assert!(matches!(c.model_backend, ModelBackend::Mock(_)));
     }

@@ -60,8 +60,12 @@ impl AppError {
             AppError::Llm(LlmError::Unavailable { retry_after_ms, .. }) => {
                 (ErrorCode::UpstreamUnavailable, "the model provider is unavailable".into(), *retry_after_ms)
             }
-            AppError::Llm(LlmError::Timeout) => (ErrorCode::UpstreamTimeout, "the model provider timed out".into(), None),
-            AppError::Llm(LlmError::Upstream(_)) => (ErrorCode::UpstreamError, "the model provider failed".into(), None),
+            AppError::Llm(LlmError::Timeout) => {
+                (ErrorCode::UpstreamTimeout, "the model provider timed out".into(), None)
+            }
+            AppError::Llm(LlmError::Upstream(_)) => {
+                (ErrorCode::UpstreamError, "the model provider failed".into(), None)
+            }
             AppError::Session(SessionError::NotFound) | AppError::NotFound => {
                 (ErrorCode::NotFound, "session not found".into(), None)
             }
@@ -104,10 +108,10 @@ pub fn error_response(body: ErrorBody) -> Response {
     let status = StatusCode::from_u16(body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry = body.retry_after_ms;
     let mut response = (status, axum::Json(ErrorResponse { error: body })).into_response();
-    if let Some(ms) = retry {
-        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-        }
+    if let Some(ms) = retry
+        && let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string())
+    {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
     }
     response
 }

@@ -112,7 +112,10 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
             tokio::select! {
                 _ = &mut expiry => break Some((CLOSE_UNAUTHORIZED, "token expired")),
                 _ = overflowed.cancelled() => break None,
-                _ = state.shutdown.cancelled() => break None,
+                // Ask the writer for the 1001 close explicitly: the writer watches the same
+                // token, but when this loop's `None` reached it first it returned without
+                // any close frame (its select checks `close_rx` before `shutdown`).
+                _ = state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
                 frame = stream.next() => {
                     last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match frame {
@@ -164,10 +167,8 @@ async fn authenticate(stream: &mut SplitStream<WebSocket>, state: &AppState) -> 
 
 /// Whether a read error is a frame over the size limit.
 fn is_too_big(error: axum::Error) -> bool {
-    matches!(
-        error.into_inner().downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+    // `tungstenite` must be the version axum uses (see Cargo.toml), or this never matches.
+    matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)))
 }
 
 /// One authenticated connection's view: who it is and which sessions it watches.
@@ -209,9 +210,11 @@ impl Connection {
         let user_id = self.user.id;
         let origin = |id: &Option<String>| Some((self.receiver.id, id.clone()));
         match frame {
-            ClientFrame::Auth { .. } => {
-                self.reply(ServerFrame::error(None, None, ErrorBody::new(ErrorCode::BadRequest, "already authenticated")))
-            }
+            ClientFrame::Auth { .. } => self.reply(ServerFrame::error(
+                None,
+                None,
+                ErrorBody::new(ErrorCode::BadRequest, "already authenticated"),
+            )),
             ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
             ClientFrame::Subscribe { id, session_id } => {
                 match state.sessions.subscribe(&self.user, session_id, self.receiver.clone(), id.clone()).await {
@@ -259,17 +262,19 @@ impl Connection {
                     Err(e) => self.reply_error(id, Some(session_id), e),
                 }
             }
-            ClientFrame::ListSessions { id, page, per_page } => match catalog::list(&state, user_id, page, per_page).await {
-                Ok(list) => self.reply(ServerFrame::Sessions {
-                    id,
-                    sessions: list.sessions,
-                    total: list.total,
-                    page: list.page,
-                    per_page: list.per_page,
-                    total_pages: list.total_pages,
-                }),
-                Err(e) => self.reply_error(id, None, e),
-            },
+            ClientFrame::ListSessions { id, page, per_page } => {
+                match catalog::list(&state, user_id, page, per_page).await {
+                    Ok(list) => self.reply(ServerFrame::Sessions {
+                        id,
+                        sessions: list.sessions,
+                        total: list.total,
+                        page: list.page,
+                        per_page: list.per_page,
+                        total_pages: list.total_pages,
+                    }),
+                    Err(e) => self.reply_error(id, None, e),
+                }
+            }
         }
     }
 

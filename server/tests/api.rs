@@ -66,7 +66,11 @@ async fn register_login_me() {
     assert_eq!(me["quota"]["messages_today"], 0);
 
     let login = |password: &'static str| {
-        server.http.post(server.url("/api/v1/auth/login")).json(&json!({"username": "alice", "password": password})).send()
+        server
+            .http
+            .post(server.url("/api/v1/auth/login"))
+            .json(&json!({"username": "alice", "password": password}))
+            .send()
     };
     let r = login("password123").await.unwrap();
     assert_eq!(r.status(), 200);
@@ -124,7 +128,10 @@ async fn bad_tokens_are_refused() {
     // Signed with the right key but expired (beyond the leeway).
     assert_eq!(me_status(&server, &hs256(claims(now() - 3600, "chat"), SECRET)).await, 401);
     // Forged: right claims, wrong key.
-    assert_eq!(me_status(&server, &hs256(claims(now() + 3600, "chat"), "some-other-secret-0123456789abcdef")).await, 401);
+    assert_eq!(
+        me_status(&server, &hs256(claims(now() + 3600, "chat"), "some-other-secret-0123456789abcdef")).await,
+        401
+    );
     // Right key, wrong audience.
     assert_eq!(me_status(&server, &hs256(claims(now() + 3600, "elsewhere"), SECRET)).await, 401);
     // Right key, wrong issuer.
@@ -139,7 +146,12 @@ async fn bad_tokens_are_refused() {
     assert_eq!(me_status(&server, &none).await, 401);
     // Tampered payload with the original signature.
     let parts: Vec<&str> = good.split('.').collect();
-    let tampered = format!("{}.{}.{}", parts[0], b64(json!({"sub": Uuid::new_v4(), "exp": now() + 3600, "iss": "relay", "aud": "chat"})), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(json!({"sub": Uuid::new_v4(), "exp": now() + 3600, "iss": "relay", "aud": "chat"})),
+        parts[2]
+    );
     assert_eq!(me_status(&server, &tampered).await, 401);
     // Garbage, and no token at all.
     assert_eq!(me_status(&server, "not.a.token").await, 401);
@@ -147,7 +159,10 @@ async fn bad_tokens_are_refused() {
     assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
     // A host application's token with the same key, issuer and audience is accepted,
     // for a user this server has never seen.
-    let host = hs256(json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "relay", "aud": "chat", "preferred_username": "erin"}), SECRET);
+    let host = hs256(
+        json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "relay", "aud": "chat", "preferred_username": "erin"}),
+        SECRET,
+    );
     let r = server.http.get(server.url("/api/v1/auth/me")).bearer_auth(&host).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["user"]["username"], "erin");
@@ -159,7 +174,12 @@ async fn host_tokens_signed_with_rs256_are_accepted() {
     let private = include_str!("fixtures/host_private.pem");
     let server = TestServer::with(&[("JWT_PUBLIC_KEY_PEM", public)]).await;
     let claims = json!({"sub": Uuid::new_v4(), "exp": now() + 600, "role": "admin", "name": "frank"});
-    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap()).unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+    )
+    .unwrap();
     let (status, me) = server.get(&token, "/api/v1/auth/me").await;
     assert_eq!(status, 200);
     assert_eq!(me["user"]["role"], "admin");
@@ -241,12 +261,24 @@ async fn session_crud_and_pagination() {
         .unwrap();
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
 
-    let r = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id))).bearer_auth(&token).send().await.unwrap();
+    let r = server
+        .http
+        .delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"message": "Session deleted"}));
     let (status, body) = server.get(&token, &format!("/api/v1/chat/sessions/{}", first.id)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let r = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id))).bearer_auth(&token).send().await.unwrap();
+    let r = server
+        .http
+        .delete(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
     let r = send_json(&server, &token, first.id, "hello?").await;
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
@@ -269,7 +301,14 @@ async fn other_users_sessions_are_not_found() {
 
     let (status, body) = server.get(&intruder, &path).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let r = server.http.patch(server.url(&path)).bearer_auth(&intruder).json(&json!({"title": "mine"})).send().await.unwrap();
+    let r = server
+        .http
+        .patch(server.url(&path))
+        .bearer_auth(&intruder)
+        .json(&json!({"title": "mine"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
     let r = server.http.delete(server.url(&path)).bearer_auth(&intruder).send().await.unwrap();
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
@@ -309,7 +348,8 @@ async fn non_streaming_send_stores_both_messages() {
     let r = send_json(&server, &token, session.id, "And Go?").await;
     assert_eq!(r.status(), 200);
     let request = server.mock.stats().last_request.unwrap();
-    let roles: Vec<&str> = request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> =
+        request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     assert_eq!(request["messages"][0]["content"], "You are a helpful AI assistant.");
     assert_eq!(request["messages"][3]["content"], "And Go?");
@@ -328,7 +368,10 @@ async fn context_window_is_bounded_and_system_prompt_configurable() {
     let (token, _) = server.register("kate").await;
     let session = server.create_session(&token).await;
     for i in 0..3 {
-        assert_eq!(send_json(&server, &token, session.id, &format!("question {i} [[mock tokens=2]]")).await.status(), 200);
+        assert_eq!(
+            send_json(&server, &token, session.id, &format!("question {i} [[mock tokens=2]]")).await.status(),
+            200
+        );
     }
     let request = server.mock.stats().last_request.unwrap();
     let messages = request["messages"].as_array().unwrap();
@@ -420,7 +463,8 @@ async fn upstream_failures_map_to_error_codes() {
     // A working reply after failures: failed replies are left out of the context.
     assert_eq!(send_json(&server, &token, session.id, "ok now").await.status(), 200);
     let request = server.mock.stats().last_request.unwrap();
-    let roles: Vec<&str> = request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> =
+        request["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert!(!roles.contains(&"assistant"), "{roles:?}");
 }
 
@@ -439,12 +483,25 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(error_of(post(r#"{"content": 5}"#.into()).await.unwrap()).await, (400, ErrorCode::BadRequest));
     let r = server.http.post(&url).bearer_auth(&token).body(r#"{"content":"hi"}"#).send().await.unwrap();
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "no JSON content type");
-    assert_eq!(error_of(post(json!({"content": ""}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
-    assert_eq!(error_of(post(json!({"content": "  \n "}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
+    assert_eq!(
+        error_of(post(json!({"content": ""}).to_string()).await.unwrap()).await,
+        (400, ErrorCode::InvalidContent)
+    );
+    assert_eq!(
+        error_of(post(json!({"content": "  \n "}).to_string()).await.unwrap()).await,
+        (400, ErrorCode::InvalidContent)
+    );
     let too_long = "é".repeat(4001);
-    assert_eq!(error_of(post(json!({"content": too_long}).to_string()).await.unwrap()).await, (400, ErrorCode::InvalidContent));
+    assert_eq!(
+        error_of(post(json!({"content": too_long}).to_string()).await.unwrap()).await,
+        (400, ErrorCode::InvalidContent)
+    );
     let just_right = format!("{}[[mock tokens=1]]", "é".repeat(4000 - 17));
-    assert_eq!(post(json!({"content": just_right}).to_string()).await.unwrap().status(), 200, "4000 characters are fine");
+    assert_eq!(
+        post(json!({"content": just_right}).to_string()).await.unwrap().status(),
+        200,
+        "4000 characters are fine"
+    );
     let huge = json!({"content": "x".repeat(70_000)}).to_string();
     assert_eq!(error_of(post(huge).await.unwrap()).await, (413, ErrorCode::TooLarge));
 
@@ -479,9 +536,19 @@ async fn refuses_a_database_with_a_newer_schema() {
         let store = Store::connect(&config).await.unwrap();
         // Applying twice is a no-op: migrations are recorded.
         assert_eq!(store.apply_migrations(MIGRATIONS).await.unwrap(), 1);
-        let future = [MIGRATIONS[0], Migration { version: 2, name: "from the future", sql: "DEFINE TABLE IF NOT EXISTS from_the_future SCHEMALESS;" }];
+        let future = [
+            MIGRATIONS[0],
+            Migration {
+                version: 2,
+                name: "from the future",
+                sql: "DEFINE TABLE IF NOT EXISTS from_the_future SCHEMALESS;",
+            },
+        ];
         assert_eq!(store.apply_migrations(&future).await.unwrap(), 2);
-        assert!(matches!(store.apply_migrations(MIGRATIONS).await, Err(StoreError::SchemaTooNew { found: 2, known: 1 })));
+        assert!(matches!(
+            store.apply_migrations(MIGRATIONS).await,
+            Err(StoreError::SchemaTooNew { found: 2, known: 1 })
+        ));
     }
 }
 
@@ -512,10 +579,10 @@ impl Process {
 
     async fn ready(&self, http: &reqwest::Client) {
         for _ in 0..300 {
-            if let Ok(r) = http.get(format!("http://{}/readyz", self.addr)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = http.get(format!("http://{}/readyz", self.addr)).send().await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -610,7 +677,11 @@ fn production_refuses_a_weak_secret() {
     let dir = tempfile::tempdir().unwrap();
     for secret in [None, Some("too-short")] {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"));
-        command.env_clear().env("RELAY_ENV", "production").env("RELAY_DATA_DIR", dir.path()).env("BIND_ADDR", "127.0.0.1:0");
+        command
+            .env_clear()
+            .env("RELAY_ENV", "production")
+            .env("RELAY_DATA_DIR", dir.path())
+            .env("BIND_ADDR", "127.0.0.1:0");
         if let Some(secret) = secret {
             command.env("JWT_SECRET", secret);
         }

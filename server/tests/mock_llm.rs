@@ -11,17 +11,11 @@ const MODEL: &str = "Meta-Llama-3.3-70B-Instruct";
 
 /// Settings that keep tests fast: almost no first-token delay and unthrottled tokens.
 fn fast() -> MockSettings {
-    MockSettings {
-        first_token_delay: Duration::from_millis(1),
-        tokens_per_second: 0.0,
-        ..MockSettings::default()
-    }
+    MockSettings { first_token_delay: Duration::from_millis(1), tokens_per_second: 0.0, ..MockSettings::default() }
 }
 
 async fn start(settings: MockSettings) -> MockLlm {
-    MockLlm::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("mock starts")
+    MockLlm::start(settings, "127.0.0.1:0".parse().unwrap()).await.expect("mock starts")
 }
 
 fn request(content: Value, stream: bool) -> Value {
@@ -61,9 +55,7 @@ async fn read_sse(resp: reqwest::Response) -> (Vec<Ev>, Option<String>) {
     while let Some(item) = stream.next().await {
         match item {
             Ok(ev) if ev.data == "[DONE]" => events.push(Ev::Done),
-            Ok(ev) => events.push(Ev::Chunk(
-                serde_json::from_str(&ev.data).expect("chunk is JSON"),
-            )),
+            Ok(ev) => events.push(Ev::Chunk(serde_json::from_str(&ev.data).expect("chunk is JSON"))),
             Err(err) => return (events, Some(err.to_string())),
         }
     }
@@ -85,11 +77,7 @@ fn contents(events: &[Ev]) -> Vec<String> {
     chunk_values(events)
         .into_iter()
         .filter(|c| c["choices"][0]["delta"]["role"].is_null())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect()
 }
 
@@ -128,9 +116,7 @@ async fn streaming_reply_has_the_exact_wire_format() {
     assert_eq!(content.len(), 12);
     assert_eq!(content.concat(), reply_text(12, None));
     assert!(
-        chunks
-            .iter()
-            .any(|c| c["choices"][0]["delta"].get("channel").is_some()),
+        chunks.iter().any(|c| c["choices"][0]["delta"].get("channel").is_some()),
         "some deltas carry unknown fields"
     );
 
@@ -139,10 +125,7 @@ async fn streaming_reply_has_the_exact_wire_format() {
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
 
     let usage_chunk = chunks[14];
-    assert!(
-        usage_chunk["choices"].is_null(),
-        "SambaNova sends choices: null"
-    );
+    assert!(usage_chunk["choices"].is_null(), "SambaNova sends choices: null");
     assert!(usage_chunk.get("choices").is_some());
     let usage = &usage_chunk["usage"];
     assert_eq!(usage["completion_tokens"], 12);
@@ -150,13 +133,7 @@ async fn streaming_reply_has_the_exact_wire_format() {
     assert!(prompt >= 1);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + 12);
     assert_eq!(usage["is_last_response"], true);
-    for key in [
-        "time_to_first_token",
-        "end_time",
-        "start_time",
-        "completion_tokens_per_sec",
-        "total_latency",
-    ] {
+    for key in ["time_to_first_token", "end_time", "start_time", "completion_tokens_per_sec", "total_latency"] {
         assert!(usage[key].is_number(), "usage.{key} is a number");
     }
 
@@ -172,33 +149,15 @@ async fn streaming_reply_has_the_exact_wire_format() {
 #[tokio::test]
 async fn choices_directive_and_setting_control_the_usage_chunk() {
     let mock = start(fast()).await;
-    let (events, _) = read_sse(
-        post(
-            &mock,
-            &request(json!("[[mock tokens=2 choices=empty]]"), true),
-        )
-        .await,
-    )
-    .await;
+    let (events, _) = read_sse(post(&mock, &request(json!("[[mock tokens=2 choices=empty]]"), true)).await).await;
     let chunks = chunk_values(&events);
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
     assert_eq!(contents(&events).concat(), reply_text(2, None));
 
-    let mock = start(MockSettings {
-        choices_null_in_usage_chunk: false,
-        ..fast()
-    })
-    .await;
+    let mock = start(MockSettings { choices_null_in_usage_chunk: false, ..fast() }).await;
     let (events, _) = read_sse(post(&mock, &request(json!("[[mock tokens=1]]"), true)).await).await;
     assert_eq!(chunk_values(&events).last().unwrap()["choices"], json!([]));
-    let (events, _) = read_sse(
-        post(
-            &mock,
-            &request(json!("[[mock tokens=1 choices=null]]"), true),
-        )
-        .await,
-    )
-    .await;
+    let (events, _) = read_sse(post(&mock, &request(json!("[[mock tokens=1 choices=null]]"), true)).await).await;
     assert!(chunk_values(&events).last().unwrap()["choices"].is_null());
 }
 
@@ -211,10 +170,7 @@ async fn max_tokens_below_the_reply_finishes_with_length() {
     assert_eq!(err, None);
     assert_eq!(contents(&events).concat(), reply_text(4, None));
     let chunks = chunk_values(&events);
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "length"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 4);
 
     // A larger limit changes nothing.
@@ -222,18 +178,14 @@ async fn max_tokens_below_the_reply_finishes_with_length() {
     body["max_completion_tokens"] = json!(100);
     let (events, _) = read_sse(post(&mock, &body).await).await;
     let chunks = chunk_values(&events);
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "stop"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
 }
 
 #[tokio::test]
 async fn non_streaming_returns_full_text_and_usage() {
     let mock = start(fast()).await;
     // Content as an array of parts, as newer OpenAI clients send it.
-    let parts =
-        json!([{"type": "text", "text": "Hello"}, {"type": "text", "text": "[[mock tokens=7]]"}]);
+    let parts = json!([{"type": "text", "text": "Hello"}, {"type": "text", "text": "[[mock tokens=7]]"}]);
     let mut body = request(parts, false);
     body["max_completion_tokens"] = json!(5);
     let resp = post(&mock, &body).await;
@@ -251,8 +203,7 @@ async fn non_streaming_returns_full_text_and_usage() {
     assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), prompt + 5);
 
     // `stream` omitted means non-streaming.
-    let body =
-        json!({"model": MODEL, "messages": [{"role": "user", "content": "[[mock tokens=2]]"}]});
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "[[mock tokens=2]]"}]});
     let v: Value = post(&mock, &body).await.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], reply_text(2, None));
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -266,19 +217,13 @@ async fn non_streaming_returns_full_text_and_usage() {
 #[tokio::test]
 async fn fixed_size_tokens_for_flood_tests() {
     let mock = start(fast()).await;
-    let (events, _) =
-        read_sse(post(&mock, &request(json!("[[mock tokens=5 bytes=7]]"), true)).await).await;
+    let (events, _) = read_sse(post(&mock, &request(json!("[[mock tokens=5 bytes=7]]"), true)).await).await;
     let content = contents(&events);
     assert_eq!(content.len(), 5);
     assert!(content.iter().all(|t| t.len() == 7));
     assert_eq!(content.concat(), reply_text(5, Some(7)));
 
-    let mock = start(MockSettings {
-        token_bytes: Some(1024),
-        reply_tokens: 3,
-        ..fast()
-    })
-    .await;
+    let mock = start(MockSettings { token_bytes: Some(1024), reply_tokens: 3, ..fast() }).await;
     let (events, _) = read_sse(post(&mock, &request(json!("go"), true)).await).await;
     assert_eq!(contents(&events).concat(), reply_text(3, Some(1024)));
 }
@@ -287,21 +232,11 @@ async fn fixed_size_tokens_for_flood_tests() {
 async fn tokens_are_paced() {
     let mock = start(fast()).await;
     let t0 = Instant::now();
-    let (events, _) = read_sse(
-        post(
-            &mock,
-            &request(json!("[[mock tokens=10 tps=100 delay_ms=20]]"), true),
-        )
-        .await,
-    )
-    .await;
+    let (events, _) =
+        read_sse(post(&mock, &request(json!("[[mock tokens=10 tps=100 delay_ms=20]]"), true)).await).await;
     assert_eq!(contents(&events).len(), 10);
     // 20 ms to the first chunk, then one token every 10 ms.
-    assert!(
-        t0.elapsed() >= Duration::from_millis(115),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(115), "{:?}", t0.elapsed());
 }
 
 #[tokio::test]
@@ -309,11 +244,7 @@ async fn status_faults_return_openai_errors() {
     let mock = start(fast()).await;
     for (fault, status) in [("429", 429), ("500", 500), ("401", 401), ("503", 503)] {
         for stream in [true, false] {
-            let resp = post(
-                &mock,
-                &request(json!(format!("hi [[mock fault={fault}]]")), stream),
-            )
-            .await;
+            let resp = post(&mock, &request(json!(format!("hi [[mock fault={fault}]]")), stream)).await;
             assert_eq!(resp.status(), status);
             if status == 429 {
                 assert_eq!(resp.headers()["retry-after"], "1");
@@ -324,64 +255,28 @@ async fn status_faults_return_openai_errors() {
         }
     }
     // A bare flag works too.
-    assert_eq!(
-        post(&mock, &request(json!("[[mock 429]]"), true))
-            .await
-            .status(),
-        429
-    );
+    assert_eq!(post(&mock, &request(json!("[[mock 429]]"), true)).await.status(), 429);
     assert_eq!(mock.stats().streams_started, 0);
 
     // A global fault applies to every request, and `fault=none` clears it for one.
-    let mock = start(MockSettings {
-        fault: Some(Fault::Status(500)),
-        ..fast()
-    })
-    .await;
-    assert_eq!(
-        post(&mock, &request(json!("hi"), false)).await.status(),
-        500
-    );
-    assert_eq!(
-        post(
-            &mock,
-            &request(json!("[[mock fault=none tokens=1]]"), false)
-        )
-        .await
-        .status(),
-        200
-    );
+    let mock = start(MockSettings { fault: Some(Fault::Status(500)), ..fast() }).await;
+    assert_eq!(post(&mock, &request(json!("hi"), false)).await.status(), 500);
+    assert_eq!(post(&mock, &request(json!("[[mock fault=none tokens=1]]"), false)).await.status(), 200);
 }
 
 #[tokio::test]
 async fn api_key_is_enforced() {
-    let mock = start(MockSettings {
-        api_key: Some("sekrit".into()),
-        ..fast()
-    })
-    .await;
+    let mock = start(MockSettings { api_key: Some("sekrit".into()), ..fast() }).await;
     let url = format!("{}/chat/completions", mock.base_url());
     let body = request(json!("[[mock tokens=1]]"), false);
     let client = reqwest::Client::new();
-    let wrong = client
-        .post(&url)
-        .bearer_auth("nope")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let wrong = client.post(&url).bearer_auth("nope").json(&body).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     let v: Value = wrong.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_api_key");
     let missing = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(missing.status(), 401);
-    let right = client
-        .post(&url)
-        .bearer_auth("sekrit")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let right = client.post(&url).bearer_auth("sekrit").json(&body).send().await.unwrap();
     assert_eq!(right.status(), 200);
     assert_eq!(mock.stats().requests, 3);
 }
@@ -391,19 +286,8 @@ async fn bad_requests_get_400_with_openai_error_body() {
     let mock = start(fast()).await;
     let url = format!("{}/chat/completions", mock.base_url());
     let client = reqwest::Client::new();
-    for body in [
-        "{not json",
-        r#"{"model":"m"}"#,
-        r#"{"model":"m","messages":"hi"}"#,
-        "[]",
-    ] {
-        let resp = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+    for body in ["{not json", r#"{"model":"m"}"#, r#"{"model":"m","messages":"hi"}"#, "[]"] {
+        let resp = client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{body}");
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -414,32 +298,19 @@ async fn bad_requests_get_400_with_openai_error_body() {
     let resp = post(&mock, &request(json!("[[mock tokens=lots]]"), true)).await;
     assert_eq!(resp.status(), 400);
     // Unknown keys are ignored.
-    let resp = post(
-        &mock,
-        &request(json!("[[mock tokens=1 colour=blue]]"), false),
-    )
-    .await;
+    let resp = post(&mock, &request(json!("[[mock tokens=1 colour=blue]]"), false)).await;
     assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
 async fn cut_fault_truncates_the_stream_without_done() {
     let mock = start(fast()).await;
-    let (events, err) = read_sse(
-        post(
-            &mock,
-            &request(json!("[[mock tokens=10 fault=cut:3]]"), true),
-        )
-        .await,
-    )
-    .await;
+    let (events, err) = read_sse(post(&mock, &request(json!("[[mock tokens=10 fault=cut:3]]"), true)).await).await;
     assert_eq!(contents(&events).len(), 3);
     assert_eq!(contents(&events).concat(), reply_text(3, None));
     assert!(!events.iter().any(|e| matches!(e, Ev::Done)), "no [DONE]");
     assert!(
-        chunk_values(&events)
-            .iter()
-            .all(|c| c["choices"][0]["finish_reason"].is_null() && c.get("usage").is_none()),
+        chunk_values(&events).iter().all(|c| c["choices"][0]["finish_reason"].is_null() && c.get("usage").is_none()),
         "no finish or usage chunk"
     );
     assert!(err.is_some(), "the client sees a broken body");
@@ -447,10 +318,7 @@ async fn cut_fault_truncates_the_stream_without_done() {
     let stats = mock.stats();
     assert_eq!(stats.streams_started, 1);
     assert_eq!(stats.streams_completed, 0);
-    assert_eq!(
-        stats.streams_closed_early, 0,
-        "a server-side cut is not a client close"
-    );
+    assert_eq!(stats.streams_closed_early, 0, "a server-side cut is not a client close");
     assert_eq!(stats.active_streams, 0);
 
     // The non-streaming variant breaks the JSON body.
@@ -462,11 +330,7 @@ async fn cut_fault_truncates_the_stream_without_done() {
 #[tokio::test]
 async fn client_dropping_mid_stream_counts_as_closed_early() {
     let mock = start(fast()).await;
-    let resp = post(
-        &mock,
-        &request(json!("[[mock tokens=100000 tps=200]]"), true),
-    )
-    .await;
+    let resp = post(&mock, &request(json!("[[mock tokens=100000 tps=200]]"), true)).await;
     let mut stream = resp.bytes_stream().eventsource();
     let mut seen = 0;
     while seen < 3 {
@@ -486,11 +350,7 @@ async fn client_dropping_mid_stream_counts_as_closed_early() {
 
 #[tokio::test]
 async fn client_dropping_a_stalled_stream_counts_as_closed_early() {
-    let mock = start(MockSettings {
-        fault: Some(Fault::Stall),
-        ..fast()
-    })
-    .await;
+    let mock = start(MockSettings { fault: Some(Fault::Stall), ..fast() }).await;
     let resp = post(&mock, &request(json!("hello"), true)).await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream().eventsource();
@@ -498,16 +358,8 @@ async fn client_dropping_a_stalled_stream_counts_as_closed_early() {
     let role: Value = serde_json::from_str(&role.data).unwrap();
     assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
     // Nothing more arrives while stalled.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(150), stream.next())
-            .await
-            .is_err()
-    );
-    assert!(
-        !mock
-            .wait_for_closed_early(1, Duration::from_millis(10))
-            .await
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(150), stream.next()).await.is_err());
+    assert!(!mock.wait_for_closed_early(1, Duration::from_millis(10)).await);
     drop(stream);
 
     assert!(mock.wait_for_closed_early(1, Duration::from_secs(2)).await);
@@ -519,10 +371,7 @@ async fn client_dropping_a_stalled_stream_counts_as_closed_early() {
 #[tokio::test]
 async fn client_giving_up_on_a_stalled_non_streaming_request_counts_as_closed_early() {
     let mock = start(fast()).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
     let err = client
         .post(format!("{}/chat/completions", mock.base_url()))
         .json(&request(json!("[[mock stall]]"), false))
@@ -542,33 +391,15 @@ async fn stats_and_reset_over_http() {
     let root = mock.base_url().trim_end_matches("/v1").to_owned();
     let client = reqwest::Client::new();
 
-    let stats: MockStats = client
-        .get(format!("{root}/mock/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: MockStats = client.get(format!("{root}/mock/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats, mock.stats());
     assert_eq!(stats.requests, 1);
     assert_eq!(stats.streams_completed, 1);
     assert!(stats.last_request.is_some());
 
-    let resp = client
-        .post(format!("{root}/mock/reset"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(format!("{root}/mock/reset")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let stats: MockStats = client
-        .get(format!("{root}/mock/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: MockStats = client.get(format!("{root}/mock/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats, MockStats::default());
 }
 

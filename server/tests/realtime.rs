@@ -1,4 +1,974 @@
+//! Issue "Realtime": the WebSocket protocol, session actors, fan-out, cancellation and
+//! back-pressure, driven over real WebSocket and HTTP connections against the real server
+//! (in-process, ephemeral port, in-memory SurrealDB, its own mock model).
+
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{Read, TestServer, WAIT, Ws, assert_contiguous, reply_text};
+use futures::StreamExt;
+use relay_protocol::{
+    ErrorCode, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, SessionWithMessages, SseEvent,
+};
+use relay_server::llm::mock;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use uuid::Uuid;
+
+// ---- helpers --------------------------------------------------------------------------
+
+/// A mock directive for one reply of `tokens` word tokens at `tps` tokens a second.
+fn directive(tokens: usize, tps: u32) -> String {
+    format!("[[mock tokens={tokens} tps={tps} delay_ms=0]]")
+}
+
+/// Registers a user and creates one session; returns the token, the user id and the session id.
+async fn user_with_session(server: &TestServer, name: &str) -> (String, Uuid, Uuid) {
+    let (token, user_id) = server.register(name).await;
+    let session = server.create_session(&token).await;
+    (token, user_id, session.id)
+}
+
+/// Whether a frame is a session event (`message`, `generation_started`, `delta`, `done`)
+/// of the given session.
+fn is_event_of(frame: &ServerFrame, sid: Uuid) -> bool {
+    match frame {
+        ServerFrame::Message { session_id, .. }
+        | ServerFrame::GenerationStarted { session_id, .. }
+        | ServerFrame::Delta { session_id, .. }
+        | ServerFrame::Done { session_id, .. } => *session_id == sid,
+        _ => false,
+    }
+}
+
+fn events_of(frames: &[ServerFrame], sid: Uuid) -> Vec<ServerFrame> {
+    frames.iter().filter(|f| is_event_of(f, sid)).cloned().collect()
+}
+
+/// Subscribes to a session and returns its snapshot: `(seq, generating)`; checks the id echo.
+async fn subscribe(ws: &mut Ws, sid: Uuid) -> (u64, Option<Generating>) {
+    let request_id = format!("sub-{sid}");
+    ws.send(json!({"type": "subscribe", "id": request_id, "session_id": sid})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. } | ServerFrame::Error { .. })).await;
+    match frames.last().unwrap() {
+        ServerFrame::Subscribed { id, session, seq, generating, .. } => {
+            assert_eq!(id.as_deref(), Some(request_id.as_str()), "subscribed echoes the request id");
+            assert_eq!(session.id, sid);
+            (*seq, generating.clone())
+        }
+        other => panic!("subscribe failed: {other:?}"),
+    }
+}
+
+async fn send(ws: &mut Ws, sid: Uuid, id: &str, content: &str) {
+    ws.send(json!({"type": "send", "id": id, "session_id": sid, "content": content})).await;
+}
+
+/// Frames up to and including the `done` of `count` replies of session `sid`.
+async fn until_dones(ws: &mut Ws, sid: Uuid, count: usize) -> Vec<ServerFrame> {
+    let mut seen = 0;
+    ws.recv_until(|f| {
+        if matches!(f, ServerFrame::Done { session_id, .. } if *session_id == sid) {
+            seen += 1;
+        }
+        seen == count
+    })
+    .await
+}
+
+/// Frames up to and including the `n`th delta of session `sid`.
+async fn until_deltas(ws: &mut Ws, sid: Uuid, n: usize) -> Vec<ServerFrame> {
+    let mut seen = 0;
+    ws.recv_until(|f| {
+        match f {
+            ServerFrame::Delta { session_id, .. } if *session_id == sid => seen += 1,
+            ServerFrame::Done { session_id, .. } if *session_id == sid => {
+                panic!("the reply ended before {n} deltas arrived: {f:?}")
+            }
+            _ => {}
+        }
+        seen == n
+    })
+    .await
+}
+
+/// The id of the first reply started in a list of frames.
+fn started_reply(frames: &[ServerFrame]) -> Uuid {
+    frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::GenerationStarted { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .expect("a generation_started frame")
+}
+
+/// The finish reason of a reply's `done` frame (panics if there is none).
+fn done_of(frames: &[ServerFrame], reply: Uuid) -> FinishReason {
+    frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Done { message_id, finish_reason, .. } if *message_id == reply => Some(*finish_reason),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no done for {reply} in {frames:?}"))
+}
+
+/// The session and its messages through REST.
+async fn stored(server: &TestServer, token: &str, sid: Uuid) -> SessionWithMessages {
+    let (status, body) = server.get(token, &format!("/api/v1/chat/sessions/{sid}")).await;
+    assert_eq!(status, 200, "GET session: {body}");
+    serde_json::from_value(body).expect("a session with messages")
+}
+
+/// The stored message with an id, via REST.
+async fn stored_message(server: &TestServer, token: &str, sid: Uuid, id: Uuid) -> Option<Message> {
+    stored(server, token, sid).await.messages.into_iter().find(|m| m.id == id)
+}
+
+/// The next text frame, raw and parsed (pings skipped); panics on close.
+async fn recv_raw(ws: &mut Ws) -> (String, ServerFrame) {
+    loop {
+        let next = tokio::time::timeout(WAIT, ws.stream.next()).await.expect("a frame in time");
+        match next {
+            Some(Ok(WsMessage::Text(text))) => {
+                let text = text.as_str().to_string();
+                let frame = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
+                return (text, frame);
+            }
+            Some(Ok(WsMessage::Close(frame))) => panic!("closed ({frame:?}) while a frame was expected"),
+            Some(Ok(_)) => continue,
+            other => panic!("connection broke while a frame was expected: {other:?}"),
+        }
+    }
+}
+
+/// Raw frames up to and including the first `done` of session `sid`.
+async fn raw_until_done(ws: &mut Ws, sid: Uuid) -> Vec<(String, ServerFrame)> {
+    let mut out = Vec::new();
+    loop {
+        let (text, frame) = recv_raw(ws).await;
+        let done = matches!(&frame, ServerFrame::Done { session_id, .. } if *session_id == sid);
+        out.push((text, frame));
+        if done {
+            return out;
+        }
+    }
+}
+
+/// An HS256 token signed with the test secret.
+fn craft_token(user_id: Uuid, username: &str, exp: u64) -> String {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let claims = json!({"sub": user_id.to_string(), "exp": exp, "iat": now, "username": username});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+fn assert_error(frame: &ServerFrame, code: ErrorCode, want_id: Option<&str>, want_session: Option<Uuid>) {
+    match frame {
+        ServerFrame::Error { id, session_id, error } => {
+            assert_eq!(error.code, code, "{frame:?}");
+            assert_eq!(id.as_deref(), want_id, "error echoes the request id: {frame:?}");
+            assert_eq!(*session_id, want_session, "error names the session: {frame:?}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+// ---- 1. fan-out -------------------------------------------------------------------------
+
+/// Two connections on one session see the same events, byte for byte, with the same seq;
+/// only the sender gets the `ack`.
 #[tokio::test]
-async fn smoke() { let s = common::TestServer::start().await; let _ = s.url("/"); }
+async fn two_tabs_see_identical_events() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "twotabs").await;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    let (seq_a, _) = subscribe(&mut a, sid).await;
+    let (seq_b, _) = subscribe(&mut b, sid).await;
+    assert_eq!(seq_a, seq_b);
+
+    send(&mut a, sid, "s1", &format!("hello {}", directive(40, 1000))).await;
+    let (raw_a, raw_b) = tokio::join!(raw_until_done(&mut a, sid), raw_until_done(&mut b, sid));
+
+    let ev_a: Vec<&String> = raw_a.iter().filter(|(_, f)| is_event_of(f, sid)).map(|(t, _)| t).collect();
+    let ev_b: Vec<&String> = raw_b.iter().filter(|(_, f)| is_event_of(f, sid)).map(|(t, _)| t).collect();
+    assert_eq!(ev_a, ev_b, "both tabs see the same session events, byte for byte");
+
+    let frames_a: Vec<ServerFrame> = raw_a.into_iter().map(|(_, f)| f).collect();
+    let frames_b: Vec<ServerFrame> = raw_b.into_iter().map(|(_, f)| f).collect();
+    // user message, generation_started, 40 deltas, assistant message, done
+    assert_eq!(events_of(&frames_a, sid).len(), 44, "{frames_a:?}");
+    assert_contiguous(&frames_a, sid, seq_a);
+
+    let acks_a: Vec<_> = frames_a.iter().filter(|f| matches!(f, ServerFrame::Ack { .. })).collect();
+    assert_eq!(acks_a.len(), 1);
+    assert!(
+        matches!(acks_a[0], ServerFrame::Ack { id: Some(id), message } if id == "s1" && message.role == Role::User)
+    );
+    assert!(!frames_b.iter().any(|f| matches!(f, ServerFrame::Ack { .. })), "only the sender gets the ack");
+
+    let reply = started_reply(&frames_a);
+    assert_eq!(reply_text(&frames_a, reply), mock::reply_text(40, None));
+    assert_eq!(reply_text(&frames_b, reply), mock::reply_text(40, None));
+    assert_eq!(done_of(&frames_b, reply), FinishReason::Stop);
+}
+
+// ---- 2. joining mid-reply -----------------------------------------------------------------
+
+/// A third tab joining mid-reply gets the partial text in its snapshot, then the rest live
+/// with seq continuing from the snapshot, and ends with the same text as the others.
+#[tokio::test]
+async fn late_joiner_gets_partial_then_rest() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "latejoin").await;
+    let n = 150;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    let (seq0, _) = subscribe(&mut b, sid).await;
+    send(&mut a, sid, "s1", &directive(n, 100)).await;
+    let mut frames_a = until_deltas(&mut a, sid, 10).await;
+
+    let mut c = server.ws(&token).await;
+    let (snap_seq, generating) = subscribe(&mut c, sid).await;
+    let generating = generating.expect("the snapshot shows the reply in progress");
+    assert!(!generating.content.is_empty(), "the snapshot carries the partial reply");
+    assert_eq!(generating.message_id, started_reply(&frames_a));
+
+    frames_a.extend(until_dones(&mut a, sid, 1).await);
+    let frames_b = until_dones(&mut b, sid, 1).await;
+    let frames_c = until_dones(&mut c, sid, 1).await;
+    let reply = generating.message_id;
+    let full = mock::reply_text(n, None);
+
+    assert_eq!(reply_text(&frames_a, reply), full);
+    assert_eq!(reply_text(&frames_b, reply), full);
+    assert!(full.starts_with(&generating.content), "the partial is a prefix of the reply");
+    assert!(generating.content.len() < full.len());
+    assert_eq!(format!("{}{}", generating.content, reply_text(&frames_c, reply)), full);
+
+    assert_contiguous(&frames_b, sid, seq0);
+    assert_contiguous(&frames_c, sid, snap_seq);
+    // What C saw live is exactly what the others saw after the snapshot.
+    let tail_b: Vec<ServerFrame> =
+        events_of(&frames_b, sid).into_iter().filter(|f| f.seq().unwrap() > snap_seq).collect();
+    assert_eq!(events_of(&frames_c, sid), tail_b);
+    assert_eq!(done_of(&frames_c, reply), FinishReason::Stop);
+}
+
+// ---- 3. one generation at a time ------------------------------------------------------------
+
+/// Two quick sends get two replies, in send order, never interleaved.
+#[tokio::test]
+async fn quick_sends_are_answered_in_order() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "ordered").await;
+    let mut ws = server.ws(&token).await;
+    let (seq0, _) = subscribe(&mut ws, sid).await;
+    send(&mut ws, sid, "first", &format!("one {}", directive(30, 500))).await;
+    send(&mut ws, sid, "second", &format!("two {}", directive(45, 500))).await;
+    let frames = until_dones(&mut ws, sid, 2).await;
+    assert_contiguous(&frames, sid, seq0);
+
+    let acks: Vec<(String, Uuid)> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Ack { id, message } => Some((id.clone().unwrap(), message.id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+
+    // Walk the events: between a generation_started and its done, only its own deltas.
+    let mut running: Option<Uuid> = None;
+    let mut order = Vec::new();
+    for f in events_of(&frames, sid) {
+        match f {
+            ServerFrame::GenerationStarted { message_id, .. } => {
+                assert!(running.is_none(), "a reply started while another was running");
+                running = Some(message_id);
+                order.push(message_id);
+            }
+            ServerFrame::Delta { message_id, .. } => {
+                assert_eq!(Some(message_id), running, "a delta outside its reply");
+            }
+            ServerFrame::Done { message_id, finish_reason, .. } => {
+                assert_eq!(Some(message_id), running);
+                assert_eq!(finish_reason, FinishReason::Stop);
+                running = None;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(order.len(), 2);
+    assert_eq!(reply_text(&frames, order[0]), mock::reply_text(30, None));
+    assert_eq!(reply_text(&frames, order[1]), mock::reply_text(45, None));
+
+    // The store agrees: user 1, reply 1, user 2, reply 2.
+    let messages = stored(&server, &token, sid).await.messages;
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [acks[0].1, order[0], acks[1].1, order[1]]);
+}
+
+// ---- 4. stop ---------------------------------------------------------------------------------
+
+/// `stop` ends the reply with `cancelled`, closes the upstream stream, and stores the
+/// partial reply exactly as the client saw it.
+#[tokio::test]
+async fn stop_cancels_and_stores_partial() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "stopper").await;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "s1", &directive(1000, 100)).await;
+    let mut frames = until_deltas(&mut ws, sid, 5).await;
+    ws.send(json!({"type": "stop", "id": "x", "session_id": sid})).await;
+    frames.extend(until_dones(&mut ws, sid, 1).await);
+
+    let reply = started_reply(&frames);
+    assert_eq!(done_of(&frames, reply), FinishReason::Cancelled);
+    assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(5)).await, "upstream stream closed");
+    assert!(!frames.iter().any(|f| matches!(f, ServerFrame::Error { .. })), "{frames:?}");
+
+    let seen = reply_text(&frames, reply);
+    assert!(!seen.is_empty() && seen.len() < mock::reply_text(1000, None).len());
+    let message = stored_message(&server, &token, sid, reply).await.expect("the partial reply is stored");
+    assert_eq!(message.status, MessageStatus::Cancelled);
+    assert_eq!(message.content, seen, "stored content is what the client saw");
+    assert_eq!(message.role, Role::Assistant);
+    assert_eq!(server.mock.stats().streams_completed, 0);
+}
+
+// ---- 5. last watcher leaves, no grace ----------------------------------------------------------
+
+/// With no grace period, the only watcher leaving closes the upstream stream at once and
+/// stores the partial reply.
+#[tokio::test]
+async fn last_watcher_leaving_cancels_at_once_without_grace() {
+    let server = TestServer::with(&[("CHAT_CANCEL_GRACE_MS", "0")]).await;
+    let (token, _, sid) = user_with_session(&server, "nograce").await;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "s1", &directive(1000, 100)).await;
+    let frames = until_deltas(&mut ws, sid, 5).await;
+    let reply = started_reply(&frames);
+
+    let closed_at = Instant::now();
+    ws.close().await;
+    assert!(
+        server.mock.wait_for_closed_early(1, Duration::from_secs(1)).await,
+        "upstream stream closed within 1 s (took {:?})",
+        closed_at.elapsed()
+    );
+    common::eventually("the partial reply stored as cancelled", || async {
+        stored_message(&server, &token, sid, reply)
+            .await
+            .is_some_and(|m| m.status == MessageStatus::Cancelled && !m.content.is_empty())
+    })
+    .await;
+    let message = stored_message(&server, &token, sid, reply).await.unwrap();
+    assert!(mock::reply_text(1000, None).starts_with(&message.content));
+    assert!(message.content.len() < mock::reply_text(1000, None).len());
+}
+
+// ---- 6. grace period ------------------------------------------------------------------------------
+
+/// With the default grace, a tab that reconnects within a second gets the partial reply
+/// and the rest live; the reply is not cancelled.
+#[tokio::test]
+async fn reconnect_within_grace_resumes_the_reply() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "reloader").await;
+    let n = 300;
+    let mut a = server.ws(&token).await;
+    send(&mut a, sid, "s1", &directive(n, 100)).await;
+    let frames = until_deltas(&mut a, sid, 5).await;
+    let reply = started_reply(&frames);
+    a.close().await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await; // a page reload
+    let mut b = server.ws(&token).await;
+    let (snap_seq, generating) = subscribe(&mut b, sid).await;
+    let generating = generating.expect("the reply is still running after the reload");
+    assert_eq!(generating.message_id, reply);
+    assert!(!generating.content.is_empty());
+
+    let rest = until_dones(&mut b, sid, 1).await;
+    assert_eq!(done_of(&rest, reply), FinishReason::Stop);
+    assert_contiguous(&rest, sid, snap_seq);
+    assert_eq!(format!("{}{}", generating.content, reply_text(&rest, reply)), mock::reply_text(n, None));
+    assert_eq!(server.mock.stats().streams_closed_early, 0);
+    let message = stored_message(&server, &token, sid, reply).await.unwrap();
+    assert_eq!(message.status, MessageStatus::Complete);
+    assert_eq!(message.content, mock::reply_text(n, None));
+}
+
+/// With the default grace (3 s), a tab that leaves for good cancels the reply after the
+/// grace period: not within 2 s, but within grace + 1 s.
+#[tokio::test]
+async fn leaving_for_good_cancels_after_grace() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "leaver").await;
+    let mut a = server.ws(&token).await;
+    send(&mut a, sid, "s1", &directive(2000, 100)).await;
+    let frames = until_deltas(&mut a, sid, 5).await;
+    let reply = started_reply(&frames);
+
+    let closed_at = Instant::now();
+    a.close().await;
+    assert!(
+        !server.mock.wait_for_closed_early(1, Duration::from_secs(2)).await,
+        "the reply must run on during the grace period"
+    );
+    let deadline = Duration::from_secs(4).saturating_sub(closed_at.elapsed());
+    assert!(
+        server.mock.wait_for_closed_early(1, deadline).await,
+        "upstream stream closed within grace + 1 s (elapsed {:?})",
+        closed_at.elapsed()
+    );
+    common::eventually("the partial reply stored as cancelled", || async {
+        stored_message(&server, &token, sid, reply)
+            .await
+            .is_some_and(|m| m.status == MessageStatus::Cancelled && !m.content.is_empty())
+    })
+    .await;
+}
+
+// ---- 7. one of two watchers leaves ---------------------------------------------------------------
+
+/// Closing one of two subscribers lets the reply finish for the other, even with no grace.
+#[tokio::test]
+async fn one_of_two_watchers_leaving_does_not_cancel() {
+    let server = TestServer::with(&[("CHAT_CANCEL_GRACE_MS", "0")]).await;
+    let (token, _, sid) = user_with_session(&server, "twowatch").await;
+    let n = 100;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    let (seq0, _) = subscribe(&mut b, sid).await;
+    send(&mut a, sid, "s1", &directive(n, 200)).await;
+    let mut frames = until_deltas(&mut b, sid, 5).await;
+    a.close().await;
+    frames.extend(until_dones(&mut b, sid, 1).await);
+
+    let reply = started_reply(&frames);
+    assert_eq!(done_of(&frames, reply), FinishReason::Stop);
+    assert_eq!(reply_text(&frames, reply), mock::reply_text(n, None));
+    assert_contiguous(&frames, sid, seq0);
+    assert_eq!(server.mock.stats().streams_closed_early, 0);
+    assert_eq!(server.mock.stats().streams_completed, 1);
+}
+
+// ---- 8. SSE and WebSocket agree ---------------------------------------------------------------------
+
+/// The SSE stream of a REST send carries the same text as a WebSocket watcher of the session saw.
+#[tokio::test]
+async fn sse_matches_websocket() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "sseuser").await;
+    let mut ws = server.ws(&token).await;
+    let (seq0, _) = subscribe(&mut ws, sid).await;
+    let n = 60;
+
+    let post = async {
+        let response = server
+            .http
+            .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .json(&json!({"content": format!("via sse {}", directive(n, 500))}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        response.text().await.unwrap()
+    };
+    let (body, frames) = tokio::join!(post, until_dones(&mut ws, sid, 1));
+
+    let events: Vec<SseEvent> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim_start()).unwrap_or_else(|e| panic!("bad SSE data {data}: {e}")))
+        .collect();
+    let (last, chunks) = events.split_last().expect("SSE events");
+    let reply = started_reply(&frames);
+    match last {
+        SseEvent::Done { done, message_id, finish_reason, .. } => {
+            assert!(*done);
+            assert_eq!(*message_id, reply);
+            assert_eq!(*finish_reason, FinishReason::Stop);
+        }
+        other => panic!("SSE must end with done, got {other:?}"),
+    }
+    let sse_chunks: Vec<String> = chunks
+        .iter()
+        .map(|e| match e {
+            SseEvent::Chunk { chunk, done } => {
+                assert!(!done);
+                chunk.clone()
+            }
+            other => panic!("unexpected SSE event {other:?}"),
+        })
+        .collect();
+    let ws_deltas: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Delta { message_id, text, .. } if *message_id == reply => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sse_chunks, ws_deltas, "SSE chunks are the WebSocket deltas");
+    assert_eq!(sse_chunks.concat(), mock::reply_text(n, None));
+    assert_contiguous(&frames, sid, seq0);
+    // The REST send's user message reached the WebSocket watcher too.
+    assert!(frames.iter().any(|f| matches!(f, ServerFrame::Message { message, .. }
+        if message.role == Role::User && message.content.starts_with("via sse"))));
+}
+
+// ---- 9. back-pressure ---------------------------------------------------------------------------------
+
+/// A client that never reads is closed with 4429; a reading client on the same session gets
+/// every delta.
+#[tokio::test]
+async fn slow_reader_is_closed_while_fast_reader_gets_everything() {
+    let server = TestServer::with(&[("WS_OUTBOUND_QUEUE", "16"), ("CHAT_MAX_TOKENS", "100000")]).await;
+    let (token, _, sid) = user_with_session(&server, "slowfast").await;
+    let mut slow = server.ws_small_buffer(&token).await;
+    let (slow_seq, _) = subscribe(&mut slow, sid).await; // the last frame it ever reads
+    let mut fast = server.ws(&token).await;
+    let (seq0, _) = subscribe(&mut fast, sid).await;
+    assert_eq!(slow_seq, seq0);
+
+    let n = 5000;
+    send(&mut fast, sid, "flood", &format!("[[mock tokens={n} bytes=1000 tps=0 delay_ms=0]]")).await;
+    let frames = until_dones(&mut fast, sid, 1).await;
+    let reply = started_reply(&frames);
+    assert_eq!(done_of(&frames, reply), FinishReason::Stop);
+    let deltas = frames.iter().filter(|f| matches!(f, ServerFrame::Delta { .. })).count();
+    assert_eq!(deltas, n, "the fast reader got every delta");
+    assert_contiguous(&frames, sid, seq0);
+    assert!(reply_text(&frames, reply) == mock::reply_text(n, Some(1000)), "the fast reader got the exact text");
+
+    let code = tokio::time::timeout(Duration::from_secs(20), slow.expect_close()).await.expect("slow reader closed");
+    assert_eq!(code, Some(4429));
+}
+
+// ---- 10. many sessions on one connection ---------------------------------------------------------------
+
+/// One connection streams 50 sessions at once; each reply is whole and each session's seq
+/// is contiguous.
+#[tokio::test]
+async fn one_connection_streams_fifty_sessions() {
+    // 50 sends by one user: keep any daily quota or per-minute rate limit out of the way.
+    let server = TestServer::with(&[("CHAT_DAILY_MESSAGE_QUOTA", "0"), ("CHAT_RATE_LIMIT_PER_MINUTE", "10000")]).await;
+    let (token, _) = server.register("fifty").await;
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        sessions.push(server.create_session(&token).await.id);
+    }
+    let tokens_for = |i: usize| 20 + i;
+    let mut ws = server.ws(&token).await;
+    for (i, sid) in sessions.iter().enumerate() {
+        send(&mut ws, *sid, &format!("s{i}"), &directive(tokens_for(i), 500)).await;
+    }
+    let mut done = HashSet::new();
+    let frames = ws
+        .recv_until(|f| {
+            if let ServerFrame::Done { session_id, .. } = f {
+                assert!(done.insert(*session_id), "two dones for one session");
+            }
+            done.len() == sessions.len()
+        })
+        .await;
+
+    let snapshots: HashMap<Uuid, u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Subscribed { session, seq, .. } => Some((session.id, *seq)),
+            _ => None,
+        })
+        .collect();
+    for (i, sid) in sessions.iter().enumerate() {
+        let events = events_of(&frames, *sid);
+        let snap = *snapshots.get(sid).expect("the send subscribed the connection");
+        assert_contiguous(&events, *sid, snap);
+        let reply = started_reply(&events);
+        assert_eq!(done_of(&events, reply), FinishReason::Stop);
+        assert_eq!(reply_text(&events, reply), mock::reply_text(tokens_for(i), None), "session {i}");
+    }
+}
+
+// ---- 11. one actor per session ---------------------------------------------------------------------------
+
+/// Twenty connections subscribing to one idle session at once start exactly one actor.
+#[tokio::test]
+async fn concurrent_first_use_starts_one_actor() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "crowd").await;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(server.ws(&token).await);
+    }
+    let before = server.state().sessions.actors_started();
+    futures::future::join_all(
+        conns.iter_mut().map(|ws| ws.send(json!({"type": "subscribe", "id": "go", "session_id": sid}))),
+    )
+    .await;
+    let snapshots = futures::future::join_all(conns.iter_mut().map(|ws| async move {
+        let frames = ws.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. } | ServerFrame::Error { .. })).await;
+        frames.last().cloned().unwrap()
+    }))
+    .await;
+    for snapshot in &snapshots {
+        assert!(
+            matches!(snapshot, ServerFrame::Subscribed { id: Some(id), session, seq: 0, .. } if id == "go" && session.id == sid),
+            "{snapshot:?}"
+        );
+    }
+    assert_eq!(server.state().sessions.actors_started(), before + 1, "exactly one actor started");
+    assert_eq!(server.state().sessions.live_actors(), 1);
+}
+
+// ---- 12. bad input ----------------------------------------------------------------------------------------
+
+/// Malformed JSON, unknown frames and binary frames answer `bad_request` and leave the
+/// connection usable; an oversized frame closes it with 1009.
+#[tokio::test]
+async fn bad_frames_answer_errors_and_oversize_closes_1009() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("badinput").await;
+    let mut ws = server.ws(&token).await;
+
+    ws.send_raw(WsMessage::Text("{not json".into())).await;
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, None, None);
+
+    ws.send(json!({"type": "frobnicate", "id": "u1", "session_id": Uuid::new_v4()})).await;
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, Some("u1"), None);
+
+    ws.send(json!({"type": "send", "id": "m1"})).await; // a known type missing its fields
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, Some("m1"), None);
+
+    ws.send_raw(WsMessage::Binary(vec![1u8, 2, 3].into())).await;
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, None, None);
+
+    ws.send(json!({"type": "ping", "id": "p1"})).await;
+    assert_eq!(ws.recv().await, ServerFrame::Pong { id: Some("p1".into()) });
+
+    let big = json!({"type": "ping", "id": "x".repeat(65 * 1024)}).to_string();
+    assert!(big.len() > 64 * 1024);
+    ws.send_raw(WsMessage::Text(big.into())).await;
+    assert_eq!(ws.expect_close().await, Some(1009));
+}
+
+// ---- 13. other users' sessions --------------------------------------------------------------------------
+
+/// Another user's session is `not_found` for subscribe, send and stop, echoing id and session_id.
+#[tokio::test]
+async fn other_users_session_is_not_found() {
+    let server = TestServer::start().await;
+    let (_owner_token, _, sid) = user_with_session(&server, "owner").await;
+    let (token, _) = server.register("intruder").await;
+    let mut ws = server.ws(&token).await;
+
+    ws.send(json!({"type": "subscribe", "id": "a", "session_id": sid})).await;
+    assert_error(&ws.recv().await, ErrorCode::NotFound, Some("a"), Some(sid));
+    send(&mut ws, sid, "b", "let me in").await;
+    assert_error(&ws.recv().await, ErrorCode::NotFound, Some("b"), Some(sid));
+    ws.send(json!({"type": "stop", "id": "c", "session_id": sid})).await;
+    assert_error(&ws.recv().await, ErrorCode::NotFound, Some("c"), Some(sid));
+    // A session that does not exist at all looks the same.
+    let nowhere = Uuid::new_v4();
+    ws.send(json!({"type": "subscribe", "id": "d", "session_id": nowhere})).await;
+    assert_error(&ws.recv().await, ErrorCode::NotFound, Some("d"), Some(nowhere));
+
+    // Nothing was stored in the owner's session.
+    let messages = server.state().store.recent_messages(sid, 10).await.unwrap();
+    assert!(messages.is_empty(), "{messages:?}");
+    ws.send(json!({"type": "ping", "id": "still"})).await;
+    assert_eq!(ws.recv().await, ServerFrame::Pong { id: Some("still".into()) });
+}
+
+// ---- 14. authentication ------------------------------------------------------------------------------------
+
+/// A connection whose token expires is closed with 4401.
+#[tokio::test]
+async fn expiring_token_closes_4401() {
+    let server = TestServer::start().await;
+    let (_, user_id) = server.register("expiring").await;
+    let token = craft_token(user_id, "expiring", now_secs() + 2);
+    let mut ws = server.ws(&token).await; // ready
+    let started = Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(5), ws.expect_close()).await.expect("closed in time");
+    assert_eq!(code, Some(4401));
+    assert!(started.elapsed() >= Duration::from_millis(500), "closed at expiry, not at once");
+}
+
+/// Without a header the first frame must be `auth`: none in time, or a bad token, closes
+/// with 4401; a good token gives `ready`. A bad header is a plain HTTP 401.
+#[tokio::test]
+async fn websocket_authentication() {
+    let server = TestServer::with(&[("WS_AUTH_TIMEOUT_SECS", "1")]).await;
+    let (token, user_id) = server.register("authframe").await;
+
+    // No header, no auth frame.
+    let mut silent = server.ws_raw(None).await;
+    let started = Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(5), silent.expect_close()).await.expect("closed in time");
+    assert_eq!(code, Some(4401));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // A good auth frame.
+    let mut good = server.ws_raw(None).await;
+    good.send(json!({"type": "auth", "token": token})).await;
+    match good.recv().await {
+        ServerFrame::Ready { user, protocol, .. } => {
+            assert_eq!(user.id, user_id);
+            assert_eq!(protocol, 1);
+        }
+        other => panic!("expected ready, got {other:?}"),
+    }
+    good.send(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(good.recv().await, ServerFrame::Pong { id: Some("p".into()) });
+
+    // A bad token in the auth frame: forged, and plain garbage.
+    let forged = {
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": user_id.to_string(), "exp": now_secs() + 3600, "username": "authframe"}),
+            &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-that-is-long-enough-000"),
+        )
+        .unwrap()
+    };
+    for bad in [forged.as_str(), "not-a-token"] {
+        let mut ws = server.ws_raw(None).await;
+        ws.send(json!({"type": "auth", "token": bad})).await;
+        assert_eq!(ws.expect_close().await, Some(4401), "token {bad}");
+    }
+    // An expired token in the auth frame (beyond the leeway).
+    let mut ws = server.ws_raw(None).await;
+    ws.send(json!({"type": "auth", "token": craft_token(user_id, "authframe", now_secs() - 3600)})).await;
+    assert_eq!(ws.expect_close().await, Some(4401));
+
+    // A bad Authorization header on the upgrade request.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/api/v1/ws", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", "Bearer not-a-token".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        Err(other) => panic!("expected an HTTP 401, got {other:?}"),
+        Ok(_) => panic!("the upgrade must be refused"),
+    }
+}
+
+// ---- 15. per-user hub -----------------------------------------------------------------------------------------
+
+/// Session list changes reach every connection of the user; only the asking connection gets
+/// its id echoed. Deleting a session while a reply streams cancels it for its watchers.
+#[tokio::test]
+async fn user_hub_announces_session_changes() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("hubuser").await;
+    let (other_token, _) = server.register("otheruser").await;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    let mut stranger = server.ws(&other_token).await;
+
+    // create_session over the WebSocket.
+    a.send(json!({"type": "create_session", "id": "c1", "title": "From A"})).await;
+    let created = match a.recv().await {
+        ServerFrame::SessionCreated { id, session } => {
+            assert_eq!(id.as_deref(), Some("c1"));
+            assert_eq!(session.title, "From A");
+            session
+        }
+        other => panic!("expected session_created, got {other:?}"),
+    };
+    assert_eq!(b.recv().await, ServerFrame::SessionCreated { id: None, session: created.clone() });
+
+    // REST create and rename.
+    let rest_created = server.create_session(&token).await;
+    for ws in [&mut a, &mut b] {
+        assert_eq!(ws.recv().await, ServerFrame::SessionCreated { id: None, session: rest_created.clone() });
+    }
+    let response = server
+        .http
+        .patch(server.url(&format!("/api/v1/chat/sessions/{}", created.id)))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for ws in [&mut a, &mut b] {
+        match ws.recv().await {
+            ServerFrame::SessionUpdated { id: None, session } => {
+                assert_eq!(session.id, created.id);
+                assert_eq!(session.title, "Renamed");
+            }
+            other => panic!("expected session_updated, got {other:?}"),
+        }
+    }
+
+    // Delete while a reply streams.
+    let sid = created.id;
+    send(&mut a, sid, "s1", &directive(2000, 100)).await;
+    let mut frames = until_deltas(&mut a, sid, 5).await;
+    let reply = started_reply(&frames);
+    let response = server
+        .http
+        .delete(server.url(&format!("/api/v1/chat/sessions/{sid}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    frames.extend(a.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await);
+    let done_at = frames
+        .iter()
+        .position(|f| matches!(f, ServerFrame::Done { finish_reason: FinishReason::Cancelled, message_id, .. } if *message_id == reply))
+        .expect("the watcher gets done cancelled");
+    let deleted_at = frames.len() - 1;
+    assert!(done_at < deleted_at, "done comes before session_deleted");
+    assert_eq!(frames[deleted_at], ServerFrame::SessionDeleted { id: None, session_id: sid });
+    let b_frames = b.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await;
+    assert_eq!(b_frames.last().unwrap(), &ServerFrame::SessionDeleted { id: None, session_id: sid });
+    assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(5)).await, "upstream stream closed");
+    let (status, _) = server.get(&token, &format!("/api/v1/chat/sessions/{sid}")).await;
+    assert_eq!(status, 404);
+
+    // Delete over the WebSocket echoes the id to the asker only.
+    a.send(json!({"type": "delete_session", "id": "d1", "session_id": rest_created.id})).await;
+    assert_eq!(
+        a.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await.last().unwrap(),
+        &ServerFrame::SessionDeleted { id: Some("d1".into()), session_id: rest_created.id }
+    );
+    assert_eq!(
+        b.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await.last().unwrap(),
+        &ServerFrame::SessionDeleted { id: None, session_id: rest_created.id }
+    );
+
+    // Another user heard nothing of it.
+    stranger.send(json!({"type": "ping", "id": "quiet"})).await;
+    assert_eq!(stranger.recv().await, ServerFrame::Pong { id: Some("quiet".into()) });
+}
+
+// ---- 16. graceful shutdown ------------------------------------------------------------------------------------
+
+/// On shutdown a streaming reply ends with `done` cancelled, the connection closes with
+/// 1001, and the partial reply is stored as cancelled.
+#[tokio::test]
+async fn graceful_shutdown_cancels_and_closes_1001() {
+    let mut server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "shutdown").await;
+    let store = server.state().store.clone();
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "s1", &directive(2000, 100)).await;
+    let mut frames = until_deltas(&mut ws, sid, 5).await;
+    let reply = started_reply(&frames);
+
+    let read = async {
+        let mut rest = Vec::new();
+        loop {
+            match ws.read().await {
+                Read::Frame(frame) => rest.push(frame),
+                Read::Closed(code) => return (rest, code),
+            }
+        }
+    };
+    let ((), (rest, code)) = tokio::join!(server.shutdown(), read);
+    frames.extend(rest);
+    assert_eq!(code, Some(1001));
+    assert_eq!(done_of(&frames, reply), FinishReason::Cancelled);
+    assert!(matches!(frames.last(), Some(ServerFrame::Done { .. })), "done is the last frame before the close");
+
+    let seen = reply_text(&frames, reply);
+    let messages = store.recent_messages(sid, 10).await.unwrap();
+    let message = messages.iter().find(|m| m.id == reply).expect("the partial reply is stored");
+    assert_eq!(message.status, MessageStatus::Cancelled);
+    assert_eq!(message.content, seen);
+    assert!(!seen.is_empty());
+}
+
+// ---- 17. send subscribes ----------------------------------------------------------------------------------------
+
+/// A `send` without a prior `subscribe` subscribes the connection: `subscribed`, `ack`, the
+/// user `message`, then the reply.
+#[tokio::test]
+async fn send_subscribes_implicitly() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "implicit").await;
+    let mut ws = server.ws(&token).await;
+    let content = format!("implicit {}", directive(20, 1000));
+    send(&mut ws, sid, "m1", &content).await;
+    let frames = until_dones(&mut ws, sid, 1).await;
+    // Hub frames (quota, the derived title) may come in between; they are not part of the order.
+    let main: Vec<&ServerFrame> = frames
+        .iter()
+        .filter(|f| !matches!(f, ServerFrame::Quota { .. } | ServerFrame::SessionUpdated { .. }))
+        .collect();
+
+    let ServerFrame::Subscribed { id, session, messages, seq, generating } = main[0] else {
+        panic!("expected subscribed first, got {:?}", main[0]);
+    };
+    assert_eq!(*id, None, "an implicit subscription answers no request");
+    assert_eq!(session.id, sid);
+    assert!(messages.is_empty());
+    assert!(generating.is_none());
+    let ServerFrame::Ack { id: Some(ack_id), message: acked } = main[1] else {
+        panic!("expected ack second, got {:?}", main[1]);
+    };
+    assert_eq!(ack_id, "m1");
+    assert_eq!(acked.content, content);
+    assert_eq!(acked.role, Role::User);
+    match main[2] {
+        ServerFrame::Message { message, seq: s, .. } => {
+            assert_eq!(message, acked);
+            assert_eq!(*s, seq + 1);
+        }
+        other => panic!("expected the user message third, got {other:?}"),
+    }
+    assert!(matches!(main[3], ServerFrame::GenerationStarted { .. }), "{:?}", main[3]);
+    assert_contiguous(&frames, sid, *seq);
+    let reply = started_reply(&frames);
+    assert_eq!(reply_text(&frames, reply), mock::reply_text(20, None));
+    assert_eq!(done_of(&frames, reply), FinishReason::Stop);
+    // The assistant message is broadcast as stored, just before done.
+    match &main[main.len() - 2] {
+        ServerFrame::Message { message, .. } => {
+            assert_eq!(message.id, reply);
+            assert_eq!(message.status, MessageStatus::Complete);
+            assert_eq!(message.content, mock::reply_text(20, None));
+        }
+        other => panic!("expected the stored reply before done, got {other:?}"),
+    }
+
+    // The connection now receives the session's later events without subscribing again.
+    let response = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+        .bearer_auth(&token)
+        .json(&json!({"content": format!("again {}", directive(5, 1000))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let later = until_dones(&mut ws, sid, 1).await;
+    let last_seq = events_of(&frames, sid).last().and_then(ServerFrame::seq).unwrap();
+    assert_contiguous(&later, sid, last_seq);
+    let later_reply = started_reply(&later);
+    assert_eq!(body["assistant_message"]["id"], json!(later_reply));
+    assert_eq!(reply_text(&later, later_reply), mock::reply_text(5, None));
+}

@@ -17,16 +17,12 @@ const DEFAULT_BIND: &str = "127.0.0.1:8090";
 async fn main() -> ExitCode {
     // Logs go to stderr so stdout carries only the base URL, which scripts capture.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
 
-    let bind_text = std::env::var("MOCK_BIND")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_BIND.to_owned());
+    let bind_text =
+        std::env::var("MOCK_BIND").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
     let bind: SocketAddr = match bind_text.trim().parse() {
         Ok(addr) => addr,
         Err(err) => {

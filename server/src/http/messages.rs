@@ -7,11 +7,11 @@
 
 use std::convert::Infallible;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::Stream;
 use relay_protocol::{ErrorCode, SendMessageRequest, SendMessageResponse, ServerFrame, SseEvent};
 use tokio::sync::mpsc;
@@ -88,7 +88,9 @@ impl ReplyWatch {
                         let event = SseEvent::Chunk { chunk: text.clone(), done: false };
                         return Some((Ok(sse_event(&event)), Some(watch)));
                     }
-                    ServerFrame::Done { message_id, finish_reason, usage, error, .. } if *message_id == watch.reply_id => {
+                    ServerFrame::Done { message_id, finish_reason, usage, error, .. }
+                        if *message_id == watch.reply_id =>
+                    {
                         let event = match error {
                             Some(error) => SseEvent::Error { error: error.message.clone(), code: error.code },
                             None => SseEvent::Done {

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use relay_protocol::{CreateSessionRequest, DeletedResponse, Session, SessionList, SessionWithMessages, UpdateSessionRequest};
+use relay_protocol::{
+    CreateSessionRequest, DeletedResponse, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
+};
 use serde::Deserialize;
 
 use super::{ApiJson, ApiQuery, AppState, SessionId, json_or_default};
@@ -23,7 +25,11 @@ pub struct ListParams {
 }
 
 /// `POST /chat/sessions`; the body (`{"title"?}`) may be empty.
-pub async fn create(State(state): State<AppState>, user: AuthUser, body: Bytes) -> Result<(StatusCode, Json<Session>), AppError> {
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Session>), AppError> {
     let body: CreateSessionRequest = json_or_default(&body)?;
     let session = catalog::create(&state, user.id, body.title.as_deref(), None).await?;
     Ok((StatusCode::CREATED, Json(session)))
@@ -39,7 +45,11 @@ pub async fn list(
 }
 
 /// `GET /chat/sessions/:id`: the session and its messages, oldest first.
-pub async fn get(State(state): State<AppState>, user: AuthUser, SessionId(id): SessionId) -> Result<Json<SessionWithMessages>, AppError> {
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    SessionId(id): SessionId,
+) -> Result<Json<SessionWithMessages>, AppError> {
     let session = state.store.get_owned_session(user.id, id).await?.ok_or(AppError::NotFound)?;
     let messages = state.store.recent_messages(id, MAX_MESSAGES_RETURNED).await?;
     Ok(Json(SessionWithMessages { session, messages }))
@@ -56,7 +66,11 @@ pub async fn rename(
 }
 
 /// `DELETE /chat/sessions/:id` (soft delete).
-pub async fn delete(State(state): State<AppState>, user: AuthUser, SessionId(id): SessionId) -> Result<Json<DeletedResponse>, AppError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    SessionId(id): SessionId,
+) -> Result<Json<DeletedResponse>, AppError> {
     catalog::delete(&state, user.id, id, None).await?;
     Ok(Json(DeletedResponse { message: "Session deleted".into() }))
 }

@@ -92,10 +92,7 @@ impl fmt::Debug for MockSettings {
             .field("reply_tokens", &self.reply_tokens)
             .field("token_bytes", &self.token_bytes)
             .field("fault", &self.fault)
-            .field(
-                "choices_null_in_usage_chunk",
-                &self.choices_null_in_usage_chunk,
-            )
+            .field("choices_null_in_usage_chunk", &self.choices_null_in_usage_chunk)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -124,14 +121,8 @@ impl MockSettings {
     /// Builds settings from any variable source, so parsing is testable without mutating the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         // Empty values count as unset so `MOCK_FAULT=` in a shell script means "no fault".
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let bad = |name: &str, value: &str, why: &dyn fmt::Display| {
-            format!("{name}: invalid value {value:?}: {why}")
-        };
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let bad = |name: &str, value: &str, why: &dyn fmt::Display| format!("{name}: invalid value {value:?}: {why}");
         let mut s = Self::default();
         if let Some(v) = get("MOCK_FIRST_TOKEN_MS") {
             let ms: u64 = v.parse().map_err(|e| bad("MOCK_FIRST_TOKEN_MS", &v, &e))?;
@@ -155,8 +146,7 @@ impl MockSettings {
             s.fault = parse_optional_fault(&v).map_err(|e| bad("MOCK_FAULT", &v, &e))?;
         }
         if let Some(v) = get("MOCK_CHOICES") {
-            s.choices_null_in_usage_chunk =
-                parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
+            s.choices_null_in_usage_chunk = parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
         }
         s.api_key = get("MOCK_API_KEY");
         Ok(s)
@@ -184,17 +174,11 @@ impl FromStr for Fault {
             return Ok(Fault::Stall);
         }
         if let Some(n) = s.strip_prefix("cut:") {
-            return n
-                .trim()
-                .parse()
-                .map(Fault::CutAfter)
-                .map_err(|e| format!("bad chunk count in {s:?}: {e}"));
+            return n.trim().parse().map(Fault::CutAfter).map_err(|e| format!("bad chunk count in {s:?}: {e}"));
         }
         match s.parse::<u16>() {
             Ok(code) if (400..=599).contains(&code) => Ok(Fault::Status(code)),
-            _ => Err(format!(
-                "expected an HTTP status 400..=599, \"stall\" or \"cut:N\", got {s:?}"
-            )),
+            _ => Err(format!("expected an HTTP status 400..=599, \"stall\" or \"cut:N\", got {s:?}")),
         }
     }
 }
@@ -212,11 +196,7 @@ impl fmt::Display for Fault {
 
 /// Parses a fault where `none`/`off` explicitly means no fault, so a directive can clear a global one.
 fn parse_optional_fault(s: &str) -> Result<Option<Fault>, String> {
-    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("off") {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
+    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("off") { Ok(None) } else { s.parse().map(Some) }
 }
 
 /// Parses `null` / `empty` into the `choices_null_in_usage_chunk` flag.
@@ -286,23 +266,15 @@ impl MockState {
 
     /// Zeroes the counters and forgets the last request, keeping the `active_streams` gauge.
     pub fn reset(&self) {
-        self.inner.stats.send_modify(|s| {
-            *s = MockStats {
-                active_streams: s.active_streams,
-                ..MockStats::default()
-            }
-        });
+        self.inner.stats.send_modify(|s| *s = MockStats { active_streams: s.active_streams, ..MockStats::default() });
     }
 
     /// Waits until `streams_closed_early >= at_least`, returning false if `timeout` passes first.
     pub async fn wait_for_closed_early(&self, at_least: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.stats.subscribe();
-        let waited = tokio::time::timeout(timeout, async {
-            rx.wait_for(|s| s.streams_closed_early >= at_least)
-                .await
-                .is_ok()
-        })
-        .await;
+        let waited =
+            tokio::time::timeout(timeout, async { rx.wait_for(|s| s.streams_closed_early >= at_least).await.is_ok() })
+                .await;
         matches!(waited, Ok(true))
     }
 
@@ -349,8 +321,7 @@ impl MockLlm {
         let shutdown = state.inner.shutdown.clone();
         let app = router(state.clone());
         tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(err) = serve.await {
                 tracing::warn!("mock llm server stopped with an error: {err}");
             }
@@ -412,9 +383,7 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
     match token_bytes {
         None => format!("{} ", WORDS[i % WORDS.len()]),
         // Starting each token at a different offset makes reordering or loss visible in comparisons.
-        Some(n) => (0..n)
-            .map(|j| BYTE_PATTERN[(i + j) % BYTE_PATTERN.len()] as char)
-            .collect(),
+        Some(n) => (0..n).map(|j| BYTE_PATTERN[(i + j) % BYTE_PATTERN.len()] as char).collect(),
     }
 }
 
@@ -516,9 +485,7 @@ impl Plan {
     ) -> Self {
         let wanted = d.tokens.unwrap_or(settings.reply_tokens);
         let (tokens, finish_reason) = match max_tokens {
-            Some(max) if max < u64::try_from(wanted).unwrap_or(u64::MAX) => {
-                (max as usize, "length")
-            }
+            Some(max) if max < u64::try_from(wanted).unwrap_or(u64::MAX) => (max as usize, "length"),
             _ => (wanted, "stop"),
         };
         let tps = d.tps.unwrap_or(settings.tokens_per_second);
@@ -529,23 +496,17 @@ impl Plan {
             tokens,
             finish_reason,
             token_bytes: d.bytes.unwrap_or(settings.token_bytes),
-            first_token_delay: d
-                .delay_ms
-                .map(Duration::from_millis)
-                .unwrap_or(settings.first_token_delay),
+            first_token_delay: d.delay_ms.map(Duration::from_millis).unwrap_or(settings.first_token_delay),
             period: (tps > 0.0 && tps.is_finite()).then(|| Duration::from_secs_f64(1.0 / tps)),
             fault: d.fault.unwrap_or_else(|| settings.fault.clone()),
-            choices_null: d
-                .choices_null
-                .unwrap_or(settings.choices_null_in_usage_chunk),
+            choices_null: d.choices_null.unwrap_or(settings.choices_null_in_usage_chunk),
             prompt_tokens,
         }
     }
 
     /// When token `i` (0-based) is due, counted from the role chunk; tokens keep a fixed schedule so the average rate is exact despite timer granularity.
     fn token_due(&self, first_at: Instant, i: usize) -> Option<Instant> {
-        self.period
-            .map(|p| first_at + p.saturating_mul(u32::try_from(i + 1).unwrap_or(u32::MAX)))
+        self.period.map(|p| first_at + p.saturating_mul(u32::try_from(i + 1).unwrap_or(u32::MAX)))
     }
 
     fn chunk(&self, choice: Value) -> Value {
@@ -578,17 +539,13 @@ impl Plan {
     }
 
     fn finish_chunk(&self) -> Value {
-        self.chunk(
-            json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": self.finish_reason}),
-        )
+        self.chunk(json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": self.finish_reason}))
     }
 
     fn usage(&self, completion_tokens: usize, timing: &Timing) -> Value {
         let end = chrono::Utc::now();
         let total = timing.started.elapsed().as_secs_f64();
-        let ttft = timing
-            .first_at
-            .map_or(total, |t| t.duration_since(timing.started).as_secs_f64());
+        let ttft = timing.first_at.map_or(total, |t| t.duration_since(timing.started).as_secs_f64());
         let generating = (total - ttft).max(f64::EPSILON);
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -659,11 +616,7 @@ impl ResponseGuard {
                 s.active_streams += 1;
             });
         }
-        Self {
-            state,
-            streaming,
-            finished: false,
-        }
+        Self { state, streaming, finished: false }
     }
 
     /// Marks a normal completion.
@@ -719,12 +672,7 @@ async fn post_reset(State(state): State<MockState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "Not found",
-        "invalid_request_error",
-        None,
-    )
+    error_response(StatusCode::NOT_FOUND, "Not found", "invalid_request_error", None)
 }
 
 /// An OpenAI-style error response: `{"error":{"message","type","code"}}`.
@@ -736,40 +684,19 @@ fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&s
 fn fault_response(code: u16) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = match status.as_u16() {
-        401 => error_response(
-            status,
-            "Invalid API key (mock fault)",
-            "invalid_request_error",
-            Some("invalid_api_key"),
-        ),
+        401 => error_response(status, "Invalid API key (mock fault)", "invalid_request_error", Some("invalid_api_key")),
         429 => error_response(
             status,
             "Rate limit exceeded (mock fault)",
             "rate_limit_exceeded",
             Some("rate_limit_exceeded"),
         ),
-        503 => error_response(
-            status,
-            "The model is overloaded (mock fault)",
-            "service_unavailable",
-            None,
-        ),
-        c if c < 500 => error_response(
-            status,
-            "Request rejected (mock fault)",
-            "invalid_request_error",
-            None,
-        ),
-        _ => error_response(
-            status,
-            "Internal server error (mock fault)",
-            "server_error",
-            None,
-        ),
+        503 => error_response(status, "The model is overloaded (mock fault)", "service_unavailable", None),
+        c if c < 500 => error_response(status, "Request rejected (mock fault)", "invalid_request_error", None),
+        _ => error_response(status, "Internal server error (mock fault)", "server_error", None),
     };
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -778,20 +705,14 @@ fn fault_response(code: u16) -> Response {
 fn content_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
+        }
         _ => String::new(),
     }
 }
 
-async fn chat_completions(
-    State(state): State<MockState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let started_wall = chrono::Utc::now();
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
@@ -806,9 +727,7 @@ async fn chat_completions(
     let settings = state.settings().clone();
     if let Some(key) = &settings.api_key {
         let expected = format!("Bearer {key}");
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if given != Some(expected.as_str()) {
             return error_response(
                 StatusCode::UNAUTHORIZED,
@@ -836,11 +755,7 @@ async fn chat_completions(
         .get("max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| req.get("max_tokens").and_then(Value::as_u64));
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("mock")
-        .to_owned();
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
 
     let last_user = messages
         .iter()
@@ -860,29 +775,16 @@ async fn chat_completions(
         .sum::<usize>()
         .max(1);
     let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens);
-    let timing = Timing {
-        started,
-        started_wall,
-        first_at: None,
-    };
+    let timing = Timing { started, started_wall, first_at: None };
 
     if let Some(Fault::Status(code)) = plan.fault {
         return fault_response(code);
     }
-    if stream {
-        streaming_response(state, plan, timing)
-    } else {
-        unary_response(state, plan, timing).await
-    }
+    if stream { streaming_response(state, plan, timing) } else { unary_response(state, plan, timing).await }
 }
 
 fn bad_request(message: &str) -> Response {
-    error_response(
-        StatusCode::BAD_REQUEST,
-        message,
-        "invalid_request_error",
-        None,
-    )
+    error_response(StatusCode::BAD_REQUEST, message, "invalid_request_error", None)
 }
 
 /// Answers a non-streaming request after the time the whole reply would have taken.
@@ -896,11 +798,7 @@ async fn unary_response(state: MockState, plan: Plan, mut timing: Timing) -> Res
             std::future::pending::<()>().await;
         }
         let first_at = Instant::now();
-        if let Some(due) = plan
-            .tokens
-            .checked_sub(1)
-            .and_then(|last| plan.token_due(first_at, last))
-        {
+        if let Some(due) = plan.tokens.checked_sub(1).and_then(|last| plan.token_due(first_at, last)) {
             tokio::time::sleep_until(due.into()).await;
         }
         first_at
@@ -966,11 +864,7 @@ impl SseStream {
                 Phase::Role => {
                     tokio::time::sleep(self.plan.first_token_delay).await;
                     self.timing.first_at = Some(Instant::now());
-                    self.phase = if self.plan.fault == Some(Fault::Stall) {
-                        Phase::Stalled
-                    } else {
-                        Phase::Token(0)
-                    };
+                    self.phase = if self.plan.fault == Some(Fault::Stall) { Phase::Stalled } else { Phase::Token(0) };
                     return Some(Ok(sse(&self.plan.role_chunk())));
                 }
                 Phase::Stalled => {
@@ -1031,13 +925,7 @@ fn sse(value: &Value) -> Bytes {
 
 fn streaming_response(state: MockState, plan: Plan, timing: Timing) -> Response {
     let cancel = state.inner.shutdown.clone();
-    let sse_state = SseStream {
-        guard: ResponseGuard::new(state, true),
-        plan,
-        timing,
-        phase: Phase::Role,
-        sent: 0,
-    };
+    let sse_state = SseStream { guard: ResponseGuard::new(state, true), plan, timing, phase: Phase::Role, sent: 0 };
     let body = futures::stream::unfold((sse_state, cancel), |(mut st, cancel)| async move {
         let item = tokio::select! {
             biased;
@@ -1083,10 +971,8 @@ mod tests {
 
     #[test]
     fn directives_parse_keys_flags_and_ignore_unknown() {
-        let d = Directives::parse(
-            "hi [[mock tokens=3 tps=0 delay_ms=1 bytes=8 fault=cut:2 choices=empty wat=1 frob]]",
-        )
-        .unwrap();
+        let d = Directives::parse("hi [[mock tokens=3 tps=0 delay_ms=1 bytes=8 fault=cut:2 choices=empty wat=1 frob]]")
+            .unwrap();
         assert_eq!(d.tokens, Some(3));
         assert_eq!(d.tps, Some(0.0));
         assert_eq!(d.delay_ms, Some(1));
@@ -1097,22 +983,14 @@ mod tests {
         let d = Directives::parse("[[mock stall]] then [[mock fault=none instant]]").unwrap();
         assert_eq!(d.fault, Some(None));
         assert_eq!(d.delay_ms, Some(0));
-        assert_eq!(
-            Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(),
-            Directives::default()
-        );
+        assert_eq!(Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(), Directives::default());
         assert!(Directives::parse("[[mock tokens=many]]").is_err());
     }
 
     #[test]
     fn settings_from_lookup() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         let s = MockSettings::from_lookup(env(&[
             ("MOCK_FIRST_TOKEN_MS", "5"),
@@ -1143,11 +1021,6 @@ mod tests {
         let t = reply_text(4, Some(5));
         assert_eq!(t.len(), 20);
         assert_eq!(&t[..10], "abcdebcdef");
-        assert_eq!(
-            reply_text(WORDS.len() + 1, None)
-                .split(' ')
-                .nth(WORDS.len()),
-            Some("Lorem")
-        );
+        assert_eq!(reply_text(WORDS.len() + 1, None).split(' ').nth(WORDS.len()), Some("Lorem"));
     }
 }

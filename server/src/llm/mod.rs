@@ -121,8 +121,12 @@ impl LlmClient {
             .iter()
             .map(|m| -> Result<ChatCompletionRequestMessage, async_openai::error::OpenAIError> {
                 Ok(match m.role {
-                    Role::System => ChatCompletionRequestSystemMessageArgs::default().content(m.content.as_str()).build()?.into(),
-                    Role::User => ChatCompletionRequestUserMessageArgs::default().content(m.content.as_str()).build()?.into(),
+                    Role::System => {
+                        ChatCompletionRequestSystemMessageArgs::default().content(m.content.as_str()).build()?.into()
+                    }
+                    Role::User => {
+                        ChatCompletionRequestUserMessageArgs::default().content(m.content.as_str()).build()?.into()
+                    }
                     Role::Assistant => {
                         ChatCompletionRequestAssistantMessageArgs::default().content(m.content.as_str()).build()?.into()
                     }
@@ -159,7 +163,10 @@ impl LlmClient {
                 if e.is_timeout() {
                     LlmError::Timeout
                 } else {
-                    LlmError::Unavailable { message: format!("cannot reach the model provider: {e}"), retry_after_ms: None }
+                    LlmError::Unavailable {
+                        message: format!("cannot reach the model provider: {e}"),
+                        retry_after_ms: None,
+                    }
                 }
             })?;
         let status = response.status();
@@ -187,8 +194,13 @@ impl LlmClient {
 fn status_error(status: u16, body: String, retry_after_ms: Option<u64>) -> LlmError {
     let detail = provider_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
     match status {
-        401 | 403 => LlmError::Unavailable { message: format!("the provider rejected the API key ({detail})"), retry_after_ms: None },
-        429 | 502 | 503 => LlmError::Unavailable { message: format!("the provider is overloaded or down ({detail})"), retry_after_ms },
+        401 | 403 => LlmError::Unavailable {
+            message: format!("the provider rejected the API key ({detail})"),
+            retry_after_ms: None,
+        },
+        429 | 502 | 503 => {
+            LlmError::Unavailable { message: format!("the provider is overloaded or down ({detail})"), retry_after_ms }
+        }
         408 | 504 => LlmError::Timeout,
         _ => LlmError::Upstream(detail),
     }
@@ -305,7 +317,8 @@ pub fn decode_chunk(data: &str) -> Result<Vec<LlmEvent>, LlmError> {
     let chunk: Chunk =
         serde_json::from_str(data).map_err(|e| LlmError::Upstream(format!("undecodable stream chunk: {e}")))?;
     if let Some(error) = chunk.error {
-        let message = error.get("message").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| error.to_string());
+        let message =
+            error.get("message").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| error.to_string());
         return Err(LlmError::Upstream(message));
     }
     let mut events = Vec::new();
@@ -368,8 +381,13 @@ mod tests {
     #[test]
     fn statuses_map_to_meanings() {
         assert!(matches!(status_error(401, String::new(), None), LlmError::Unavailable { .. }));
-        assert!(matches!(status_error(429, String::new(), Some(1000)), LlmError::Unavailable { retry_after_ms: Some(1000), .. }));
+        assert!(matches!(
+            status_error(429, String::new(), Some(1000)),
+            LlmError::Unavailable { retry_after_ms: Some(1000), .. }
+        ));
         assert!(matches!(status_error(504, String::new(), None), LlmError::Timeout));
-        assert!(matches!(status_error(500, r#"{"error":{"message":"boom"}}"#.into(), None), LlmError::Upstream(m) if m == "boom"));
+        assert!(
+            matches!(status_error(500, r#"{"error":{"message":"boom"}}"#.into(), None), LlmError::Upstream(m) if m == "boom")
+        );
     }
 }

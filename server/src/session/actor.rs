@@ -21,9 +21,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use relay_protocol::{
-    ErrorBody, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage,
-};
+use relay_protocol::{ErrorBody, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -181,7 +179,11 @@ impl Actor for SessionActor {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         tracing::debug!(session_id = %args.record.session.id, "session actor started");
         Ok(SessionState {
             session: args.record.session,
@@ -201,12 +203,21 @@ impl Actor for SessionActor {
         })
     }
 
-    async fn post_start(&self, myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         state.reconcile(&myself).await;
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         // Errors are answered to whoever asked; an actor that returned one would stop.
         match msg {
             SessionMsg::Subscribe { user_id, receiver, request_id, reply } => {
@@ -356,7 +367,9 @@ impl SessionState {
         match self.deps.store.rename_session(self.owner, self.session.id, &title).await {
             Ok(Some(session)) => {
                 self.session = session.clone();
-                self.deps.hub.publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
+                self.deps
+                    .hub
+                    .publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not set the session title"),
@@ -454,7 +467,9 @@ impl SessionState {
         let earlier: Vec<&Message> = self
             .history
             .iter()
-            .filter(|m| m.id != answering.id && !waiting.contains(&m.id) && m.role != Role::System && counts_as_context(m))
+            .filter(|m| {
+                m.id != answering.id && !waiting.contains(&m.id) && m.role != Role::System && counts_as_context(m)
+            })
             .collect();
         let keep = settings.max_context_messages.saturating_sub(1);
         let mut context = Vec::with_capacity(keep + 2);
@@ -568,10 +583,10 @@ impl SessionState {
         if store.touch_session(self.session.id, now).await.is_ok() {
             self.session.updated_at = now;
         }
-        if let Some(usage) = running.usage {
-            if let Err(e) = store.record_token_usage(running.user.id, now.date_naive(), usage.total_tokens).await {
-                tracing::warn!(user_id = %running.user.id, error = %e, "could not record token usage");
-            }
+        if let Some(usage) = running.usage
+            && let Err(e) = store.record_token_usage(running.user.id, now.date_naive(), usage.total_tokens).await
+        {
+            tracing::warn!(user_id = %running.user.id, error = %e, "could not record token usage");
         }
         tracing::info!(
             session_id = %self.session.id, user_id = %running.user.id, message_id = %message.id,
@@ -638,9 +653,7 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), SessionEr
     }
     let chars = content.chars().count();
     if chars > max_chars {
-        return Err(SessionError::InvalidContent(format!(
-            "message is {chars} characters; the limit is {max_chars}"
-        )));
+        return Err(SessionError::InvalidContent(format!("message is {chars} characters; the limit is {max_chars}")));
     }
     Ok(())
 }

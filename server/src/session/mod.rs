@@ -138,12 +138,7 @@ impl SessionRegistry {
             .get_or_try_init(|| async {
                 let record = self.deps.store.get_session(session_id).await?.ok_or(SessionError::NotFound)?;
                 let history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
-                let args = SessionArgs {
-                    record,
-                    history,
-                    deps: self.deps.clone(),
-                    registry: self.registry.clone(),
-                };
+                let args = SessionArgs { record, history, deps: self.deps.clone(), registry: self.registry.clone() };
                 let (actor, _) = Actor::spawn(None, SessionActor, args).await.map_err(|e| {
                     tracing::error!(%session_id, error = %e, "session actor failed to start");
                     SessionError::Unavailable

@@ -22,11 +22,8 @@ pub struct Migration {
 }
 
 /// The migrations this build knows, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../schema/0001_init.surql"),
-}];
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "init", sql: include_str!("../../../schema/0001_init.surql") }];
 
 const BOOKKEEPING: &str = "
     DEFINE TABLE IF NOT EXISTS schema_migration SCHEMAFULL;
@@ -51,10 +48,7 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
              {{ version: $version, name: $name, applied_at: time::now() }};\nCOMMIT TRANSACTION;",
             migration.sql
         );
-        db.query(sql)
-            .bind(serde_json::json!({"version": migration.version, "name": migration.name}))
-            .await?
-            .check()?;
+        db.query(sql).bind(serde_json::json!({"version": migration.version, "name": migration.name})).await?.check()?;
     }
     current_version(db).await
 }

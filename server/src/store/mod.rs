@@ -120,11 +120,7 @@ impl Store {
         Ok(())
     }
 
-    async fn rows<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        bind: serde_json::Value,
-    ) -> Result<Vec<T>, StoreError> {
+    async fn rows<T: DeserializeOwned>(&self, sql: &str, bind: serde_json::Value) -> Result<Vec<T>, StoreError> {
         let mut response = self.db.query(sql).bind(bind).await?.check()?;
         let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 1)?;
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
@@ -142,7 +138,12 @@ impl Store {
     // ---- users -------------------------------------------------------------------------
 
     /// Stores a new user; [`StoreError::Conflict`] when the username is taken.
-    pub async fn create_user(&self, username: &str, password_hash: &str, role: UserRole) -> Result<UserRecord, StoreError> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: UserRole,
+    ) -> Result<UserRecord, StoreError> {
         let id = Uuid::new_v4();
         self.execute(
             "CREATE type::record('user', $id) CONTENT { username: $username, password_hash: $hash, role: $role, created_at: time::now() }",
@@ -202,15 +203,16 @@ impl Store {
 
     /// Loads a session only if `user_id` owns it and it is not deleted.
     pub async fn get_owned_session(&self, user_id: Uuid, session_id: Uuid) -> Result<Option<Session>, StoreError> {
-        Ok(self
-            .get_session(session_id)
-            .await?
-            .filter(|r| r.user_id == user_id)
-            .map(|r| r.session))
+        Ok(self.get_session(session_id).await?.filter(|r| r.user_id == user_id).map(|r| r.session))
     }
 
     /// One page of a user's live sessions, most recently active first, with the total.
-    pub async fn list_sessions(&self, user_id: Uuid, page: u32, per_page: u32) -> Result<(Vec<Session>, u64), StoreError> {
+    pub async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<Session>, u64), StoreError> {
         let start = u64::from(page.saturating_sub(1)) * u64::from(per_page);
         let mut response = self
             .db
@@ -233,7 +235,12 @@ impl Store {
     }
 
     /// Renames a session the user owns; `None` when it is not theirs or is deleted.
-    pub async fn rename_session(&self, user_id: Uuid, session_id: Uuid, title: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn rename_session(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        title: &str,
+    ) -> Result<Option<Session>, StoreError> {
         let rows: Vec<SessionRecord> = self
             .rows(
                 &format!(

@@ -12,9 +12,9 @@ use relay_server::llm::mock::{MockLlm, MockSettings};
 use relay_server::{Config, Server};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The HS256 secret test servers use, so tests can forge and craft tokens.
@@ -91,14 +91,8 @@ impl TestServer {
 
     /// Creates a session for the token's user.
     pub async fn create_session(&self, token: &str) -> Session {
-        let response = self
-            .http
-            .post(self.url("/api/v1/chat/sessions"))
-            .bearer_auth(token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+        let response =
+            self.http.post(self.url("/api/v1/chat/sessions")).bearer_auth(token).json(&json!({})).send().await.unwrap();
         assert_eq!(response.status(), 201);
         response.json().await.unwrap()
     }
@@ -177,7 +171,9 @@ impl Ws {
             let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a frame in time");
             match next {
                 Some(Ok(WsMessage::Text(text))) => {
-                    return Read::Frame(serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad frame {text}: {e}")));
+                    return Read::Frame(
+                        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad frame {text}: {e}")),
+                    );
                 }
                 Some(Ok(WsMessage::Close(frame))) => return Read::Closed(frame.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => continue,
@@ -217,11 +213,13 @@ impl Ws {
     }
 
     pub async fn close(mut self) {
-        let _ = self.stream.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: CloseCode::Normal,
-            reason: "bye".into(),
-        }))
-        .await;
+        let _ = self
+            .stream
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
     }
 }
 
