@@ -691,3 +691,70 @@ fn production_refuses_a_weak_secret() {
         assert!(stderr.contains("JWT_SECRET"), "the error names the variable: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_crash_mid_reply_keeps_the_last_checkpoint() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut first = Process::start(dir.path());
+    first.ready(&http).await;
+    let base = format!("http://{}", first.addr);
+    let auth: Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": "pam", "password": "password123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = auth["token"].as_str().unwrap().to_string();
+    let session: Session = http
+        .post(format!("{base}/api/v1/chat/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = http
+        .post(format!("{base}/api/v1/chat/sessions/{}/messages", session.id))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": "tell me a long story [[mock tokens=400 tps=40]]"}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut streamed = String::new();
+    let started = std::time::Instant::now();
+    // Read past at least one checkpoint interval (1 s by default) of the reply.
+    while started.elapsed() < Duration::from_millis(1800) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(streamed.contains("\"chunk\""));
+    first.child.kill().unwrap(); // SIGKILL: no shutdown code runs
+    first.child.wait().unwrap();
+    drop(body);
+
+    let second = Process::start(dir.path());
+    second.ready(&http).await;
+    let got: SessionWithMessages = http
+        .get(format!("http://{}/api/v1/chat/sessions/{}", second.addr, session.id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got.messages.len(), 2, "the user message and the checkpointed reply");
+    let reply = &got.messages[1];
+    assert_eq!((reply.role, reply.status), (Role::Assistant, MessageStatus::Cancelled));
+    assert!(!reply.content.is_empty(), "at least one checkpoint was stored");
+    assert!(reply_text(400, None).starts_with(&reply.content));
+    assert!(second.terminate().success());
+}

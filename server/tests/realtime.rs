@@ -972,3 +972,164 @@ async fn send_subscribes_implicitly() {
     assert_eq!(body["assistant_message"]["id"], json!(later_reply));
     assert_eq!(reply_text(&later, later_reply), mock::reply_text(5, None));
 }
+
+// ---- queue, policies, actor lifetime, checkpoints ---------------------------------------
+
+/// More sends than the queue holds answer `busy` (with a retry hint); `stop` cancels the
+/// running reply only, and the send queued behind it is still answered.
+#[tokio::test]
+async fn full_queue_answers_busy_and_stop_keeps_the_queue() {
+    let server = TestServer::with(&[("CHAT_MAX_QUEUED_SENDS", "1")]).await;
+    let (token, _, sid) = user_with_session(&server, "queuer").await;
+    let mut ws = server.ws(&token).await;
+    subscribe(&mut ws, sid).await;
+    send(&mut ws, sid, "q1", &format!("long {}", directive(400, 40))).await;
+    let first = until_deltas(&mut ws, sid, 1).await;
+    let running = started_reply(&first);
+    send(&mut ws, sid, "q2", &format!("queued {}", directive(5, 1000))).await;
+    send(&mut ws, sid, "q3", "one too many").await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    let acks: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Ack { id, .. } => id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, ["q2"], "the second send is queued");
+    assert_error(frames.last().unwrap(), ErrorCode::Busy, Some("q3"), Some(sid));
+    if let ServerFrame::Error { error, .. } = frames.last().unwrap() {
+        assert!(error.retry_after_ms.is_some(), "busy carries a retry hint");
+    }
+
+    ws.send(json!({"type": "stop", "id": "s", "session_id": sid})).await;
+    let rest = until_dones(&mut ws, sid, 2).await;
+    assert_eq!(done_of(&rest, running), FinishReason::Cancelled);
+    let queued = rest
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::GenerationStarted { message_id, .. } if *message_id != running => Some(*message_id),
+            _ => None,
+        })
+        .expect("the queued send is answered after the stop");
+    assert_eq!(done_of(&rest, queued), FinishReason::Stop);
+    assert_eq!(reply_text(&rest, queued), mock::reply_text(5, None));
+
+    let messages = stored(&server, &token, sid).await.messages;
+    let contents: Vec<_> = messages.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+    assert!(!contents.contains(&"one too many"), "a refused send is not stored");
+}
+
+/// When nobody watches, the running reply is cancelled and the queued sends are dropped:
+/// the mock never gets a request for them.
+#[tokio::test]
+async fn abandonment_drops_the_queue() {
+    let server = TestServer::with(&[("CHAT_CANCEL_GRACE_MS", "0")]).await;
+    let (token, _, sid) = user_with_session(&server, "leaver").await;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "a", &format!("first {}", directive(400, 40))).await;
+    send(&mut ws, sid, "b", &format!("second {}", directive(5, 1000))).await;
+    let frames = until_deltas(&mut ws, sid, 2).await;
+    assert!(frames.iter().any(|f| matches!(f, ServerFrame::Ack { id: Some(id), .. } if id == "b")));
+    ws.close().await;
+    assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(1)).await, "the running reply is cancelled");
+
+    // Give a wrongly kept queue time to start its reply, then check it never did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.mock.stats().requests, 1, "the queued send was dropped, not generated");
+    let messages = stored(&server, &token, sid).await.messages;
+    let roles: Vec<_> = messages.iter().map(|m| (m.role, m.status)).collect();
+    assert_eq!(
+        roles,
+        [
+            (Role::User, MessageStatus::Complete),
+            (Role::Assistant, MessageStatus::Cancelled),
+            (Role::User, MessageStatus::Complete)
+        ],
+        "both user messages stay stored; only the first has a (partial) reply"
+    );
+}
+
+/// An actor with nobody watching and nothing to do stops after the idle period, and the
+/// session starts a fresh one on next use, with its history.
+#[tokio::test]
+async fn idle_actors_stop_and_restart_on_use() {
+    let server = TestServer::with(&[("CHAT_SESSION_IDLE_SECS", "1")]).await;
+    let (token, _, sid) = user_with_session(&server, "idler").await;
+    let sessions = server.state().sessions.clone();
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "m", &format!("hello {}", directive(3, 1000))).await;
+    until_dones(&mut ws, sid, 1).await;
+    assert_eq!(sessions.live_actors(), 1);
+    ws.send(json!({"type": "unsubscribe", "id": "u", "session_id": sid})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Unsubscribed { .. })).await;
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Unsubscribed { id: Some(id), session_id }) if id == "u" && *session_id == sid)
+    );
+
+    common::eventually("the idle actor stops", || {
+        let sessions = sessions.clone();
+        async move { sessions.live_actors() == 0 }
+    })
+    .await;
+    let before = sessions.actors_started();
+    ws.send(json!({"type": "subscribe", "id": "again", "session_id": sid})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. })).await;
+    match frames.last().unwrap() {
+        ServerFrame::Subscribed { messages, seq, .. } => {
+            assert_eq!(messages.len(), 2, "the new actor loaded the history");
+            assert_eq!(*seq, 0, "a fresh actor counts from zero");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sessions.actors_started(), before + 1);
+}
+
+/// A reply in progress is saved while it streams, so a crash would lose at most one
+/// checkpoint interval of it.
+#[tokio::test]
+async fn replies_are_checkpointed_while_streaming() {
+    let server = TestServer::with(&[("CHAT_CHECKPOINT_MS", "200")]).await;
+    let (token, _, sid) = user_with_session(&server, "saver").await;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "c", &format!("long {}", directive(400, 40))).await;
+    let frames = until_deltas(&mut ws, sid, 1).await;
+    let reply = started_reply(&frames);
+    let full = mock::reply_text(400, None);
+    common::eventually("a checkpoint of the reply in progress", || {
+        let (server, token) = (&server, &token);
+        let full = &full;
+        async move {
+            match stored_message(server, token, sid, reply).await {
+                Some(m) => {
+                    assert_eq!(m.status, MessageStatus::Cancelled, "a checkpoint reads as an unfinished reply");
+                    assert!(full.starts_with(&m.content));
+                    m.content.len() > 20
+                }
+                None => false,
+            }
+        }
+    })
+    .await;
+    ws.send(json!({"type": "stop", "session_id": sid})).await;
+    until_dones(&mut ws, sid, 1).await;
+}
+
+/// Every send updates the quota on all of the user's connections.
+#[tokio::test]
+async fn sends_push_the_quota_to_every_tab() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "counter").await;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    send(&mut a, sid, "1", &format!("one {}", directive(2, 1000))).await;
+    for ws in [&mut a, &mut b] {
+        let frames = ws.recv_until(|f| matches!(f, ServerFrame::Quota { .. })).await;
+        match frames.last().unwrap() {
+            ServerFrame::Quota { quota } => {
+                assert_eq!((quota.messages_today, quota.limit, quota.remaining), (1, Some(100), Some(99)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
