@@ -110,6 +110,9 @@ pub struct Config {
     pub ws_ping_timeout: Duration,
     /// `WS_AUTH_TIMEOUT_SECS`: time allowed for the first `auth` frame.
     pub ws_auth_timeout: Duration,
+    /// `CORS_ALLOWED_ORIGINS`: browser origins (other than the server's own) allowed to call
+    /// the REST API; empty allows none, `*` allows any.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The variables the built-in mock model reads (see [`MockSettings::from_lookup`]).
@@ -254,6 +257,7 @@ impl Config {
             ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
             ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
+            cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
         };
         Ok(config)
     }
@@ -262,6 +266,28 @@ impl Config {
     pub fn is_admin(&self, username: &str) -> bool {
         self.admin_users.iter().any(|a| a == username)
     }
+}
+
+/// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
+fn parse_origins(value: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = value
+        .unwrap_or_default()
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for origin in &origins {
+        let valid = origin == "*"
+            || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                && axum::http::HeaderValue::from_str(origin).is_ok());
+        if !valid {
+            return Err(ConfigError {
+                var: "CORS_ALLOWED_ORIGINS",
+                reason: format!("{origin:?} is not an origin like https://app.example.com (or *)"),
+            });
+        }
+    }
+    Ok(origins)
 }
 
 fn parse<T: FromStr>(name: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError>
@@ -348,6 +374,11 @@ mod tests {
         assert_eq!(load(&[("JWT_TTL", "3x")]).unwrap_err().var, "JWT_TTL");
         assert_eq!(load(&[("DATABASE_URL", "postgres://x")]).unwrap_err().var, "DATABASE_URL");
         assert_eq!(load(&[("MOCK_FAULT", "explode")]).unwrap_err().var, "MOCK_FAULT");
+        assert_eq!(load(&[("CORS_ALLOWED_ORIGINS", "example.com")]).unwrap_err().var, "CORS_ALLOWED_ORIGINS");
+        assert_eq!(
+            load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
+            ["https://a.example", "http://b.example"]
+        );
     }
 
     #[test]

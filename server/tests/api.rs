@@ -758,3 +758,32 @@ async fn a_crash_mid_reply_keeps_the_last_checkpoint() {
     assert!(reply_text(400, None).starts_with(&reply.content));
     assert!(second.terminate().success());
 }
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let server = TestServer::with(&[("CORS_ALLOWED_ORIGINS", "https://app.example.com")]).await;
+    let preflight = |origin: &'static str| {
+        server
+            .http
+            .request(reqwest::Method::OPTIONS, server.url("/api/v1/chat/sessions"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://app.example.com");
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn a_silent_provider_times_out() {
+    let server = TestServer::with(&[("LLM_TIMEOUT_SECS", "1")]).await;
+    let (token, _) = server.register("quinn").await;
+    let session = server.create_session(&token).await;
+    // The provider sends its headers and first chunk, then nothing.
+    let r = send_json(&server, &token, session.id, "hello [[mock fault=stall]]").await;
+    assert_eq!(error_of(r).await, (504, ErrorCode::UpstreamTimeout));
+    assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(2)).await, "the stalled request was closed");
+}

@@ -1133,3 +1133,35 @@ async fn sends_push_the_quota_to_every_tab() {
         }
     }
 }
+
+/// An SSE client that goes away is a watcher leaving: with no grace the upstream request
+/// is closed at once and the partial reply is stored.
+#[tokio::test]
+async fn sse_client_leaving_cancels_the_reply() {
+    let server = TestServer::with(&[("CHAT_CANCEL_GRACE_MS", "0")]).await;
+    let (token, _, sid) = user_with_session(&server, "sseleaver").await;
+    let response = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": format!("stream {}", directive(400, 40))}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("\"chunk\"").count() < 3 {
+        let chunk = tokio::time::timeout(WAIT, body.next()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(body);
+    assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(1)).await, "upstream closed within 1 s");
+    common::eventually("the partial reply is stored as cancelled", || async {
+        let messages = stored(&server, &token, sid).await.messages;
+        messages
+            .iter()
+            .any(|m| m.role == Role::Assistant && m.status == MessageStatus::Cancelled && !m.content.is_empty())
+    })
+    .await;
+}
