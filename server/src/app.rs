@@ -14,6 +14,7 @@ use crate::config::{Config, ModelBackend};
 use crate::hub::UserHub;
 use crate::llm::mock::MockLlm;
 use crate::llm::{LlmClient, LlmSettings};
+use crate::metrics::Metrics;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
 use crate::store::{Store, StoreConfig};
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Whether replies come from the built-in mock model.
     pub mock_model: bool,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running server.
@@ -95,10 +98,12 @@ impl Server {
         })?;
 
         let hub = Arc::new(UserHub::default());
+        let metrics = Arc::new(Metrics::new());
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
             llm,
             hub: hub.clone(),
+            metrics: metrics.clone(),
             settings: SessionSettings {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
@@ -118,6 +123,7 @@ impl Server {
             hub,
             shutdown: CancellationToken::new(),
             mock_model: mock.is_some(),
+            metrics,
         };
 
         let listener = tokio::net::TcpListener::bind(state.config.bind_addr)

@@ -4,7 +4,7 @@
 //! [`auth`] (passwords and tokens), [`llm`] (the model client and the built-in mock),
 //! [`session`] (one actor per live chat session), [`fanout`] and [`hub`] (delivering
 //! frames), [`catalog`] (a user's session list), [`http`] and [`ws`] (the wire), [`limits`]
-//! (quotas), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
+//! (quotas), [`metrics`] (Prometheus), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
 
 pub mod app;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod llm;
+pub mod metrics;
 pub mod session;
 pub mod store;
 pub mod ws;

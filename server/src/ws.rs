@@ -77,6 +77,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
     let span = tracing::info_span!("ws", conn = receiver.id, user_id = %user.id);
     async move {
         tracing::debug!("connection authenticated");
+        state.metrics.ws_connections.inc();
         let last_seen = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let (close_tx, close_rx) = oneshot::channel::<CloseRequest>();
@@ -86,6 +87,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
                 rx,
                 overflowed: overflowed.clone(),
                 shutdown: state.shutdown.clone(),
+                metrics: state.metrics.clone(),
                 close_rx,
                 last_seen: last_seen.clone(),
                 epoch,
@@ -135,6 +137,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
         conn.leave();
         let _ = close_tx.send(close_request);
         let _ = writer.await;
+        state.metrics.ws_connections.dec();
         tracing::debug!("connection closed");
     }
     .instrument(span)
@@ -298,6 +301,7 @@ struct WriterArgs {
     epoch: Instant,
     ping_interval: Duration,
     ping_timeout: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Drains the outbound queue into the socket until the connection ends, then closes it
@@ -336,6 +340,7 @@ async fn write_loop(mut args: WriterArgs) {
     };
     if code == CLOSE_TOO_SLOW {
         tracing::warn!("closing a connection that reads too slowly");
+        args.metrics.ws_slow_closed.inc();
     }
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
         if drain {

@@ -787,3 +787,32 @@ async fn a_silent_provider_times_out() {
     assert_eq!(error_of(r).await, (504, ErrorCode::UpstreamTimeout));
     assert!(server.mock.wait_for_closed_early(1, Duration::from_secs(2)).await, "the stalled request was closed");
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("rita").await;
+    let session = server.create_session(&token).await;
+    assert_eq!(send_json(&server, &token, session.id, "hi [[mock tokens=4]]").await.status(), 200);
+    assert_eq!(send_json(&server, &token, session.id, "x [[mock fault=500]]").await.status(), 502);
+    let mut ws = server.ws(&token).await;
+
+    let r = server.http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for line in [
+        "relay_generations_total{finish_reason=\"stop\"} 1",
+        "relay_generations_total{finish_reason=\"error\"} 1",
+        "relay_generations_active 0",
+        "relay_user_messages_total 2",
+        "relay_session_actors 1",
+        "relay_ws_connections 1",
+        "relay_llm_tokens_total{kind=\"completion\"} 4",
+        "relay_llm_time_to_first_token_seconds_count 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("relay_http_responses_total{class=\"2xx\"}"));
+    ws.send(json!({"type": "ping"})).await;
+    ws.recv().await;
+}

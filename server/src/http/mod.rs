@@ -38,9 +38,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -69,6 +71,18 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
         .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static("x-request-id")])
         .max_age(std::time::Duration::from_secs(600))
+}
+
+/// Counts every response by status class.
+async fn count_responses(State(state): State<AppState>, request: Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.http_response(response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 /// `GET /healthz`: the process is up.

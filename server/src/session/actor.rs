@@ -152,6 +152,8 @@ struct Running {
     usage: Option<Usage>,
     finish: Option<UpstreamFinish>,
     task: JoinHandle<()>,
+    started: Instant,
+    first_text_seen: bool,
     last_checkpoint: Instant,
     checkpointed_len: usize,
 }
@@ -185,6 +187,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         tracing::debug!(session_id = %args.record.session.id, "session actor started");
+        args.deps.metrics.session_actors.inc();
         Ok(SessionState {
             session: args.record.session,
             owner: args.record.user_id,
@@ -201,6 +204,21 @@ impl Actor for SessionActor {
             idle_armed: None,
             stopping: false,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.deps.metrics.session_actors.dec();
+        if let Some(running) = state.current.take() {
+            // Only reached if the actor stops without its own shutdown path; never leave a
+            // model stream running behind a dead actor.
+            running.task.abort();
+            state.deps.metrics.generations_active.dec();
+        }
+        Ok(())
     }
 
     async fn post_start(
@@ -337,6 +355,7 @@ impl SessionState {
             created_at: Utc::now(),
         };
         store.save_message(&message).await?;
+        self.deps.metrics.user_messages.inc();
         if let Err(e) = store.touch_session(self.session.id, message.created_at).await {
             tracing::warn!(session_id = %self.session.id, error = %e, "could not update session time");
         }
@@ -443,6 +462,7 @@ impl SessionState {
             let _ = actor.send_message(SessionMsg::Generation { generation, event: GenerationEvent::Ended(result) });
         });
         let reply_id = next.reply_id;
+        self.deps.metrics.generations_active.inc();
         self.current = Some(Running {
             generation,
             user: next.user,
@@ -452,6 +472,8 @@ impl SessionState {
             usage: None,
             finish: None,
             task,
+            started: Instant::now(),
+            first_text_seen: false,
             last_checkpoint: Instant::now(),
             checkpointed_len: 0,
         });
@@ -483,6 +505,10 @@ impl SessionState {
         match event {
             GenerationEvent::Llm(LlmEvent::Delta(text)) => {
                 let Some(running) = self.current.as_mut() else { return };
+                if !running.first_text_seen {
+                    running.first_text_seen = true;
+                    self.deps.metrics.time_to_first_token.observe(running.started.elapsed().as_secs_f64());
+                }
                 running.content.push_str(&text);
                 let (session_id, message_id) = (self.session.id, running.reply_id);
                 self.emit(|seq| ServerFrame::Delta { session_id, seq, message_id, text });
@@ -548,6 +574,7 @@ impl SessionState {
     async fn abandon(&mut self) {
         if self.current.is_some() || !self.queue.is_empty() {
             tracing::info!(session_id = %self.session.id, dropped = self.queue.len(), "nobody watching; cancelling the reply");
+            self.deps.metrics.generations_abandoned.inc();
         }
         self.queue.clear();
         self.cancel_running().await;
@@ -575,6 +602,12 @@ impl SessionState {
             status,
             created_at: running.created_at,
         };
+        let metrics = &self.deps.metrics;
+        metrics.generation_ended(reason);
+        if let Some(usage) = running.usage {
+            metrics.tokens.with_label_values(&["prompt"]).inc_by(u64::from(usage.prompt_tokens));
+            metrics.tokens.with_label_values(&["completion"]).inc_by(u64::from(usage.completion_tokens));
+        }
         let store = &self.deps.store;
         if let Err(e) = store.save_message(&message).await {
             tracing::error!(session_id = %self.session.id, error = %e, "could not store the reply");

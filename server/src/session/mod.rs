@@ -79,6 +79,8 @@ pub struct SessionDeps {
     pub llm: LlmClient,
     /// The per-user hub, for session and quota updates.
     pub hub: Arc<UserHub>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Shared settings.
     pub settings: SessionSettings,
 }

@@ -1,0 +1,128 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition format.
+//!
+//! Each server has its own registry (not the process-global one), so several servers in
+//! one process, as in the tests, keep separate counts.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use relay_protocol::FinishReason;
+
+/// The server's metrics and the registry they are exposed from.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP responses by status class (`2xx`, `4xx`, ...).
+    pub http_responses: IntCounterVec,
+    /// Open WebSocket connections.
+    pub ws_connections: IntGauge,
+    /// WebSocket connections closed because they read too slowly (4429).
+    pub ws_slow_closed: IntCounter,
+    /// Live session actors.
+    pub session_actors: IntGauge,
+    /// User messages stored.
+    pub user_messages: IntCounter,
+    /// Replies generating now.
+    pub generations_active: IntGauge,
+    /// Replies ended, by finish reason.
+    pub generations: IntCounterVec,
+    /// Replies cancelled because nobody was watching.
+    pub generations_abandoned: IntCounter,
+    /// Tokens reported by the provider, by kind (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// Time from starting a reply to its first text.
+    pub time_to_first_token: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("relay".into()), None).expect("a valid prefix");
+        let http_responses =
+            IntCounterVec::new(Opts::new("http_responses_total", "HTTP responses by status class"), &["class"])
+                .expect("valid metric");
+        let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections").expect("valid metric");
+        let ws_slow_closed =
+            IntCounter::new("ws_slow_closed_total", "WebSocket connections closed for reading too slowly (4429)")
+                .expect("valid metric");
+        let session_actors = IntGauge::new("session_actors", "Live session actors").expect("valid metric");
+        let user_messages = IntCounter::new("user_messages_total", "User messages stored").expect("valid metric");
+        let generations_active = IntGauge::new("generations_active", "Replies generating now").expect("valid metric");
+        let generations =
+            IntCounterVec::new(Opts::new("generations_total", "Replies ended, by finish reason"), &["finish_reason"])
+                .expect("valid metric");
+        let generations_abandoned =
+            IntCounter::new("generations_abandoned_total", "Replies cancelled because nobody was watching")
+                .expect("valid metric");
+        let tokens = IntCounterVec::new(Opts::new("llm_tokens_total", "Tokens reported by the provider"), &["kind"])
+            .expect("valid metric");
+        let time_to_first_token = Histogram::with_opts(
+            HistogramOpts::new("llm_time_to_first_token_seconds", "Time from starting a reply to its first text")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+        )
+        .expect("valid metric");
+        let metrics = Metrics {
+            registry,
+            http_responses,
+            ws_connections,
+            ws_slow_closed,
+            session_actors,
+            user_messages,
+            generations_active,
+            generations,
+            generations_abandoned,
+            tokens,
+            time_to_first_token,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.http_responses.clone()),
+            Box::new(metrics.ws_connections.clone()),
+            Box::new(metrics.ws_slow_closed.clone()),
+            Box::new(metrics.session_actors.clone()),
+            Box::new(metrics.user_messages.clone()),
+            Box::new(metrics.generations_active.clone()),
+            Box::new(metrics.generations.clone()),
+            Box::new(metrics.generations_abandoned.clone()),
+            Box::new(metrics.tokens.clone()),
+            Box::new(metrics.time_to_first_token.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// Counts a reply that ended.
+    pub fn generation_ended(&self, reason: FinishReason) {
+        let label = match reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        };
+        self.generations.with_label_values(&[label]).inc();
+        self.generations_active.dec();
+    }
+
+    /// Counts an HTTP response by its status class.
+    pub fn http_response(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_responses.with_label_values(&[class]).inc();
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding does not fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
