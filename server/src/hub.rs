@@ -55,9 +55,4 @@ impl UserHub {
             }
         }
     }
-
-    /// How many connections a user has open.
-    pub fn connections(&self, user: Uuid) -> usize {
-        self.users.get(&user).map_or(0, |r| r.len())
-    }
 }

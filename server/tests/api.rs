@@ -190,6 +190,32 @@ async fn host_tokens_signed_with_rs256_are_accepted() {
 }
 
 #[tokio::test]
+async fn host_tokens_signed_with_es256_are_accepted() {
+    let public = include_str!("fixtures/host_ec_public.pem");
+    let private = include_str!("fixtures/host_ec_private.pem");
+    let server = TestServer::with(&[("JWT_PUBLIC_KEY_PEM", public), ("JWT_ISSUER", "host")]).await;
+    let key = EncodingKey::from_ec_pem(private.as_bytes()).unwrap();
+    let sign = |claims: Value| jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+    let good = sign(json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "host", "preferred_username": "gus"}));
+    let (status, me) = server.get(&good, "/api/v1/auth/me").await;
+    assert_eq!(
+        (status, me["user"]["username"].as_str(), me["user"]["role"].as_str()),
+        (200, Some("gus"), Some("user"))
+    );
+    let wrong_issuer = sign(json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "other"}));
+    assert_eq!(me_status(&server, &wrong_issuer).await, 401);
+    // An algorithm the key does not pin is refused even when the signature would check out.
+    let rs = include_str!("fixtures/host_private.pem");
+    let other_alg = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": Uuid::new_v4(), "exp": now() + 600, "iss": "host"}),
+        &EncodingKey::from_rsa_pem(rs.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(me_status(&server, &other_alg).await, 401);
+}
+
+#[tokio::test]
 async fn session_crud_and_pagination() {
     let server = TestServer::start().await;
     let (token, _) = server.register("gina").await;

@@ -110,11 +110,6 @@ impl LlmClient {
         Ok(LlmClient { http, settings })
     }
 
-    /// The model name requests use.
-    pub fn model(&self) -> &str {
-        &self.settings.model
-    }
-
     /// The typed request body for a context.
     pub fn request(&self, context: &[ContextMessage]) -> Result<CreateChatCompletionRequest, LlmError> {
         let messages = context

@@ -32,7 +32,7 @@ use crate::error::AppError;
 use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId, ReceiverKind};
 use crate::limits;
 use crate::llm::{ContextMessage, LlmError, LlmEvent, UpstreamFinish};
-use crate::store::{SessionRecord, counts_as_context};
+use crate::store::SessionRecord;
 
 /// How many recent messages the actor keeps in memory (context and snapshots).
 pub(super) const HISTORY_CAP: usize = 200;
@@ -689,6 +689,11 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), SessionEr
         return Err(SessionError::InvalidContent(format!("message is {chars} characters; the limit is {max_chars}")));
     }
     Ok(())
+}
+
+/// Whether a stored message belongs in a model's context: failed and empty replies do not.
+fn counts_as_context(message: &Message) -> bool {
+    message.status != MessageStatus::Error && !message.content.is_empty()
 }
 
 /// A session title from a first message: its first non-blank line, trimmed to 60 characters.

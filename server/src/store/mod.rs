@@ -8,7 +8,7 @@
 mod migrations;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use relay_protocol::{Message, MessageStatus, Session, UserRole};
+use relay_protocol::{Message, Session, UserRole};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use surrealdb::Surreal;
@@ -356,9 +356,4 @@ fn embedded_path_ready(url: &str) -> &str {
         }
     }
     url
-}
-
-/// Whether a stored message belongs in a model's context (failed replies do not).
-pub fn counts_as_context(message: &Message) -> bool {
-    message.status != MessageStatus::Error && !message.content.is_empty()
 }
