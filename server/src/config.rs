@@ -113,6 +113,9 @@ pub struct Config {
     /// `CORS_ALLOWED_ORIGINS`: browser origins (other than the server's own) allowed to call
     /// the REST API; empty allows none, `*` allows any.
     pub cors_allowed_origins: Vec<String>,
+    /// `METRICS_TOKEN`: a static bearer token for Prometheus scrapers; `/metrics` also
+    /// accepts an admin's JWT.
+    pub metrics_token: Option<String>,
 }
 
 /// The variables the built-in mock model reads (see [`MockSettings::from_lookup`]).
@@ -258,6 +261,7 @@ impl Config {
             ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
             cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
+            metrics_token: var("METRICS_TOKEN"),
         };
         Ok(config)
     }

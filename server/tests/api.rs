@@ -816,14 +816,24 @@ async fn a_silent_provider_times_out() {
 
 #[tokio::test]
 async fn metrics_count_what_happened() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(&[("METRICS_TOKEN", "scrape-me"), ("CHAT_ADMIN_USERS", "boss")]).await;
     let (token, _) = server.register("rita").await;
     let session = server.create_session(&token).await;
     assert_eq!(send_json(&server, &token, session.id, "hi [[mock tokens=4]]").await.status(), 200);
     assert_eq!(send_json(&server, &token, session.id, "x [[mock fault=500]]").await.status(), 502);
     let mut ws = server.ws(&token).await;
 
+    // Only the scraper token or an admin may read them.
     let r = server.http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
+    let r = server.http.get(server.url("/metrics")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound), "an ordinary user");
+    let r = server.http.get(server.url("/metrics")).bearer_auth("scrape-mf").send().await.unwrap();
+    assert_eq!(r.status(), 401, "a wrong scraper token");
+    let (admin, _) = server.register("boss").await;
+    let r = server.http.get(server.url("/metrics")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 200, "an admin");
+    let r = server.http.get(server.url("/metrics")).bearer_auth("scrape-me").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     for line in [

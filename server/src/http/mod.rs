@@ -80,9 +80,20 @@ async fn count_responses(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+/// `GET /metrics`: Prometheus text format, for the `METRICS_TOKEN` bearer or an admin's JWT.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, AppError> {
+    let token = crate::auth::bearer_token(headers.get(axum::http::header::AUTHORIZATION))
+        .ok_or(crate::auth::AuthError::MissingToken)?;
+    let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| constant_time_eq(expected, token));
+    if !scraper && state.tokens.verify(token)?.role != relay_protocol::UserRole::Admin {
+        return Err(AppError::NotFound);
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response())
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /healthz`: the process is up.
