@@ -228,9 +228,12 @@ impl Connection {
                 }
             }
             ClientFrame::Unsubscribe { id, session_id } => {
-                if self.subscribed.remove(&session_id) {
-                    state.sessions.unsubscribe(session_id, self.receiver.id, Some(id));
-                } else {
+                // The actor answers when it is live, so the answer follows the session's
+                // queued events; otherwise (never subscribed, or the session is gone) answer here.
+                let notify = Some((self.receiver.clone(), id.clone()));
+                if !(self.subscribed.remove(&session_id)
+                    && state.sessions.unsubscribe(session_id, self.receiver.id, notify))
+                {
                     self.reply(ServerFrame::Unsubscribed { id, session_id });
                 }
             }

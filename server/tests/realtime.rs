@@ -1165,3 +1165,29 @@ async fn sse_client_leaving_cancels_the_reply() {
     })
     .await;
 }
+
+/// `unsubscribe` is always answered: for a live session after its queued events, for a
+/// session that was deleted meanwhile, and for one never subscribed.
+#[tokio::test]
+async fn unsubscribe_is_always_answered() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "unsub").await;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    subscribe(&mut a, sid).await;
+    subscribe(&mut b, sid).await;
+    // Deleted from the other tab: this tab's unsubscribe still gets its answer.
+    b.send(json!({"type": "delete_session", "id": "del", "session_id": sid})).await;
+    a.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await;
+    a.send(json!({"type": "unsubscribe", "id": "u1", "session_id": sid})).await;
+    let frames = a.recv_until(|f| matches!(f, ServerFrame::Unsubscribed { .. })).await;
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Unsubscribed { id: Some(id), session_id }) if id == "u1" && *session_id == sid)
+    );
+    let never = Uuid::new_v4();
+    a.send(json!({"type": "unsubscribe", "id": "u2", "session_id": never})).await;
+    let frames = a.recv_until(|f| matches!(f, ServerFrame::Unsubscribed { .. })).await;
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Unsubscribed { id: Some(id), session_id }) if id == "u2" && *session_id == never)
+    );
+}

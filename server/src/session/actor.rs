@@ -60,8 +60,8 @@ pub enum SessionMsg {
     Unsubscribe {
         /// The receiver to remove.
         receiver: ReceiverId,
-        /// When set, the connection gets an `unsubscribed` frame echoing the request id.
-        notify: Option<Option<String>>,
+        /// When set, this receiver gets an `unsubscribed` frame echoing the request id.
+        notify: Option<(Receiver, Option<String>)>,
     },
     /// Store a user message and queue its reply.
     Send {
@@ -320,12 +320,12 @@ impl SessionState {
         }
     }
 
-    fn unsubscribe(&mut self, receiver: ReceiverId, notify: Option<Option<String>>) {
-        if let Some(pos) = self.receivers.iter().position(|r| r.id == receiver) {
-            let receiver = self.receivers.remove(pos);
-            if let Some(id) = notify {
-                receiver.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id: self.session.id }));
-            }
+    fn unsubscribe(&mut self, receiver: ReceiverId, notify: Option<(Receiver, Option<String>)>) {
+        self.receivers.retain(|r| r.id != receiver);
+        // Answered here, behind every event already queued, even if the receiver had been
+        // dropped for another reason meanwhile.
+        if let Some((receiver, id)) = notify {
+            receiver.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id: self.session.id }));
         }
     }
 

@@ -205,10 +205,17 @@ impl SessionRegistry {
     }
 
     /// Removes a receiver from a session (a no-op if the session has no live actor).
-    /// With `notify`, a connection gets an `unsubscribed` frame echoing the request id.
-    pub fn unsubscribe(&self, session_id: Uuid, receiver: ReceiverId, notify: Option<Option<String>>) {
-        if let Some(actor) = self.live(session_id) {
-            let _ = actor.send_message(SessionMsg::Unsubscribe { receiver, notify });
+    /// With `notify`, the actor answers `unsubscribed` (echoing the request id) to that
+    /// receiver. Returns false when no live actor took the message, so the caller answers.
+    pub fn unsubscribe(
+        &self,
+        session_id: Uuid,
+        receiver: ReceiverId,
+        notify: Option<(Receiver, Option<String>)>,
+    ) -> bool {
+        match self.live(session_id) {
+            Some(actor) => actor.send_message(SessionMsg::Unsubscribe { receiver, notify }).is_ok(),
+            None => false,
         }
     }
 
