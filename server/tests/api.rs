@@ -615,6 +615,32 @@ impl Process {
         panic!("server at {} never became ready", self.addr);
     }
 
+    /// Registers a user and creates a session with a title.
+    async fn user_with_session(&self, http: &reqwest::Client, username: &str, title: &str) -> (String, Session) {
+        let base = format!("http://{}", self.addr);
+        let auth: Value = http
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&json!({"username": username, "password": "password123"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = auth["token"].as_str().unwrap().to_string();
+        let session: Session = http
+            .post(format!("{base}/api/v1/chat/sessions"))
+            .bearer_auth(&token)
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (token, session)
+    }
+
     fn terminate(mut self) -> std::process::ExitStatus {
         let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         for _ in 0..200 {
@@ -641,26 +667,7 @@ async fn on_disk_data_and_logins_survive_a_restart() {
     let first = Process::start(dir.path());
     first.ready(&http).await;
     let base = format!("http://{}", first.addr);
-    let auth: Value = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"username": "olga", "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = auth["token"].as_str().unwrap().to_string();
-    let session: Session = http
-        .post(format!("{base}/api/v1/chat/sessions"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "Keep me"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (token, session) = first.user_with_session(&http, "olga", "Keep me").await;
     let sent: SendMessageResponse = http
         .post(format!("{base}/api/v1/chat/sessions/{}/messages", session.id))
         .bearer_auth(&token)
@@ -726,25 +733,7 @@ async fn a_crash_mid_reply_keeps_the_last_checkpoint() {
     let mut first = Process::start(dir.path());
     first.ready(&http).await;
     let base = format!("http://{}", first.addr);
-    let auth: Value = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"username": "pam", "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = auth["token"].as_str().unwrap().to_string();
-    let session: Session = http
-        .post(format!("{base}/api/v1/chat/sessions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (token, session) = first.user_with_session(&http, "pam", "Long story").await;
     let response = http
         .post(format!("{base}/api/v1/chat/sessions/{}/messages", session.id))
         .bearer_auth(&token)
