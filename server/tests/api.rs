@@ -841,3 +841,54 @@ async fn metrics_count_what_happened() {
     ws.send(json!({"type": "ping"})).await;
     ws.recv().await;
 }
+
+/// The store against a real SurrealDB server over `ws://` (namespace and database created,
+/// credentials used, migrations applied). Needs a `surreal` binary, which takes long to
+/// build here, so it is ignored by default; see the README for how to run it.
+#[tokio::test]
+#[ignore = "needs a SurrealDB server binary in RELAY_TEST_SURREAL_BIN"]
+async fn remote_surrealdb_over_websocket() {
+    let bin = std::env::var("RELAY_TEST_SURREAL_BIN").expect("RELAY_TEST_SURREAL_BIN names a surreal binary");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _surreal = KillOnDrop(
+        std::process::Command::new(bin)
+            .args(["start", "--bind", &format!("127.0.0.1:{port}"), "--user", "root", "--pass", "root-pass", "memory"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("surreal starts"),
+    );
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "surreal did not come up");
+    let url = format!("ws://127.0.0.1:{port}");
+    let server = TestServer::with(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_USER", "root"),
+        ("DATABASE_PASS", "root-pass"),
+        ("DATABASE_NS", "relay_test"),
+        ("DATABASE_DB", "chat_test"),
+    ])
+    .await;
+    let (token, _) = server.register("remote").await;
+    let session = server.create_session(&token).await;
+    let r = send_json(&server, &token, session.id, "over the wire [[mock tokens=3]]").await;
+    assert_eq!(r.status(), 200);
+    let (_, got) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    assert_eq!(got["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(got["session"]["title"], "over the wire [[mock tokens=3]]");
+}
