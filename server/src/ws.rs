@@ -81,6 +81,9 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
         let last_seen = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let (close_tx, close_rx) = oneshot::channel::<CloseRequest>();
+        // Cancelled when the writer ends for its own reasons (a peer that stopped answering
+        // pings, a broken socket), so the reader stops waiting on a dead peer too.
+        let writer_gone = CancellationToken::new();
         let writer = tokio::spawn(
             write_loop(WriterArgs {
                 sink,
@@ -93,6 +96,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
                 epoch,
                 ping_interval: state.config.ws_ping_interval,
                 ping_timeout: state.config.ws_ping_timeout,
+                _gone: writer_gone.clone().drop_guard(),
             })
             .in_current_span(),
         );
@@ -114,6 +118,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
             tokio::select! {
                 _ = &mut expiry => break Some((CLOSE_UNAUTHORIZED, "token expired")),
                 _ = overflowed.cancelled() => break None,
+                _ = writer_gone.cancelled() => break None,
                 // Ask the writer for the 1001 close explicitly: the writer watches the same
                 // token, but when this loop's `None` reached it first it returned without
                 // any close frame (its select checks `close_rx` before `shutdown`).
@@ -305,6 +310,7 @@ struct WriterArgs {
     ping_interval: Duration,
     ping_timeout: Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    _gone: tokio_util::sync::DropGuard,
 }
 
 /// Drains the outbound queue into the socket until the connection ends, then closes it
@@ -335,7 +341,9 @@ async fn write_loop(mut args: WriterArgs) {
                     tracing::debug!("no pong within the timeout");
                     return;
                 }
-                if args.sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                // A peer that stopped reading can block the send; that counts as silence too.
+                let ping = tokio::time::timeout(args.ping_timeout, args.sink.send(WsMessage::Ping(Default::default())));
+                if !matches!(ping.await, Ok(Ok(()))) {
                     return;
                 }
             }

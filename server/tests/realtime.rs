@@ -1191,3 +1191,33 @@ async fn unsubscribe_is_always_answered() {
         matches!(frames.last(), Some(ServerFrame::Unsubscribed { id: Some(id), session_id }) if id == "u2" && *session_id == never)
     );
 }
+
+/// A peer that goes silent (answers no pings, sends nothing) is dropped after the ping
+/// timeout, and counts as a watcher leaving: its reply is cancelled.
+#[tokio::test]
+async fn silent_peers_are_dropped_after_the_ping_timeout() {
+    let server = TestServer::with(&[
+        ("WS_PING_INTERVAL_SECS", "1"),
+        ("WS_PING_TIMEOUT_SECS", "2"),
+        ("CHAT_CANCEL_GRACE_MS", "0"),
+    ])
+    .await;
+    let (token, _, sid) = user_with_session(&server, "ghost").await;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "g", &format!("slow {}", directive(200, 5))).await;
+    until_deltas(&mut ws, sid, 1).await;
+    // From here the client neither reads (so it answers no ping) nor writes.
+    let went_silent = Instant::now();
+    assert!(
+        server.mock.wait_for_closed_early(1, Duration::from_secs(6)).await,
+        "the silent peer was dropped and its reply cancelled"
+    );
+    assert!(went_silent.elapsed() >= Duration::from_secs(1), "not before the ping timeout could pass");
+    let metrics = server.state().metrics.clone();
+    common::eventually("the connection is gone on the server", || {
+        let metrics = metrics.clone();
+        async move { metrics.ws_connections.get() == 0 }
+    })
+    .await;
+    drop(ws);
+}
