@@ -342,6 +342,9 @@ fn count_field(rows: &[serde_json::Value], field: &str) -> u32 {
     rows.first().and_then(|r| r.get(field)).and_then(|v| v.as_u64()).unwrap_or(0) as u32
 }
 
+/// Whether a write was refused by a unique index. SurrealDB 3.3 reports that as a query
+/// error ("Database index `...` already contains ..."), not with its `AlreadyExists` kind,
+/// so the message is what tells.
 fn is_unique_violation(e: &surrealdb::Error) -> bool {
     let text = e.to_string();
     text.contains("already contains") || text.contains("already exists")
