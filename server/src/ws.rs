@@ -333,6 +333,12 @@ async fn write_loop(mut args: WriterArgs) {
                     biased;
                     _ = args.overflowed.cancelled() => break (CLOSE_TOO_SLOW, "client reads too slowly", false),
                     sent = args.sink.send(WsMessage::Text(out.text)) => if sent.is_err() { return },
+                    // A peer that takes no bytes for this long is gone (or as good as gone):
+                    // without this, a writer stuck here would never run its ping check.
+                    _ = tokio::time::sleep(args.ping_timeout) => {
+                        tracing::debug!("a frame could not be written within the ping timeout");
+                        return;
+                    }
                 }
             }
             _ = ping.tick() => {

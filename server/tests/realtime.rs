@@ -1221,3 +1221,29 @@ async fn silent_peers_are_dropped_after_the_ping_timeout() {
     .await;
     drop(ws);
 }
+
+/// A peer that stops reading while frames are still being written (its TCP window full,
+/// the outbound queue not yet overflowing) is dropped after the ping timeout as well.
+#[tokio::test]
+async fn peers_that_stop_reading_mid_write_are_dropped() {
+    let server = TestServer::with(&[
+        ("WS_PING_INTERVAL_SECS", "1"),
+        ("WS_PING_TIMEOUT_SECS", "2"),
+        ("WS_OUTBOUND_QUEUE", "100000"),
+        ("CHAT_CANCEL_GRACE_MS", "0"),
+        ("CHAT_MAX_TOKENS", "100000"),
+    ])
+    .await;
+    let (token, _, sid) = user_with_session(&server, "stuck").await;
+    let mut ws = server.ws_small_buffer(&token).await;
+    // Far more than the socket buffers hold, far less than the outbound queue.
+    send(&mut ws, sid, "w", "[[mock tokens=20000 bytes=1000 tps=0 delay_ms=0]]").await;
+    let metrics = server.state().metrics.clone();
+    common::eventually("the stuck connection is dropped", || {
+        let metrics = metrics.clone();
+        async move { metrics.ws_connections.get() == 0 }
+    })
+    .await;
+    assert_eq!(metrics.ws_slow_closed.get(), 0, "dropped by the timeout, not by an overflow");
+    drop(ws);
+}
