@@ -1247,3 +1247,47 @@ async fn peers_that_stop_reading_mid_write_are_dropped() {
     assert_eq!(metrics.ws_slow_closed.get(), 0, "dropped by the timeout, not by an overflow");
     drop(ws);
 }
+
+/// `rename_session` and `list_sessions` over the WebSocket, with their errors.
+#[tokio::test]
+async fn rename_and_list_over_the_websocket() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("lister").await;
+    let (other, _) = server.register("stranger").await;
+    let theirs = server.create_session(&other).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(server.create_session(&token).await.id);
+    }
+    let mut ws = server.ws(&token).await;
+
+    ws.send(json!({"type": "rename_session", "id": "r1", "session_id": ids[0], "title": "First"})).await;
+    match ws.recv().await {
+        ServerFrame::SessionUpdated { id, session } => {
+            assert_eq!((id.as_deref(), session.id, session.title.as_str()), (Some("r1"), ids[0], "First"));
+        }
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({"type": "rename_session", "id": "r2", "session_id": ids[1], "title": "  "})).await;
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, Some("r2"), Some(ids[1]));
+    ws.send(json!({"type": "rename_session", "id": "r3", "session_id": theirs.id, "title": "Mine now"})).await;
+    assert_error(&ws.recv().await, ErrorCode::NotFound, Some("r3"), Some(theirs.id));
+
+    ws.send(json!({"type": "list_sessions", "id": "l1", "page": 1, "per_page": 2})).await;
+    match ws.recv().await {
+        ServerFrame::Sessions { id, sessions, total, page, per_page, total_pages } => {
+            assert_eq!((id.as_deref(), total, page, per_page, total_pages), (Some("l1"), 3, 1, 2, 2));
+            assert_eq!(sessions[0].id, ids[0], "the renamed session is the most recently active");
+            assert_eq!(sessions.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({"type": "list_sessions", "id": "l2", "per_page": 500})).await;
+    match ws.recv().await {
+        ServerFrame::Sessions { id, per_page, sessions, .. } => {
+            assert_eq!((id.as_deref(), per_page, sessions.len()), (Some("l2"), 100, 3));
+            assert!(sessions.iter().all(|s| s.id != theirs.id), "only the caller's sessions");
+        }
+        other => panic!("{other:?}"),
+    }
+}
