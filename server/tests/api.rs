@@ -257,14 +257,7 @@ async fn session_crud_and_pagination() {
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
 
     // Newest activity first: renaming moves a session to the top.
-    let r = server
-        .http
-        .patch(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
-        .bearer_auth(&token)
-        .json(&json!({"title": "Renamed"}))
-        .send()
-        .await
-        .unwrap();
+    let r = server.rename(&token, first.id, "Renamed").await;
     assert_eq!(r.status(), 200);
     let renamed: Session = r.json().await.unwrap();
     assert_eq!(renamed.title, "Renamed");
@@ -277,14 +270,7 @@ async fn session_crud_and_pagination() {
     assert_eq!(got.session.title, "Renamed");
     assert!(got.messages.is_empty());
 
-    let r = server
-        .http
-        .patch(server.url(&format!("/api/v1/chat/sessions/{}", first.id)))
-        .bearer_auth(&token)
-        .json(&json!({"title": "   "}))
-        .send()
-        .await
-        .unwrap();
+    let r = server.rename(&token, first.id, "   ").await;
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
 
     let r = server
@@ -327,14 +313,7 @@ async fn other_users_sessions_are_not_found() {
 
     let (status, body) = server.get(&intruder, &path).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let r = server
-        .http
-        .patch(server.url(&path))
-        .bearer_auth(&intruder)
-        .json(&json!({"title": "mine"}))
-        .send()
-        .await
-        .unwrap();
+    let r = server.rename(&intruder, session.id, "mine").await;
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));
     let r = server.http.delete(server.url(&path)).bearer_auth(&intruder).send().await.unwrap();
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound));

@@ -802,14 +802,7 @@ async fn user_hub_announces_session_changes() {
     for ws in [&mut a, &mut b] {
         assert_eq!(ws.recv().await, ServerFrame::SessionCreated { id: None, session: rest_created.clone() });
     }
-    let response = server
-        .http
-        .patch(server.url(&format!("/api/v1/chat/sessions/{}", created.id)))
-        .bearer_auth(&token)
-        .json(&json!({"title": "Renamed"}))
-        .send()
-        .await
-        .unwrap();
+    let response = server.rename(&token, created.id, "Renamed").await;
     assert_eq!(response.status(), 200);
     for ws in [&mut a, &mut b] {
         match ws.recv().await {

@@ -104,6 +104,17 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Renames a session over REST (`PATCH /chat/sessions/:id`).
+    pub async fn rename(&self, token: &str, session_id: uuid::Uuid, title: &str) -> reqwest::Response {
+        self.http
+            .patch(self.url(&format!("/api/v1/chat/sessions/{session_id}")))
+            .bearer_auth(token)
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A WebSocket authenticated by header, after its `ready` frame.
     pub async fn ws(&self, token: &str) -> Ws {
         let mut ws = self.ws_raw(Some(token)).await;
