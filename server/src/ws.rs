@@ -89,7 +89,6 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
                 sink,
                 rx,
                 overflowed: overflowed.clone(),
-                shutdown: state.shutdown.clone(),
                 metrics: state.metrics.clone(),
                 close_rx,
                 last_seen: last_seen.clone(),
@@ -119,9 +118,8 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
                 _ = &mut expiry => break Some((CLOSE_UNAUTHORIZED, "token expired")),
                 _ = overflowed.cancelled() => break None,
                 _ = writer_gone.cancelled() => break None,
-                // Ask the writer for the 1001 close explicitly: the writer watches the same
-                // token, but when this loop's `None` reached it first it returned without
-                // any close frame (its select checks `close_rx` before `shutdown`).
+                // The reader decides every close code but 4429 (which the writer sees first,
+                // as it is the one stuck on the slow peer).
                 _ = state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
                 frame = stream.next() => {
                     last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -303,7 +301,6 @@ struct WriterArgs {
     sink: SplitSink<WebSocket, WsMessage>,
     rx: mpsc::Receiver<Outbound>,
     overflowed: CancellationToken,
-    shutdown: CancellationToken,
     close_rx: oneshot::Receiver<CloseRequest>,
     last_seen: Arc<AtomicU64>,
     epoch: Instant,
@@ -326,7 +323,6 @@ async fn write_loop(mut args: WriterArgs) {
                 Ok(Some((code, reason))) => break (code, reason, true),
                 _ => return,
             },
-            _ = args.shutdown.cancelled() => break (CLOSE_GOING_AWAY, "server shutting down", true),
             out = args.rx.recv() => {
                 let Some(out) = out else { return };
                 tokio::select! {

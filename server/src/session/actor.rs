@@ -153,7 +153,6 @@ struct Running {
     finish: Option<UpstreamFinish>,
     task: JoinHandle<()>,
     started: Instant,
-    first_text_seen: bool,
     last_checkpoint: Instant,
     checkpointed_len: usize,
 }
@@ -473,7 +472,6 @@ impl SessionState {
             finish: None,
             task,
             started: Instant::now(),
-            first_text_seen: false,
             last_checkpoint: Instant::now(),
             checkpointed_len: 0,
         });
@@ -505,8 +503,8 @@ impl SessionState {
         match event {
             GenerationEvent::Llm(LlmEvent::Delta(text)) => {
                 let Some(running) = self.current.as_mut() else { return };
-                if !running.first_text_seen {
-                    running.first_text_seen = true;
+                // Deltas are never empty, so empty content means this is the first text.
+                if running.content.is_empty() {
                     self.deps.metrics.time_to_first_token.observe(running.started.elapsed().as_secs_f64());
                 }
                 running.content.push_str(&text);

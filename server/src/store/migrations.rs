@@ -54,8 +54,7 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
 }
 
 async fn current_version(db: &Surreal<Any>) -> Result<u32, StoreError> {
-    // The table holds one small row per migration; the maximum is taken here rather than
-    // trusting ORDER BY on a freshly defined table.
+    // One small row per migration, so reading them all and taking the maximum is cheap.
     let mut response = db.query("SELECT VALUE version FROM schema_migration").await?.check()?;
     let versions: Vec<serde_json::Value> = response.take(0)?;
     Ok(versions.iter().filter_map(|v| v.as_u64()).max().unwrap_or(0) as u32)
