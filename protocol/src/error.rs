@@ -24,6 +24,15 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// Too many sends queued on one session.
     Busy,
+    /// A per-user or per-connection cap is reached (sessions per user, subscriptions per
+    /// connection); retrying does not help until something is freed.
+    LimitExceeded,
+    /// The method is not allowed on this path.
+    MethodNotAllowed,
+    /// The request comes from a browser origin the server does not allow.
+    Forbidden,
+    /// The server cannot take the request now (shutting down, or overloaded); retry later.
+    Unavailable,
     /// Model provider down, circuit open, or its key rejected.
     UpstreamUnavailable,
     /// Model provider too slow.
@@ -44,6 +53,10 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Busy => 429,
+            ErrorCode::LimitExceeded => 403,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::Unavailable => 503,
             ErrorCode::UpstreamUnavailable => 503,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::UpstreamError => 502,
@@ -63,6 +76,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Busy => "busy",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamError => "upstream_error",

@@ -62,6 +62,8 @@ pub enum MessageStatus {
     Cancelled,
     /// The reply failed; the content is what had arrived.
     Error,
+    /// The reply is still being generated; the content is its last checkpoint.
+    Generating,
 }
 
 /// A stored chat message.

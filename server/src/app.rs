@@ -1,5 +1,5 @@
-//! Assembling and running the server: state shared by every handler, start-up in the
-//! right order, and graceful shutdown.
+//! Assembling and running the server: start-up in the right order, and graceful shutdown
+//! in the right order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,36 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, TokenKeys};
+use crate::auth::{self, PasswordHashing, TokenKeys};
 use crate::config::{Config, ModelBackend};
 use crate::hub::UserHub;
-use crate::llm::mock::MockLlm;
+use crate::limits::UserLocks;
 use crate::llm::{LlmClient, LlmSettings};
 use crate::metrics::Metrics;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
+use crate::state::AppState;
 use crate::store::{Store, StoreConfig};
-
-/// Everything a request handler or connection needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The database.
-    pub store: Store,
-    /// Token issue and verification.
-    pub tokens: Arc<TokenKeys>,
-    /// Session actors.
-    pub sessions: Arc<SessionRegistry>,
-    /// Per-user connection hub.
-    pub hub: Arc<UserHub>,
-    /// Cancelled when the server begins shutting down.
-    pub shutdown: CancellationToken,
-    /// Whether replies come from the built-in mock model.
-    pub mock_model: bool,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-}
+use relay_mock_llm::MockLlm;
 
 /// A running server.
 pub struct Server {
@@ -62,6 +44,10 @@ impl Server {
         })
         .await
         .with_context(|| format!("cannot open the database at {}", config.database_url))?;
+        let interrupted = store.fail_interrupted_replies().await.context("cannot mark interrupted replies")?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "replies left generating by an earlier run are stored as error");
+        }
 
         let secret = match &config.jwt.secret {
             Some(secret) => secret.clone(),
@@ -108,6 +94,8 @@ impl Server {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
                 max_message_length: config.max_message_length,
+                max_reply_bytes: config.max_reply_bytes,
+                max_snapshot_bytes: config.ws_outbound_queue_bytes / 2,
                 max_queued_sends: config.max_queued_sends,
                 cancel_grace: config.cancel_grace,
                 idle_timeout: config.session_idle,
@@ -115,13 +103,17 @@ impl Server {
                 daily_quota: config.daily_message_quota,
             },
         });
+        let passwords = Arc::new(PasswordHashing::new(config.auth_hash_concurrency, config.auth_hash_queue));
         let state = AppState {
             config: Arc::new(config),
             store,
             tokens,
+            passwords,
             sessions,
             hub,
+            user_locks: Arc::new(UserLocks::default()),
             shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
             mock_model: mock.is_some(),
             metrics,
         };
@@ -142,17 +134,24 @@ impl Server {
         Ok(Server { addr, state, mock, task })
     }
 
-    /// Shuts down gracefully: running replies are stored as they stand (their watchers get
-    /// `done` with `cancelled`), then connections are closed with 1001 and in-flight
-    /// requests get a few seconds to finish.
+    /// Shuts down gracefully, in an order that loses nothing: first no new work is
+    /// accepted (sends answer `unavailable`), then every running reply is stored as it
+    /// stands (its watchers get `done` `cancelled`), then every WebSocket connection is
+    /// closed with 1001 and in-flight requests finish, and only then does this return.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.state.sessions.shutdown().await;
         self.state.shutdown.cancel();
-        let result = match tokio::time::timeout(Duration::from_secs(10), self.task).await {
-            Ok(joined) => joined.context("HTTP server task panicked")?,
+        let connections = self.state.connections.clone();
+        connections.close();
+        let drained = async {
+            connections.wait().await;
+            self.task.await.context("HTTP server task panicked")?
+        };
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, drained).await {
+            Ok(result) => result,
             Err(_) => {
-                tracing::warn!("connections did not finish within 10 s; closing anyway");
+                tracing::warn!("connections did not finish within {SHUTDOWN_GRACE:?}; closing anyway");
                 Ok(())
             }
         };
@@ -162,6 +161,9 @@ impl Server {
         result
     }
 }
+
+/// How long shutdown waits for connections to take their close frames and requests to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -1,13 +1,17 @@
 //! A user's sessions as a list: create, page through, rename, delete. Shared by the REST
 //! handlers and the WebSocket frames, and announced to all of the user's connections.
+//!
+//! Renames and deletes go through the session's actor (see [`crate::session`]), so they
+//! take their place among the session's sends; creating checks the per-user session cap.
 
 use relay_protocol::{ServerFrame, Session, SessionList, clamp_page, total_pages};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::auth::AuthUser;
 use crate::error::AppError;
 use crate::fanout::ReceiverId;
 use crate::session::DEFAULT_TITLE;
+use crate::state::AppState;
 
 /// Longest session title, in characters.
 pub const MAX_TITLE_CHARS: usize = 255;
@@ -28,11 +32,26 @@ fn clean_title(title: Option<&str>, default: Option<&str>) -> Result<String, App
     Ok(title.to_string())
 }
 
-/// Creates a session ("New chat" without a title) and announces `session_created`.
-pub async fn create(state: &AppState, user_id: Uuid, title: Option<&str>, origin: Origin) -> Result<Session, AppError> {
+/// Creates a session ("New chat" without a title) and announces `session_created`; a user
+/// who already has `CHAT_MAX_SESSIONS_PER_USER` sessions gets `limit_exceeded`.
+pub async fn create(
+    state: &AppState,
+    user: &AuthUser,
+    title: Option<&str>,
+    origin: Origin,
+) -> Result<Session, AppError> {
     let title = clean_title(title, Some(DEFAULT_TITLE))?;
-    let session = state.store.create_session(user_id, &title).await?;
-    state.hub.publish(user_id, origin, |id| ServerFrame::SessionCreated { id, session: session.clone() });
+    let max = state.config.max_sessions_per_user;
+    let session = {
+        let _serialised = state.user_locks.lock(user.id).await;
+        if state.store.count_sessions(user.id).await? >= max {
+            return Err(AppError::LimitExceeded(format!(
+                "you have {max} sessions, the most allowed; delete some to create more"
+            )));
+        }
+        state.store.create_session(user.id, &title).await?
+    };
+    state.hub.publish(user.id, origin, |id| ServerFrame::SessionCreated { id, session: session.clone() });
     Ok(session)
 }
 
@@ -51,25 +70,22 @@ pub async fn list(
 /// Renames a session of the user and announces `session_updated`.
 pub async fn rename(
     state: &AppState,
-    user_id: Uuid,
+    user: &AuthUser,
     session_id: Uuid,
     title: &str,
     origin: Origin,
 ) -> Result<Session, AppError> {
     let title = clean_title(Some(title), None)?;
-    let session = state.store.rename_session(user_id, session_id, &title).await?.ok_or(AppError::NotFound)?;
-    state.sessions.renamed(&session);
-    state.hub.publish(user_id, origin, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
+    let session = state.sessions.rename(user, session_id, &title).await?;
+    state.hub.publish(user.id, origin, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
     Ok(session)
 }
 
 /// Soft-deletes a session of the user: its running reply is cancelled (watchers get
-/// `done` with `cancelled`), then `session_deleted` is announced.
-pub async fn delete(state: &AppState, user_id: Uuid, session_id: Uuid, origin: Origin) -> Result<(), AppError> {
-    if !state.store.soft_delete_session(user_id, session_id).await? {
-        return Err(AppError::NotFound);
-    }
-    state.sessions.deleted(session_id).await;
-    state.hub.publish(user_id, origin, |id| ServerFrame::SessionDeleted { id, session_id });
+/// `done` with `cancelled`), queued sends are answered `not_found`, then
+/// `session_deleted` is announced.
+pub async fn delete(state: &AppState, user: &AuthUser, session_id: Uuid, origin: Origin) -> Result<(), AppError> {
+    state.sessions.delete(user, session_id).await?;
+    state.hub.publish(user.id, origin, |id| ServerFrame::SessionDeleted { id, session_id });
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::llm::mock::MockSettings;
+use relay_mock_llm::MockSettings;
 
 /// A configuration variable that is missing a required value or has a bad one.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub struct ConfigError {
 }
 
 /// Where the model replies come from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum ModelBackend {
     /// A real OpenAI-compatible provider (SambaNova by default).
     Remote {
@@ -35,8 +35,23 @@ pub enum ModelBackend {
     Mock(MockSettings),
 }
 
+impl std::fmt::Debug for ModelBackend {
+    /// Never prints the API key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelBackend::Remote { api_base, .. } => {
+                f.debug_struct("Remote").field("api_key", &REDACTED).field("api_base", api_base).finish()
+            }
+            ModelBackend::Mock(settings) => f.debug_tuple("Mock").field(settings).finish(),
+        }
+    }
+}
+
+/// What `Debug` prints in place of a secret.
+const REDACTED: &str = "<redacted>";
+
 /// How the server verifies and issues tokens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JwtConfig {
     /// HS256 secret for tokens this server issues (and host tokens signed with it).
     /// `None` in dev mode until the server generates one beside its data.
@@ -53,8 +68,23 @@ pub struct JwtConfig {
     pub leeway: Duration,
 }
 
-/// The whole server configuration.
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for JwtConfig {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| REDACTED))
+            .field("public_key_pem", &self.public_key_pem.as_ref().map(|_| "<pem>"))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("ttl", &self.ttl)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// The whole server configuration. Its `Debug` output redacts every secret (the JWT
+/// secret, the provider key, the database password, the metrics token).
+#[derive(Clone)]
 pub struct Config {
     /// `BIND_ADDR`: where the HTTP server listens.
     pub bind_addr: SocketAddr,
@@ -104,6 +134,23 @@ pub struct Config {
     pub ws_max_frame_bytes: usize,
     /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
     pub ws_outbound_queue: usize,
+    /// `WS_OUTBOUND_QUEUE_BYTES`: bytes buffered per connection before it counts as too slow.
+    pub ws_outbound_queue_bytes: usize,
+    /// `WS_MAX_SUBSCRIPTIONS_PER_CONNECTION`: sessions one connection may watch at once.
+    pub ws_max_subscriptions: usize,
+    /// `WS_MAX_CONNECTIONS_PER_USER`: WebSocket connections one user may hold open.
+    pub ws_max_connections_per_user: usize,
+    /// `WS_MAX_PENDING_REQUESTS`: requests of one connection being handled at once; the
+    /// connection's next frame is read when one finishes.
+    pub ws_max_pending_requests: usize,
+    /// `CHAT_MAX_SESSIONS_PER_USER`: live sessions one user may have.
+    pub max_sessions_per_user: u64,
+    /// `CHAT_MAX_REPLY_BYTES`: longest reply kept; a longer one is cut and ends `length`.
+    pub max_reply_bytes: usize,
+    /// `AUTH_HASH_CONCURRENCY`: password hashes computed at once (default: the core count).
+    pub auth_hash_concurrency: usize,
+    /// `AUTH_HASH_QUEUE`: password checks that may wait for a thread; more are refused.
+    pub auth_hash_queue: usize,
     /// `WS_PING_INTERVAL_SECS`: how often the server pings an idle connection.
     pub ws_ping_interval: Duration,
     /// `WS_PING_TIMEOUT_SECS`: a connection silent this long is closed.
@@ -116,6 +163,59 @@ pub struct Config {
     /// `METRICS_TOKEN`: a static bearer token for Prometheus scrapers; `/metrics` also
     /// accepts an admin's JWT.
     pub metrics_token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field, secrets redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind_addr", &self.bind_addr)
+            .field("production", &self.production)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_credentials", &self.database_credentials.as_ref().map(|(user, _)| (user, REDACTED)))
+            .field("database_ns", &self.database_ns)
+            .field("database_db", &self.database_db)
+            .field("jwt", &self.jwt)
+            .field("admin_users", &self.admin_users)
+            .field("model_backend", &self.model_backend)
+            .field("model", &self.model)
+            .field("max_tokens", &self.max_tokens)
+            .field("llm_timeout", &self.llm_timeout)
+            .field("system_prompt", &self.system_prompt)
+            .field("max_context_messages", &self.max_context_messages)
+            .field("max_message_length", &self.max_message_length)
+            .field("daily_message_quota", &self.daily_message_quota)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("max_queued_sends", &self.max_queued_sends)
+            .field("session_idle", &self.session_idle)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("ws_max_frame_bytes", &self.ws_max_frame_bytes)
+            .field("ws_outbound_queue", &self.ws_outbound_queue)
+            .field("ws_outbound_queue_bytes", &self.ws_outbound_queue_bytes)
+            .field("ws_max_subscriptions", &self.ws_max_subscriptions)
+            .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
+            .field("ws_max_pending_requests", &self.ws_max_pending_requests)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field("auth_hash_concurrency", &self.auth_hash_concurrency)
+            .field("auth_hash_queue", &self.auth_hash_queue)
+            .field("ws_ping_interval", &self.ws_ping_interval)
+            .field("ws_ping_timeout", &self.ws_ping_timeout)
+            .field("ws_auth_timeout", &self.ws_auth_timeout)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// A database URL without the password a `ws://user:pass@host` form may carry.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://{REDACTED}@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// The variables the built-in mock model reads (see [`MockSettings::from_lookup`]).
@@ -257,18 +357,46 @@ impl Config {
             max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
             ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
+            ws_outbound_queue_bytes: positive(
+                "WS_OUTBOUND_QUEUE_BYTES",
+                var("WS_OUTBOUND_QUEUE_BYTES"),
+                4 * 1024 * 1024,
+            )?,
+            ws_max_subscriptions: positive(
+                "WS_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                var("WS_MAX_SUBSCRIPTIONS_PER_CONNECTION"),
+                256,
+            )?,
+            ws_max_connections_per_user: positive(
+                "WS_MAX_CONNECTIONS_PER_USER",
+                var("WS_MAX_CONNECTIONS_PER_USER"),
+                32,
+            )?,
+            ws_max_pending_requests: positive("WS_MAX_PENDING_REQUESTS", var("WS_MAX_PENDING_REQUESTS"), 64)?,
+            max_sessions_per_user: positive("CHAT_MAX_SESSIONS_PER_USER", var("CHAT_MAX_SESSIONS_PER_USER"), 10_000)?,
+            max_reply_bytes: positive("CHAT_MAX_REPLY_BYTES", var("CHAT_MAX_REPLY_BYTES"), 1024 * 1024)?,
+            auth_hash_concurrency: positive(
+                "AUTH_HASH_CONCURRENCY",
+                var("AUTH_HASH_CONCURRENCY"),
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )?,
+            auth_hash_queue: parse("AUTH_HASH_QUEUE", var("AUTH_HASH_QUEUE"), 64)?,
             ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
             ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
             cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
             metrics_token: var("METRICS_TOKEN"),
         };
+        if config.ws_outbound_queue_bytes < 2 * config.max_reply_bytes {
+            return Err(ConfigError {
+                var: "WS_OUTBOUND_QUEUE_BYTES",
+                reason: format!(
+                    "{} is less than twice CHAT_MAX_REPLY_BYTES ({}): a whole reply travels as one frame",
+                    config.ws_outbound_queue_bytes, config.max_reply_bytes
+                ),
+            });
+        }
         Ok(config)
-    }
-
-    /// Whether a username is listed in `CHAT_ADMIN_USERS`.
-    pub fn is_admin(&self, username: &str) -> bool {
-        self.admin_users.iter().any(|a| a == username)
     }
 }
 
@@ -392,6 +520,24 @@ mod tests {
         let strong = "x".repeat(32);
         assert!(load(&[("RELAY_ENV", "production"), ("JWT_SECRET", &strong)]).is_ok());
         assert!(load(&[("JWT_SECRET", "short")]).is_ok(), "dev mode accepts a weak secret");
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let c = load(&[
+            ("JWT_SECRET", "jwt-secret-0123456789-0123456789-xyz"),
+            ("SAMBANOVA_API_KEY", "provider-key-abc"),
+            ("DATABASE_URL", "ws://root:url-pass@db:8000"),
+            ("DATABASE_USER", "root"),
+            ("DATABASE_PASS", "db-pass-def"),
+            ("METRICS_TOKEN", "metrics-token-ghi"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["jwt-secret-0123456789", "provider-key-abc", "url-pass", "db-pass-def", "metrics-token-ghi"] {
+            assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+        }
+        assert!(shown.contains("ws_max_connections_per_user"));
     }
 
     #[test]

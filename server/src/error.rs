@@ -1,5 +1,11 @@
 //! The server's error type, and the one function that maps every error to a protocol
 //! error code.
+//!
+//! Each layer has its own error type ([`AuthError`], [`StoreError`], [`LlmError`], the
+//! session layer's `SessionError`); they all become an [`AppError`], and
+//! [`AppError::to_body`] is the only place that decides which code and message a client
+//! sees. This module sits below the session layer (which converts its own errors into
+//! `AppError`), so no circle of imports forms.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,7 +13,6 @@ use relay_protocol::{ErrorBody, ErrorCode, ErrorResponse};
 
 use crate::auth::AuthError;
 use crate::llm::LlmError;
-use crate::session::SessionError;
 use crate::store::StoreError;
 
 /// Any error a request can end in, grouped by the layer it came from.
@@ -22,9 +27,10 @@ pub enum AppError {
     /// The model provider failed.
     #[error(transparent)]
     Llm(#[from] LlmError),
-    /// A session operation failed.
-    #[error(transparent)]
-    Session(#[from] SessionError),
+    /// An error already shaped for clients (a failed reply's `done` error, or a queued send
+    /// dropped because its session was deleted or the server is stopping).
+    #[error("{}", .0.message)]
+    Reported(ErrorBody),
     /// The request itself is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -34,12 +40,42 @@ pub enum AppError {
     /// The body or frame is over the size limit.
     #[error("request body too large")]
     TooLarge,
-    /// The thing asked for does not exist for this caller.
-    #[error("not found")]
+    /// The session does not exist, is deleted, or is not the caller's.
+    #[error("session not found")]
     NotFound,
+    /// No endpoint answers this path.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The endpoint exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A browser page from an origin the server does not allow.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
+    /// Too many sends are queued on the session.
+    #[error("too many sends queued")]
+    Busy,
+    /// A cap on what one user or connection may hold is reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The server cannot take the request now.
+    #[error("{reason}")]
+    Unavailable {
+        /// Why, for people.
+        reason: &'static str,
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+    /// A bug or an impossible state; logged, shown as `internal`.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AppError {
+    /// The server is shutting down: new work is refused.
+    pub const SHUTTING_DOWN: AppError =
+        AppError::Unavailable { reason: "the server is shutting down; retry shortly", retry_after_ms: 1000 };
+
     /// The protocol error this error is shown as: the single mapping from the server's
     /// errors to error codes, used by REST, SSE and WebSocket alike.
     pub fn to_body(&self) -> ErrorBody {
@@ -49,6 +85,9 @@ impl AppError {
             }
             AppError::Auth(AuthError::Hashing(_) | AuthError::SecretFile { .. }) => {
                 (ErrorCode::Internal, "internal error".into(), None)
+            }
+            AppError::Auth(AuthError::Overloaded) => {
+                (ErrorCode::Unavailable, "too many logins at once; retry shortly".into(), Some(1000))
             }
             AppError::Auth(AuthError::WrongCredentials) => (ErrorCode::Unauthorized, self.to_string(), None),
             AppError::Auth(AuthError::MissingToken | AuthError::InvalidToken(_)) => {
@@ -66,21 +105,24 @@ impl AppError {
             AppError::Llm(LlmError::Upstream(_)) => {
                 (ErrorCode::UpstreamError, "the model provider failed".into(), None)
             }
-            AppError::Session(SessionError::NotFound) | AppError::NotFound => {
-                (ErrorCode::NotFound, "session not found".into(), None)
+            AppError::Reported(body) => return body.clone(),
+            AppError::NotFound => (ErrorCode::NotFound, "session not found".into(), None),
+            AppError::NoRoute => (ErrorCode::NotFound, "no such endpoint".into(), None),
+            AppError::MethodNotAllowed => {
+                (ErrorCode::MethodNotAllowed, "this method is not allowed on this endpoint".into(), None)
             }
-            AppError::Session(SessionError::Busy) => {
-                (ErrorCode::Busy, "too many messages are waiting on this session".into(), Some(1000))
+            AppError::ForbiddenOrigin => {
+                (ErrorCode::Forbidden, "this origin may not open a connection here (CORS_ALLOWED_ORIGINS)".into(), None)
             }
-            AppError::Session(SessionError::InvalidContent(m)) | AppError::InvalidContent(m) => {
-                (ErrorCode::InvalidContent, m.clone(), None)
-            }
-            AppError::Session(SessionError::Store(_) | SessionError::Unavailable) => {
-                (ErrorCode::Internal, "internal error".into(), None)
-            }
-            AppError::Session(SessionError::Generation(body)) => return body.clone(),
+            AppError::Busy => (ErrorCode::Busy, "too many messages are waiting on this session".into(), Some(1000)),
+            AppError::LimitExceeded(m) => (ErrorCode::LimitExceeded, m.clone(), None),
+            AppError::InvalidContent(m) => (ErrorCode::InvalidContent, m.clone(), None),
             AppError::BadRequest(m) => (ErrorCode::BadRequest, m.clone(), None),
             AppError::TooLarge => (ErrorCode::TooLarge, self.to_string(), None),
+            AppError::Unavailable { reason, retry_after_ms } => {
+                (ErrorCode::Unavailable, (*reason).to_string(), Some(*retry_after_ms))
+            }
+            AppError::Internal(_) => (ErrorCode::Internal, "internal error".into(), None),
         };
         ErrorBody { code, message, retry_after_ms }
     }

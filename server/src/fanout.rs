@@ -1,8 +1,13 @@
 //! Delivering server frames to many receivers: each frame is encoded once and the same
 //! bytes are handed to every connection or request that receives it.
+//!
+//! Every receiver has a bounded queue, bounded twice: in frames and in bytes. A receiver
+//! that falls behind either bound is marked overflowed (its owner closes it, a WebSocket
+//! with 4429); senders never wait for a slow reader, so one client cannot slow a session
+//! down or pin unbounded memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use relay_protocol::ServerFrame;
@@ -45,6 +50,17 @@ pub enum ReceiverKind {
     Request,
 }
 
+/// How much a receiver's queue may hold before the receiver counts as too slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes of encoded frames: a frame is refused once more than this is queued ahead
+    /// of it, so a receiver pins at most this plus one frame (a frame is never split, and
+    /// the largest, a whole reply in its `message` event, must fit: see the config check).
+    pub bytes: usize,
+}
+
 /// The sending end of a receiver's bounded outbound queue.
 #[derive(Clone, Debug)]
 pub struct Receiver {
@@ -53,7 +69,15 @@ pub struct Receiver {
     /// What kind it is.
     pub kind: ReceiverKind,
     tx: mpsc::Sender<Outbound>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     overflowed: CancellationToken,
+}
+
+/// The receiving end of a receiver's queue; taking a frame gives its bytes back.
+pub struct Inbox {
+    rx: mpsc::Receiver<Outbound>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 /// Outcome of a delivery attempt.
@@ -68,30 +92,114 @@ pub enum Delivery {
 }
 
 impl Receiver {
-    /// Creates a receiver with a queue of `capacity` frames; the returned token is
+    /// Creates a receiver whose queue holds up to `bounds`; the returned token is
     /// cancelled if the queue ever overflows, and the owner must then close.
-    pub fn channel(kind: ReceiverKind, capacity: usize) -> (Receiver, mpsc::Receiver<Outbound>, CancellationToken) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn channel(kind: ReceiverKind, bounds: QueueBounds) -> (Receiver, Inbox, CancellationToken) {
+        let (tx, rx) = mpsc::channel(bounds.frames.max(1));
         let overflowed = CancellationToken::new();
-        let receiver = Receiver { id: next_receiver_id(), kind, tx, overflowed: overflowed.clone() };
-        (receiver, rx, overflowed)
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let receiver = Receiver {
+            id: next_receiver_id(),
+            kind,
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            max_bytes: bounds.bytes,
+            overflowed: overflowed.clone(),
+        };
+        (receiver, Inbox { rx, queued_bytes }, overflowed)
     }
 
     /// Queues a frame without waiting: a full queue never slows the sender down, it
     /// marks the receiver as too slow instead.
     pub fn deliver(&self, out: &Outbound) -> Delivery {
+        if self.overflowed.is_cancelled() {
+            return Delivery::Overflowed;
+        }
+        let len = out.text.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflowed.cancel();
+            return Delivery::Overflowed;
+        }
         match self.tx.try_send(out.clone()) {
             Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                Delivery::Gone
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 self.overflowed.cancel();
                 Delivery::Overflowed
             }
         }
     }
 
-    /// Whether the receiving end has gone away.
+    /// Whether the receiving end has gone away or overflowed.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed() || self.overflowed.is_cancelled()
+    }
+}
+
+impl Inbox {
+    /// The next frame, or `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.recv().await?;
+        self.queued_bytes.fetch_sub(out.text.len(), Ordering::AcqRel);
+        Some(out)
+    }
+
+    /// The next frame if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(out.text.len(), Ordering::AcqRel);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text_len: usize) -> Outbound {
+        Outbound::new(ServerFrame::Pong { id: Some("x".repeat(text_len)) })
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_frames() {
+        let (rx_bytes, mut inbox, overflowed) =
+            Receiver::channel(ReceiverKind::Connection, QueueBounds { frames: 100, bytes: 1000 });
+        // A frame larger than the bound passes into a queue holding less than the bound,
+        // and nothing passes after it until it is read.
+        assert_eq!(rx_bytes.deliver(&frame(500)), Delivery::Queued);
+        assert_eq!(rx_bytes.deliver(&frame(5000)), Delivery::Queued);
+        assert_eq!(rx_bytes.deliver(&frame(10)), Delivery::Overflowed);
+        assert!(overflowed.is_cancelled() && rx_bytes.is_closed());
+        assert!(inbox.recv().await.is_some());
+
+        let (rx, mut inbox, overflowed) =
+            Receiver::channel(ReceiverKind::Connection, QueueBounds { frames: 100, bytes: 1000 });
+        let len = frame(200).text.len();
+        // Frames pass while at most 1000 bytes are queued ahead of them.
+        let fits = 1000 / len + 1;
+        for _ in 0..fits {
+            assert_eq!(rx.deliver(&frame(200)), Delivery::Queued);
+        }
+        // Reading gives the bytes back.
+        for _ in 0..fits {
+            inbox.recv().await.unwrap();
+        }
+        assert!(inbox.try_recv().is_none());
+        for _ in 0..fits {
+            assert_eq!(rx.deliver(&frame(200)), Delivery::Queued);
+        }
+        assert_eq!(rx.deliver(&frame(200)), Delivery::Overflowed);
+        assert!(overflowed.is_cancelled());
+
+        let (rx, _inbox, _) = Receiver::channel(ReceiverKind::Connection, QueueBounds { frames: 2, bytes: 1 << 20 });
+        assert_eq!(rx.deliver(&frame(1)), Delivery::Queued);
+        assert_eq!(rx.deliver(&frame(1)), Delivery::Queued);
+        assert_eq!(rx.deliver(&frame(1)), Delivery::Overflowed);
     }
 }

@@ -1,5 +1,8 @@
 //! The per-user hub: every WebSocket connection of a user registers here, so changes to
-//! the user's sessions (from any connection or from REST) reach all of their tabs.
+//! the user's sessions (from any connection or from REST) reach all of their tabs. It also
+//! caps how many connections one user may hold open.
+
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use relay_protocol::ServerFrame;
@@ -10,23 +13,64 @@ use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId};
 /// Connections by user.
 #[derive(Default)]
 pub struct UserHub {
-    users: DashMap<Uuid, Vec<Receiver>>,
+    users: DashMap<Uuid, UserConnections>,
 }
 
-impl UserHub {
-    /// Registers a connection of a user.
-    pub fn join(&self, user: Uuid, receiver: Receiver) {
-        self.users.entry(user).or_default().push(receiver);
-    }
+#[derive(Default)]
+struct UserConnections {
+    /// Places taken, including connections still authenticating their `ready`.
+    places: usize,
+    /// Connections that receive the user's events.
+    receivers: Vec<Receiver>,
+}
 
-    /// Removes a connection of a user.
-    pub fn leave(&self, user: Uuid, receiver: ReceiverId) {
-        if let dashmap::Entry::Occupied(mut entry) = self.users.entry(user) {
-            entry.get_mut().retain(|r| r.id != receiver);
-            if entry.get().is_empty() {
+/// A connection's place in the hub, taken before it is announced `ready`; dropping it
+/// gives the place back and stops delivery to its receiver.
+pub struct Membership {
+    hub: Arc<UserHub>,
+    user: Uuid,
+    receiver: Option<ReceiverId>,
+}
+
+impl Membership {
+    /// Starts delivering the user's events to this connection.
+    pub fn join(&mut self, receiver: Receiver) {
+        self.receiver = Some(receiver.id);
+        if let Some(mut entry) = self.hub.users.get_mut(&self.user) {
+            entry.receivers.push(receiver);
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut entry) = self.hub.users.entry(self.user) {
+            let user = entry.get_mut();
+            user.places = user.places.saturating_sub(1);
+            if let Some(id) = self.receiver {
+                user.receivers.retain(|r| r.id != id);
+            }
+            if user.places == 0 {
                 entry.remove();
             }
         }
+    }
+}
+
+impl UserHub {
+    /// Takes a connection place for a user, unless the user already holds `max`.
+    pub fn reserve(self: &Arc<Self>, user: Uuid, max: usize) -> Option<Membership> {
+        let mut entry = self.users.entry(user).or_default();
+        if entry.places >= max {
+            return None;
+        }
+        entry.places += 1;
+        Some(Membership { hub: self.clone(), user, receiver: None })
+    }
+
+    /// How many connection places a user holds.
+    pub fn connections_of(&self, user: Uuid) -> usize {
+        self.users.get(&user).map_or(0, |u| u.places)
     }
 
     /// Sends a frame to every connection of a user. `make` builds the frame with or
@@ -38,7 +82,10 @@ impl UserHub {
         origin: Option<(ReceiverId, Option<String>)>,
         make: impl Fn(Option<String>) -> ServerFrame,
     ) {
-        let Some(receivers) = self.users.get(&user).map(|r| r.clone()) else { return };
+        let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
+        if receivers.is_empty() {
+            return;
+        }
         let plain = Outbound::new(make(None));
         let (origin_id, echoed) = match origin {
             Some((id, Some(request_id))) => (Some(id), Some(Outbound::new(make(Some(request_id))))),
@@ -54,5 +101,28 @@ impl UserHub {
                 tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::{QueueBounds, ReceiverKind};
+
+    #[test]
+    fn places_are_capped_and_given_back() {
+        let hub = Arc::new(UserHub::default());
+        let user = Uuid::new_v4();
+        let a = hub.reserve(user, 2).unwrap();
+        let mut b = hub.reserve(user, 2).unwrap();
+        assert!(hub.reserve(user, 2).is_none());
+        let (receiver, _inbox, _) =
+            Receiver::channel(ReceiverKind::Connection, QueueBounds { frames: 4, bytes: 1 << 16 });
+        b.join(receiver);
+        drop(a);
+        assert_eq!(hub.connections_of(user), 1);
+        drop(b);
+        assert_eq!(hub.connections_of(user), 0);
+        assert!(hub.users.is_empty());
     }
 }

@@ -18,8 +18,10 @@ pub mod limits;
 pub mod llm;
 pub mod metrics;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod ws;
 
-pub use app::{AppState, Server};
+pub use app::Server;
 pub use config::Config;
+pub use state::AppState;

@@ -1,40 +1,49 @@
 //! `GET /api/v1/ws`: one authenticated WebSocket connection multiplexing any number of
 //! sessions.
 //!
-//! A connection is two tasks. The reader parses client frames and turns them into calls
-//! on the session registry and the catalog; it never waits on a reply being generated.
-//! The writer drains the connection's bounded outbound queue into the socket, pings, and
-//! closes: with 4429 when the queue overflowed (the session actors never wait for a slow
-//! reader, they mark it and move on), 1001 on shutdown, 4401 when the token expires, 1009
-//! after an oversized frame. Every direct reply goes through the same queue as session
-//! events, so a client sees them in the order they happened.
+//! A connection is a reader, a writer, and short tasks in between. The reader parses
+//! client frames and never waits on a session: each request becomes a task, chained
+//! behind the previous request for the same session (so one session's requests keep their
+//! order) and independent of other sessions (so one slow session stalls nobody else, and
+//! pings, token expiry and shutdown are always seen). At most `WS_MAX_PENDING_REQUESTS`
+//! tasks run per connection; past that the reader waits for one to finish before reading
+//! on. The writer drains the connection's bounded outbound queue into the socket, pings,
+//! and closes: with 4429 when the queue overflowed (the session actors never wait for a
+//! slow reader, they mark it and move on), 1001 on shutdown, 4401 when the token expires,
+//! 1009 after an oversized frame. Every direct reply goes through the same queue as
+//! session events, so a client sees them in the order they happened.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Shared};
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use relay_protocol::{ClientFrame, ErrorBody, ErrorCode, PROTOCOL_VERSION, ServerFrame};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::{AuthUser, bearer_token};
 use crate::catalog;
 use crate::error::AppError;
-use crate::fanout::{Outbound, Receiver, ReceiverKind};
+use crate::fanout::{Inbox, Outbound, QueueBounds, Receiver, ReceiverKind};
+use crate::hub::Membership;
 use crate::limits;
+use crate::state::AppState;
 
 /// Close code: not authenticated in time, bad or expired token.
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code: the user already holds `WS_MAX_CONNECTIONS_PER_USER` connections.
+pub const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4409;
 /// Close code: the client reads too slowly.
 pub const CLOSE_TOO_SLOW: u16 = 4429;
 /// Close code: the server is shutting down.
@@ -44,36 +53,76 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// How long a close frame may take to reach a client that is not reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 
-/// Upgrades the request. A token in the `Authorization` header is checked first (a bad
-/// one is a plain 401); without one the client must send an `auth` frame.
+/// A connection authenticated before the upgrade (by its `Authorization` header), with
+/// its place in the hub already taken.
+struct PreAuthenticated {
+    user: AuthUser,
+    place: Membership,
+}
+
+/// Upgrades the request. A browser page from an origin the server does not allow is
+/// refused (403). A token in the `Authorization` header is checked first (a bad one is a
+/// plain 401, a user over the connection cap a 403); without one the client must send an
+/// `auth` frame.
 pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let header_user = match bearer_token(headers.get(axum::http::header::AUTHORIZATION)) {
-        Some(token) => match state.tokens.verify(token) {
-            Ok(user) => Some(user),
-            Err(e) => return AppError::from(e).into_response(),
-        },
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !crate::http::origin_allowed(&state.config.cors_allowed_origins, origin, host) {
+        tracing::info!(origin, "websocket from a disallowed origin refused");
+        return AppError::ForbiddenOrigin.into_response();
+    }
+    let pre = match bearer_token(headers.get(header::AUTHORIZATION)) {
+        Some(token) => {
+            let user = match state.tokens.verify(token) {
+                Ok(user) => user,
+                Err(e) => return AppError::from(e).into_response(),
+            };
+            match reserve_place(&state, &user) {
+                Ok(place) => Some(PreAuthenticated { user, place }),
+                Err(e) => return e.into_response(),
+            }
+        }
         None => None,
     };
     let max = state.config.ws_max_frame_bytes;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(socket, state, header_user))
+    let connections = state.connections.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connections.track_future(run(socket, state, pre)))
+}
+
+fn reserve_place(state: &AppState, user: &AuthUser) -> Result<Membership, AppError> {
+    let max = state.config.ws_max_connections_per_user;
+    state.hub.reserve(user.id, max).ok_or_else(|| {
+        AppError::LimitExceeded(format!("you have {max} connections open, the most allowed; close one first"))
+    })
 }
 
 /// What the reader asks the writer to do as the connection ends.
 type CloseRequest = Option<(u16, &'static str)>;
 
-async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) {
+async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) {
     let (mut sink, mut stream) = socket.split();
-    let user = match header_user {
-        Some(user) => user,
-        None => match authenticate(&mut stream, &state).await {
-            Ok(user) => user,
-            Err(reason) => {
-                let _ = tokio::time::timeout(CLOSE_FLUSH, close(&mut sink, CLOSE_UNAUTHORIZED, reason)).await;
-                return;
+    let (user, mut place) = match pre {
+        Some(PreAuthenticated { user, place }) => (user, place),
+        None => {
+            let authenticated = match authenticate(&mut stream, &state).await {
+                Ok(user) => reserve_place(&state, &user)
+                    .map(|place| (user, place))
+                    .map_err(|_| (CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")),
+                Err(refusal) => Err(refusal),
+            };
+            match authenticated {
+                Ok(authenticated) => authenticated,
+                Err((code, reason)) => {
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, close(&mut sink, code, reason)).await;
+                    return;
+                }
             }
-        },
+        }
     };
-    let (receiver, rx, overflowed) = Receiver::channel(ReceiverKind::Connection, state.config.ws_outbound_queue);
+    let bounds = QueueBounds { frames: state.config.ws_outbound_queue, bytes: state.config.ws_outbound_queue_bytes };
+    let (receiver, inbox, overflowed) = Receiver::channel(ReceiverKind::Connection, bounds);
     let span = tracing::info_span!("ws", conn = receiver.id, user_id = %user.id);
     async move {
         tracing::debug!("connection authenticated");
@@ -87,7 +136,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
         let writer = tokio::spawn(
             write_loop(WriterArgs {
                 sink,
-                rx,
+                inbox,
                 overflowed: overflowed.clone(),
                 metrics: state.metrics.clone(),
                 close_rx,
@@ -108,11 +157,13 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
             }
         };
         receiver.deliver(&Outbound::new(ServerFrame::Ready { user: user.to_user(), quota, protocol: PROTOCOL_VERSION }));
-        state.hub.join(user.id, receiver.clone());
+        place.join(receiver.clone());
 
-        let mut conn = Connection { state: state.clone(), user, receiver, subscribed: HashSet::new() };
+        let mut conn = Connection::new(state.clone(), user, receiver);
         let expiry = tokio::time::sleep(conn.user.time_left());
         tokio::pin!(expiry);
+        // A permit is taken before each read, so a frame that needs a task always has one.
+        let mut permit: Option<OwnedSemaphorePermit> = None;
         let close_request: CloseRequest = loop {
             tokio::select! {
                 _ = &mut expiry => break Some((CLOSE_UNAUTHORIZED, "token expired")),
@@ -121,12 +172,15 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
                 // The reader decides every close code but 4429 (which the writer sees first,
                 // as it is the one stuck on the slow peer).
                 _ = state.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-                frame = stream.next() => {
+                taken = conn.pending.clone().acquire_owned(), if permit.is_none() => {
+                    permit = taken.ok();
+                }
+                frame = stream.next(), if permit.is_some() => {
                     last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match frame {
                         None | Some(Ok(WsMessage::Close(_))) => break None,
-                        Some(Err(e)) => break is_too_big(e).then_some((CLOSE_TOO_BIG, "frame too large")),
-                        Some(Ok(WsMessage::Text(text))) => conn.handle_text(&text).await,
+                        Some(Err(e)) => break is_too_big(&e).then_some((CLOSE_TOO_BIG, "frame too large")),
+                        Some(Ok(WsMessage::Text(text))) => conn.handle_text(&text, &mut permit),
                         Some(Ok(WsMessage::Binary(_))) => conn.reply(ServerFrame::error(
                             None,
                             None,
@@ -138,6 +192,7 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
             }
         };
         conn.leave();
+        drop(place);
         let _ = close_tx.send(close_request);
         let _ = writer.await;
         state.metrics.ws_connections.dec();
@@ -147,59 +202,76 @@ async fn run(socket: WebSocket, state: AppState, header_user: Option<AuthUser>) 
     .await
 }
 
-/// Waits for the first frame, which must be a valid `auth` frame, within the timeout.
-async fn authenticate(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<AuthUser, &'static str> {
+/// Waits for the first frame, which must be a valid `auth` frame, within the timeout;
+/// refusals carry their close code.
+async fn authenticate(stream: &mut SplitStream<WebSocket>, state: &AppState) -> Result<AuthUser, (u16, &'static str)> {
     let deadline = tokio::time::sleep(state.config.ws_auth_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = &mut deadline => return Err("authentication timed out"),
+            _ = &mut deadline => return Err((CLOSE_UNAUTHORIZED, "authentication timed out")),
             frame = stream.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => {
                     return match serde_json::from_str::<ClientFrame>(&text) {
                         Ok(ClientFrame::Auth { token }) => state.tokens.verify(&token).map_err(|e| {
                             tracing::debug!(error = %e, "websocket auth refused");
-                            "invalid or expired token"
+                            (CLOSE_UNAUTHORIZED, "invalid or expired token")
                         }),
-                        _ => Err("the first frame must be {\"type\":\"auth\",\"token\":...}"),
+                        _ => Err((CLOSE_UNAUTHORIZED, "the first frame must be {\"type\":\"auth\",\"token\":...}")),
                     };
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                _ => return Err("not authenticated"),
+                Some(Err(e)) if is_too_big(&e) => return Err((CLOSE_TOO_BIG, "frame too large")),
+                _ => return Err((CLOSE_UNAUTHORIZED, "not authenticated")),
             },
         }
     }
 }
 
 /// Whether a read error is a frame over the size limit.
-fn is_too_big(error: axum::Error) -> bool {
+fn is_too_big(error: &axum::Error) -> bool {
     // `tungstenite` must be the version axum uses (see Cargo.toml), or this never matches.
-    matches!(error.into_inner().downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)))
+    std::error::Error::source(error)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
-/// One authenticated connection's view: who it is and which sessions it watches.
+/// The last request task of each session, which the next request of that session waits for.
+type Tail = Shared<BoxFuture<'static, ()>>;
+
+/// One authenticated connection's view: who it is, which sessions it watches, and the
+/// requests still being handled.
 struct Connection {
     state: AppState,
     user: AuthUser,
     receiver: Receiver,
-    subscribed: HashSet<Uuid>,
+    /// Sessions this connection watches (or is about to: a subscribe counts from the
+    /// moment it is read, and is taken back if it fails).
+    subscribed: Arc<Mutex<HashSet<Uuid>>>,
+    tails: HashMap<Uuid, Tail>,
+    pending: Arc<Semaphore>,
 }
 
 impl Connection {
+    fn new(state: AppState, user: AuthUser, receiver: Receiver) -> Connection {
+        let pending = Arc::new(Semaphore::new(state.config.ws_max_pending_requests));
+        Connection {
+            state,
+            user,
+            receiver,
+            subscribed: Arc::new(Mutex::new(HashSet::new())),
+            tails: HashMap::new(),
+            pending,
+        }
+    }
+
     /// Queues a direct reply behind everything queued before it.
     fn reply(&self, frame: ServerFrame) {
         self.receiver.deliver(&Outbound::new(frame));
     }
 
-    fn reply_error(&self, id: Option<String>, session_id: Option<Uuid>, error: impl Into<AppError>) {
-        let error: AppError = error.into();
-        if error.is_internal() {
-            tracing::error!(error = %error, "request failed");
-        }
-        self.reply(ServerFrame::error(id, session_id, error.to_body()));
-    }
-
-    async fn handle_text(&mut self, text: &Utf8Bytes) {
+    /// Parses a frame and starts handling it; answers at once what needs no session.
+    fn handle_text(&mut self, text: &Utf8Bytes, permit: &mut Option<OwnedSemaphorePermit>) {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -213,8 +285,9 @@ impl Connection {
             }
         };
         let state = self.state.clone();
-        let user_id = self.user.id;
-        let origin = |id: &Option<String>| Some((self.receiver.id, id.clone()));
+        let user = self.user.clone();
+        let receiver = self.receiver.clone();
+        let subscribed = self.subscribed.clone();
         match frame {
             ClientFrame::Auth { .. } => self.reply(ServerFrame::error(
                 None,
@@ -223,83 +296,157 @@ impl Connection {
             )),
             ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
             ClientFrame::Subscribe { id, session_id } => {
-                match state.sessions.subscribe(&self.user, session_id, self.receiver.clone(), id.clone()).await {
-                    Ok(()) => {
-                        self.subscribed.insert(session_id);
+                let Some(fresh) = self.watch(session_id, &id) else { return };
+                self.spawn(Some(session_id), permit, async move {
+                    let result = state.sessions.subscribe(&user, session_id, receiver.clone(), id.clone()).await;
+                    if let Err(e) = result {
+                        forget_if(&subscribed, session_id, fresh);
+                        reply_error(&receiver, id, Some(session_id), e.into());
                     }
-                    Err(e) => self.reply_error(id, Some(session_id), e),
-                }
-            }
-            ClientFrame::Unsubscribe { id, session_id } => {
-                // The actor answers when it is live, so the answer follows the session's
-                // queued events; otherwise (never subscribed, or the session is gone) answer here.
-                let notify = Some((self.receiver.clone(), id.clone()));
-                if !(self.subscribed.remove(&session_id)
-                    && state.sessions.unsubscribe(session_id, self.receiver.id, notify))
-                {
-                    self.reply(ServerFrame::Unsubscribed { id, session_id });
-                }
+                });
             }
             ClientFrame::Send { id, session_id, content } => {
-                match state.sessions.send(&self.user, session_id, content, self.receiver.clone(), id.clone()).await {
-                    Ok(_) => {
-                        self.subscribed.insert(session_id);
+                let Some(fresh) = self.watch(session_id, &id) else { return };
+                self.spawn(Some(session_id), permit, async move {
+                    let result = state.sessions.send(&user, session_id, content, receiver.clone(), id.clone()).await;
+                    if let Err(e) = result {
+                        forget_if(&subscribed, session_id, fresh);
+                        reply_error(&receiver, id, Some(session_id), e.into());
                     }
-                    Err(e) => self.reply_error(id, Some(session_id), e),
-                }
+                });
             }
-            ClientFrame::Stop { id, session_id } => {
-                if let Err(e) = state.sessions.stop(&self.user, session_id).await {
-                    self.reply_error(id, Some(session_id), e);
-                }
+            ClientFrame::Unsubscribe { id, session_id } => {
+                let was_subscribed = lock(&subscribed).remove(&session_id);
+                self.spawn(Some(session_id), permit, async move {
+                    // The actor answers when it is live, so the answer follows the session's
+                    // queued events; otherwise (never subscribed, or the session is gone) answer here.
+                    let notify = Some((receiver.clone(), id.clone()));
+                    if !(was_subscribed && state.sessions.unsubscribe(session_id, receiver.id, notify)) {
+                        receiver.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id }));
+                    }
+                });
             }
-            ClientFrame::CreateSession { id, title } => {
-                if let Err(e) = catalog::create(&state, user_id, title.as_deref(), origin(&id)).await {
-                    self.reply_error(id, None, e);
+            ClientFrame::Stop { id, session_id } => self.spawn(Some(session_id), permit, async move {
+                if let Err(e) = state.sessions.stop(&user, session_id).await {
+                    reply_error(&receiver, id, Some(session_id), e.into());
                 }
-            }
-            ClientFrame::RenameSession { id, session_id, title } => {
-                if let Err(e) = catalog::rename(&state, user_id, session_id, &title, origin(&id)).await {
-                    self.reply_error(id, Some(session_id), e);
+            }),
+            ClientFrame::CreateSession { id, title } => self.spawn(None, permit, async move {
+                let origin = Some((receiver.id, id.clone()));
+                if let Err(e) = catalog::create(&state, &user, title.as_deref(), origin).await {
+                    reply_error(&receiver, id, None, e);
                 }
-            }
-            ClientFrame::DeleteSession { id, session_id } => {
-                match catalog::delete(&state, user_id, session_id, origin(&id)).await {
+            }),
+            ClientFrame::RenameSession { id, session_id, title } => self.spawn(Some(session_id), permit, async move {
+                let origin = Some((receiver.id, id.clone()));
+                if let Err(e) = catalog::rename(&state, &user, session_id, &title, origin).await {
+                    reply_error(&receiver, id, Some(session_id), e);
+                }
+            }),
+            ClientFrame::DeleteSession { id, session_id } => self.spawn(Some(session_id), permit, async move {
+                let origin = Some((receiver.id, id.clone()));
+                match catalog::delete(&state, &user, session_id, origin).await {
                     Ok(()) => {
-                        self.subscribed.remove(&session_id);
+                        lock(&subscribed).remove(&session_id);
                     }
-                    Err(e) => self.reply_error(id, Some(session_id), e),
+                    Err(e) => reply_error(&receiver, id, Some(session_id), e),
                 }
-            }
-            ClientFrame::ListSessions { id, page, per_page } => {
-                match catalog::list(&state, user_id, page, per_page).await {
-                    Ok(list) => self.reply(ServerFrame::Sessions {
-                        id,
-                        sessions: list.sessions,
-                        total: list.total,
-                        page: list.page,
-                        per_page: list.per_page,
-                        total_pages: list.total_pages,
-                    }),
-                    Err(e) => self.reply_error(id, None, e),
+            }),
+            ClientFrame::ListSessions { id, page, per_page } => self.spawn(None, permit, async move {
+                match catalog::list(&state, user.id, page, per_page).await {
+                    Ok(list) => {
+                        receiver.deliver(&Outbound::new(ServerFrame::Sessions {
+                            id,
+                            sessions: list.sessions,
+                            total: list.total,
+                            page: list.page,
+                            per_page: list.per_page,
+                            total_pages: list.total_pages,
+                        }));
+                    }
+                    Err(e) => reply_error(&receiver, id, None, e),
                 }
-            }
+            }),
         }
     }
 
-    /// Leaves every session and the hub: each session whose last watcher this was starts
-    /// its grace period.
+    /// Counts a session among those this connection watches, within the
+    /// `WS_MAX_SUBSCRIPTIONS_PER_CONNECTION` cap. `Some(fresh)` when allowed (`fresh`: it
+    /// was not watched before); `None` after answering `limit_exceeded`.
+    fn watch(&self, session_id: Uuid, id: &Option<String>) -> Option<bool> {
+        let max = self.state.config.ws_max_subscriptions;
+        let mut subscribed = lock(&self.subscribed);
+        if subscribed.contains(&session_id) {
+            return Some(false);
+        }
+        if subscribed.len() >= max {
+            drop(subscribed);
+            let message = format!("this connection watches {max} sessions, the most allowed; unsubscribe from one");
+            reply_error(&self.receiver, id.clone(), Some(session_id), AppError::LimitExceeded(message));
+            return None;
+        }
+        subscribed.insert(session_id);
+        Some(true)
+    }
+
+    /// Runs a request as a task holding the reader's permit; with a session, behind that
+    /// session's previous request.
+    fn spawn(
+        &mut self,
+        session: Option<Uuid>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let permit = permit.take();
+        let previous = session.and_then(|s| self.tails.remove(&s));
+        let task = async move {
+            if let Some(previous) = previous {
+                previous.await;
+            }
+            work.await;
+            drop(permit);
+        }
+        .in_current_span()
+        .boxed()
+        .shared();
+        self.tails.retain(|_, tail| tail.peek().is_none());
+        if let Some(session) = session {
+            self.tails.insert(session, task.clone());
+        }
+        tokio::spawn(task);
+    }
+
+    /// Leaves every session: each session whose last watcher this was starts its grace
+    /// period. (The hub place is given back when its membership is dropped.)
     fn leave(&mut self) {
-        for session_id in self.subscribed.drain() {
+        for session_id in lock(&self.subscribed).drain() {
             self.state.sessions.unsubscribe(session_id, self.receiver.id, None);
         }
-        self.state.hub.leave(self.user.id, self.receiver.id);
     }
+}
+
+fn lock(set: &Mutex<HashSet<Uuid>>) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a session back out of the watched set after a failed subscribe or send that had
+/// put it there.
+fn forget_if(subscribed: &Mutex<HashSet<Uuid>>, session_id: Uuid, fresh: bool) {
+    if fresh {
+        lock(subscribed).remove(&session_id);
+    }
+}
+
+fn reply_error(receiver: &Receiver, id: Option<String>, session_id: Option<Uuid>, error: AppError) {
+    if error.is_internal() {
+        tracing::error!(error = %error, "request failed");
+    }
+    receiver.deliver(&Outbound::new(ServerFrame::error(id, session_id, error.to_body())));
 }
 
 struct WriterArgs {
     sink: SplitSink<WebSocket, WsMessage>,
-    rx: mpsc::Receiver<Outbound>,
+    inbox: Inbox,
     overflowed: CancellationToken,
     close_rx: oneshot::Receiver<CloseRequest>,
     last_seen: Arc<AtomicU64>,
@@ -323,7 +470,7 @@ async fn write_loop(mut args: WriterArgs) {
                 Ok(Some((code, reason))) => break (code, reason, true),
                 _ => return,
             },
-            out = args.rx.recv() => {
+            out = args.inbox.recv() => {
                 let Some(out) = out else { return };
                 tokio::select! {
                     biased;
@@ -358,7 +505,7 @@ async fn write_loop(mut args: WriterArgs) {
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
         if drain {
             // Frames already queued (such as `done` on shutdown) go out before the close.
-            while let Ok(out) = args.rx.try_recv() {
+            while let Some(out) = args.inbox.try_recv() {
                 if args.sink.send(WsMessage::Text(out.text)).await.is_err() {
                     return;
                 }

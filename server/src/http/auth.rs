@@ -3,12 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequest, User, UserRole};
+use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequest, User};
 
-use super::{ApiJson, AppState};
+use super::ApiJson;
 use crate::auth::{self, AuthError, AuthUser};
 use crate::error::AppError;
 use crate::limits;
+use crate::state::AppState;
 
 /// Creates an account and answers a token for it.
 pub async fn register(
@@ -17,8 +18,8 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
     auth::validate_username(&body.username)?;
     auth::validate_password(&body.password)?;
-    let hash = auth::hash_password(body.password).await?;
-    let role = if state.config.is_admin(&body.username) { UserRole::Admin } else { UserRole::User };
+    let hash = state.passwords.hash(body.password).await?;
+    let role = state.tokens.account_role(&body.username);
     let record = state.store.create_user(&body.username, &hash, role).await?;
     let user = User { id: record.id, username: record.username, role };
     let token = state.tokens.issue(&user)?;
@@ -26,23 +27,24 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(AuthResponse { token, user })))
 }
 
-/// Checks a password and answers a fresh token.
+/// Checks a password and answers a fresh token. The role comes from `CHAT_ADMIN_USERS`
+/// as it is now, not from what was stored at registration.
 pub async fn login(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
-    let Some(record) = state.store.find_user_by_name(&body.username).await? else {
-        auth::burn_password_check(body.password).await;
-        return Err(AuthError::WrongCredentials.into());
-    };
-    if !auth::verify_password(body.password, record.password_hash.clone()).await {
+    if auth::validate_password(&body.password).is_err() {
+        // No stored password breaks the rules, so this cannot match: answer without hashing.
         return Err(AuthError::WrongCredentials.into());
     }
-    let role = if record.role == UserRole::Admin || state.config.is_admin(&record.username) {
-        UserRole::Admin
-    } else {
-        UserRole::User
+    let Some(record) = state.store.find_user_by_name(&body.username).await? else {
+        state.passwords.burn(body.password).await?;
+        return Err(AuthError::WrongCredentials.into());
     };
+    if !state.passwords.verify(body.password, record.password_hash.clone()).await? {
+        return Err(AuthError::WrongCredentials.into());
+    }
+    let role = state.tokens.account_role(&record.username);
     let user = User { id: record.id, username: record.username, role };
     let token = state.tokens.issue(&user)?;
     Ok(Json(AuthResponse { token, user }))

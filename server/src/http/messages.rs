@@ -13,15 +13,15 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use relay_protocol::{ErrorCode, SendMessageRequest, SendMessageResponse, ServerFrame, SseEvent};
-use tokio::sync::mpsc;
+use relay_protocol::{ErrorBody, Message, SendMessageRequest, SendMessageResponse, ServerFrame, SseEvent};
 use uuid::Uuid;
 
-use super::{ApiJson, AppState, SessionId};
+use super::{ApiJson, SessionId};
 use crate::auth::AuthUser;
 use crate::error::AppError;
-use crate::fanout::{Outbound, Receiver, ReceiverKind};
+use crate::fanout::{Inbox, QueueBounds, Receiver, ReceiverKind};
 use crate::session::{SessionError, SubscriptionGuard};
+use crate::state::AppState;
 
 /// Sends a message and answers its reply, streamed or whole.
 pub async fn send(
@@ -35,10 +35,11 @@ pub async fn send(
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let (receiver, rx, _overflowed) = Receiver::channel(ReceiverKind::Request, state.config.ws_outbound_queue);
+    let bounds = QueueBounds { frames: state.config.ws_outbound_queue, bytes: state.config.ws_outbound_queue_bytes };
+    let (receiver, inbox, _overflowed) = Receiver::channel(ReceiverKind::Request, bounds);
     let guard = SubscriptionGuard { registry: state.sessions.clone(), session_id, receiver: receiver.id };
     let accepted = state.sessions.send(&user, session_id, body.content, receiver, None).await?;
-    let reply = ReplyWatch { rx, guard, reply_id: accepted.reply_id };
+    let reply = ReplyWatch { inbox, _guard: guard, reply_id: accepted.reply_id };
     if wants_stream {
         Ok(Sse::new(reply.into_sse()).keep_alive(KeepAlive::default()).into_response())
     } else {
@@ -47,31 +48,61 @@ pub async fn send(
     }
 }
 
+/// What became of a reply, as far as one request can tell.
+enum Outcome {
+    /// A piece of text.
+    Text(String),
+    /// The reply was stored; `done` follows.
+    Stored(Message),
+    /// The reply ended; an error if it failed.
+    Done(ServerFrame),
+    /// The reply never came: its send was dropped (session deleted, server stopping).
+    Dropped(ErrorBody),
+}
+
 /// Follows one reply among a session's events.
 struct ReplyWatch {
-    rx: mpsc::Receiver<Outbound>,
-    guard: SubscriptionGuard,
+    inbox: Inbox,
+    _guard: SubscriptionGuard,
     reply_id: Uuid,
 }
 
 impl ReplyWatch {
-    /// Waits for the stored reply; a failed reply is its error.
-    async fn wait(mut self) -> Result<relay_protocol::Message, AppError> {
-        let mut stored = None;
-        while let Some(out) = self.rx.recv().await {
+    /// The next thing that happened to this reply; `None` if the session went away.
+    async fn next(&mut self) -> Option<Outcome> {
+        loop {
+            let out = self.inbox.recv().await?;
             match &*out.frame {
-                ServerFrame::Message { message, .. } if message.id == self.reply_id => stored = Some(message.clone()),
-                ServerFrame::Done { message_id, error, .. } if *message_id == self.reply_id => {
-                    if let Some(error) = error {
-                        return Err(SessionError::Generation(error.clone()).into());
-                    }
-                    return stored.ok_or(AppError::Session(SessionError::Unavailable));
+                ServerFrame::Delta { message_id, text, .. } if *message_id == self.reply_id => {
+                    return Some(Outcome::Text(text.clone()));
                 }
+                ServerFrame::Message { message, .. } if message.id == self.reply_id => {
+                    return Some(Outcome::Stored(message.clone()));
+                }
+                ServerFrame::Done { message_id, .. } if *message_id == self.reply_id => {
+                    return Some(Outcome::Done((*out.frame).clone()));
+                }
+                // Errors addressed to this request (it is the only one with this receiver).
+                ServerFrame::Error { error, .. } => return Some(Outcome::Dropped(error.clone())),
                 _ => {}
             }
         }
-        drop(self.guard);
-        Err(SessionError::Unavailable.into())
+    }
+
+    /// Waits for the stored reply; a failed or dropped reply is its error.
+    async fn wait(mut self) -> Result<Message, AppError> {
+        let mut stored = None;
+        loop {
+            match self.next().await {
+                Some(Outcome::Text(_)) => {}
+                Some(Outcome::Stored(message)) => stored = Some(message),
+                Some(Outcome::Done(ServerFrame::Done { error: Some(error), .. })) | Some(Outcome::Dropped(error)) => {
+                    return Err(SessionError::Reported(error).into());
+                }
+                Some(Outcome::Done(_)) => return stored.ok_or(SessionError::Unavailable.into()),
+                None => return Err(SessionError::Unavailable.into()),
+            }
+        }
     }
 
     /// The reply as SSE events: chunks, then `done` (or an error), then the end.
@@ -79,31 +110,23 @@ impl ReplyWatch {
         futures::stream::unfold(Some(self), |watch| async move {
             let mut watch = watch?;
             loop {
-                let Some(out) = watch.rx.recv().await else {
-                    let event = SseEvent::Error { error: "the session stopped".into(), code: ErrorCode::Internal };
-                    return Some((Ok(sse_event(&event)), None));
+                let event = match watch.next().await {
+                    Some(Outcome::Text(chunk)) => {
+                        return Some((Ok(sse_event(&SseEvent::Chunk { chunk, done: false })), Some(watch)));
+                    }
+                    Some(Outcome::Stored(_)) => continue,
+                    Some(Outcome::Done(ServerFrame::Done { error: Some(error), .. }))
+                    | Some(Outcome::Dropped(error)) => SseEvent::Error { error: error.message, code: error.code },
+                    Some(Outcome::Done(ServerFrame::Done { message_id, finish_reason, usage, .. })) => {
+                        SseEvent::Done { done: true, message_id, finish_reason, usage }
+                    }
+                    Some(Outcome::Done(_)) => continue,
+                    None => {
+                        let error = AppError::from(SessionError::Unavailable).to_body();
+                        SseEvent::Error { error: error.message, code: error.code }
+                    }
                 };
-                match &*out.frame {
-                    ServerFrame::Delta { message_id, text, .. } if *message_id == watch.reply_id => {
-                        let event = SseEvent::Chunk { chunk: text.clone(), done: false };
-                        return Some((Ok(sse_event(&event)), Some(watch)));
-                    }
-                    ServerFrame::Done { message_id, finish_reason, usage, error, .. }
-                        if *message_id == watch.reply_id =>
-                    {
-                        let event = match error {
-                            Some(error) => SseEvent::Error { error: error.message.clone(), code: error.code },
-                            None => SseEvent::Done {
-                                done: true,
-                                message_id: *message_id,
-                                finish_reason: *finish_reason,
-                                usage: *usage,
-                            },
-                        };
-                        return Some((Ok(sse_event(&event)), None));
-                    }
-                    _ => continue,
-                }
+                return Some((Ok(sse_event(&event)), None));
             }
         })
     }

@@ -1,25 +1,26 @@
-//! The HTTP surface: routes, extractors that answer bad input with protocol errors, and
-//! the health endpoints.
+//! The HTTP surface: routes, the health and metrics endpoints, and the layers every
+//! request passes (request ids, tracing, CORS, body limit, JSON errors).
 
 mod auth;
+mod extract;
 mod messages;
 mod sessions;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::StatusCode;
-use axum::http::request::Parts;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 
-pub use crate::app::AppState;
+pub use extract::{ApiJson, ApiQuery, OptionalJson, SessionId};
+
+use crate::auth::{AuthError, bearer_token};
 use crate::error::AppError;
+use crate::state::AppState;
 
 /// Builds the router with every route of PROTOCOL.md.
 pub fn router(state: AppState) -> Router {
@@ -33,14 +34,17 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions/{id}/messages", post(messages::send))
         .route("/chat/quota", get(auth::quota))
         .route("/ws", get(crate::ws::upgrade))
-        .fallback(|| async { AppError::NotFound });
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .fallback(|| async { AppError::NoRoute });
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .nest("/api/v1", api)
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .fallback(|| async { AppError::NoRoute })
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(cors(&state.config.cors_allowed_origins))
@@ -59,7 +63,7 @@ pub fn router(state: AppState) -> Router {
 /// Cross-origin access for host applications calling the REST API from a browser. Tokens
 /// travel in the `Authorization` header, never in cookies, so credentials stay off.
 fn cors(origins: &[String]) -> CorsLayer {
-    use axum::http::{Method, header};
+    use axum::http::Method;
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
@@ -73,6 +77,19 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
+/// Whether a browser page at `origin` may use the API: its own origin (the built-in
+/// client), or one listed in `CORS_ALLOWED_ORIGINS` (`*` allows any). A request without an
+/// `Origin` header does not come from a browser page and is allowed.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    // Same origin: the page was served by this server, under the name it was reached by.
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+}
+
 /// Counts every response by status class.
 async fn count_responses(State(state): State<AppState>, request: Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
@@ -80,15 +97,43 @@ async fn count_responses(State(state): State<AppState>, request: Request, next: 
     response
 }
 
+/// Gives every error response the protocol's JSON body, whoever produced it (axum's own
+/// rejections, the body limit, an upgrade without WebSocket headers, ...).
+async fn json_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge,
+        StatusCode::NOT_FOUND => AppError::NoRoute,
+        StatusCode::METHOD_NOT_ALLOWED => AppError::MethodNotAllowed,
+        StatusCode::UNAUTHORIZED => AppError::Auth(AuthError::MissingToken),
+        s if s.is_client_error() => AppError::BadRequest(if text.is_empty() { s.to_string() } else { text }),
+        s => AppError::Internal(format!("{s}: {text}")),
+    };
+    error.into_response()
+}
+
 /// `GET /metrics`: Prometheus text format, for the `METRICS_TOKEN` bearer or an admin's JWT.
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, AppError> {
-    let token = crate::auth::bearer_token(headers.get(axum::http::header::AUTHORIZATION))
-        .ok_or(crate::auth::AuthError::MissingToken)?;
+    let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
     let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| constant_time_eq(expected, token));
     if !scraper && state.tokens.verify(token)?.role != relay_protocol::UserRole::Admin {
-        return Err(AppError::NotFound);
+        return Err(AppError::NoRoute);
     }
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response())
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Body::from(state.metrics.render()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -112,59 +157,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// A JSON body whose rejections are protocol errors: `too_large` over the body limit,
-/// `bad_request` for anything malformed.
-pub struct ApiJson<T>(pub T);
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> AppError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        AppError::TooLarge
-    } else {
-        AppError::BadRequest(rejection.body_text())
-    }
-}
-
-/// Parses an optional JSON body: an empty body is `T::default()`.
-pub fn json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AppError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
-/// Query parameters whose rejections are `bad_request`.
-pub struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| AppError::BadRequest(e.body_text()))
-    }
-}
-
-/// A session id from the path; anything that is not a UUID is simply not found.
-pub struct SessionId(pub Uuid);
-
-impl<S: Send + Sync> FromRequestParts<S> for SessionId {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
-        Uuid::parse_str(&raw).map(SessionId).map_err(|_| AppError::NotFound)
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(&allowed, None, Some("chat.example.com")));
+        assert!(origin_allowed(&allowed, Some("https://app.example.com"), Some("chat.example.com")));
+        assert!(origin_allowed(&allowed, Some("https://chat.example.com"), Some("chat.example.com")));
+        assert!(!origin_allowed(&allowed, Some("https://evil.example"), Some("chat.example.com")));
+        assert!(origin_allowed(&[], Some("https://evil.example"), Some("chat.example.com")));
+        assert!(origin_allowed(&["*".into()], Some("https://evil.example"), None));
     }
 }

@@ -1,7 +1,6 @@
 //! The REST sessions API: create, list, get with messages, rename, delete.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use relay_protocol::{
@@ -9,10 +8,11 @@ use relay_protocol::{
 };
 use serde::Deserialize;
 
-use super::{ApiJson, ApiQuery, AppState, SessionId, json_or_default};
+use super::{ApiJson, ApiQuery, OptionalJson, SessionId};
 use crate::auth::AuthUser;
 use crate::catalog;
 use crate::error::AppError;
+use crate::state::AppState;
 
 /// How many messages `GET /chat/sessions/:id` returns at most (the most recent).
 const MAX_MESSAGES_RETURNED: usize = 1000;
@@ -28,10 +28,9 @@ pub struct ListParams {
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    body: Bytes,
+    OptionalJson(body): OptionalJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<Session>), AppError> {
-    let body: CreateSessionRequest = json_or_default(&body)?;
-    let session = catalog::create(&state, user.id, body.title.as_deref(), None).await?;
+    let session = catalog::create(&state, &user, body.title.as_deref(), None).await?;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -62,7 +61,7 @@ pub async fn rename(
     SessionId(id): SessionId,
     ApiJson(body): ApiJson<UpdateSessionRequest>,
 ) -> Result<Json<Session>, AppError> {
-    Ok(Json(catalog::rename(&state, user.id, id, &body.title, None).await?))
+    Ok(Json(catalog::rename(&state, &user, id, &body.title, None).await?))
 }
 
 /// `DELETE /chat/sessions/:id` (soft delete).
@@ -71,6 +70,6 @@ pub async fn delete(
     user: AuthUser,
     SessionId(id): SessionId,
 ) -> Result<Json<DeletedResponse>, AppError> {
-    catalog::delete(&state, user.id, id, None).await?;
+    catalog::delete(&state, &user, id, None).await?;
     Ok(Json(DeletedResponse { message: "Session deleted".into() }))
 }

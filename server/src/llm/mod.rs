@@ -8,8 +8,6 @@
 //! body is owned by [`LlmStream`]: dropping the stream closes the connection at once, which
 //! is what stops the provider from billing a cancelled reply.
 
-pub mod mock;
-
 use std::pin::Pin;
 use std::time::Duration;
 

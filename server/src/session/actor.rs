@@ -7,26 +7,38 @@
 //! hands the same bytes to every receiver.
 //!
 //! Policies decided here:
+//! - A reply's place in the conversation is reserved when its message is sent: its
+//!   `created_at` is just after that message's, so memory, snapshots, the model's context
+//!   and the store all read "question, its answer, next question", even when sends queue.
 //! - `stop` cancels the running reply only; sends queued behind it are still answered, in
 //!   order (each was asked for explicitly).
 //! - When nobody has watched for the grace period, the running reply is cancelled and the
 //!   queued sends are dropped (their user messages stay stored, unanswered): nobody is
 //!   there to read them, and nobody should pay for them.
-//! - A reply in progress is checkpointed with status `cancelled`, so a crash leaves an
-//!   honest partial; the final save replaces it.
+//! - A reply in progress is checkpointed with status `generating`; the final save replaces
+//!   it, and a server that crashed marks its leftovers `error` when it starts again.
+//! - A panic while handling a message is caught here: the running reply is stored as
+//!   `error`, watchers get `done` `error` and an `error` telling them to resubscribe, and
+//!   the actor stops so the next use starts a fresh one.
 
 use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use relay_protocol::{ErrorBody, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage};
+use relay_protocol::{
+    ErrorBody, ErrorCode, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{SendAccepted, SessionDeps, SessionError, SessionRegistry};
+use super::registry::SessionRegistry;
+use super::{SendAccepted, SessionDeps, SessionError};
 use crate::auth::AuthUser;
 use crate::error::AppError;
 use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId, ReceiverKind};
@@ -36,12 +48,30 @@ use crate::store::SessionRecord;
 
 /// How many recent messages the actor keeps in memory (context and snapshots).
 pub(super) const HISTORY_CAP: usize = 200;
-/// How many recent messages a `subscribed` snapshot carries.
+/// How many recent messages a `subscribed` snapshot carries at most.
 const SNAPSHOT_MESSAGES: usize = 100;
+/// What a message adds to a frame beyond its content: ids, times, JSON (a generous guess).
+const MESSAGE_OVERHEAD_BYTES: usize = 256;
 /// The title a session has until its first message names it.
 pub const DEFAULT_TITLE: &str = "New chat";
 /// Longest title derived from a first message, in characters.
 const DERIVED_TITLE_CHARS: usize = 60;
+/// The gap between a message's time and its reply's, and the least gap between two sends.
+const REPLY_SLOT: TimeDelta = TimeDelta::microseconds(1);
+
+/// A send as the registry hands it to the actor.
+pub struct SendRequest {
+    /// Who sends (must own the session).
+    pub user: AuthUser,
+    /// The id to store the message under, chosen before any retry.
+    pub message_id: Uuid,
+    /// The message text.
+    pub content: String,
+    /// The sending connection or request; subscribed if it is not yet.
+    pub origin: Receiver,
+    /// Echoed in `ack`.
+    pub request_id: Option<String>,
+}
 
 /// Messages a session actor handles.
 pub enum SessionMsg {
@@ -65,14 +95,8 @@ pub enum SessionMsg {
     },
     /// Store a user message and queue its reply.
     Send {
-        /// Who sends (must own the session).
-        user: AuthUser,
-        /// The message text.
-        content: String,
-        /// The sending connection or request; subscribed if it is not yet.
-        origin: Receiver,
-        /// Echoed in `ack`.
-        request_id: Option<String>,
+        /// The send.
+        request: SendRequest,
         /// Answer.
         reply: oneshot::Sender<Result<SendAccepted, SessionError>>,
     },
@@ -83,12 +107,21 @@ pub enum SessionMsg {
         /// Answer.
         reply: oneshot::Sender<Result<(), SessionError>>,
     },
-    /// The session was renamed.
-    Renamed(Session),
-    /// The session was deleted: cancel everything and stop.
-    Deleted {
-        /// Answered once the running reply is stored.
-        reply: oneshot::Sender<()>,
+    /// Rename the session.
+    Rename {
+        /// Who asks (must own the session).
+        user_id: Uuid,
+        /// The new title (already checked).
+        title: String,
+        /// Answer: the session as renamed.
+        reply: oneshot::Sender<Result<Session, SessionError>>,
+    },
+    /// Soft-delete the session, cancel everything and stop.
+    Delete {
+        /// Who asks (must own the session).
+        user_id: Uuid,
+        /// Answered once the session is marked deleted and its reply stored.
+        reply: oneshot::Sender<Result<(), SessionError>>,
     },
     /// The server is shutting down: store the running reply as it stands and stop.
     Shutdown {
@@ -112,6 +145,19 @@ pub enum SessionMsg {
         /// Which arming it was.
         epoch: u64,
     },
+    /// Misbehave on purpose (tests of supervision and of slow sessions).
+    #[cfg(feature = "fault-injection")]
+    Fault(Fault),
+}
+
+/// A fault a test can inject into a session actor.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Panic while handling the fault message.
+    Panic,
+    /// Block the actor for this long, as a stuck database call would.
+    Stall(std::time::Duration),
 }
 
 /// What the generation task reports.
@@ -135,14 +181,20 @@ pub struct SessionArgs {
     pub deps: Arc<SessionDeps>,
     /// The registry, told when the actor stops.
     pub registry: Weak<SessionRegistry>,
+    /// Set when the server begins shutting down: sends are refused from then on.
+    pub closing: Arc<AtomicBool>,
 }
 
+/// A send waiting for its reply.
 struct Queued {
     user: AuthUser,
     user_message: Message,
     reply_id: Uuid,
+    origin: Receiver,
+    request_id: Option<String>,
 }
 
+/// The reply being generated.
 struct Running {
     generation: u64,
     user: AuthUser,
@@ -157,12 +209,23 @@ struct Running {
     checkpointed_len: usize,
 }
 
+/// Why an actor stops taking sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The session was deleted: anything more is `not_found`.
+    Deleted,
+    /// The server is shutting down, or the actor failed: anything more is retried elsewhere.
+    Stopping,
+}
+
 /// A session's live state, owned by its actor alone.
 pub struct SessionState {
     session: Session,
     owner: Uuid,
     deps: Arc<SessionDeps>,
     registry: Weak<SessionRegistry>,
+    closing: Arc<AtomicBool>,
+    /// Stored messages, oldest first, in `created_at` order (the store's order).
     history: VecDeque<Message>,
     queue: VecDeque<Queued>,
     current: Option<Running>,
@@ -172,7 +235,7 @@ pub struct SessionState {
     epoch: u64,
     grace_armed: Option<u64>,
     idle_armed: Option<u64>,
-    stopping: bool,
+    ending: Option<Ending>,
 }
 
 impl Actor for SessionActor {
@@ -192,6 +255,7 @@ impl Actor for SessionActor {
             owner: args.record.user_id,
             deps: args.deps,
             registry: args.registry,
+            closing: args.closing,
             history: args.history.into(),
             queue: VecDeque::new(),
             current: None,
@@ -201,7 +265,7 @@ impl Actor for SessionActor {
             epoch: 0,
             grace_armed: None,
             idle_armed: None,
-            stopping: false,
+            ending: None,
         })
     }
 
@@ -235,65 +299,96 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        // Errors are answered to whoever asked; an actor that returned one would stop.
-        match msg {
-            SessionMsg::Subscribe { user_id, receiver, request_id, reply } => {
-                let _ = reply.send(state.subscribe(user_id, receiver, request_id));
-            }
-            SessionMsg::Unsubscribe { receiver, notify } => state.unsubscribe(receiver, notify),
-            SessionMsg::Send { user, content, origin, request_id, reply } => {
-                let result = state.send(user, content, origin, request_id).await;
-                let _ = reply.send(result);
-                state.start_next(&myself);
-            }
-            SessionMsg::Stop { user_id, reply } => {
-                if user_id != state.owner {
-                    let _ = reply.send(Err(SessionError::NotFound));
-                } else {
-                    state.cancel_running().await;
-                    let _ = reply.send(Ok(()));
-                    state.start_next(&myself);
-                }
-            }
-            SessionMsg::Renamed(session) => state.session = session,
-            SessionMsg::Deleted { reply } | SessionMsg::Shutdown { reply } => {
-                state.stopping = true;
-                state.queue.clear();
-                state.cancel_running().await;
-                state.stop(&myself);
-                let _ = reply.send(());
-                return Ok(());
-            }
-            SessionMsg::Generation { generation, event } => {
-                if state.current.as_ref().is_some_and(|r| r.generation == generation) {
-                    state.on_generation_event(event).await;
-                    state.start_next(&myself);
-                }
-            }
-            SessionMsg::GraceExpired { epoch } => {
-                if state.grace_armed == Some(epoch) && state.receivers.is_empty() {
-                    state.grace_armed = None;
-                    state.abandon().await;
-                }
-            }
-            SessionMsg::IdleExpired { epoch } => {
-                if state.idle_armed == Some(epoch) && state.is_idle() {
-                    tracing::debug!(session_id = %state.session.id, "session actor idle; stopping");
-                    state.stop(&myself);
-                    return Ok(());
-                }
-            }
+        // Errors are answered to whoever asked; an actor that returned one would stop. A
+        // panic is caught so the watchers hear of it and the registry forgets this actor.
+        if let Err(panic) = AssertUnwindSafe(state.handle(&myself, msg)).catch_unwind().await {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            state.fail(&myself, &why).await;
         }
-        state.reconcile(&myself).await;
         Ok(())
     }
 }
 
 impl SessionState {
-    fn subscribe(&mut self, user_id: Uuid, receiver: Receiver, request_id: Option<String>) -> Result<(), SessionError> {
-        if user_id != self.owner {
+    async fn handle(&mut self, myself: &ActorRef<SessionMsg>, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Subscribe { user_id, receiver, request_id, reply } => {
+                let _ = reply.send(self.subscribe(user_id, receiver, request_id));
+            }
+            SessionMsg::Unsubscribe { receiver, notify } => self.unsubscribe(receiver, notify),
+            SessionMsg::Send { request, reply } => {
+                let result = self.send(request).await;
+                let _ = reply.send(result);
+                self.start_next(myself);
+            }
+            SessionMsg::Stop { user_id, reply } => {
+                let result = self.check_owner(user_id);
+                if result.is_ok() {
+                    self.cancel_running().await;
+                }
+                let _ = reply.send(result);
+                self.start_next(myself);
+            }
+            SessionMsg::Rename { user_id, title, reply } => {
+                let _ = reply.send(self.rename(user_id, &title).await);
+            }
+            SessionMsg::Delete { user_id, reply } => {
+                let result = self.delete(user_id).await;
+                let deleted = result.is_ok();
+                let _ = reply.send(result);
+                if deleted {
+                    self.stop(myself);
+                    return;
+                }
+            }
+            SessionMsg::Shutdown { reply } => {
+                self.end(Ending::Stopping, &AppError::SHUTTING_DOWN.to_body()).await;
+                self.stop(myself);
+                let _ = reply.send(());
+                return;
+            }
+            SessionMsg::Generation { generation, event } => {
+                if self.current.as_ref().is_some_and(|r| r.generation == generation) {
+                    self.on_generation_event(event).await;
+                    self.start_next(myself);
+                }
+            }
+            SessionMsg::GraceExpired { epoch } => {
+                if self.grace_armed == Some(epoch) && self.receivers.is_empty() {
+                    self.grace_armed = None;
+                    self.abandon().await;
+                }
+            }
+            SessionMsg::IdleExpired { epoch } => {
+                if self.idle_armed == Some(epoch) && self.is_idle() {
+                    tracing::debug!(session_id = %self.session.id, "session actor idle; stopping");
+                    self.stop(myself);
+                    return;
+                }
+            }
+            #[cfg(feature = "fault-injection")]
+            SessionMsg::Fault(Fault::Panic) => panic!("injected fault"),
+            #[cfg(feature = "fault-injection")]
+            SessionMsg::Fault(Fault::Stall(how_long)) => tokio::time::sleep(how_long).await,
+        }
+        self.reconcile(myself).await;
+    }
+
+    fn check_owner(&self, user_id: Uuid) -> Result<(), SessionError> {
+        if user_id != self.owner || self.ending == Some(Ending::Deleted) {
             return Err(SessionError::NotFound);
         }
+        Ok(())
+    }
+
+    // ---- watchers ------------------------------------------------------------------------
+
+    fn subscribe(&mut self, user_id: Uuid, receiver: Receiver, request_id: Option<String>) -> Result<(), SessionError> {
+        self.check_owner(user_id)?;
         self.receivers.retain(|r| r.id != receiver.id);
         if receiver.kind == ReceiverKind::Connection {
             let snapshot = Outbound::new(self.snapshot(request_id));
@@ -305,17 +400,29 @@ impl SessionState {
         Ok(())
     }
 
+    /// The `subscribed` frame: the most recent messages (at most [`SNAPSHOT_MESSAGES`], and
+    /// only as many as fit in `max_snapshot_bytes`, so a snapshot always fits a reading
+    /// client's queue; older ones are a REST call away), and the reply in progress.
     fn snapshot(&self, request_id: Option<String>) -> ServerFrame {
-        let skip = self.history.len().saturating_sub(SNAPSHOT_MESSAGES);
+        let generating =
+            self.current.as_ref().map(|r| Generating { message_id: r.reply_id, content: r.content.clone() });
+        let mut budget =
+            self.deps.settings.max_snapshot_bytes.saturating_sub(generating.as_ref().map_or(0, |g| g.content.len()));
+        let mut keep = 0;
+        for message in self.history.iter().rev().take(SNAPSHOT_MESSAGES) {
+            let size = message.content.len() + MESSAGE_OVERHEAD_BYTES;
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            keep += 1;
+        }
         ServerFrame::Subscribed {
             id: request_id,
             session: self.session.clone(),
-            messages: self.history.iter().skip(skip).cloned().collect(),
+            messages: self.history.iter().skip(self.history.len() - keep).cloned().collect(),
             seq: self.seq,
-            generating: self
-                .current
-                .as_ref()
-                .map(|r| Generating { message_id: r.reply_id, content: r.content.clone() }),
+            generating,
         }
     }
 
@@ -325,94 +432,6 @@ impl SessionState {
         // dropped for another reason meanwhile.
         if let Some((receiver, id)) = notify {
             receiver.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id: self.session.id }));
-        }
-    }
-
-    async fn send(
-        &mut self,
-        user: AuthUser,
-        content: String,
-        origin: Receiver,
-        request_id: Option<String>,
-    ) -> Result<SendAccepted, SessionError> {
-        if user.id != self.owner {
-            return Err(SessionError::NotFound);
-        }
-        validate_content(&content, self.deps.settings.max_message_length)?;
-        if self.queue.len() >= self.deps.settings.max_queued_sends {
-            return Err(SessionError::Busy);
-        }
-        let store = &self.deps.store;
-        let first_user_message = !self.history.iter().any(|m| m.role == Role::User);
-        let message = Message {
-            id: Uuid::new_v4(),
-            session_id: self.session.id,
-            role: Role::User,
-            token_count: Some(estimate_tokens(&content)),
-            content,
-            status: MessageStatus::Complete,
-            created_at: Utc::now(),
-        };
-        store.save_message(&message).await?;
-        self.deps.metrics.user_messages.inc();
-        if let Err(e) = store.touch_session(self.session.id, message.created_at).await {
-            tracing::warn!(session_id = %self.session.id, error = %e, "could not update session time");
-        }
-        self.session.updated_at = message.created_at;
-        if first_user_message && self.session.title == DEFAULT_TITLE {
-            self.retitle_from(&message.content).await;
-        }
-        self.report_usage(&user).await;
-
-        if !self.receivers.iter().any(|r| r.id == origin.id) {
-            self.subscribe(user.id, origin.clone(), None)?;
-        }
-        if origin.kind == ReceiverKind::Connection {
-            origin.deliver(&Outbound::new(ServerFrame::Ack { id: request_id, message: message.clone() }));
-        }
-        self.remember(message.clone());
-        let session_id = self.session.id;
-        let broadcast = message.clone();
-        self.emit(|seq| ServerFrame::Message { session_id, seq, message: broadcast });
-        let reply_id = Uuid::new_v4();
-        self.queue.push_back(Queued { user, user_message: message.clone(), reply_id });
-        Ok(SendAccepted { user_message: message, reply_id })
-    }
-
-    /// Names a "New chat" after its first message and tells the user's tabs.
-    async fn retitle_from(&mut self, content: &str) {
-        let title = derive_title(content);
-        match self.deps.store.rename_session(self.owner, self.session.id, &title).await {
-            Ok(Some(session)) => {
-                self.session = session.clone();
-                self.deps
-                    .hub
-                    .publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not set the session title"),
-        }
-    }
-
-    /// Counts the message against the user's day and tells their tabs the new quota.
-    async fn report_usage(&self, user: &AuthUser) {
-        match self.deps.store.record_message_usage(user.id, Utc::now().date_naive()).await {
-            Ok(count) => {
-                let quota = limits::quota_from(count, self.deps.settings.daily_quota, user.role);
-                self.deps.hub.publish(user.id, None, |_| ServerFrame::Quota { quota: quota.clone() });
-            }
-            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "could not record usage"),
-        }
-    }
-
-    fn remember(&mut self, message: Message) {
-        if let Some(existing) = self.history.iter_mut().find(|m| m.id == message.id) {
-            *existing = message;
-            return;
-        }
-        self.history.push_back(message);
-        while self.history.len() > HISTORY_CAP {
-            self.history.pop_front();
         }
     }
 
@@ -431,9 +450,175 @@ impl SessionState {
         });
     }
 
+    // ---- sending: each step of a send on its own -----------------------------------------
+
+    async fn send(&mut self, request: SendRequest) -> Result<SendAccepted, SessionError> {
+        self.check_owner(request.user.id)?;
+        if self.ending.is_some() || self.closing.load(Ordering::Acquire) {
+            return Err(SessionError::ShuttingDown);
+        }
+        validate_content(&request.content, self.deps.settings.max_message_length)?;
+        if self.queue.len() >= self.deps.settings.max_queued_sends {
+            return Err(SessionError::Busy);
+        }
+        let message = self.store_user_message(request.message_id, request.content).await?;
+        self.touch(message.created_at).await;
+        self.name_after_first_message(&message).await;
+        self.count_usage(&request.user).await;
+        // Subscribed before the message is published, so the sender's snapshot ends just
+        // before it and the `message` event that follows is the snapshot's `seq + 1`.
+        self.watch(&request.origin)?;
+        if request.origin.kind == ReceiverKind::Connection {
+            request
+                .origin
+                .deliver(&Outbound::new(ServerFrame::Ack { id: request.request_id.clone(), message: message.clone() }));
+        }
+        self.publish_message(message.clone());
+        let reply_id = Uuid::new_v4();
+        self.queue.push_back(Queued {
+            user: request.user,
+            user_message: message.clone(),
+            reply_id,
+            origin: request.origin,
+            request_id: request.request_id,
+        });
+        Ok(SendAccepted { user_message: message, reply_id })
+    }
+
+    /// Stores the user message, timed strictly after every message before it (and after
+    /// the reply slot of the one before).
+    async fn store_user_message(&mut self, id: Uuid, content: String) -> Result<Message, SessionError> {
+        let now = Utc::now();
+        let earliest = self.history.back().map(|m| m.created_at + REPLY_SLOT + REPLY_SLOT);
+        let message = Message {
+            id,
+            session_id: self.session.id,
+            role: Role::User,
+            token_count: Some(estimate_tokens(&content)),
+            content,
+            status: MessageStatus::Complete,
+            created_at: earliest.map_or(now, |e| e.max(now)),
+        };
+        self.deps.store.save_message(&message).await?;
+        self.deps.metrics.user_messages.inc();
+        Ok(message)
+    }
+
+    /// Moves the session's `updated_at` forward.
+    async fn touch(&mut self, at: DateTime<Utc>) {
+        match self.deps.store.touch_session(self.session.id, at).await {
+            Ok(()) => self.session.updated_at = at,
+            Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not update session time"),
+        }
+    }
+
+    /// Names a "New chat" after its first message and tells the user's tabs. The store
+    /// renames only while the title is still the default, so a rename that raced this one
+    /// (from another node, say) is never overwritten.
+    async fn name_after_first_message(&mut self, message: &Message) {
+        let first = !self.history.iter().any(|m| m.role == Role::User);
+        if !first || self.session.title != DEFAULT_TITLE {
+            return;
+        }
+        let title = derive_title(&message.content);
+        match self.deps.store.retitle_if_default(self.session.id, DEFAULT_TITLE, &title).await {
+            Ok(Some(session)) => {
+                self.session = session.clone();
+                self.deps
+                    .hub
+                    .publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not set the session title"),
+        }
+    }
+
+    /// Counts the message against the user's day and tells their tabs the new quota.
+    async fn count_usage(&self, user: &AuthUser) {
+        match self.deps.store.record_message_usage(user.id, Utc::now().date_naive()).await {
+            Ok(count) => {
+                let quota = limits::quota_from(count, self.deps.settings.daily_quota, user.role);
+                self.deps.hub.publish(user.id, None, |_| ServerFrame::Quota { quota: quota.clone() });
+            }
+            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "could not record usage"),
+        }
+    }
+
+    /// Subscribes the sender if it is not watching yet (`send` subscribes its connection).
+    fn watch(&mut self, origin: &Receiver) -> Result<(), SessionError> {
+        if self.receivers.iter().any(|r| r.id == origin.id) {
+            return Ok(());
+        }
+        self.subscribe(self.owner, origin.clone(), None)
+    }
+
+    /// Keeps a stored message in memory and tells every watcher.
+    fn publish_message(&mut self, message: Message) {
+        self.remember(message.clone());
+        let session_id = self.session.id;
+        self.emit(|seq| ServerFrame::Message { session_id, seq, message });
+    }
+
+    /// Keeps a stored message in memory, in `created_at` order; a newer version of a
+    /// message replaces the old one.
+    fn remember(&mut self, message: Message) {
+        if let Some(existing) = self.history.iter_mut().rev().find(|m| m.id == message.id) {
+            *existing = message;
+            return;
+        }
+        let at = self.history.iter().rposition(|m| m.created_at <= message.created_at).map_or(0, |i| i + 1);
+        self.history.insert(at, message);
+        while self.history.len() > HISTORY_CAP {
+            self.history.pop_front();
+        }
+    }
+
+    // ---- renaming and deleting ------------------------------------------------------------
+
+    async fn rename(&mut self, user_id: Uuid, title: &str) -> Result<Session, SessionError> {
+        self.check_owner(user_id)?;
+        let session =
+            self.deps.store.rename_session(self.owner, self.session.id, title).await?.ok_or(SessionError::NotFound)?;
+        self.session = session.clone();
+        Ok(session)
+    }
+
+    async fn delete(&mut self, user_id: Uuid) -> Result<(), SessionError> {
+        self.check_owner(user_id)?;
+        if !self.deps.store.soft_delete_session(self.owner, self.session.id).await? {
+            return Err(SessionError::NotFound);
+        }
+        let gone = AppError::NotFound.to_body();
+        self.end(Ending::Deleted, &gone).await;
+        Ok(())
+    }
+
+    /// Takes no more sends: answers every queued send with `error`, then stores the
+    /// running reply as it stands (its watchers get `done` `cancelled`).
+    async fn end(&mut self, ending: Ending, error: &ErrorBody) {
+        self.ending = Some(ending);
+        self.drop_queue(error);
+        self.cancel_running().await;
+    }
+
+    /// Drops every queued send, telling each sender why: a REST or SSE request waiting for
+    /// that reply ends with this error instead of waiting for nothing.
+    fn drop_queue(&mut self, error: &ErrorBody) {
+        let session_id = self.session.id;
+        for queued in self.queue.drain(..) {
+            queued.origin.deliver(&Outbound::new(ServerFrame::Error {
+                id: queued.request_id,
+                session_id: Some(session_id),
+                error: error.clone(),
+            }));
+        }
+    }
+
+    // ---- generating ------------------------------------------------------------------------
+
     /// Starts the next queued reply if none is running.
     fn start_next(&mut self, myself: &ActorRef<SessionMsg>) {
-        if self.current.is_some() || self.stopping {
+        if self.current.is_some() || self.ending.is_some() {
             return;
         }
         let Some(next) = self.queue.pop_front() else { return };
@@ -466,7 +651,7 @@ impl SessionState {
             generation,
             user: next.user,
             reply_id,
-            created_at: Utc::now(),
+            created_at: next.user_message.created_at + REPLY_SLOT,
             content: String::new(),
             usage: None,
             finish: None,
@@ -501,17 +686,7 @@ impl SessionState {
 
     async fn on_generation_event(&mut self, event: GenerationEvent) {
         match event {
-            GenerationEvent::Llm(LlmEvent::Delta(text)) => {
-                let Some(running) = self.current.as_mut() else { return };
-                // Deltas are never empty, so empty content means this is the first text.
-                if running.content.is_empty() {
-                    self.deps.metrics.time_to_first_token.observe(running.started.elapsed().as_secs_f64());
-                }
-                running.content.push_str(&text);
-                let (session_id, message_id) = (self.session.id, running.reply_id);
-                self.emit(|seq| ServerFrame::Delta { session_id, seq, message_id, text });
-                self.checkpoint_if_due().await;
-            }
+            GenerationEvent::Llm(LlmEvent::Delta(text)) => self.on_delta(text).await,
             GenerationEvent::Llm(LlmEvent::Finish(finish)) => {
                 if let Some(running) = self.current.as_mut() {
                     running.finish = Some(finish);
@@ -536,6 +711,37 @@ impl SessionState {
         }
     }
 
+    /// Appends model text; a reply that reaches `max_reply_bytes` is cut there and ends
+    /// with `length`, whatever the provider would have sent.
+    async fn on_delta(&mut self, mut text: String) {
+        let max = self.deps.settings.max_reply_bytes;
+        let Some(running) = self.current.as_mut() else { return };
+        // Deltas are never empty, so empty content means this is the first text.
+        if running.content.is_empty() {
+            self.deps.metrics.time_to_first_token.observe(running.started.elapsed().as_secs_f64());
+        }
+        let room = max.saturating_sub(running.content.len());
+        let full = text.len() >= room;
+        if full {
+            let mut cut = room;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        running.content.push_str(&text);
+        let (session_id, message_id) = (self.session.id, running.reply_id);
+        if !text.is_empty() {
+            self.emit(|seq| ServerFrame::Delta { session_id, seq, message_id, text });
+        }
+        if full {
+            tracing::warn!(%session_id, max, "reply reached the size limit; cutting it");
+            self.finish_running(FinishReason::Length, None).await;
+        } else {
+            self.checkpoint_if_due().await;
+        }
+    }
+
     /// Saves the reply in progress if the last save is older than the checkpoint interval.
     async fn checkpoint_if_due(&mut self) {
         let interval = self.deps.settings.checkpoint_interval;
@@ -551,7 +757,7 @@ impl SessionState {
             role: Role::Assistant,
             content: running.content.clone(),
             token_count: None,
-            status: MessageStatus::Cancelled,
+            status: MessageStatus::Generating,
             created_at: running.created_at,
         };
         if let Err(e) = self.deps.store.save_message(&message).await {
@@ -562,8 +768,7 @@ impl SessionState {
     /// Cancels the running reply: the upstream request is dropped at once (the task is
     /// aborted, which drops the HTTP response), then the partial reply is stored.
     async fn cancel_running(&mut self) {
-        if let Some(running) = self.current.as_ref() {
-            running.task.abort();
+        if self.current.is_some() {
             self.finish_running(FinishReason::Cancelled, None).await;
         }
     }
@@ -574,7 +779,7 @@ impl SessionState {
             tracing::info!(session_id = %self.session.id, dropped = self.queue.len(), "nobody watching; cancelling the reply");
             self.deps.metrics.generations_abandoned.inc();
         }
-        self.queue.clear();
+        self.drop_queue(&ErrorBody::new(ErrorCode::Unavailable, "nobody was watching the session"));
         self.cancel_running().await;
     }
 
@@ -623,13 +828,13 @@ impl SessionState {
             session_id = %self.session.id, user_id = %running.user.id, message_id = %message.id,
             finish_reason = ?reason, tokens = ?message.token_count, "reply ended"
         );
-        self.remember(message.clone());
-        let session_id = self.session.id;
-        let message_id = message.id;
-        self.emit(|seq| ServerFrame::Message { session_id, seq, message });
+        let (session_id, message_id) = (self.session.id, message.id);
+        self.publish_message(message);
         let usage = running.usage;
         self.emit(|seq| ServerFrame::Done { session_id, seq, message_id, finish_reason: reason, usage, error });
     }
+
+    // ---- timers, failure and stopping ------------------------------------------------------
 
     fn is_idle(&self) -> bool {
         self.receivers.is_empty() && self.current.is_none() && self.queue.is_empty()
@@ -669,7 +874,25 @@ impl SessionState {
         }
     }
 
+    /// The actor panicked: whatever state the panic left, store the running reply as
+    /// `error`, tell every watcher, and stop so the next use starts a fresh actor.
+    async fn fail(&mut self, myself: &ActorRef<SessionMsg>, why: &str) {
+        tracing::error!(session_id = %self.session.id, panic = why, "session actor failed; restarting it on next use");
+        let error = ErrorBody::new(ErrorCode::Internal, "the session failed; subscribe again to continue");
+        self.ending = Some(Ending::Stopping);
+        self.drop_queue(&error);
+        if self.current.is_some() {
+            self.finish_running(FinishReason::Error, Some(error.clone())).await;
+        }
+        let out = Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error });
+        for receiver in self.receivers.drain(..) {
+            receiver.deliver(&out);
+        }
+        self.stop(myself);
+    }
+
     fn stop(&mut self, myself: &ActorRef<SessionMsg>) {
+        self.ending.get_or_insert(Ending::Stopping);
         if let Some(registry) = self.registry.upgrade() {
             registry.forget(self.session.id, myself);
         }

@@ -22,8 +22,14 @@ pub struct Migration {
 }
 
 /// The migrations this build knows, oldest first.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("../../../schema/0001_init.surql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../../../schema/0001_init.surql") },
+    Migration {
+        version: 2,
+        name: "generating_status",
+        sql: include_str!("../../../schema/0002_generating_status.surql"),
+    },
+];
 
 const BOOKKEEPING: &str = "
     DEFINE TABLE IF NOT EXISTS schema_migration SCHEMAFULL;

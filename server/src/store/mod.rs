@@ -253,6 +253,37 @@ impl Store {
         Ok(rows.into_iter().next().map(|r| r.session))
     }
 
+    /// Names a session `title` only while its title is still `default` (the automatic
+    /// title from a first message must never overwrite a rename); `None` when it was not.
+    pub async fn retitle_if_default(
+        &self,
+        session_id: Uuid,
+        default: &str,
+        title: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let rows: Vec<SessionRecord> = self
+            .rows(
+                &format!(
+                    "UPDATE type::record('chat_session', $id) SET title = $title, updated_at = time::now() \
+                     WHERE title = $default AND deleted_at = NONE RETURN {SESSION_FIELDS}"
+                ),
+                serde_json::json!({"id": session_id, "default": default, "title": title}),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(|r| r.session))
+    }
+
+    /// How many live (not deleted) sessions a user has.
+    pub async fn count_sessions(&self, user_id: Uuid) -> Result<u64, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "SELECT count() AS total FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL",
+                serde_json::json!({"user_id": user_id}),
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
     /// Marks a session the user owns as deleted; false when it is not theirs or already gone.
     pub async fn soft_delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
         let rows: Vec<serde_json::Value> = self
@@ -286,6 +317,18 @@ impl Store {
              content: $content, status: $status, created_at: <datetime>$created_at }"
         };
         self.execute(sql, serde_json::to_value(message)?).await
+    }
+
+    /// Marks replies left `generating` by a server that stopped without storing them (a
+    /// crash, a kill) as `error`; returns how many. Run at start-up, before any actor runs.
+    pub async fn fail_interrupted_replies(&self) -> Result<usize, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "UPDATE chat_message SET status = 'error' WHERE status = 'generating' RETURN record::id(id) AS id",
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(rows.len())
     }
 
     /// The last `limit` messages of a session, oldest first.

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use relay_mock_llm::{MockLlm, MockSettings};
 use relay_protocol::{AuthResponse, ServerFrame, Session};
-use relay_server::llm::mock::{MockLlm, MockSettings};
 use relay_server::{Config, Server};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

@@ -1,4 +1,4 @@
-//! An OpenAI-compatible mock chat model served over real HTTP/SSE.
+//! relay-mock-llm: an OpenAI-compatible mock chat model served over real HTTP/SSE.
 //!
 //! It stands in for SambaNova's `POST /v1/chat/completions` in tests, load
 //! tests and dev mode, so it reproduces the wire format exactly, including the

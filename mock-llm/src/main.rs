@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use relay_server::llm::mock::{MockLlm, MockSettings};
+use relay_mock_llm::{MockLlm, MockSettings};
 use tracing_subscriber::EnvFilter;
 
 /// Address used when `MOCK_BIND` is unset; loopback so a dev machine does not expose it.

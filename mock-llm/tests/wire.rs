@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use relay_server::llm::mock::{Fault, MockLlm, MockSettings, MockStats, reply_text};
+use relay_mock_llm::{Fault, MockLlm, MockSettings, MockStats, reply_text};
 use serde_json::{Value, json};
 
 const MODEL: &str = "Meta-Llama-3.3-70B-Instruct";

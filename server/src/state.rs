@@ -1,0 +1,44 @@
+//! The state every handler and connection shares.
+//!
+//! It sits below the HTTP handlers, the WebSocket connections and the catalog, which all
+//! take it as an argument; it depends only on the parts it holds, so imports flow one way.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{PasswordHashing, TokenKeys};
+use crate::config::Config;
+use crate::hub::UserHub;
+use crate::limits::UserLocks;
+use crate::metrics::Metrics;
+use crate::session::SessionRegistry;
+use crate::store::Store;
+
+/// Everything a request handler or connection needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Store,
+    /// Token issue and verification.
+    pub tokens: Arc<TokenKeys>,
+    /// Password hashing on a bounded number of threads.
+    pub passwords: Arc<PasswordHashing>,
+    /// Session actors.
+    pub sessions: Arc<SessionRegistry>,
+    /// Per-user connection hub.
+    pub hub: Arc<UserHub>,
+    /// Serialises per-user cap checks (such as sessions per user) with the writes they guard.
+    pub user_locks: Arc<UserLocks>,
+    /// Cancelled when the server closes its connections (after running replies are stored).
+    pub shutdown: CancellationToken,
+    /// Every upgraded WebSocket connection, so shutdown can wait for their close frames.
+    pub connections: TaskTracker,
+    /// Whether replies come from the built-in mock model.
+    pub mock_model: bool,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
