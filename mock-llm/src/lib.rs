@@ -64,6 +64,18 @@ const CUT_FLUSH_PAUSE: Duration = Duration::from_millis(20);
 /// Request bodies up to this size are accepted, so long chat histories in load tests are not rejected.
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most content tokens one reply may have (`tokens=`, `MOCK_REPLY_TOKENS`).
+pub const MAX_REPLY_TOKENS: usize = 1_000_000;
+/// Largest fixed token size (`bytes=`, `MOCK_TOKEN_BYTES`).
+pub const MAX_TOKEN_BYTES: usize = 1024 * 1024;
+/// Largest whole reply, tokens times their size: whatever a message asks for, the mock
+/// never builds more than this (a directive is user input, in the default no-key mode too).
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+/// Longest first-token delay (`delay_ms=`, `MOCK_FIRST_TOKEN_MS`).
+pub const MAX_DELAY_MS: u64 = 10 * 60 * 1000;
+/// Longest word token, with its space, in word mode.
+const MAX_WORD_BYTES: usize = 12;
+
 /// Behaviour of the mock for every request unless a per-request directive overrides it.
 #[derive(Clone)]
 pub struct MockSettings {
@@ -126,6 +138,9 @@ impl MockSettings {
         let mut s = Self::default();
         if let Some(v) = get("MOCK_FIRST_TOKEN_MS") {
             let ms: u64 = v.parse().map_err(|e| bad("MOCK_FIRST_TOKEN_MS", &v, &e))?;
+            if ms > MAX_DELAY_MS {
+                return Err(bad("MOCK_FIRST_TOKEN_MS", &v, &format!("at most {MAX_DELAY_MS}")));
+            }
             s.first_token_delay = Duration::from_millis(ms);
         }
         if let Some(v) = get("MOCK_TOKENS_PER_SEC") {
@@ -141,6 +156,10 @@ impl MockSettings {
         if let Some(v) = get("MOCK_TOKEN_BYTES") {
             let n: usize = v.parse().map_err(|e| bad("MOCK_TOKEN_BYTES", &v, &e))?;
             s.token_bytes = (n > 0).then_some(n);
+        }
+        if let Err(why) = check_reply_size(s.reply_tokens, s.token_bytes) {
+            let v = format!("{} tokens of {:?} bytes", s.reply_tokens, s.token_bytes);
+            return Err(bad("MOCK_REPLY_TOKENS", &v, &why));
         }
         if let Some(v) = get("MOCK_FAULT") {
             s.fault = parse_optional_fault(&v).map_err(|e| bad("MOCK_FAULT", &v, &e))?;
@@ -197,6 +216,22 @@ impl fmt::Display for Fault {
 /// Parses a fault where `none`/`off` explicitly means no fault, so a directive can clear a global one.
 fn parse_optional_fault(s: &str) -> Result<Option<Fault>, String> {
     if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("off") { Ok(None) } else { s.parse().map(Some) }
+}
+
+/// Checks a reply's size against the bounds ([`MAX_REPLY_TOKENS`], [`MAX_TOKEN_BYTES`],
+/// [`MAX_REPLY_BYTES`]).
+fn check_reply_size(tokens: usize, token_bytes: Option<usize>) -> Result<(), String> {
+    if tokens > MAX_REPLY_TOKENS {
+        return Err(format!("at most {MAX_REPLY_TOKENS} tokens"));
+    }
+    let size = token_bytes.unwrap_or(MAX_WORD_BYTES);
+    if size > MAX_TOKEN_BYTES {
+        return Err(format!("tokens of at most {MAX_TOKEN_BYTES} bytes"));
+    }
+    if tokens.saturating_mul(size) > MAX_REPLY_BYTES {
+        return Err(format!("a reply of at most {MAX_REPLY_BYTES} bytes"));
+    }
+    Ok(())
 }
 
 /// Parses `null` / `empty` into the `choices_null_in_usage_chunk` flag.
@@ -394,7 +429,9 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
 /// `delay_ms=N`, `bytes=N` (0 = words), `fault=429|500|401|503|stall|cut:N|none`,
 /// `choices=null|empty`. Bare flags: anything `fault=` accepts (`stall`,
 /// `cut:3`, `429`), plus `instant` (`delay_ms=0 tps=0`). Unknown keys and flags
-/// are ignored; a known key with a bad value is a 400 so typos do not pass silently.
+/// are ignored; a known key with a bad value is a 400 so typos do not pass silently, and so
+/// is a reply past the bounds ([`MAX_REPLY_TOKENS`], [`MAX_TOKEN_BYTES`], [`MAX_REPLY_BYTES`],
+/// [`MAX_DELAY_MS`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Directives {
     tokens: Option<usize>,
@@ -445,7 +482,13 @@ impl Directives {
                 }
                 self.tps = Some(tps);
             }
-            "delay_ms" => self.delay_ms = Some(value.parse().map_err(|e| bad(&e))?),
+            "delay_ms" => {
+                let ms: u64 = value.parse().map_err(|e| bad(&e))?;
+                if ms > MAX_DELAY_MS {
+                    return Err(bad(&format!("at most {MAX_DELAY_MS}")));
+                }
+                self.delay_ms = Some(ms);
+            }
             "bytes" => {
                 let n: usize = value.parse().map_err(|e| bad(&e))?;
                 self.bytes = Some((n > 0).then_some(n));
@@ -775,6 +818,9 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .sum::<usize>()
         .max(1);
     let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens);
+    if let Err(why) = check_reply_size(plan.tokens, plan.token_bytes) {
+        return bad_request(&format!("mock reply too large: {why}"));
+    }
     let timing = Timing { started, started_wall, first_at: None };
 
     if let Some(Fault::Status(code)) = plan.fault {
@@ -985,6 +1031,18 @@ mod tests {
         assert_eq!(d.delay_ms, Some(0));
         assert_eq!(Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(), Directives::default());
         assert!(Directives::parse("[[mock tokens=many]]").is_err());
+        assert!(Directives::parse("[[mock delay_ms=99999999999]]").is_err());
+    }
+
+    #[test]
+    fn reply_size_is_bounded() {
+        assert!(check_reply_size(40, None).is_ok());
+        assert!(check_reply_size(5000, Some(1000)).is_ok());
+        assert!(check_reply_size(1, Some(100_000_000)).is_err());
+        assert!(check_reply_size(100_000_000, None).is_err());
+        assert!(check_reply_size(100_000, Some(1000)).is_err());
+        let env = |name: &str| (name == "MOCK_TOKEN_BYTES").then(|| "100000000".to_string());
+        assert!(MockSettings::from_lookup(env).unwrap_err().contains("MOCK_"));
     }
 
     #[test]

@@ -300,6 +300,13 @@ async fn bad_requests_get_400_with_openai_error_body() {
     // Unknown keys are ignored.
     let resp = post(&mock, &request(json!("[[mock tokens=1 colour=blue]]"), false)).await;
     assert_eq!(resp.status(), 200);
+    // A directive is user input: a reply past the bounds is refused, never built.
+    for huge in ["[[mock bytes=100000000]]", "[[mock tokens=100000000]]", "[[mock tokens=100000 bytes=100000]]"] {
+        let resp = post(&mock, &request(json!(huge), true)).await;
+        assert_eq!(resp.status(), 400, "{huge}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("too large"), "{v}");
+    }
 }
 
 #[tokio::test]

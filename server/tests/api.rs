@@ -4,24 +4,17 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{SECRET, TestServer};
+use common::{Process, SECRET, TestServer, error_of};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use relay_mock_llm::reply_text;
 use relay_protocol::{
-    ErrorCode, ErrorResponse, Message, MessageStatus, Role, SendMessageResponse, Session, SessionList,
-    SessionWithMessages, SseEvent,
+    ErrorCode, Message, MessageStatus, Role, SendMessageResponse, Session, SessionList, SessionWithMessages, SseEvent,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-async fn error_of(response: reqwest::Response) -> (u16, ErrorCode) {
-    let status = response.status().as_u16();
-    let body: ErrorResponse = response.json().await.expect("an error body");
-    (status, body.error.code)
 }
 
 fn hs256(claims: Value, secret: &str) -> String {
@@ -554,88 +547,6 @@ async fn refuses_a_database_with_a_newer_schema() {
             matches!(refused, Err(StoreError::SchemaTooNew { found, known: k }) if found == known + 1 && k == known),
             "{refused:?}"
         );
-    }
-}
-
-/// A server process of the real binary, for restart and signal tests.
-struct Process {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Process {
-    fn start(data_dir: &std::path::Path) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BIND_ADDR", &addr)
-            .env("RELAY_DATA_DIR", data_dir)
-            .env("RUST_LOG", "warn")
-            .env("MOCK_FIRST_TOKEN_MS", "1")
-            .env("MOCK_TOKENS_PER_SEC", "0")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("the relay-server binary starts");
-        Process { child, addr }
-    }
-
-    async fn ready(&self, http: &reqwest::Client) {
-        for _ in 0..300 {
-            if let Ok(r) = http.get(format!("http://{}/readyz", self.addr)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server at {} never became ready", self.addr);
-    }
-
-    /// Registers a user and creates a session with a title.
-    async fn user_with_session(&self, http: &reqwest::Client, username: &str, title: &str) -> (String, Session) {
-        let base = format!("http://{}", self.addr);
-        let auth: Value = http
-            .post(format!("{base}/api/v1/auth/register"))
-            .json(&json!({"username": username, "password": "password123"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = auth["token"].as_str().unwrap().to_string();
-        let session: Session = http
-            .post(format!("{base}/api/v1/chat/sessions"))
-            .bearer_auth(&token)
-            .json(&json!({"title": title}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (token, session)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("server did not stop on SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
     }
 }
 

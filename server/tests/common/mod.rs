@@ -2,6 +2,8 @@
 //! on-disk one), the mock model served over real HTTP, and real HTTP and WebSocket clients.
 #![allow(dead_code)]
 
+pub mod flow;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -126,12 +128,7 @@ impl TestServer {
 
     /// A WebSocket with or without an `Authorization` header, before any frame.
     pub async fn ws_raw(&self, token: Option<&str>) -> Ws {
-        let mut request = format!("ws://{}/api/v1/ws", self.addr).into_client_request().unwrap();
-        if let Some(token) = token {
-            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        }
-        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
-        Ws { stream }
+        ws_at(&self.addr.to_string(), token).await
     }
 
     /// A WebSocket whose TCP receive buffer is tiny, for slow-reader tests.
@@ -153,6 +150,34 @@ impl TestServer {
             server.shutdown().await.unwrap();
         }
     }
+}
+
+/// A WebSocket to a server at `addr`, with or without an `Authorization` header, before
+/// any frame.
+pub async fn ws_at(addr: &str, token: Option<&str>) -> Ws {
+    let mut request = format!("ws://{addr}/api/v1/ws").into_client_request().unwrap();
+    if let Some(token) = token {
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+    Ws { stream }
+}
+
+/// The status and error code of a REST error response (panics if the body is not one).
+pub async fn error_of(response: reqwest::Response) -> (u16, relay_protocol::ErrorCode) {
+    let status = response.status().as_u16();
+    let body: relay_protocol::ErrorResponse = response.json().await.expect("an error body");
+    (status, body.error.code)
+}
+
+/// This process's resident memory, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// A test WebSocket client.
@@ -283,4 +308,115 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// A server process of the real binary, for restart, signal and log tests. It runs with a
+/// clean environment: the data directory, a free port, the built-in mock model (fast), and
+/// whatever variables a test adds.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts the binary with its data in `data_dir`; logs go to the test's stderr.
+    pub fn start(data_dir: &std::path::Path) -> Process {
+        Process::start_with(data_dir, &[], std::process::Stdio::inherit())
+    }
+
+    /// Starts the binary with extra variables, its stderr going to `stderr`.
+    pub fn start_with(data_dir: &std::path::Path, vars: &[(&str, &str)], stderr: std::process::Stdio) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BIND_ADDR", &addr)
+            .env("RELAY_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .env("MOCK_FIRST_TOKEN_MS", "1")
+            .env("MOCK_TOKENS_PER_SEC", "0");
+        // Coverage runs collect a profile from every process they start.
+        if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
+            command.env("LLVM_PROFILE_FILE", profile);
+        }
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let child =
+            command.stdout(std::process::Stdio::null()).stderr(stderr).spawn().expect("the relay-server binary starts");
+        Process { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn ready(&self, http: &reqwest::Client) {
+        for _ in 0..300 {
+            if let Ok(r) = http.get(format!("http://{}/readyz", self.addr)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server at {} never became ready", self.addr);
+    }
+
+    /// Registers a user and returns the whole answer (token and user).
+    pub async fn register(&self, http: &reqwest::Client, username: &str) -> AuthResponse {
+        let response = http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"username": username, "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "register {username}");
+        response.json().await.unwrap()
+    }
+
+    /// Registers a user and creates a session with a title.
+    pub async fn user_with_session(&self, http: &reqwest::Client, username: &str, title: &str) -> (String, Session) {
+        let token = self.register(http, username).await.token;
+        let session: Session = http
+            .post(self.url("/api/v1/chat/sessions"))
+            .bearer_auth(&token)
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (token, session)
+    }
+
+    /// A WebSocket to this process, authenticated by header, after its `ready` frame.
+    pub async fn ws(&self, token: &str) -> Ws {
+        let mut ws = ws_at(&self.addr, Some(token)).await;
+        assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
+        ws
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
