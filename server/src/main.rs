@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,relay_server=info")))
+        .with_writer(std::io::stderr)
         .init();
     let config = match Config::from_env() {
         Ok(config) => config,

@@ -200,3 +200,34 @@ pub fn load_or_create_dev_secret(data_dir: &Path) -> Result<Vec<u8>, AuthError> 
     file.sync_all().map_err(err)?;
     Ok(secret.into_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_secret_is_created_owner_only_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = load_or_create_dev_secret(dir.path()).unwrap();
+        assert_eq!(secret.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("jwt_secret")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_dev_secret(dir.path()).unwrap(), secret, "kept across restarts");
+    }
+
+    /// A symlink planted where the secret goes is never followed: the secret is not
+    /// written into whatever file it points at.
+    #[cfg(unix)]
+    #[test]
+    fn the_dev_secret_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("somewhere-readable");
+        std::os::unix::fs::symlink(&target, dir.path().join("jwt_secret")).unwrap();
+        assert!(load_or_create_dev_secret(dir.path()).is_err());
+        assert!(!target.exists(), "nothing was written through the link");
+    }
+}
