@@ -41,7 +41,7 @@ fn objects_roundtrip() {
     roundtrip::<User>(json!({"id": UID, "username": "root", "role": "admin"}));
     roundtrip::<Session>(session());
     for role in ["user", "assistant", "system"] {
-        for status in ["complete", "cancelled", "error"] {
+        for status in ["complete", "cancelled", "error", "generating"] {
             roundtrip::<Message>(message(role, status, json!(7)));
         }
     }
@@ -177,6 +177,10 @@ fn error_codes_have_their_http_status() {
         ("upstream_timeout", 504),
         ("upstream_error", 502),
         ("internal", 500),
+        ("limit_exceeded", 403),
+        ("forbidden", 403),
+        ("method_not_allowed", 405),
+        ("unavailable", 503),
     ];
     for (name, status) in table {
         let code: ErrorCode = serde_json::from_value(json!(name)).unwrap();

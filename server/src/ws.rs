@@ -50,6 +50,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4429;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a frame over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: a text frame that is not UTF-8 (RFC 6455 requires failing the connection).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// How long a close frame may take to reach a client that is not reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 
@@ -179,7 +181,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
                     last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match frame {
                         None | Some(Ok(WsMessage::Close(_))) => break None,
-                        Some(Err(e)) => break is_too_big(&e).then_some((CLOSE_TOO_BIG, "frame too large")),
+                        Some(Err(e)) => break read_error_close(&e),
                         Some(Ok(WsMessage::Text(text))) => conn.handle_text(&text, &mut permit),
                         Some(Ok(WsMessage::Binary(_))) => conn.reply(ServerFrame::error(
                             None,
@@ -221,19 +223,22 @@ async fn authenticate(stream: &mut SplitStream<WebSocket>, state: &AppState) -> 
                     };
                 }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Err(e)) if is_too_big(&e) => return Err((CLOSE_TOO_BIG, "frame too large")),
+                Some(Err(e)) => return Err(read_error_close(&e).unwrap_or((CLOSE_UNAUTHORIZED, "not authenticated"))),
                 _ => return Err((CLOSE_UNAUTHORIZED, "not authenticated")),
             },
         }
     }
 }
 
-/// Whether a read error is a frame over the size limit.
-fn is_too_big(error: &axum::Error) -> bool {
+/// The close a read error calls for: 1009 for a frame over the size limit, 1007 for a text
+/// frame that is not UTF-8; none for a connection that simply broke.
+fn read_error_close(error: &axum::Error) -> CloseRequest {
     // `tungstenite` must be the version axum uses (see Cargo.toml), or this never matches.
-    std::error::Error::source(error)
-        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+    match std::error::Error::source(error).and_then(|inner| inner.downcast_ref::<tungstenite::Error>()) {
+        Some(tungstenite::Error::Capacity(_)) => Some((CLOSE_TOO_BIG, "frame too large")),
+        Some(tungstenite::Error::Utf8(_)) => Some((CLOSE_INVALID_DATA, "text frame is not UTF-8")),
+        _ => None,
+    }
 }
 
 /// The last request task of each session, which the next request of that session waits for.
