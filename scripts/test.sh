@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
-# Runs every test of relay-chat. On a fresh machine it first installs what the tests need
-# (the wasm32 target, so the protocol crate is checked for the browser).
+# Runs every test of relay-chat once, instrumented for line coverage, and prints the
+# coverage summary (failing under 80% of lines). On a fresh machine it first installs what
+# that needs: the wasm32 target (the protocol crate is checked for the browser), the
+# llvm-tools component and cargo-llvm-cov (kept under $HOME/.cache between runs).
 #
-#   scripts/test.sh            # everything
-#   scripts/test.sh realtime   # extra arguments go to `cargo test` (a filter, --test NAME, ...)
+#   scripts/test.sh                    # everything, with coverage
+#   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor)
+#   RELAY_COVERAGE=0 scripts/test.sh   # plain `cargo test`, no instrumentation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # One warm target directory outside the clone, shared by every checkout and CI run.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/relay-chat-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+COVERAGE="${RELAY_COVERAGE:-1}"
+TOOLS="$HOME/.cache/relay-chat-tools"
+LLVM_COV_VERSION="0.9.1"
+export PATH="$TOOLS/bin:$PATH"
 
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
+fi
+if [ "$COVERAGE" != 0 ]; then
+  if ! rustup component list --installed | grep -q '^llvm-tools'; then
+    rustup component add llvm-tools
+  fi
+  if ! cargo llvm-cov --version 2>/dev/null | grep -q "$LLVM_COV_VERSION"; then
+    cargo install cargo-llvm-cov --version "$LLVM_COV_VERSION" --locked --root "$TOOLS"
+  fi
 fi
 
 echo "== protocol builds for wasm32 (the browser client shares it)"
 cargo build --locked -p relay-protocol --target wasm32-unknown-unknown
 
 echo "== tests"
-cargo test --locked --workspace "$@"
+if [ "$COVERAGE" = 0 ]; then
+  cargo test --locked --workspace "$@"
+elif [ "$#" -eq 0 ]; then
+  cargo llvm-cov --locked --workspace --summary-only --fail-under-lines 80
+else
+  cargo llvm-cov --locked --workspace --summary-only "$@"
+fi

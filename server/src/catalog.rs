@@ -45,6 +45,7 @@ pub async fn create(
     let session = {
         let _serialised = state.user_locks.lock(user.id).await;
         if state.store.count_sessions(user.id).await? >= max {
+            state.metrics.limit_refused("sessions_per_user");
             return Err(AppError::LimitExceeded(format!(
                 "you have {max} sessions, the most allowed; delete some to create more"
             )));

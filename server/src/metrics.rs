@@ -15,6 +15,11 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     /// WebSocket connections closed because they read too slowly (4429).
     pub ws_slow_closed: IntCounter,
+    /// WebSocket connections the server closed, by close code.
+    pub ws_closes: IntCounterVec,
+    /// Requests refused by a cap, by limit (`sessions_per_user`, `connections_per_user`,
+    /// `subscriptions_per_connection`, `password_queue`).
+    pub limits_refused: IntCounterVec,
     /// Live session actors.
     pub session_actors: IntGauge,
     /// User messages stored.
@@ -42,6 +47,14 @@ impl Metrics {
         let ws_slow_closed =
             IntCounter::new("ws_slow_closed_total", "WebSocket connections closed for reading too slowly (4429)")
                 .expect("valid metric");
+        let ws_closes = IntCounterVec::new(
+            Opts::new("ws_closes_total", "WebSocket connections the server closed, by close code"),
+            &["code"],
+        )
+        .expect("valid metric");
+        let limits_refused =
+            IntCounterVec::new(Opts::new("limits_refused_total", "Requests refused by a cap, by limit"), &["limit"])
+                .expect("valid metric");
         let session_actors = IntGauge::new("session_actors", "Live session actors").expect("valid metric");
         let user_messages = IntCounter::new("user_messages_total", "User messages stored").expect("valid metric");
         let generations_active = IntGauge::new("generations_active", "Replies generating now").expect("valid metric");
@@ -63,6 +76,8 @@ impl Metrics {
             http_responses,
             ws_connections,
             ws_slow_closed,
+            ws_closes,
+            limits_refused,
             session_actors,
             user_messages,
             generations_active,
@@ -75,6 +90,8 @@ impl Metrics {
             Box::new(metrics.http_responses.clone()),
             Box::new(metrics.ws_connections.clone()),
             Box::new(metrics.ws_slow_closed.clone()),
+            Box::new(metrics.ws_closes.clone()),
+            Box::new(metrics.limits_refused.clone()),
             Box::new(metrics.session_actors.clone()),
             Box::new(metrics.user_messages.clone()),
             Box::new(metrics.generations_active.clone()),
@@ -99,6 +116,16 @@ impl Metrics {
         };
         self.generations.with_label_values(&[label]).inc();
         self.generations_active.dec();
+    }
+
+    /// Counts a WebSocket close the server sent.
+    pub fn ws_closed(&self, code: u16) {
+        self.ws_closes.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    /// Counts a request refused by a cap.
+    pub fn limit_refused(&self, limit: &str) {
+        self.limits_refused.with_label_values(&[limit]).inc();
     }
 
     /// Counts an HTTP response by its status class.

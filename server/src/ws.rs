@@ -54,6 +54,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// How long a close frame may take to reach a client that is not reading.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for its requests in progress before leaving its
+/// sessions.
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
 
 /// A connection authenticated before the upgrade (by its `Authorization` header), with
 /// its place in the hub already taken.
@@ -96,6 +99,7 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, header
 fn reserve_place(state: &AppState, user: &AuthUser) -> Result<Membership, AppError> {
     let max = state.config.ws_max_connections_per_user;
     state.hub.reserve(user.id, max).ok_or_else(|| {
+        state.metrics.limit_refused("connections_per_user");
         AppError::LimitExceeded(format!("you have {max} connections open, the most allowed; close one first"))
     })
 }
@@ -117,6 +121,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
             match authenticated {
                 Ok(authenticated) => authenticated,
                 Err((code, reason)) => {
+                    state.metrics.ws_closed(code);
                     let _ = tokio::time::timeout(CLOSE_FLUSH, close(&mut sink, code, reason)).await;
                     return;
                 }
@@ -193,9 +198,9 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
                 }
             }
         };
-        conn.leave();
         drop(place);
         let _ = close_tx.send(close_request);
+        conn.leave().await;
         let _ = writer.await;
         state.metrics.ws_connections.dec();
         tracing::debug!("connection closed");
@@ -386,6 +391,7 @@ impl Connection {
         }
         if subscribed.len() >= max {
             drop(subscribed);
+            self.state.metrics.limit_refused("subscriptions_per_connection");
             let message = format!("this connection watches {max} sessions, the most allowed; unsubscribe from one");
             reply_error(&self.receiver, id.clone(), Some(session_id), AppError::LimitExceeded(message));
             return None;
@@ -422,8 +428,12 @@ impl Connection {
     }
 
     /// Leaves every session: each session whose last watcher this was starts its grace
-    /// period. (The hub place is given back when its membership is dropped.)
-    fn leave(&mut self) {
+    /// period. Requests still in progress finish first (for a while), so a subscribe that
+    /// lands after the connection ended is left too. (The hub place is given back when its
+    /// membership is dropped.)
+    async fn leave(&mut self) {
+        let pending = futures::future::join_all(self.tails.drain().map(|(_, tail)| tail));
+        let _ = tokio::time::timeout(LEAVE_WAIT, pending).await;
         for session_id in lock(&self.subscribed).drain() {
             self.state.sessions.unsubscribe(session_id, self.receiver.id, None);
         }
@@ -507,6 +517,7 @@ async fn write_loop(mut args: WriterArgs) {
         tracing::warn!("closing a connection that reads too slowly");
         args.metrics.ws_slow_closed.inc();
     }
+    args.metrics.ws_closed(code);
     let _ = tokio::time::timeout(CLOSE_FLUSH, async {
         if drain {
             // Frames already queued (such as `done` on shutdown) go out before the close.

@@ -97,7 +97,17 @@ async fn registration_rules() {
     assert_eq!(error_of(register(&"a".repeat(33), "password123").await.unwrap()).await, (400, ErrorCode::BadRequest));
     assert_eq!(error_of(register("bad name", "password123").await.unwrap()).await, (400, ErrorCode::BadRequest));
     assert_eq!(error_of(register("carol", "short").await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(register("carol", &"p".repeat(1025)).await.unwrap()).await, (400, ErrorCode::BadRequest));
     assert_eq!(register("a.b-c_9", "12345678").await.unwrap().status(), 201);
+    // A password no account can have fails at once, without spending a hash on it.
+    let login = server
+        .http
+        .post(server.url("/api/v1/auth/login"))
+        .json(&json!({"username": "bob", "password": "p".repeat(5000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(login).await, (401, ErrorCode::Unauthorized));
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ async fn a_client_that_never_reads_cannot_pin_memory() {
     assert!(grown < 100 << 20, "the server grew by {} MiB for one client", grown >> 20);
     let metrics = server.state().metrics.render();
     assert!(metrics.contains("relay_ws_slow_closed_total 1"), "{metrics}");
+    assert!(metrics.contains(r#"relay_ws_closes_total{code="4429"} 1"#), "{metrics}");
 }
 
 /// `WS_MAX_SUBSCRIPTIONS_PER_CONNECTION`: one more session than allowed answers
@@ -196,6 +197,8 @@ async fn sessions_per_user_are_capped() {
         futures::future::join_all(creates).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 7, "{statuses:?}");
+    let metrics = server.state().metrics.render();
+    assert!(metrics.contains(r#"relay_limits_refused_total{limit="sessions_per_user"} 7"#), "{metrics}");
 
     let refused = server.http.post(server.url("/api/v1/chat/sessions")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(error_of(refused).await, (403, ErrorCode::LimitExceeded));
@@ -530,6 +533,11 @@ async fn login_floods_are_bounded() {
         }
     }
     assert!(refused > 0 && checked > 0, "refused {refused}, checked {checked}");
+    let metrics = server.state().metrics.render();
+    assert!(
+        metrics.contains(&format!(r#"relay_limits_refused_total{{limit="password_queue"}} {refused}"#)),
+        "{metrics}"
+    );
     assert_eq!(server.state().passwords.in_flight(), 0);
 }
 

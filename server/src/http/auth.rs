@@ -18,7 +18,7 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
     auth::validate_username(&body.username)?;
     auth::validate_password(&body.password)?;
-    let hash = state.passwords.hash(body.password).await?;
+    let hash = state.passwords.hash(body.password).await.map_err(|e| counted(&state, e))?;
     let role = state.tokens.account_role(&body.username);
     let record = state.store.create_user(&body.username, &hash, role).await?;
     let user = User { id: record.id, username: record.username, role };
@@ -38,16 +38,24 @@ pub async fn login(
         return Err(AuthError::WrongCredentials.into());
     }
     let Some(record) = state.store.find_user_by_name(&body.username).await? else {
-        state.passwords.burn(body.password).await?;
+        state.passwords.burn(body.password).await.map_err(|e| counted(&state, e))?;
         return Err(AuthError::WrongCredentials.into());
     };
-    if !state.passwords.verify(body.password, record.password_hash.clone()).await? {
+    if !state.passwords.verify(body.password, record.password_hash.clone()).await.map_err(|e| counted(&state, e))? {
         return Err(AuthError::WrongCredentials.into());
     }
     let role = state.tokens.account_role(&record.username);
     let user = User { id: record.id, username: record.username, role };
     let token = state.tokens.issue(&user)?;
     Ok(Json(AuthResponse { token, user }))
+}
+
+/// Counts a password check refused because too many were waiting.
+fn counted(state: &AppState, error: AuthError) -> AuthError {
+    if matches!(error, AuthError::Overloaded) {
+        state.metrics.limit_refused("password_queue");
+    }
+    error
 }
 
 /// The caller and their quota.
