@@ -552,15 +552,20 @@ impl Plan {
         self.period.map(|p| first_at + p.saturating_mul(u32::try_from(i + 1).unwrap_or(u32::MAX)))
     }
 
-    fn chunk(&self, choice: Value) -> Value {
+    /// A stream chunk carrying `choices` (an array, or SambaNova's `null`).
+    fn envelope(&self, choices: Value) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice],
+            "choices": choices,
         })
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        self.envelope(json!([choice]))
     }
 
     fn role_chunk(&self) -> Value {
@@ -604,15 +609,9 @@ impl Plan {
     }
 
     fn usage_chunk(&self, completion_tokens: usize, timing: &Timing) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": if self.choices_null { Value::Null } else { json!([]) },
-            "usage": self.usage(completion_tokens, timing),
-        })
+        let mut chunk = self.envelope(if self.choices_null { Value::Null } else { json!([]) });
+        chunk["usage"] = self.usage(completion_tokens, timing);
+        chunk
     }
 
     fn completion(&self, timing: &Timing) -> Value {

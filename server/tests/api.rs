@@ -582,26 +582,13 @@ async fn on_disk_data_and_logins_survive_a_restart() {
 
     let second = Process::start(dir.path());
     second.ready(&http).await;
-    let base = format!("http://{}", second.addr);
     // The generated dev secret was kept beside the data, so the old token still works.
-    let got: SessionWithMessages = http
-        .get(format!("{base}/api/v1/chat/sessions/{}", session.id))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: SessionWithMessages =
+        serde_json::from_value(second.get(&http, &token, &format!("/api/v1/chat/sessions/{}", session.id)).await)
+            .unwrap();
     assert_eq!(got.session.title, "Keep me");
     assert_eq!(got.messages, vec![sent.user_message, sent.assistant_message]);
-    let r = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "olga", "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(second.login(&http, "olga", "password123").await.status(), 200);
     assert!(second.terminate().success());
 }
 
@@ -657,15 +644,9 @@ async fn a_crash_mid_reply_keeps_the_last_checkpoint() {
 
     let second = Process::start(dir.path());
     second.ready(&http).await;
-    let got: SessionWithMessages = http
-        .get(format!("http://{}/api/v1/chat/sessions/{}", second.addr, session.id))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: SessionWithMessages =
+        serde_json::from_value(second.get(&http, &token, &format!("/api/v1/chat/sessions/{}", session.id)).await)
+            .unwrap();
     assert_eq!(got.messages.len(), 2, "the user message and the checkpointed reply");
     let reply = &got.messages[1];
     // The reply was `generating` when the process died; the next start marks it `error`.

@@ -279,15 +279,7 @@ async fn removing_an_admin_name_revokes_it() {
     assert_eq!((status, body["user"]["role"].as_str()), (200, Some("user")), "the old token lost admin");
     let metrics = http.get(second.url("/metrics")).bearer_auth(&registered.token).send().await.unwrap();
     assert_eq!(metrics.status(), 404);
-    let login: Value = http
-        .post(second.url("/api/v1/auth/login"))
-        .json(&json!({"username": "boss", "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login: Value = second.login(&http, "boss", "password123").await.json().await.unwrap();
     assert_eq!(login["user"]["role"], "user", "a fresh login is not admin either");
     assert!(second.terminate().success());
 }
@@ -395,24 +387,13 @@ async fn shutdown_refuses_new_work_then_stores_replies_then_closes_every_connect
 
     let mut watchers = Vec::new();
     for i in 0..12 {
-        let sid: Value = http
-            .post(server.url("/api/v1/chat/sessions"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let sid: Uuid = sid["id"].as_str().unwrap().parse().unwrap();
+        let sid = server.create_session(&http, &token, None).await.id;
         let mut ws = server.ws(&token).await;
         send(&mut ws, sid, &format!("w{i}"), "[[mock tokens=5000]]").await;
         let frames = until_deltas(&mut ws, sid, 1).await;
         watchers.push((ws, sid, started_reply(&frames)));
     }
-    let busy: Value =
-        http.post(server.url("/api/v1/chat/sessions")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    let busy = busy["id"].as_str().unwrap().to_string();
+    let busy = server.create_session(&http, &token, None).await.id;
     let senders = (0..4).map(|_| {
         let (http, url, token) =
             (http.clone(), server.url(&format!("/api/v1/chat/sessions/{busy}/messages")), token.clone());
@@ -458,27 +439,11 @@ async fn shutdown_refuses_new_work_then_stores_replies_then_closes_every_connect
     let again = Process::start(dir.path());
     again.ready(&http).await;
     for (_, sid, reply) in &watchers {
-        let got: Value = http
-            .get(again.url(&format!("/api/v1/chat/sessions/{sid}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got = again.get(&http, &token, &format!("/api/v1/chat/sessions/{sid}")).await;
         let stored = got["messages"].as_array().unwrap().iter().find(|m| m["id"] == reply.to_string()).cloned();
         assert_eq!(stored.expect("the reply was stored")["status"], "cancelled");
     }
-    let got: Value = http
-        .get(again.url(&format!("/api/v1/chat/sessions/{busy}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = again.get(&http, &token, &format!("/api/v1/chat/sessions/{busy}")).await;
     assert!(got["messages"].as_array().unwrap().iter().all(|m| m["status"] != "error" && m["status"] != "generating"));
     assert!(again.terminate().success());
 }
@@ -741,36 +706,12 @@ async fn secrets_never_reach_the_log() {
     );
     let http = reqwest::Client::new();
     server.ready(&http).await;
-    let registered: Value = http
-        .post(server.url("/api/v1/auth/register"))
-        .json(&json!({"username": "logged", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let first_token = registered["token"].as_str().unwrap().to_string();
-    let wrong = http
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({"username": "logged", "password": format!("{PASSWORD}-wrong")}))
-        .send()
-        .await
-        .unwrap();
+    let first_token = server.register_with(&http, "logged", PASSWORD).await.token;
+    let wrong = server.login(&http, "logged", &format!("{PASSWORD}-wrong")).await;
     assert_eq!(wrong.status(), 401);
-    let login: Value = http
-        .post(server.url("/api/v1/auth/login"))
-        .json(&json!({"username": "logged", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login: Value = server.login(&http, "logged", PASSWORD).await.json().await.unwrap();
     let token = login["token"].as_str().unwrap().to_string();
-    let session: Value =
-        http.post(server.url("/api/v1/chat/sessions")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    let sid: Uuid = session["id"].as_str().unwrap().parse().unwrap();
+    let sid = server.create_session(&http, &token, None).await.id;
 
     let mut ws = common::ws_at(&server.addr, None).await;
     ws.send(json!({"type": "auth", "token": token})).await;

@@ -241,16 +241,7 @@ impl Store {
         session_id: Uuid,
         title: &str,
     ) -> Result<Option<Session>, StoreError> {
-        let rows: Vec<SessionRecord> = self
-            .rows(
-                &format!(
-                    "UPDATE type::record('chat_session', $id) SET title = $title, updated_at = time::now() \
-                     WHERE user_id = $user_id AND deleted_at = NONE RETURN {SESSION_FIELDS}"
-                ),
-                serde_json::json!({"id": session_id, "user_id": user_id, "title": title}),
-            )
-            .await?;
-        Ok(rows.into_iter().next().map(|r| r.session))
+        self.set_title(session_id, title, "user_id = $user_id", serde_json::json!({"user_id": user_id})).await
     }
 
     /// Names a session `title` only while its title is still `default` (the automatic
@@ -261,13 +252,26 @@ impl Store {
         default: &str,
         title: &str,
     ) -> Result<Option<Session>, StoreError> {
+        self.set_title(session_id, title, "title = $default", serde_json::json!({"default": default})).await
+    }
+
+    /// Sets the title of a live session if `condition` (SurrealQL over `bind`) holds.
+    async fn set_title(
+        &self,
+        session_id: Uuid,
+        title: &str,
+        condition: &str,
+        mut bind: serde_json::Value,
+    ) -> Result<Option<Session>, StoreError> {
+        bind["id"] = serde_json::json!(session_id);
+        bind["title"] = serde_json::json!(title);
         let rows: Vec<SessionRecord> = self
             .rows(
                 &format!(
                     "UPDATE type::record('chat_session', $id) SET title = $title, updated_at = time::now() \
-                     WHERE title = $default AND deleted_at = NONE RETURN {SESSION_FIELDS}"
+                     WHERE {condition} AND deleted_at = NONE RETURN {SESSION_FIELDS}"
                 ),
-                serde_json::json!({"id": session_id, "default": default, "title": title}),
+                bind,
             )
             .await?;
         Ok(rows.into_iter().next().map(|r| r.session))

@@ -365,11 +365,16 @@ impl Process {
         panic!("server at {} never became ready", self.addr);
     }
 
-    /// Registers a user and returns the whole answer (token and user).
+    /// Registers a user with the tests' password and returns the whole answer.
     pub async fn register(&self, http: &reqwest::Client, username: &str) -> AuthResponse {
+        self.register_with(http, username, "password123").await
+    }
+
+    /// Registers a user with a given password and returns the whole answer.
+    pub async fn register_with(&self, http: &reqwest::Client, username: &str, password: &str) -> AuthResponse {
         let response = http
             .post(self.url("/api/v1/auth/register"))
-            .json(&json!({"username": username, "password": "password123"}))
+            .json(&json!({"username": username, "password": password}))
             .send()
             .await
             .unwrap();
@@ -377,19 +382,33 @@ impl Process {
         response.json().await.unwrap()
     }
 
-    /// Registers a user and creates a session with a title.
-    pub async fn user_with_session(&self, http: &reqwest::Client, username: &str, title: &str) -> (String, Session) {
-        let token = self.register(http, username).await.token;
-        let session: Session = http
-            .post(self.url("/api/v1/chat/sessions"))
-            .bearer_auth(&token)
-            .json(&json!({"title": title}))
+    /// Logs in; returns the raw response.
+    pub async fn login(&self, http: &reqwest::Client, username: &str, password: &str) -> reqwest::Response {
+        http.post(self.url("/api/v1/auth/login"))
+            .json(&json!({"username": username, "password": password}))
             .send()
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
+    }
+
+    /// Creates a session with an optional title.
+    pub async fn create_session(&self, http: &reqwest::Client, token: &str, title: Option<&str>) -> Session {
+        let response =
+            http.post(self.url("/api/v1/chat/sessions")).bearer_auth(token).json(&json!({"title": title})).send().await;
+        let response = response.unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// GET with a token; the JSON body.
+    pub async fn get(&self, http: &reqwest::Client, token: &str, path: &str) -> Value {
+        http.get(self.url(path)).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Registers a user and creates a session with a title.
+    pub async fn user_with_session(&self, http: &reqwest::Client, username: &str, title: &str) -> (String, Session) {
+        let token = self.register(http, username).await.token;
+        let session = self.create_session(http, &token, Some(title)).await;
         (token, session)
     }
 
