@@ -432,3 +432,40 @@ async fn shutdown_ends_stalled_streams_without_counting_a_client_close() {
     assert_eq!(stats.streams_closed_early, 0);
     assert_eq!(stats.active_streams, 0);
 }
+
+/// The standalone binary prints its base URL, serves, refuses bad settings with exit code 2,
+/// and stops on SIGTERM.
+#[tokio::test]
+async fn the_binary_serves_until_sigterm() {
+    use std::io::BufRead;
+    let bad =
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay-mock-llm")).env("MOCK_BIND", "nowhere").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("MOCK_BIND"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_relay-mock-llm"))
+        .env("MOCK_BIND", "127.0.0.1:0")
+        .env("MOCK_FAULT", "teapot")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-mock-llm"))
+        .env("MOCK_BIND", format!("127.0.0.1:{port}"))
+        .env("MOCK_FIRST_TOKEN_MS", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("http://127.0.0.1:{port}/v1"));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", line.trim()))
+        .json(&request(json!("hi [[mock tokens=3]]"), false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
+}
