@@ -275,6 +275,9 @@ struct Inner {
     // Ends stalled and in-flight streams on shutdown; otherwise graceful
     // shutdown would wait forever for a stalled client.
     shutdown: CancellationToken,
+    // How many requests carried each last user message with a `fail_first` directive, so
+    // the first N of them fail and the rest (a client's retries) succeed.
+    attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl MockState {
@@ -285,6 +288,7 @@ impl MockState {
                 settings,
                 stats: watch::Sender::new(MockStats::default()),
                 shutdown: CancellationToken::new(),
+                attempts: Default::default(),
             }),
         }
     }
@@ -301,6 +305,7 @@ impl MockState {
 
     /// Zeroes the counters and forgets the last request, keeping the `active_streams` gauge.
     pub fn reset(&self) {
+        self.inner.attempts.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.inner.stats.send_modify(|s| *s = MockStats { active_streams: s.active_streams, ..MockStats::default() });
     }
 
@@ -427,7 +432,8 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
 /// Syntax: `[[mock key=value key=value flag]]`, whitespace separated; several
 /// blocks may appear and later values win. Keys: `tokens=N`, `tps=F`,
 /// `delay_ms=N`, `bytes=N` (0 = words), `fault=429|500|401|503|stall|cut:N|none`,
-/// `choices=null|empty`. Bare flags: anything `fault=` accepts (`stall`,
+/// `choices=null|empty`, `fail_first=N` (the fault applies to the first N requests with
+/// this same message, later ones succeed: a client's retries). Bare flags: anything `fault=` accepts (`stall`,
 /// `cut:3`, `429`), plus `instant` (`delay_ms=0 tps=0`). Unknown keys and flags
 /// are ignored; a known key with a bad value is a 400 so typos do not pass silently, and so
 /// is a reply past the bounds ([`MAX_REPLY_TOKENS`], [`MAX_TOKEN_BYTES`], [`MAX_REPLY_BYTES`],
@@ -440,6 +446,7 @@ struct Directives {
     bytes: Option<Option<usize>>,
     fault: Option<Option<Fault>>,
     choices_null: Option<bool>,
+    fail_first: Option<usize>,
 }
 
 impl Directives {
@@ -495,6 +502,7 @@ impl Directives {
             }
             "fault" => self.fault = Some(parse_optional_fault(value).map_err(|e| bad(&e))?),
             "choices" => self.choices_null = Some(parse_choices(value).map_err(|e| bad(&e))?),
+            "fail_first" => self.fail_first = Some(value.parse().map_err(|e| bad(&e))?),
             _ => {}
         }
         Ok(())
@@ -734,6 +742,12 @@ fn fault_response(code: u16) -> Response {
             Some("rate_limit_exceeded"),
         ),
         503 => error_response(status, "The model is overloaded (mock fault)", "service_unavailable", None),
+        404 => error_response(
+            status,
+            "The model does not exist or you do not have access to it (mock fault)",
+            "invalid_request_error",
+            Some("model_not_found"),
+        ),
         c if c < 500 => error_response(status, "Request rejected (mock fault)", "invalid_request_error", None),
         _ => error_response(status, "Internal server error (mock fault)", "server_error", None),
     };
@@ -806,10 +820,20 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .and_then(|m| m.get("content"))
         .map(content_text)
         .unwrap_or_default();
-    let directives = match Directives::parse(&last_user) {
+    let mut directives = match Directives::parse(&last_user) {
         Ok(d) => d,
         Err(e) => return bad_request(&e),
     };
+    if let Some(n) = directives.fail_first {
+        // The fault applies to the first `n` requests with this message; later ones (a
+        // client's retries) get a normal reply.
+        let mut attempts = state.inner.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = attempts.entry(last_user.clone()).or_default();
+        *seen += 1;
+        if *seen > n {
+            directives.fault = Some(None);
+        }
+    }
     let prompt_tokens = messages
         .iter()
         .filter_map(|m| m.get("content"))

@@ -469,3 +469,24 @@ async fn the_binary_serves_until_sigterm() {
     let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
 }
+
+/// `fail_first=N` fails the first N requests carrying the same message, then answers:
+/// what a client's retries meet.
+#[tokio::test]
+async fn fail_first_fails_then_answers() {
+    let mock = start(fast()).await;
+    let body = request(json!("retry me [[mock fail_first=2 fault=503 tokens=2]]"), true);
+    assert_eq!(post(&mock, &body).await.status(), 503);
+    assert_eq!(post(&mock, &body).await.status(), 503);
+    let ok = post(&mock, &body).await;
+    assert_eq!(ok.status(), 200);
+    let (events, _) = read_sse(ok).await;
+    assert_eq!(contents(&events).concat(), reply_text(2, None));
+    // Another message has its own count.
+    let other = request(json!("another [[mock fail_first=1 fault=404]]"), false);
+    let resp = post(&mock, &other).await;
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(post(&mock, &other).await.status(), 200);
+}

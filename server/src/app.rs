@@ -75,16 +75,24 @@ impl Server {
                 (Some(mock), base, None)
             }
         };
-        let llm = LlmClient::new(LlmSettings {
-            api_base,
-            api_key,
-            model: config.model.clone(),
-            max_tokens: config.max_tokens,
-            timeout: config.llm_timeout,
-        })?;
+        let metrics = Arc::new(Metrics::new());
+        let llm = LlmClient::new(
+            LlmSettings {
+                api_base,
+                api_key,
+                model: config.model.clone(),
+                max_tokens: config.max_tokens,
+                first_token_timeout: config.llm_first_token_timeout,
+                idle_timeout: config.llm_idle_timeout,
+                max_attempts: config.llm_attempts,
+                retry_backoff: config.llm_retry_backoff,
+                breaker_failures: config.llm_breaker_failures,
+                breaker_cooldown: config.llm_breaker_cooldown,
+            },
+            metrics.clone(),
+        )?;
 
         let hub = Arc::new(UserHub::default());
-        let metrics = Arc::new(Metrics::new());
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
             llm,

@@ -110,8 +110,20 @@ pub struct Config {
     pub model: String,
     /// `CHAT_MAX_TOKENS`: reply token limit sent upstream.
     pub max_tokens: u32,
-    /// `LLM_TIMEOUT_SECS`: time allowed for the provider to answer, and between chunks.
+    /// `LLM_TIMEOUT_SECS`: the default of both timeouts below.
     pub llm_timeout: Duration,
+    /// `LLM_FIRST_TOKEN_TIMEOUT_SECS`: from a send to its first token, across retries.
+    pub llm_first_token_timeout: Duration,
+    /// `LLM_IDLE_TIMEOUT_SECS`: between two chunks once text flows.
+    pub llm_idle_timeout: Duration,
+    /// `LLM_RETRY_ATTEMPTS`: attempts per reply before its first token (1 = no retry).
+    pub llm_attempts: u32,
+    /// `LLM_RETRY_BACKOFF_MS`: the first retry's backoff, doubled for each later one.
+    pub llm_retry_backoff: Duration,
+    /// `LLM_BREAKER_FAILURES`: consecutive provider failures that open the circuit breaker.
+    pub llm_breaker_failures: u32,
+    /// `LLM_BREAKER_COOLDOWN_SECS`: how long the open breaker refuses before one probe.
+    pub llm_breaker_cooldown: Duration,
     /// `CHAT_SYSTEM_PROMPT`: the system message that starts every context.
     pub system_prompt: String,
     /// `CHAT_MAX_CONTEXT_MESSAGES`: how many recent messages are sent as context.
@@ -182,6 +194,12 @@ impl std::fmt::Debug for Config {
             .field("model", &self.model)
             .field("max_tokens", &self.max_tokens)
             .field("llm_timeout", &self.llm_timeout)
+            .field("llm_first_token_timeout", &self.llm_first_token_timeout)
+            .field("llm_idle_timeout", &self.llm_idle_timeout)
+            .field("llm_attempts", &self.llm_attempts)
+            .field("llm_retry_backoff", &self.llm_retry_backoff)
+            .field("llm_breaker_failures", &self.llm_breaker_failures)
+            .field("llm_breaker_cooldown", &self.llm_breaker_cooldown)
             .field("system_prompt", &self.system_prompt)
             .field("max_context_messages", &self.max_context_messages)
             .field("max_message_length", &self.max_message_length)
@@ -326,6 +344,7 @@ impl Config {
         };
 
         let daily_quota: u32 = parse("CHAT_DAILY_MESSAGE_QUOTA", var("CHAT_DAILY_MESSAGE_QUOTA"), 100)?;
+        let llm_timeout = Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?);
         let config = Config {
             bind_addr: parse("BIND_ADDR", var("BIND_ADDR"), SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             production,
@@ -341,7 +360,25 @@ impl Config {
             model_backend,
             model: var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
             max_tokens: positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), 2048)?,
-            llm_timeout: Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?),
+            llm_timeout,
+            llm_first_token_timeout: Duration::from_secs(positive(
+                "LLM_FIRST_TOKEN_TIMEOUT_SECS",
+                var("LLM_FIRST_TOKEN_TIMEOUT_SECS"),
+                llm_timeout.as_secs(),
+            )?),
+            llm_idle_timeout: Duration::from_secs(positive(
+                "LLM_IDLE_TIMEOUT_SECS",
+                var("LLM_IDLE_TIMEOUT_SECS"),
+                llm_timeout.as_secs(),
+            )?),
+            llm_attempts: positive("LLM_RETRY_ATTEMPTS", var("LLM_RETRY_ATTEMPTS"), 3)?,
+            llm_retry_backoff: Duration::from_millis(parse("LLM_RETRY_BACKOFF_MS", var("LLM_RETRY_BACKOFF_MS"), 200)?),
+            llm_breaker_failures: positive("LLM_BREAKER_FAILURES", var("LLM_BREAKER_FAILURES"), 5)?,
+            llm_breaker_cooldown: Duration::from_secs(positive(
+                "LLM_BREAKER_COOLDOWN_SECS",
+                var("LLM_BREAKER_COOLDOWN_SECS"),
+                30,
+            )?),
             system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,

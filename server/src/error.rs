@@ -99,6 +99,17 @@ impl AppError {
             AppError::Llm(LlmError::Unavailable { retry_after_ms, .. }) => {
                 (ErrorCode::UpstreamUnavailable, "the model provider is unavailable".into(), *retry_after_ms)
             }
+            AppError::Llm(LlmError::KeyRejected(_)) => {
+                (ErrorCode::UpstreamUnavailable, "the model provider is unavailable".into(), None)
+            }
+            AppError::Llm(LlmError::RateLimited { retry_after_ms }) => (
+                ErrorCode::RateLimited,
+                "the model provider is busy; try again shortly".into(),
+                Some(retry_after_ms.unwrap_or(1000)),
+            ),
+            AppError::Llm(LlmError::ModelNotFound(model)) => {
+                (ErrorCode::UpstreamError, format!("the model provider does not offer the model {model:?}"), None)
+            }
             AppError::Llm(LlmError::Timeout) => {
                 (ErrorCode::UpstreamTimeout, "the model provider timed out".into(), None)
             }

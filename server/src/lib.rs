@@ -1,7 +1,7 @@
 //! relay-chat server: a self-hosted, real-time LLM chat backend.
 //!
 //! Layout, one module per idea: [`config`] (environment), [`store`] (SurrealDB),
-//! [`auth`] (passwords and tokens), [`llm`] (the model client and the built-in mock),
+//! [`auth`] (passwords and tokens), [`llm`] (the model client: retries, circuit breaker),
 //! [`session`] (one actor per live chat session), [`fanout`] and [`hub`] (delivering
 //! frames), [`catalog`] (a user's session list), [`http`] and [`ws`] (the wire), [`limits`]
 //! (quotas), [`metrics`] (Prometheus), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Time from starting a reply to its first text.
     pub time_to_first_token: Histogram,
+    /// Model requests retried (before their first token).
+    pub llm_retries: IntCounter,
+    /// The model provider's circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub llm_breaker_state: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +75,11 @@ impl Metrics {
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
         )
         .expect("valid metric");
+        let llm_retries = IntCounter::new("llm_retries_total", "Model requests retried before their first token")
+            .expect("valid metric");
+        let llm_breaker_state =
+            IntGauge::new("llm_breaker_state", "Model provider circuit breaker: 0 closed, 1 open, 2 half-open")
+                .expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -85,6 +94,8 @@ impl Metrics {
             generations_abandoned,
             tokens,
             time_to_first_token,
+            llm_retries,
+            llm_breaker_state,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -99,6 +110,8 @@ impl Metrics {
             Box::new(metrics.generations_abandoned.clone()),
             Box::new(metrics.tokens.clone()),
             Box::new(metrics.time_to_first_token.clone()),
+            Box::new(metrics.llm_retries.clone()),
+            Box::new(metrics.llm_breaker_state.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

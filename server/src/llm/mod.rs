@@ -1,14 +1,32 @@
-//! The model client: one shared HTTP client that streams chat completions from an
-//! OpenAI-compatible provider (SambaNova by default) or the built-in mock.
+//! The model client: one shared, pooled HTTP client that streams chat completions from an
+//! OpenAI-compatible provider (SambaNova by default) or the built-in mock, and survives the
+//! provider's hiccups.
 //!
 //! Requests are built with async-openai's typed request types. The response stream is
-//! decoded here rather than by async-openai, for two reasons: its typed chunk rejects
-//! SambaNova's final usage chunk with `"choices": null`, and its stream reads the HTTP body
-//! in a detached task, so dropping it would not close a stalled upstream request. Here the
-//! body is owned by [`LlmStream`]: dropping the stream closes the connection at once, which
-//! is what stops the provider from billing a cancelled reply.
+//! decoded here ([`decode`]) rather than by async-openai, for two reasons: its typed chunk
+//! rejects SambaNova's final usage chunk with `"choices": null`, and its stream reads the
+//! HTTP body in a detached task, so dropping it would not close a stalled upstream request.
+//! Here the body is owned by [`LlmStream`]: dropping the stream closes the connection at
+//! once, which is what stops the provider from billing a cancelled reply.
+//!
+//! Resilience, all before the first token only (after it, a retry would repeat text the
+//! user has already seen):
+//! - the first token must arrive within `first_token_timeout` of the send, across every
+//!   attempt; after it, each chunk within `idle_timeout`;
+//! - an attempt that fails in a way worth retrying (unreachable, 5xx, a stream that breaks
+//!   before any text) is retried up to `max_attempts` in all, with exponential backoff and
+//!   jitter, within that first-token deadline;
+//! - a [circuit breaker](breaker) opens after consecutive failures and refuses requests at
+//!   once (`upstream_unavailable`) until a probe succeeds;
+//! - the provider's 429 is `rate_limited` with its delay; a rejected key is
+//!   `upstream_unavailable`, logged once; a model the provider does not have says so.
+
+pub mod breaker;
+mod decode;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_openai::types::chat::{
@@ -18,23 +36,41 @@ use async_openai::types::chat::{
 };
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
+use rand::Rng;
 use relay_protocol::{Message, Role, Usage};
-use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use breaker::Breaker;
+pub use breaker::BreakerState;
+pub use decode::decode_chunk;
 
 /// Errors of the model provider, as the rest of the server needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    /// The provider is unreachable, overloaded, or rejected our key.
+    /// The provider is unreachable, overloaded, rejected our key, or the breaker is open.
     #[error("model provider unavailable: {message}")]
     Unavailable {
         /// What happened.
         message: String,
+        /// How long to wait, when known.
+        retry_after_ms: Option<u64>,
+    },
+    /// The provider rejected our API key (HTTP 401/403).
+    #[error("the model provider rejected the API key: {0}")]
+    KeyRejected(String),
+    /// The provider refused the request for its own rate limit (HTTP 429).
+    #[error("the model provider is rate limiting us")]
+    RateLimited {
         /// How long the provider asked us to wait, if it did.
         retry_after_ms: Option<u64>,
     },
     /// The provider did not answer, or stopped sending, within the timeout.
     #[error("model provider timed out")]
     Timeout,
+    /// The provider does not have the configured model.
+    #[error("the model provider has no model {0:?}")]
+    ModelNotFound(String),
     /// The provider answered with an error or a broken stream.
     #[error("model provider error: {0}")]
     Upstream(String),
@@ -71,15 +107,33 @@ pub struct LlmSettings {
     pub model: String,
     /// Reply token limit.
     pub max_tokens: u32,
-    /// Time allowed for the response headers, and between two chunks.
-    pub timeout: Duration,
+    /// Time from the send to the first token, across every attempt.
+    pub first_token_timeout: Duration,
+    /// Time allowed between two chunks once text flows.
+    pub idle_timeout: Duration,
+    /// Attempts per reply, the first included (retries happen only before the first token).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each later one, plus jitter.
+    pub retry_backoff: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses requests before it lets one probe through.
+    pub breaker_cooldown: Duration,
 }
 
-/// The shared model client.
+/// The shared model client; cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     settings: LlmSettings,
+    breaker: Breaker,
+    /// Set while the provider rejects our key, so that is logged once, not per request.
+    key_rejected: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 /// A message of the model's context.
@@ -97,15 +151,44 @@ impl From<&Message> for ContextMessage {
     }
 }
 
+/// How one attempt failed: whether another attempt may help, and whether it says the
+/// provider is unwell (which the breaker counts).
+struct Failure {
+    error: LlmError,
+    retry: bool,
+    provider_fault: bool,
+}
+
+impl Failure {
+    /// A failure worth another attempt, which the breaker counts.
+    fn transient(error: LlmError) -> Failure {
+        Failure { error, retry: true, provider_fault: true }
+    }
+
+    /// A failure another attempt would repeat; `provider_fault` says whether the breaker
+    /// counts it.
+    fn permanent(error: LlmError, provider_fault: bool) -> Failure {
+        Failure { error, retry: false, provider_fault }
+    }
+}
+
 impl LlmClient {
     /// Builds the client; one per server, so connections to the provider are pooled.
-    pub fn new(settings: LlmSettings) -> Result<LlmClient, LlmError> {
+    pub fn new(settings: LlmSettings, metrics: Arc<Metrics>) -> Result<LlmClient, LlmError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(settings.timeout)
+            .connect_timeout(settings.first_token_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| LlmError::Upstream(format!("cannot build HTTP client: {e}")))?;
-        Ok(LlmClient { http, settings })
+        let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown);
+        Ok(LlmClient {
+            inner: Arc::new(Inner { http, settings, breaker, key_rejected: AtomicBool::new(false), metrics }),
+        })
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
     }
 
     /// The typed request body for a context.
@@ -129,38 +212,61 @@ impl LlmClient {
             .map_err(|e| LlmError::Upstream(format!("cannot build request: {e}")))?;
         #[allow(deprecated)] // SambaNova reads `max_tokens`; `max_completion_tokens` is OpenAI's newer name.
         CreateChatCompletionRequestArgs::default()
-            .model(self.settings.model.as_str())
+            .model(self.inner.settings.model.as_str())
             .messages(messages)
-            .max_tokens(self.settings.max_tokens)
+            .max_tokens(self.inner.settings.max_tokens)
             .stream(true)
             .stream_options(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None })
             .build()
             .map_err(|e| LlmError::Upstream(format!("cannot build request: {e}")))
     }
 
-    /// Starts a streamed completion; the returned stream owns the HTTP response.
+    /// Starts a streamed completion, retrying as the module explains; the returned stream
+    /// owns the HTTP response (and retries on its own until its first token).
     pub async fn stream(&self, context: &[ContextMessage]) -> Result<LlmStream, LlmError> {
-        let body = self.request(context)?;
+        let body = serde_json::to_vec(&self.request(context)?)
+            .map_err(|e| LlmError::Upstream(format!("cannot encode request: {e}")))?;
+        let mut stream = LlmStream {
+            client: self.clone(),
+            body: body.into(),
+            deadline: Instant::now() + self.inner.settings.first_token_timeout,
+            attempts: 0,
+            events: None,
+            probe: None,
+            first_token: false,
+            finished: false,
+            saw_finish: false,
+            pending: Vec::new(),
+        };
+        stream.connect().await?;
+        Ok(stream)
+    }
+
+    /// One attempt at the HTTP request, up to the response headers.
+    async fn send(&self, body: &bytes::Bytes, deadline: Instant) -> Result<EventStream, Failure> {
+        let settings = &self.inner.settings;
         let mut request = self
+            .inner
             .http
-            .post(format!("{}/chat/completions", self.settings.api_base))
+            .post(format!("{}/chat/completions", settings.api_base))
             .header(reqwest::header::ACCEPT, "text/event-stream")
-            .json(&body);
-        if let Some(key) = &self.settings.api_key {
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        if let Some(key) = &settings.api_key {
             request = request.bearer_auth(key);
         }
-        let response = tokio::time::timeout(self.settings.timeout, request.send())
+        let response = tokio::time::timeout_at(deadline, request.send())
             .await
-            .map_err(|_| LlmError::Timeout)?
+            .map_err(|_| Failure::transient(LlmError::Timeout))?
             .map_err(|e| {
-                if e.is_timeout() {
+                Failure::transient(if e.is_timeout() {
                     LlmError::Timeout
                 } else {
                     LlmError::Unavailable {
                         message: format!("cannot reach the model provider: {e}"),
                         retry_after_ms: None,
                     }
-                }
+                })
             })?;
         let status = response.status();
         if !status.is_success() {
@@ -171,216 +277,283 @@ impl LlmClient {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|s| s * 1000);
             let text = tokio::time::timeout(Duration::from_secs(2), response.text()).await.ok().and_then(Result::ok);
-            return Err(status_error(status.as_u16(), text.unwrap_or_default(), retry_after_ms));
+            return Err(self.status_error(status.as_u16(), text.unwrap_or_default(), retry_after_ms));
         }
-        Ok(LlmStream {
-            events: Box::pin(response.bytes_stream().eventsource()),
-            timeout: self.settings.timeout,
-            finished: false,
-            saw_finish: false,
-            pending: Vec::new(),
-        })
+        self.inner.key_rejected.store(false, Ordering::Relaxed);
+        Ok(Box::pin(response.bytes_stream().eventsource()))
     }
-}
 
-/// Maps a provider's HTTP error status to what it means for us.
-fn status_error(status: u16, body: String, retry_after_ms: Option<u64>) -> LlmError {
-    let detail = provider_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
-    match status {
-        401 | 403 => LlmError::Unavailable {
-            message: format!("the provider rejected the API key ({detail})"),
-            retry_after_ms: None,
-        },
-        429 | 502 | 503 => {
-            LlmError::Unavailable { message: format!("the provider is overloaded or down ({detail})"), retry_after_ms }
+    /// Maps a provider's HTTP error status to what it means for us, and whether to retry.
+    fn status_error(&self, status: u16, body: String, retry_after_ms: Option<u64>) -> Failure {
+        let detail = decode::provider_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
+        let model = || self.inner.settings.model.clone();
+        match status {
+            401 | 403 => {
+                if !self.inner.key_rejected.swap(true, Ordering::Relaxed) {
+                    tracing::error!(status, detail, "the model provider rejects our API key (SAMBANOVA_API_KEY)");
+                }
+                Failure::permanent(LlmError::KeyRejected(detail), true)
+            }
+            404 => Failure::permanent(LlmError::ModelNotFound(model()), false),
+            400 if detail.to_ascii_lowercase().contains("model") => {
+                Failure::permanent(LlmError::ModelNotFound(model()), false)
+            }
+            429 => Failure::permanent(LlmError::RateLimited { retry_after_ms }, false),
+            500 => Failure::transient(LlmError::Upstream(detail)),
+            502 | 503 | 529 => Failure::transient(LlmError::Unavailable {
+                message: format!("the provider is overloaded or down ({detail})"),
+                retry_after_ms,
+            }),
+            408 | 504 => Failure::transient(LlmError::Timeout),
+            _ => Failure::permanent(LlmError::Upstream(detail), false),
         }
-        408 | 504 => LlmError::Timeout,
-        _ => LlmError::Upstream(detail),
     }
-}
 
-/// Pulls the `error.message` out of an OpenAI-style error body.
-fn provider_message(body: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let e = v.get("error")?;
-    e.get("message").and_then(|m| m.as_str()).map(str::to_string).or_else(|| e.as_str().map(str::to_string))
+    /// The pause before attempt `attempt` (2, 3, ...): exponential, with jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.inner.settings.retry_backoff;
+        let exponential = base.saturating_mul(1 << attempt.saturating_sub(2).min(16));
+        let jitter = base.mul_f64(rand::thread_rng().r#gen::<f64>());
+        exponential + jitter
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// A streamed completion in progress; dropping it closes the upstream request.
 pub struct LlmStream {
-    events: EventStream,
-    timeout: Duration,
+    client: LlmClient,
+    body: bytes::Bytes,
+    /// When the first token must have arrived by.
+    deadline: Instant,
+    attempts: u32,
+    events: Option<EventStream>,
+    /// Set while an attempt's outcome is not yet known to the breaker.
+    probe: Option<Probe>,
+    first_token: bool,
     finished: bool,
     saw_finish: bool,
     pending: Vec<LlmEvent>,
 }
 
+/// An attempt the breaker let through; tells the breaker its outcome exactly once
+/// (abandoned if the stream is dropped first, so a half-open breaker can probe again).
+struct Probe {
+    client: LlmClient,
+    told: bool,
+}
+
+impl Probe {
+    fn new(client: &LlmClient) -> Probe {
+        Probe { client: client.clone(), told: false }
+    }
+
+    fn succeeded(mut self) {
+        self.told = true;
+        self.client.inner.breaker.success();
+        self.client.inner.metrics.llm_breaker_state.set(self.client.inner.breaker.state() as i64);
+    }
+
+    fn failed(mut self) {
+        self.told = true;
+        let inner = &self.client.inner;
+        if inner.breaker.failure() {
+            tracing::warn!("the model provider keeps failing; circuit breaker open");
+        }
+        inner.metrics.llm_breaker_state.set(inner.breaker.state() as i64);
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if !self.told {
+            self.client.inner.breaker.abandon();
+        }
+    }
+}
+
 impl LlmStream {
+    /// Makes attempts until one answers with a stream, or no attempt is left.
+    async fn connect(&mut self) -> Result<(), LlmError> {
+        loop {
+            let inner = self.client.inner.clone();
+            if let Err(refused) = inner.breaker.permit() {
+                inner.metrics.llm_breaker_state.set(inner.breaker.state() as i64);
+                return Err(LlmError::Unavailable {
+                    message: "the model provider is failing; not calling it for a while (circuit open)".into(),
+                    retry_after_ms: Some(refused.retry_after.as_millis() as u64),
+                });
+            }
+            self.attempts += 1;
+            let probe = Probe::new(&self.client);
+            match self.client.send(&self.body, self.deadline).await {
+                Ok(events) => {
+                    self.events = Some(events);
+                    self.probe = Some(probe);
+                    inner.metrics.llm_breaker_state.set(inner.breaker.state() as i64);
+                    return Ok(());
+                }
+                Err(failure) => self.after_failure(probe, failure).await?,
+            }
+        }
+    }
+
+    /// Tells the breaker about a failed attempt, then waits out the backoff if another
+    /// attempt may help and fits before the deadline; otherwise gives up with the error.
+    async fn after_failure(&mut self, probe: Probe, failure: Failure) -> Result<(), LlmError> {
+        if failure.provider_fault {
+            probe.failed();
+        } else {
+            probe.succeeded();
+        }
+        let settings = &self.client.inner.settings;
+        let pause = self.client.backoff(self.attempts + 1);
+        if !failure.retry || self.attempts >= settings.max_attempts || Instant::now() + pause >= self.deadline {
+            return Err(failure.error);
+        }
+        tracing::info!(attempt = self.attempts, error = %failure.error, "model request failed; retrying");
+        self.client.inner.metrics.llm_retries.inc();
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+
     /// The next event, `None` at the end of a whole reply, or an error for a broken one.
     pub async fn next(&mut self) -> Option<Result<LlmEvent, LlmError>> {
         loop {
             if let Some(event) = self.pending.pop() {
+                if matches!(event, LlmEvent::Delta(_)) && !self.first_token {
+                    self.first_token = true;
+                    if let Some(probe) = self.probe.take() {
+                        probe.succeeded();
+                    }
+                }
                 return Some(Ok(event));
             }
             if self.finished {
                 return None;
             }
-            let next = match tokio::time::timeout(self.timeout, self.events.next()).await {
-                Err(_) => return Some(self.fail(LlmError::Timeout)),
-                Ok(next) => next,
-            };
-            match next {
-                None if self.saw_finish => {
-                    // Some providers close after the finish chunk without `[DONE]`.
+            match self.read().await {
+                Ok(true) => {}
+                Ok(false) => {
                     self.finished = true;
-                    return None;
-                }
-                None => return Some(self.fail(LlmError::Upstream("the reply stream ended early".into()))),
-                Some(Err(e)) => return Some(self.fail(LlmError::Upstream(format!("the reply stream broke: {e}")))),
-                Some(Ok(event)) => {
-                    let data = event.data.trim();
-                    if data == "[DONE]" {
-                        self.finished = true;
-                        return None;
-                    }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    match decode_chunk(data) {
-                        Ok(events) => {
-                            if events.iter().any(|e| matches!(e, LlmEvent::Finish(_))) {
-                                self.saw_finish = true;
-                            }
-                            // Popped from the back, so store reversed.
-                            self.pending = events.into_iter().rev().collect();
-                        }
-                        Err(e) => return Some(self.fail(e)),
+                    if let Some(probe) = self.probe.take() {
+                        probe.succeeded();
                     }
                 }
+                Err(error) if self.first_token => return Some(self.fail(error)),
+                Err(error) => {
+                    // Nothing reached the user yet: another attempt may still answer.
+                    let probe = self.probe.take().unwrap_or_else(|| Probe::new(&self.client));
+                    let retried =
+                        match self.after_failure(probe, Failure { retry: true, provider_fault: true, error }).await {
+                            Ok(()) => self.connect().await,
+                            Err(error) => Err(error),
+                        };
+                    if let Err(error) = retried {
+                        return Some(self.fail(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the next chunk into `pending`: `Ok(true)` for more to come, `Ok(false)` at the
+    /// end of a whole reply.
+    async fn read(&mut self) -> Result<bool, LlmError> {
+        let Some(events) = self.events.as_mut() else { return Ok(false) };
+        let next = if self.first_token {
+            tokio::time::timeout(self.client.inner.settings.idle_timeout, events.next()).await
+        } else {
+            tokio::time::timeout_at(self.deadline, events.next()).await
+        };
+        match next.map_err(|_| LlmError::Timeout)? {
+            // Some providers close after the finish chunk without `[DONE]`.
+            None if self.saw_finish => Ok(false),
+            None => Err(LlmError::Upstream("the reply stream ended early".into())),
+            Some(Err(e)) => Err(LlmError::Upstream(format!("the reply stream broke: {e}"))),
+            Some(Ok(event)) => {
+                let data = event.data.trim();
+                if data == "[DONE]" {
+                    return Ok(false);
+                }
+                if !data.is_empty() {
+                    let events = decode_chunk(data)?;
+                    if events.iter().any(|e| matches!(e, LlmEvent::Finish(_))) {
+                        self.saw_finish = true;
+                    }
+                    // Popped from the back, so store reversed.
+                    self.pending = events.into_iter().rev().collect();
+                }
+                Ok(true)
             }
         }
     }
 
     fn fail(&mut self, error: LlmError) -> Result<LlmEvent, LlmError> {
         self.finished = true;
+        self.events = None;
         Err(error)
     }
-}
-
-/// A stream chunk, decoded tolerantly: unknown fields are ignored, and `choices` may be
-/// missing, empty or `null` (SambaNova's final usage chunk).
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Option<Vec<ChunkChoice>>,
-    #[serde(default)]
-    usage: Option<ChunkUsage>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    delta: Option<ChunkDelta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChunkDelta {
-    #[serde(default)]
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChunkUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u32>,
-    #[serde(default)]
-    completion_tokens: Option<u32>,
-    #[serde(default)]
-    total_tokens: Option<u32>,
-}
-
-/// Decodes one `data:` payload into the events it carries, in order.
-pub fn decode_chunk(data: &str) -> Result<Vec<LlmEvent>, LlmError> {
-    let chunk: Chunk =
-        serde_json::from_str(data).map_err(|e| LlmError::Upstream(format!("undecodable stream chunk: {e}")))?;
-    if let Some(error) = chunk.error {
-        let message =
-            error.get("message").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| error.to_string());
-        return Err(LlmError::Upstream(message));
-    }
-    let mut events = Vec::new();
-    for choice in chunk.choices.unwrap_or_default() {
-        if let Some(text) = choice.delta.and_then(|d| d.content).filter(|t| !t.is_empty()) {
-            events.push(LlmEvent::Delta(text));
-        }
-        match choice.finish_reason.as_deref() {
-            Some("length") => events.push(LlmEvent::Finish(UpstreamFinish::Length)),
-            Some(_) => events.push(LlmEvent::Finish(UpstreamFinish::Stop)),
-            None => {}
-        }
-    }
-    if let Some(u) = chunk.usage {
-        let prompt = u.prompt_tokens.unwrap_or(0);
-        let completion = u.completion_tokens.unwrap_or(0);
-        events.push(LlmEvent::Usage(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: u.total_tokens.unwrap_or(prompt + completion),
-        }));
-    }
-    Ok(events)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn decodes_openai_chunks() {
-        let events = decode_chunk(r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#).unwrap();
-        assert_eq!(events, vec![LlmEvent::Delta("Hel".into())]);
-        let events = decode_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#).unwrap();
-        assert_eq!(events, vec![LlmEvent::Finish(UpstreamFinish::Length)]);
-    }
-
-    #[test]
-    fn decodes_sambanova_variants() {
-        let last = r#"{"id":"x","object":"chat.completion.chunk","created":1,"model":"Llama-4-Maverick-17B-128E-Instruct",
-            "system_fingerprint":"fastcoe","choices":null,
-            "usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"time_to_first_token":0.12,
-                     "is_last_response":true,"completion_tokens_per_sec":300.5,"end_time":1.0,"start_time":0.5}}"#;
-        assert_eq!(
-            decode_chunk(last).unwrap(),
-            vec![LlmEvent::Usage(Usage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42 })]
-        );
-        let empty = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
-        assert_eq!(decode_chunk(empty).unwrap().len(), 1);
-        let extra = r#"{"choices":[{"index":0,"delta":{"content":"a","reasoning":"hm","channel":"final"},"logprobs":null,"finish_reason":null}],"system_fingerprint":"x"}"#;
-        assert_eq!(decode_chunk(extra).unwrap(), vec![LlmEvent::Delta("a".into())]);
-    }
-
-    #[test]
-    fn errors_in_the_stream_are_errors() {
-        assert!(decode_chunk(r#"{"error":{"message":"overloaded"}}"#).is_err());
-        assert!(decode_chunk("not json").is_err());
+    fn client() -> LlmClient {
+        LlmClient::new(
+            LlmSettings {
+                api_base: "http://127.0.0.1:9".into(),
+                api_key: None,
+                model: "m".into(),
+                max_tokens: 10,
+                first_token_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                max_attempts: 3,
+                retry_backoff: Duration::from_millis(100),
+                breaker_failures: 5,
+                breaker_cooldown: Duration::from_secs(30),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn statuses_map_to_meanings() {
-        assert!(matches!(status_error(401, String::new(), None), LlmError::Unavailable { .. }));
+        let c = client();
+        let of = |status, body: &str, retry_after| {
+            let f = c.status_error(status, body.to_string(), retry_after);
+            (f.error, f.retry, f.provider_fault)
+        };
+        assert!(matches!(of(401, "", None), (LlmError::KeyRejected(_), false, true)));
         assert!(matches!(
-            status_error(429, String::new(), Some(1000)),
-            LlmError::Unavailable { retry_after_ms: Some(1000), .. }
+            of(429, "", Some(1000)),
+            (LlmError::RateLimited { retry_after_ms: Some(1000) }, false, false)
         ));
-        assert!(matches!(status_error(504, String::new(), None), LlmError::Timeout));
+        assert!(matches!(of(503, "", None), (LlmError::Unavailable { .. }, true, true)));
+        assert!(matches!(of(504, "", None), (LlmError::Timeout, true, true)));
+        assert!(matches!(of(404, "", None), (LlmError::ModelNotFound(m), false, false) if m == "m"));
+        assert!(matches!(
+            of(400, r#"{"error":{"message":"unknown model x"}}"#, None),
+            (LlmError::ModelNotFound(_), false, false)
+        ));
         assert!(
-            matches!(status_error(500, r#"{"error":{"message":"boom"}}"#.into(), None), LlmError::Upstream(m) if m == "boom")
+            matches!(of(500, r#"{"error":{"message":"boom"}}"#, None), (LlmError::Upstream(m), true, true) if m == "boom")
         );
+        assert!(
+            matches!(of(418, r#"{"error":{"message":"teapot"}}"#, None), (LlmError::Upstream(m), false, false) if m == "teapot")
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        let c = client();
+        for _ in 0..20 {
+            let second = c.backoff(2);
+            let third = c.backoff(3);
+            assert!(second >= Duration::from_millis(100) && second < Duration::from_millis(200), "{second:?}");
+            assert!(third >= Duration::from_millis(200) && third < Duration::from_millis(300), "{third:?}");
+        }
     }
 }

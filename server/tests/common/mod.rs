@@ -61,6 +61,9 @@ impl TestServer {
         map.insert("JWT_SECRET", SECRET.into());
         map.insert("SAMBANOVA_API_KEY", "test-key".into());
         map.insert("SAMBANOVA_API_BASE", mock.base_url());
+        // Retries stay quick, and the breaker out of the way unless a test is about it.
+        map.insert("LLM_RETRY_BACKOFF_MS", "10".into());
+        map.insert("LLM_BREAKER_FAILURES", "1000".into());
         for (k, v) in vars {
             map.insert(k, v.to_string());
         }
