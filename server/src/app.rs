@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, PasswordHashing, TokenKeys};
 use crate::config::{Config, ModelBackend};
 use crate::hub::UserHub;
-use crate::limits::UserLocks;
+use crate::limits::{Limiter, UserLocks};
 use crate::llm::{LlmClient, LlmSettings};
 use crate::metrics::Metrics;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
@@ -93,11 +93,13 @@ impl Server {
         )?;
 
         let hub = Arc::new(UserHub::default());
+        let limiter = Limiter::new(config.redis_url.as_deref(), metrics.clone())?;
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
             llm,
             hub: hub.clone(),
             metrics: metrics.clone(),
+            limiter: limiter.clone(),
             settings: SessionSettings {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
@@ -109,6 +111,7 @@ impl Server {
                 idle_timeout: config.session_idle,
                 checkpoint_interval: config.checkpoint_interval,
                 daily_quota: config.daily_message_quota,
+                rate_per_minute: config.rate_limit_per_minute,
             },
         });
         let passwords = Arc::new(PasswordHashing::new(config.auth_hash_concurrency, config.auth_hash_queue));
@@ -120,12 +123,14 @@ impl Server {
             sessions,
             hub,
             user_locks: Arc::new(UserLocks::default()),
+            limiter,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             mock_model: mock.is_some(),
             metrics,
         };
 
+        state.limiter.spawn_upkeep(state.shutdown.clone());
         let listener = tokio::net::TcpListener::bind(state.config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", state.config.bind_addr))?;

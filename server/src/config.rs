@@ -132,6 +132,10 @@ pub struct Config {
     pub max_message_length: usize,
     /// `CHAT_DAILY_MESSAGE_QUOTA`: messages per user per UTC day (0 = unlimited).
     pub daily_message_quota: Option<u32>,
+    /// `CHAT_RATE_LIMIT_PER_MINUTE`: sends per user per minute (0 = unlimited).
+    pub rate_limit_per_minute: Option<u32>,
+    /// `REDIS_URL`: where limits are shared between nodes; in process without it.
+    pub redis_url: Option<String>,
     /// `CHAT_CANCEL_GRACE_MS`: how long a reply runs on with nobody watching.
     pub cancel_grace: Duration,
     /// `CHAT_MAX_QUEUED_SENDS`: sends a session may hold waiting; more answer `busy`.
@@ -204,6 +208,8 @@ impl std::fmt::Debug for Config {
             .field("max_context_messages", &self.max_context_messages)
             .field("max_message_length", &self.max_message_length)
             .field("daily_message_quota", &self.daily_message_quota)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("cancel_grace", &self.cancel_grace)
             .field("max_queued_sends", &self.max_queued_sends)
             .field("session_idle", &self.session_idle)
@@ -383,6 +389,18 @@ impl Config {
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
             daily_message_quota: (daily_quota > 0).then_some(daily_quota),
+            rate_limit_per_minute: Some(parse("CHAT_RATE_LIMIT_PER_MINUTE", var("CHAT_RATE_LIMIT_PER_MINUTE"), 20u32)?)
+                .filter(|n| *n > 0),
+            redis_url: match var("REDIS_URL") {
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url),
+                Some(url) => {
+                    return Err(ConfigError {
+                        var: "REDIS_URL",
+                        reason: format!("{:?} is not a redis:// URL", redact_url(&url)),
+                    });
+                }
+                None => None,
+            },
             cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
             max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
             session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),
@@ -568,10 +586,18 @@ mod tests {
             ("DATABASE_USER", "root"),
             ("DATABASE_PASS", "db-pass-def"),
             ("METRICS_TOKEN", "metrics-token-ghi"),
+            ("REDIS_URL", "redis://:redis-pass-jkl@cache:6379"),
         ])
         .unwrap();
         let shown = format!("{c:?} {c:#?}");
-        for secret in ["jwt-secret-0123456789", "provider-key-abc", "url-pass", "db-pass-def", "metrics-token-ghi"] {
+        for secret in [
+            "jwt-secret-0123456789",
+            "provider-key-abc",
+            "url-pass",
+            "db-pass-def",
+            "metrics-token-ghi",
+            "redis-pass-jkl",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked into {shown}");
         }
         assert!(shown.contains("ws_max_connections_per_user"));

@@ -55,6 +55,18 @@ pub enum AppError {
     /// Too many sends are queued on the session.
     #[error("too many sends queued")]
     Busy,
+    /// Over the per-minute send rate.
+    #[error("too many messages; slow down")]
+    RateLimited(crate::limits::RateDecision),
+    /// Over the daily message quota.
+    #[error("daily message quota used up")]
+    QuotaExceeded(crate::limits::RateDecision),
+    /// Too many failed logins or registrations from one name or address.
+    #[error("too many attempts")]
+    TooManyAttempts {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
     /// A cap on what one user or connection may hold is reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -126,6 +138,19 @@ impl AppError {
                 (ErrorCode::Forbidden, "this origin may not open a connection here (CORS_ALLOWED_ORIGINS)".into(), None)
             }
             AppError::Busy => (ErrorCode::Busy, "too many messages are waiting on this session".into(), Some(1000)),
+            AppError::RateLimited(decision) => (
+                ErrorCode::RateLimited,
+                format!("at most {} messages a minute; try again shortly", decision.limit),
+                Some(retry_ms(decision.retry_after)),
+            ),
+            AppError::QuotaExceeded(decision) => (
+                ErrorCode::QuotaExceeded,
+                format!("the daily quota of {} messages is used up; it starts again at midnight UTC", decision.limit),
+                Some(retry_ms(decision.retry_after)),
+            ),
+            AppError::TooManyAttempts { retry_after_ms } => {
+                (ErrorCode::RateLimited, "too many attempts; try again later".into(), Some(*retry_after_ms))
+            }
             AppError::LimitExceeded(m) => (ErrorCode::LimitExceeded, m.clone(), None),
             AppError::InvalidContent(m) => (ErrorCode::InvalidContent, m.clone(), None),
             AppError::BadRequest(m) => (ErrorCode::BadRequest, m.clone(), None),
@@ -154,6 +179,11 @@ impl IntoResponse for AppError {
         }
         error_response(body)
     }
+}
+
+/// A wait in whole milliseconds, at least 1 (a zero wait would invite a hot loop).
+fn retry_ms(wait: std::time::Duration) -> u64 {
+    (wait.as_millis() as u64).max(1)
 }
 
 /// Builds the REST response for an error body, with `Retry-After` where it applies.

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub llm_retries: IntCounter,
     /// The model provider's circuit breaker: 0 closed, 1 open, 2 half-open.
     pub llm_breaker_state: IntGauge,
+    /// Whether limits are kept in Redis now (0 without `REDIS_URL` or while it is down).
+    pub redis_up: IntGauge,
 }
 
 impl Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
         let llm_breaker_state =
             IntGauge::new("llm_breaker_state", "Model provider circuit breaker: 0 closed, 1 open, 2 half-open")
                 .expect("valid metric");
+        let redis_up = IntGauge::new("redis_up", "1 while limits are kept in Redis, else 0").expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -96,6 +99,7 @@ impl Metrics {
             time_to_first_token,
             llm_retries,
             llm_breaker_state,
+            redis_up,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -112,6 +116,7 @@ impl Metrics {
             Box::new(metrics.time_to_first_token.clone()),
             Box::new(metrics.llm_retries.clone()),
             Box::new(metrics.llm_breaker_state.clone()),
+            Box::new(metrics.redis_up.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{PasswordHashing, TokenKeys};
 use crate::config::Config;
 use crate::hub::UserHub;
-use crate::limits::UserLocks;
+use crate::limits::{Limiter, UserLocks};
 use crate::metrics::Metrics;
 use crate::session::SessionRegistry;
 use crate::store::Store;
@@ -33,6 +33,8 @@ pub struct AppState {
     pub hub: Arc<UserHub>,
     /// Serialises per-user cap checks (such as sessions per user) with the writes they guard.
     pub user_locks: Arc<UserLocks>,
+    /// Rate limits and quotas, in Redis or in process.
+    pub limiter: Arc<Limiter>,
     /// Cancelled when the server closes its connections (after running replies are stored).
     pub shutdown: CancellationToken,
     /// Every upgraded WebSocket connection, so shutdown can wait for their close frames.

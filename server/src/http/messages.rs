@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -20,16 +20,57 @@ use super::{ApiJson, SessionId};
 use crate::auth::AuthUser;
 use crate::error::AppError;
 use crate::fanout::{Inbox, QueueBounds, Receiver, ReceiverKind};
+use crate::limits::RateDecision;
 use crate::session::{SessionError, SubscriptionGuard};
 use crate::state::AppState;
 
-/// Sends a message and answers its reply, streamed or whole.
+/// Sends a message and answers its reply, streamed or whole. Every answer that passed the
+/// send rate or was refused by a limit carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
+/// and `X-RateLimit-Reset` (seconds until the limit is whole again).
 pub async fn send(
     State(state): State<AppState>,
     user: AuthUser,
     SessionId(session_id): SessionId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SendMessageRequest>,
+) -> Response {
+    let mut limit = None;
+    let mut response = match send_and_answer(state, user, session_id, headers, body, &mut limit).await {
+        Ok(response) => response,
+        Err(error) => {
+            if let AppError::RateLimited(decision) | AppError::QuotaExceeded(decision) = &error {
+                limit = Some(*decision);
+            }
+            error.into_response()
+        }
+    };
+    if let Some(decision) = limit {
+        set_rate_headers(response.headers_mut(), &decision);
+    }
+    response
+}
+
+/// The `X-RateLimit-*` headers of a limit decision.
+fn set_rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
+    let reset = decision.reset_after.as_millis().div_ceil(1000);
+    for (name, value) in [
+        ("x-ratelimit-limit", decision.limit.to_string()),
+        ("x-ratelimit-remaining", decision.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+async fn send_and_answer(
+    state: AppState,
+    user: AuthUser,
+    session_id: Uuid,
+    headers: HeaderMap,
+    body: SendMessageRequest,
+    limit: &mut Option<RateDecision>,
 ) -> Result<Response, AppError> {
     let wants_stream = headers
         .get(axum::http::header::ACCEPT)
@@ -39,6 +80,7 @@ pub async fn send(
     let (receiver, inbox, _overflowed) = Receiver::channel(ReceiverKind::Request, bounds);
     let guard = SubscriptionGuard { registry: state.sessions.clone(), session_id, receiver: receiver.id };
     let accepted = state.sessions.send(&user, session_id, body.content, receiver, None).await?;
+    *limit = accepted.rate;
     let reply = ReplyWatch { inbox, _guard: guard, reply_id: accepted.reply_id };
     if wants_stream {
         Ok(Sse::new(reply.into_sse()).keep_alive(KeepAlive::default()).into_response())

@@ -25,13 +25,13 @@ use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use relay_protocol::{
-    ErrorBody, ErrorCode, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage,
+    ErrorBody, ErrorCode, FinishReason, Generating, Message, MessageStatus, Role, ServerFrame, Session, Usage, UserRole,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,7 +42,7 @@ use super::{SendAccepted, SessionDeps, SessionError};
 use crate::auth::AuthUser;
 use crate::error::AppError;
 use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId, ReceiverKind};
-use crate::limits;
+use crate::limits::{self, Rate, RateDecision};
 use crate::llm::{ContextMessage, LlmError, LlmEvent, UpstreamFinish};
 use crate::store::SessionRecord;
 
@@ -183,6 +183,22 @@ pub struct SessionArgs {
     pub registry: Weak<SessionRegistry>,
     /// Set when the server begins shutting down: sends are refused from then on.
     pub closing: Arc<AtomicBool>,
+}
+
+/// What letting a send through took from the user's limits.
+struct Admission {
+    /// The daily counter a unit was taken from, to give back if the send fails after all.
+    quota_key: Option<String>,
+    /// The send rate after this send.
+    rate: Option<RateDecision>,
+}
+
+impl Admission {
+    async fn give_back(&self, deps: &SessionDeps) {
+        if let Some(key) = &self.quota_key {
+            deps.limiter.give_back_quota(key).await;
+        }
+    }
 }
 
 /// A send waiting for its reply.
@@ -461,7 +477,14 @@ impl SessionState {
         if self.queue.len() >= self.deps.settings.max_queued_sends {
             return Err(SessionError::Busy);
         }
-        let message = self.store_user_message(request.message_id, request.content).await?;
+        let admission = self.admit(&request.user).await?;
+        let message = match self.store_user_message(request.message_id, request.content).await {
+            Ok(message) => message,
+            Err(e) => {
+                admission.give_back(&self.deps).await;
+                return Err(e);
+            }
+        };
         self.touch(message.created_at).await;
         self.name_after_first_message(&message).await;
         self.count_usage(&request.user).await;
@@ -475,6 +498,7 @@ impl SessionState {
         }
         self.publish_message(message.clone());
         let reply_id = Uuid::new_v4();
+        let rate = admission.rate;
         self.queue.push_back(Queued {
             user: request.user,
             user_message: message.clone(),
@@ -482,7 +506,46 @@ impl SessionState {
             origin: request.origin,
             request_id: request.request_id,
         });
-        Ok(SendAccepted { user_message: message, reply_id })
+        Ok(SendAccepted { user_message: message, reply_id, rate })
+    }
+
+    /// Lets a send through the user's daily quota and send rate (admins have neither), or
+    /// refuses it before anything is stored or billed. The quota is taken first and given
+    /// back if the rate refuses, so a refused send costs nothing.
+    async fn admit(&self, user: &AuthUser) -> Result<Admission, SessionError> {
+        let mut admission = Admission { quota_key: None, rate: None };
+        if user.role == UserRole::Admin {
+            return Ok(admission);
+        }
+        let (settings, limiter) = (&self.deps.settings, &self.deps.limiter);
+        if let Some(limit) = settings.daily_quota {
+            let day = Utc::now().date_naive();
+            let key = limits::quota_key(user.id, day);
+            let (taken, used) = limiter.take_quota(&key, limit, self.deps.store.messages_on(user.id, day)).await?;
+            if !taken {
+                self.deps.metrics.limit_refused("daily_quota");
+                let wait = limits::until_midnight();
+                return Err(SessionError::QuotaExceeded(RateDecision {
+                    allowed: false,
+                    limit,
+                    remaining: limit.saturating_sub(used),
+                    retry_after: wait,
+                    reset_after: wait,
+                }));
+            }
+            admission.quota_key = Some(key);
+        }
+        if let Some(per_minute) = settings.rate_per_minute {
+            let rate = Rate { limit: per_minute, period: Duration::from_secs(60) };
+            let decision = limiter.rate(&limits::send_rate_key(user.id), rate).await;
+            if !decision.allowed {
+                admission.give_back(&self.deps).await;
+                self.deps.metrics.limit_refused("send_rate");
+                return Err(SessionError::RateLimited(decision));
+            }
+            admission.rate = Some(decision);
+        }
+        Ok(admission)
     }
 
     /// Stores the user message, timed strictly after every message before it (and after

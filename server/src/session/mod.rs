@@ -43,6 +43,12 @@ pub enum SessionError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Over `CHAT_RATE_LIMIT_PER_MINUTE`.
+    #[error("too many messages; slow down")]
+    RateLimited(crate::limits::RateDecision),
+    /// Over `CHAT_DAILY_MESSAGE_QUOTA` today.
+    #[error("daily message quota used up")]
+    QuotaExceeded(crate::limits::RateDecision),
     /// The server is shutting down and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -67,6 +73,8 @@ impl From<SessionError> for AppError {
                 AppError::Unavailable { reason: "the session is restarting; retry", retry_after_ms: 100 }
             }
             SessionError::Reported(body) => AppError::Reported(body),
+            SessionError::RateLimited(decision) => AppError::RateLimited(decision),
+            SessionError::QuotaExceeded(decision) => AppError::QuotaExceeded(decision),
         }
     }
 }
@@ -92,8 +100,10 @@ pub struct SessionSettings {
     pub idle_timeout: Duration,
     /// How often a reply in progress is saved.
     pub checkpoint_interval: Duration,
-    /// Daily message limit for quota reports.
+    /// Daily message limit (`None`: unlimited); admins have none.
     pub daily_quota: Option<u32>,
+    /// Sends per user per minute (`None`: unlimited); admins have none.
+    pub rate_per_minute: Option<u32>,
 }
 
 /// What the actors need from the rest of the server.
@@ -106,6 +116,8 @@ pub struct SessionDeps {
     pub hub: Arc<UserHub>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Rate limits and quotas.
+    pub limiter: Arc<crate::limits::Limiter>,
     /// Shared settings.
     pub settings: SessionSettings,
 }
@@ -117,4 +129,6 @@ pub struct SendAccepted {
     pub user_message: Message,
     /// The id the reply will be stored under.
     pub reply_id: Uuid,
+    /// The send rate after this send (`None` for admins or without a rate limit).
+    pub rate: Option<crate::limits::RateDecision>,
 }

@@ -64,6 +64,8 @@ impl TestServer {
         // Retries stay quick, and the breaker out of the way unless a test is about it.
         map.insert("LLM_RETRY_BACKOFF_MS", "10".into());
         map.insert("LLM_BREAKER_FAILURES", "1000".into());
+        // Tests send quickly; the send rate is tested where it is the point.
+        map.insert("CHAT_RATE_LIMIT_PER_MINUTE", "0".into());
         for (k, v) in vars {
             map.insert(k, v.to_string());
         }
@@ -339,7 +341,8 @@ impl Process {
             .env("RELAY_DATA_DIR", data_dir)
             .env("RUST_LOG", "warn")
             .env("MOCK_FIRST_TOKEN_MS", "1")
-            .env("MOCK_TOKENS_PER_SEC", "0");
+            .env("MOCK_TOKENS_PER_SEC", "0")
+            .env("CHAT_RATE_LIMIT_PER_MINUTE", "0");
         // Coverage runs collect a profile from every process they start.
         if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
             command.env("LLVM_PROFILE_FILE", profile);
@@ -440,5 +443,64 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence; killed when dropped.
+/// `stop` and `start` again keep the port, so servers configured with its URL see Redis go
+/// away and come back.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one (Debian's `redis-server`; `.ci/run` installs it).
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = RedisServer { port, child: None };
+        redis.resume().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port (empty: nothing was persisted).
+    pub async fn resume(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection for looking at keys.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -1,0 +1,223 @@
+//! Issue "Limits and resilience": the send rate and the daily quota, the same over
+//! WebSocket, REST and SSE, kept in a real `redis-server` shared by two server processes,
+//! surviving Redis going away and coming back; admins are unlimited.
+
+mod common;
+
+use std::time::Duration;
+
+use common::flow::*;
+use common::{Process, RedisServer, TestServer, error_of};
+use redis::AsyncCommands;
+use relay_protocol::{ErrorCode, ErrorResponse, ServerFrame};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn post_message(http: &reqwest::Client, url: String, token: &str, content: &str) -> reqwest::Response {
+    http.post(url).bearer_auth(token).json(&json!({"content": content})).send().await.unwrap()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<u64> {
+    response.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The send rate in process: `X-RateLimit-*` count down on every answer, the send past the
+/// limit is `429 rate_limited` with `Retry-After`, and it stores nothing and bills nothing.
+#[tokio::test]
+async fn the_send_rate_counts_down_then_refuses() {
+    let server = TestServer::with(&[("CHAT_RATE_LIMIT_PER_MINUTE", "3")]).await;
+    let (token, _, sid) = user_with_session(&server, "hasty").await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for remaining in [2, 1, 0] {
+        let response = post_message(&server.http, url.clone(), &token, "hi [[mock tokens=1]]").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-ratelimit-limit"), Some(3));
+        assert_eq!(header(&response, "x-ratelimit-remaining"), Some(remaining));
+        assert!(header(&response, "x-ratelimit-reset").unwrap() <= 60);
+    }
+    let requests = server.mock.stats().requests;
+    let refused = post_message(&server.http, url.clone(), &token, "one more").await;
+    assert_eq!(refused.status(), 429);
+    let retry = header(&refused, "retry-after").unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), Some(0));
+    let body: ErrorResponse = refused.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::RateLimited);
+    assert!(body.error.retry_after_ms.unwrap() <= 20_000);
+    assert_eq!(server.mock.stats().requests, requests, "nothing sent upstream");
+    assert_eq!(stored(&server, &token, sid).await.messages.len(), 6, "nothing stored");
+
+    // Over WebSocket: the same limit, an `error` with `retry_after_ms`.
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, sid, "ws", "and over the socket").await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "ws")).await;
+    let ServerFrame::Error { error, .. } = frames.last().unwrap() else { unreachable!() };
+    assert_eq!(error.code, ErrorCode::RateLimited);
+    assert!(error.retry_after_ms.is_some());
+}
+
+/// The daily quota, in process and in Redis: the send past it is `quota_exceeded` over
+/// WebSocket, REST and SSE alike; nothing is stored or sent upstream; history stays
+/// readable; a `quota` frame followed each send.
+#[tokio::test]
+async fn the_daily_quota_is_enforced_everywhere() {
+    let redis = RedisServer::start().await;
+    for redis_url in [None, Some(redis.url())] {
+        let mut vars = vec![("CHAT_DAILY_MESSAGE_QUOTA", "3".to_string())];
+        if let Some(url) = &redis_url {
+            vars.push(("REDIS_URL", url.clone()));
+        }
+        let vars: Vec<(&'static str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = TestServer::with(&vars).await;
+        let (token, _, sid) = user_with_session(&server, "counted").await;
+        let mut ws = server.ws(&token).await;
+        for i in 0..3 {
+            send(&mut ws, sid, &format!("m{i}"), "hello [[mock tokens=1]]").await;
+            let frames = until_dones(&mut ws, sid, 1).await;
+            let quota = frames.iter().find_map(|f| match f {
+                ServerFrame::Quota { quota } => Some(quota.clone()),
+                _ => None,
+            });
+            assert_eq!(quota.expect("a quota frame follows each send").remaining, Some(2 - i));
+        }
+        let requests = server.mock.stats().requests;
+
+        send(&mut ws, sid, "over", "one too many").await;
+        let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "over")).await;
+        let ServerFrame::Error { error, .. } = frames.last().unwrap() else { unreachable!() };
+        assert_eq!(error.code, ErrorCode::QuotaExceeded, "{redis_url:?}");
+        let wait = error.retry_after_ms.unwrap();
+        assert!(wait > 0 && wait <= 86_400_000, "until midnight UTC: {wait}");
+
+        let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+        let rest = post_message(&server.http, url.clone(), &token, "over REST").await;
+        assert_eq!(rest.status(), 429);
+        assert!(header(&rest, "retry-after").is_some());
+        assert_eq!(header(&rest, "x-ratelimit-limit"), Some(3));
+        assert_eq!(header(&rest, "x-ratelimit-remaining"), Some(0));
+        assert_eq!(error_of(rest).await, (429, ErrorCode::QuotaExceeded));
+        let sse = server
+            .http
+            .post(url)
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .json(&json!({"content": "over SSE"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_of(sse).await, (429, ErrorCode::QuotaExceeded));
+
+        assert_eq!(server.mock.stats().requests, requests, "nothing sent upstream");
+        let history = stored(&server, &token, sid).await;
+        assert_eq!(history.messages.len(), 6, "nothing stored; history still readable");
+        let (status, quota) = server.get(&token, "/api/v1/chat/quota").await;
+        assert_eq!((status, quota["remaining"].as_u64()), (200, Some(0)));
+    }
+}
+
+/// Admins have neither a send rate nor a quota.
+#[tokio::test]
+async fn admins_are_unlimited() {
+    let server = TestServer::with(&[
+        ("CHAT_ADMIN_USERS", "boss"),
+        ("CHAT_DAILY_MESSAGE_QUOTA", "2"),
+        ("CHAT_RATE_LIMIT_PER_MINUTE", "2"),
+    ])
+    .await;
+    let (token, _, sid) = user_with_session(&server, "boss").await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for _ in 0..5 {
+        let response = post_message(&server.http, url.clone(), &token, "unlimited [[mock tokens=1]]").await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-ratelimit-limit").is_none(), "no limit applies");
+    }
+}
+
+/// Two server processes on one Redis share one send rate: the 21st send in a minute
+/// across both is refused with a sensible `Retry-After`.
+#[tokio::test]
+async fn two_nodes_share_one_send_rate_through_redis() {
+    let redis = RedisServer::start().await;
+    let http = reqwest::Client::new();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let vars = [
+        ("REDIS_URL", redis.url()),
+        ("CHAT_RATE_LIMIT_PER_MINUTE", "20".into()),
+        ("JWT_SECRET", common::SECRET.into()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Process::start_with(dir_a.path(), &vars, std::process::Stdio::inherit());
+    let b = Process::start_with(dir_b.path(), &vars, std::process::Stdio::inherit());
+    a.ready(&http).await;
+    b.ready(&http).await;
+    // One user (tokens are the same on both nodes), one session on each node's store.
+    let token = a.register(&http, "everywhere").await.token;
+    let on_a = a.create_session(&http, &token, None).await.id;
+    let on_b = b.create_session(&http, &token, None).await.id;
+    let to = |node: &Process, sid: Uuid| node.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for i in 0..20 {
+        let (node, sid) = if i % 2 == 0 { (&a, on_a) } else { (&b, on_b) };
+        let response = post_message(&http, to(node, sid), &token, "shared [[mock tokens=1]]").await;
+        assert_eq!(response.status(), 200, "send {i}");
+        assert_eq!(header(&response, "x-ratelimit-remaining"), Some(19 - i));
+    }
+    for (node, sid) in [(&a, on_a), (&b, on_b)] {
+        let refused = post_message(&http, to(node, sid), &token, "the 21st").await;
+        assert_eq!(refused.status(), 429);
+        let retry = header(&refused, "retry-after").unwrap();
+        assert!((1..=3).contains(&retry), "Retry-After {retry} s: one send comes back every 3 s");
+        assert_eq!(error_of(refused).await.1, ErrorCode::RateLimited);
+    }
+    let ready: Value = http.get(a.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["redis"], "up");
+}
+
+/// Redis stopped mid-test: sends are still served, and still limited, in process (logged,
+/// in `/readyz` and `/metrics`); once Redis is back the server uses it again, handing it
+/// the daily counts it kept meanwhile.
+#[tokio::test]
+async fn limits_survive_redis_going_away_and_coming_back() {
+    let mut redis = RedisServer::start().await;
+    let server = TestServer::with(&[
+        ("REDIS_URL", &redis.url()),
+        ("CHAT_RATE_LIMIT_PER_MINUTE", "4"),
+        ("CHAT_DAILY_MESSAGE_QUOTA", "100"),
+    ])
+    .await;
+    let (token, user_id, sid) = user_with_session(&server, "resilient").await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for _ in 0..2 {
+        assert_eq!(post_message(&server.http, url.clone(), &token, "a [[mock tokens=1]]").await.status(), 200);
+    }
+    let mut conn = redis.connection().await;
+    let rate_key = format!("relay:rate:send:{user_id}");
+    let quota_key = format!("relay:quota:{user_id}:{}", chrono::Utc::now().date_naive());
+    assert!(conn.exists::<_, bool>(&rate_key).await.unwrap(), "the rate lives in Redis");
+    assert_eq!(conn.get::<_, u32>(&quota_key).await.unwrap(), 2);
+
+    redis.stop();
+    // Served and limited in process: a fresh in-process rate of 4.
+    for i in 0..4 {
+        let response = post_message(&server.http, url.clone(), &token, "b [[mock tokens=1]]").await;
+        assert_eq!(response.status(), 200, "send {i} without Redis");
+    }
+    let refused = post_message(&server.http, url.clone(), &token, "c").await;
+    assert_eq!(error_of(refused).await.1, ErrorCode::RateLimited, "still limited without Redis");
+    let (_, ready) = (200, server.http.get(server.url("/readyz")).send().await.unwrap().json::<Value>().await.unwrap());
+    assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("ready"), Some("down")));
+    assert!(server.state().metrics.render().contains("relay_redis_up 0"));
+
+    redis.resume().await;
+    common::eventually("the server uses Redis again", || async {
+        let ready: Value = server.http.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        ready["redis"] == "up"
+    })
+    .await;
+    assert!(server.state().metrics.render().contains("relay_redis_up 1"));
+    let mut conn = redis.connection().await;
+    assert_eq!(conn.get::<_, u32>(&quota_key).await.unwrap(), 6, "the day's count kept in process was handed over");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(post_message(&server.http, url, &token, "d [[mock tokens=1]]").await.status(), 200);
+    assert!(conn.exists::<_, bool>(&rate_key).await.unwrap(), "the rate lives in Redis again");
+    assert_eq!(conn.get::<_, u32>(&quota_key).await.unwrap(), 7);
+}
