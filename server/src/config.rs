@@ -167,6 +167,16 @@ pub struct Config {
     pub auth_hash_concurrency: usize,
     /// `AUTH_HASH_QUEUE`: password checks that may wait for a thread; more are refused.
     pub auth_hash_queue: usize,
+    /// `AUTH_LOGIN_FAILURES_PER_USERNAME`: failed logins of one username per window.
+    pub login_failures_per_username: u32,
+    /// `AUTH_LOGIN_FAILURES_PER_ADDRESS`: failed logins from one client address per window.
+    pub login_failures_per_address: u32,
+    /// `AUTH_LOGIN_WINDOW_SECS`: the window failed logins are counted in.
+    pub login_window: Duration,
+    /// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR`: new accounts from one client address.
+    pub registrations_per_address_per_hour: u32,
+    /// `TRUSTED_PROXIES`: proxies (CIDRs) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `WS_PING_INTERVAL_SECS`: how often the server pings an idle connection.
     pub ws_ping_interval: Duration,
     /// `WS_PING_TIMEOUT_SECS`: a connection silent this long is closed.
@@ -225,6 +235,11 @@ impl std::fmt::Debug for Config {
             .field("max_reply_bytes", &self.max_reply_bytes)
             .field("auth_hash_concurrency", &self.auth_hash_concurrency)
             .field("auth_hash_queue", &self.auth_hash_queue)
+            .field("login_failures_per_username", &self.login_failures_per_username)
+            .field("login_failures_per_address", &self.login_failures_per_address)
+            .field("login_window", &self.login_window)
+            .field("registrations_per_address_per_hour", &self.registrations_per_address_per_hour)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("ws_ping_interval", &self.ws_ping_interval)
             .field("ws_ping_timeout", &self.ws_ping_timeout)
             .field("ws_auth_timeout", &self.ws_auth_timeout)
@@ -436,6 +451,23 @@ impl Config {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )?,
             auth_hash_queue: parse("AUTH_HASH_QUEUE", var("AUTH_HASH_QUEUE"), 64)?,
+            login_failures_per_username: positive(
+                "AUTH_LOGIN_FAILURES_PER_USERNAME",
+                var("AUTH_LOGIN_FAILURES_PER_USERNAME"),
+                10,
+            )?,
+            login_failures_per_address: positive(
+                "AUTH_LOGIN_FAILURES_PER_ADDRESS",
+                var("AUTH_LOGIN_FAILURES_PER_ADDRESS"),
+                50,
+            )?,
+            login_window: Duration::from_secs(positive("AUTH_LOGIN_WINDOW_SECS", var("AUTH_LOGIN_WINDOW_SECS"), 900)?),
+            registrations_per_address_per_hour: positive(
+                "AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
+                var("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR"),
+                10,
+            )?,
+            trusted_proxies: parse_networks("TRUSTED_PROXIES", var("TRUSTED_PROXIES"))?,
             ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
             ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
@@ -453,6 +485,21 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// Parses a comma-separated list of networks (`10.0.0.0/8`) or addresses (`127.0.0.1`).
+fn parse_networks(name: &'static str, value: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<ipnet::IpNet>().or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(|_| {
+                ConfigError { var: name, reason: format!("{n:?} is not an address or a CIDR like 10.0.0.0/8") }
+            })
+        })
+        .collect()
 }
 
 /// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
@@ -562,6 +609,9 @@ mod tests {
         assert_eq!(load(&[("DATABASE_URL", "postgres://x")]).unwrap_err().var, "DATABASE_URL");
         assert_eq!(load(&[("MOCK_FAULT", "explode")]).unwrap_err().var, "MOCK_FAULT");
         assert_eq!(load(&[("CORS_ALLOWED_ORIGINS", "example.com")]).unwrap_err().var, "CORS_ALLOWED_ORIGINS");
+        assert_eq!(load(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]).unwrap_err().var, "TRUSTED_PROXIES");
+        assert_eq!(load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap().trusted_proxies.len(), 2);
+        assert_eq!(load(&[("REDIS_URL", "localhost:6379")]).unwrap_err().var, "REDIS_URL");
         assert_eq!(
             load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
             ["https://a.example", "http://b.example"]

@@ -221,3 +221,78 @@ async fn limits_survive_redis_going_away_and_coming_back() {
     assert!(conn.exists::<_, bool>(&rate_key).await.unwrap(), "the rate lives in Redis again");
     assert_eq!(conn.get::<_, u32>(&quota_key).await.unwrap(), 7);
 }
+
+async fn login(server: &TestServer, username: &str, password: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut request =
+        server.http.post(server.url("/api/v1/auth/login")).json(&json!({"username": username, "password": password}));
+    if let Some(addr) = forwarded_for {
+        request = request.header("x-forwarded-for", addr);
+    }
+    request.send().await.unwrap()
+}
+
+/// Failed logins are limited per username and per client address: past the limit even
+/// the right password is refused `rate_limited` with `retry_after_ms`, until the window ends.
+#[tokio::test]
+async fn failed_logins_are_limited_per_username_and_per_address() {
+    let server = TestServer::with(&[
+        ("AUTH_LOGIN_FAILURES_PER_USERNAME", "3"),
+        ("AUTH_LOGIN_FAILURES_PER_ADDRESS", "5"),
+        ("AUTH_LOGIN_WINDOW_SECS", "2"),
+    ])
+    .await;
+    server.register("target").await;
+    server.register("bystander").await;
+    for _ in 0..3 {
+        assert_eq!(error_of(login(&server, "target", "wrong-password", None).await).await.1, ErrorCode::Unauthorized);
+    }
+    let refused = login(&server, "target", "password123", None).await;
+    assert_eq!(refused.status(), 429);
+    let body: ErrorResponse = refused.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::RateLimited);
+    assert!(body.error.retry_after_ms.unwrap() <= 2000);
+    // Names are counted whatever their case.
+    assert_eq!(login(&server, "TARGET", "password123", None).await.status(), 429);
+    // Another name from the same address still logs in, until the address's own limit.
+    assert_eq!(login(&server, "bystander", "password123", None).await.status(), 200);
+    for name in ["nobody1", "nobody2"] {
+        assert_eq!(login(&server, name, "wrong-password", None).await.status(), 401);
+    }
+    assert_eq!(login(&server, "bystander", "password123", None).await.status(), 429, "the address is limited too");
+    // Without TRUSTED_PROXIES, a client cannot claim another address.
+    assert_eq!(login(&server, "bystander", "password123", Some("198.51.100.1")).await.status(), 429);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(login(&server, "target", "password123", None).await.status(), 200, "the window ended");
+}
+
+/// Behind a trusted proxy the forwarded client address is what counts.
+#[tokio::test]
+async fn forwarded_addresses_count_behind_trusted_proxies() {
+    let server =
+        TestServer::with(&[("AUTH_LOGIN_FAILURES_PER_ADDRESS", "2"), ("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    server.register("proxied").await;
+    for _ in 0..2 {
+        assert_eq!(login(&server, "nobody", "wrong-password", Some("198.51.100.1")).await.status(), 401);
+    }
+    assert_eq!(login(&server, "proxied", "password123", Some("198.51.100.1")).await.status(), 429);
+    assert_eq!(login(&server, "proxied", "password123", Some("198.51.100.2")).await.status(), 200);
+}
+
+/// Registrations are limited per client address.
+#[tokio::test]
+async fn registrations_are_limited_per_address() {
+    let server = TestServer::with(&[("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "2")]).await;
+    server.register("first").await;
+    server.register("second").await;
+    let refused = server
+        .http
+        .post(server.url("/api/v1/auth/register"))
+        .json(&json!({"username": "third", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(header(&refused, "retry-after").unwrap() > 60, "one registration comes back every 30 minutes");
+    assert_eq!(error_of(refused).await.1, ErrorCode::RateLimited);
+}

@@ -5,19 +5,29 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequest, User};
 
-use super::ApiJson;
+use std::time::Duration;
+
+use super::{ApiJson, ClientAddr};
 use crate::auth::{self, AuthError, AuthUser};
 use crate::error::AppError;
-use crate::limits;
+use crate::limits::{self, Rate};
 use crate::state::AppState;
 
-/// Creates an account and answers a token for it.
+/// Creates an account and answers a token for it; at most
+/// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR` from one client address.
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
     auth::validate_username(&body.username)?;
     auth::validate_password(&body.password)?;
+    let rate = Rate { limit: state.config.registrations_per_address_per_hour, period: Duration::from_secs(3600) };
+    let decision = state.limiter.rate(&format!("register:ip:{addr}"), rate).await;
+    if !decision.allowed {
+        state.metrics.limit_refused("registrations_per_address");
+        return Err(AppError::TooManyAttempts { retry_after_ms: decision.retry_after.as_millis().max(1) as u64 });
+    }
     let hash = state.passwords.hash(body.password).await.map_err(|e| counted(&state, e))?;
     let role = state.tokens.account_role(&body.username);
     let record = state.store.create_user(&body.username, &hash, role).await?;
@@ -28,20 +38,46 @@ pub async fn register(
 }
 
 /// Checks a password and answers a fresh token. The role comes from `CHAT_ADMIN_USERS`
-/// as it is now, not from what was stored at registration.
+/// as it is now, not from what was stored at registration. A username or a client address
+/// with too many failed logins in the window is refused before any password is checked.
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
+    let failures = [
+        (format!("login-fail:user:{}", body.username.to_lowercase()), state.config.login_failures_per_username),
+        (format!("login-fail:ip:{addr}"), state.config.login_failures_per_address),
+    ];
+    for (key, max) in &failures {
+        let (count, ends_in) = state.limiter.window(key).await;
+        if count >= *max {
+            state.metrics.limit_refused("login_failures");
+            return Err(AppError::TooManyAttempts { retry_after_ms: ends_in.as_millis().max(1) as u64 });
+        }
+    }
+    match check_password(&state, body).await {
+        Err(AppError::Auth(AuthError::WrongCredentials)) => {
+            for (key, _) in &failures {
+                state.limiter.hit_window(key, state.config.login_window).await;
+            }
+            Err(AuthError::WrongCredentials.into())
+        }
+        outcome => outcome,
+    }
+}
+
+/// The password check behind [`login`].
+async fn check_password(state: &AppState, body: LoginRequest) -> Result<Json<AuthResponse>, AppError> {
     if auth::validate_password(&body.password).is_err() {
         // No stored password breaks the rules, so this cannot match: answer without hashing.
         return Err(AuthError::WrongCredentials.into());
     }
     let Some(record) = state.store.find_user_by_name(&body.username).await? else {
-        state.passwords.burn(body.password).await.map_err(|e| counted(&state, e))?;
+        state.passwords.burn(body.password).await.map_err(|e| counted(state, e))?;
         return Err(AuthError::WrongCredentials.into());
     };
-    if !state.passwords.verify(body.password, record.password_hash.clone()).await.map_err(|e| counted(&state, e))? {
+    if !state.passwords.verify(body.password, record.password_hash.clone()).await.map_err(|e| counted(state, e))? {
         return Err(AuthError::WrongCredentials.into());
     }
     let role = state.tokens.account_role(&record.username);

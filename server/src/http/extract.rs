@@ -4,7 +4,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -24,6 +26,36 @@ impl FromRequestParts<AppState> for AuthUser {
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         Ok(user)
     }
+}
+
+/// The client's address: the peer's, or, when the peer is one of `TRUSTED_PROXIES`, the
+/// last address in `X-Forwarded-For` that is not a trusted proxy (earlier entries can be
+/// written by anyone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| AppError::Internal("no peer address".into()))?;
+        let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(client_addr(peer, forwarded, &state.config.trusted_proxies)))
+    }
+}
+
+/// Walks `X-Forwarded-For` from the right while the hop is a trusted proxy.
+fn client_addr<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = forwarded.flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
+    hops.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
 /// A JSON body whose rejections are protocol errors: `too_large` over the body limit,
@@ -96,5 +128,23 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
         Uuid::parse_str(&raw).map(SessionId).map_err(|_| AppError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_behind_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A direct client cannot claim another address.
+        assert_eq!(client_addr(ip("203.0.113.9"), ["1.2.3.4"].into_iter(), &trusted), ip("203.0.113.9"));
+        // Behind a trusted proxy, the last untrusted hop is the client; what it claimed
+        // before that is ignored.
+        assert_eq!(client_addr(ip("10.0.0.2"), ["1.2.3.4, 198.51.100.7"].into_iter(), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_addr(ip("10.0.0.2"), ["198.51.100.7", "10.0.0.3"].into_iter(), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_addr(ip("10.0.0.2"), std::iter::empty(), &trusted), ip("10.0.0.2"));
     }
 }

@@ -66,6 +66,7 @@ impl TestServer {
         map.insert("LLM_BREAKER_FAILURES", "1000".into());
         // Tests send quickly; the send rate is tested where it is the point.
         map.insert("CHAT_RATE_LIMIT_PER_MINUTE", "0".into());
+        map.insert("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "10000".into());
         for (k, v) in vars {
             map.insert(k, v.to_string());
         }
@@ -342,7 +343,8 @@ impl Process {
             .env("RUST_LOG", "warn")
             .env("MOCK_FIRST_TOKEN_MS", "1")
             .env("MOCK_TOKENS_PER_SEC", "0")
-            .env("CHAT_RATE_LIMIT_PER_MINUTE", "0");
+            .env("CHAT_RATE_LIMIT_PER_MINUTE", "0")
+            .env("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "10000");
         // Coverage runs collect a profile from every process they start.
         if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
             command.env("LLVM_PROFILE_FILE", profile);
