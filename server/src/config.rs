@@ -50,6 +50,45 @@ impl std::fmt::Debug for ModelBackend {
 /// What `Debug` prints in place of a secret.
 const REDACTED: &str = "<redacted>";
 
+/// Who may use chat (`FEATURE_CHAT_ENABLED`, `FEATURE_CHAT_ROLLOUT_PERCENT`): the
+/// proposal's rollout plan as settings. Everyone else gets `404` from the chat routes and
+/// the WebSocket, as if chat did not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// `true` (everyone in the share), `false` (nobody) or `admins` (admins only).
+    pub enabled: ChatEnabled,
+    /// The share of users (0–100) who have chat, stable per user id; admins always do.
+    pub percent: u8,
+}
+
+/// `FEATURE_CHAT_ENABLED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatEnabled {
+    /// Chat is on (for the rollout share).
+    Yes,
+    /// Chat is off for everyone.
+    No,
+    /// Chat is on for admins only.
+    Admins,
+}
+
+impl Rollout {
+    /// Whether chat exists at all (else every chat route is `404`, token or not).
+    pub fn any(&self) -> bool {
+        self.enabled != ChatEnabled::No
+    }
+
+    /// Whether a user has chat: admins whenever it is on; others when it is on for all and
+    /// their id falls in the share (a UUID's random bits spread users evenly and stably).
+    pub fn allows(&self, user_id: uuid::Uuid, admin: bool) -> bool {
+        match self.enabled {
+            ChatEnabled::No => false,
+            ChatEnabled::Admins => admin,
+            ChatEnabled::Yes => admin || (user_id.as_u128() % 100) < u128::from(self.percent),
+        }
+    }
+}
+
 /// How the server verifies and issues tokens.
 #[derive(Clone)]
 pub struct JwtConfig {
@@ -177,6 +216,8 @@ pub struct Config {
     pub registrations_per_address_per_hour: u32,
     /// `TRUSTED_PROXIES`: proxies (CIDRs) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `FEATURE_CHAT_ENABLED` and `FEATURE_CHAT_ROLLOUT_PERCENT`.
+    pub rollout: Rollout,
     /// `WS_PING_INTERVAL_SECS`: how often the server pings an idle connection.
     pub ws_ping_interval: Duration,
     /// `WS_PING_TIMEOUT_SECS`: a connection silent this long is closed.
@@ -240,6 +281,7 @@ impl std::fmt::Debug for Config {
             .field("login_window", &self.login_window)
             .field("registrations_per_address_per_hour", &self.registrations_per_address_per_hour)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("rollout", &self.rollout)
             .field("ws_ping_interval", &self.ws_ping_interval)
             .field("ws_ping_timeout", &self.ws_ping_timeout)
             .field("ws_auth_timeout", &self.ws_auth_timeout)
@@ -468,6 +510,28 @@ impl Config {
                 10,
             )?,
             trusted_proxies: parse_networks("TRUSTED_PROXIES", var("TRUSTED_PROXIES"))?,
+            rollout: Rollout {
+                enabled: match var("FEATURE_CHAT_ENABLED").as_deref().map(str::trim) {
+                    None | Some("true" | "1" | "yes" | "on") => ChatEnabled::Yes,
+                    Some("false" | "0" | "no" | "off") => ChatEnabled::No,
+                    Some("admins") => ChatEnabled::Admins,
+                    Some(other) => {
+                        return Err(ConfigError {
+                            var: "FEATURE_CHAT_ENABLED",
+                            reason: format!("expected true, false or admins, got {other:?}"),
+                        });
+                    }
+                },
+                percent: match parse("FEATURE_CHAT_ROLLOUT_PERCENT", var("FEATURE_CHAT_ROLLOUT_PERCENT"), 100u8)? {
+                    p if p <= 100 => p,
+                    _ => {
+                        return Err(ConfigError {
+                            var: "FEATURE_CHAT_ROLLOUT_PERCENT",
+                            reason: "must be between 0 and 100".into(),
+                        });
+                    }
+                },
+            },
             ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
             ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
@@ -612,6 +676,8 @@ mod tests {
         assert_eq!(load(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]).unwrap_err().var, "TRUSTED_PROXIES");
         assert_eq!(load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap().trusted_proxies.len(), 2);
         assert_eq!(load(&[("REDIS_URL", "localhost:6379")]).unwrap_err().var, "REDIS_URL");
+        assert_eq!(load(&[("FEATURE_CHAT_ENABLED", "maybe")]).unwrap_err().var, "FEATURE_CHAT_ENABLED");
+        assert_eq!(load(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "101")]).unwrap_err().var, "FEATURE_CHAT_ROLLOUT_PERCENT");
         assert_eq!(
             load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
             ["https://a.example", "http://b.example"]
@@ -651,6 +717,22 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} leaked into {shown}");
         }
         assert!(shown.contains("ws_max_connections_per_user"));
+    }
+
+    #[test]
+    fn the_rollout_share_is_stable_and_admins_always_have_chat() {
+        let half = Rollout { enabled: ChatEnabled::Yes, percent: 50 };
+        let ids: Vec<uuid::Uuid> = (0..1000u128).map(|i| uuid::Uuid::from_u128(i * 7919)).collect();
+        let allowed = ids.iter().filter(|id| half.allows(**id, false)).count();
+        assert!((400..=600).contains(&allowed), "{allowed}");
+        assert!(ids.iter().all(|id| half.allows(*id, false) == half.allows(*id, false)));
+        assert!(ids.iter().all(|id| half.allows(*id, true)));
+        let none = Rollout { enabled: ChatEnabled::Yes, percent: 0 };
+        assert!(!none.allows(ids[1], false) && none.allows(ids[1], true));
+        let admins = Rollout { enabled: ChatEnabled::Admins, percent: 100 };
+        assert!(!admins.allows(ids[1], false) && admins.allows(ids[1], true));
+        let off = Rollout { enabled: ChatEnabled::No, percent: 100 };
+        assert!(!off.allows(ids[1], true) && !off.any());
     }
 
     #[test]

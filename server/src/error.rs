@@ -46,6 +46,9 @@ pub enum AppError {
     /// No endpoint answers this path.
     #[error("no such endpoint")]
     NoRoute,
+    /// Chat is not enabled for this caller (`FEATURE_CHAT_ENABLED`, rollout share).
+    #[error("chat is not available")]
+    ChatDisabled,
     /// The endpoint exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -131,6 +134,7 @@ impl AppError {
             AppError::Reported(body) => return body.clone(),
             AppError::NotFound => (ErrorCode::NotFound, "session not found".into(), None),
             AppError::NoRoute => (ErrorCode::NotFound, "no such endpoint".into(), None),
+            AppError::ChatDisabled => (ErrorCode::NotFound, "chat is not available".into(), None),
             AppError::MethodNotAllowed => {
                 (ErrorCode::MethodNotAllowed, "this method is not allowed on this endpoint".into(), None)
             }

@@ -42,6 +42,8 @@ use crate::state::AppState;
 
 /// Close code: not authenticated in time, bad or expired token.
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code: chat is not enabled for this user (`FEATURE_CHAT_*`), after an `auth` frame.
+pub const CLOSE_CHAT_DISABLED: u16 = 4404;
 /// Close code: the user already holds `WS_MAX_CONNECTIONS_PER_USER` connections.
 pub const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4409;
 /// Close code: the client reads too slowly.
@@ -76,12 +78,18 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, header
         tracing::info!(origin, "websocket from a disallowed origin refused");
         return AppError::ForbiddenOrigin.into_response();
     }
+    if !state.config.rollout.any() {
+        return AppError::ChatDisabled.into_response();
+    }
     let pre = match bearer_token(headers.get(header::AUTHORIZATION)) {
         Some(token) => {
             let user = match state.tokens.verify(token) {
                 Ok(user) => user,
                 Err(e) => return AppError::from(e).into_response(),
             };
+            if !has_chat(&state, &user) {
+                return AppError::ChatDisabled.into_response();
+            }
             match reserve_place(&state, &user) {
                 Ok(place) => Some(PreAuthenticated { user, place }),
                 Err(e) => return e.into_response(),
@@ -94,6 +102,11 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, header
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| connections.track_future(run(socket, state, pre)))
+}
+
+/// Whether the rollout gives this user chat.
+fn has_chat(state: &AppState, user: &AuthUser) -> bool {
+    state.config.rollout.allows(user.id, user.role == relay_protocol::UserRole::Admin)
 }
 
 fn reserve_place(state: &AppState, user: &AuthUser) -> Result<Membership, AppError> {
@@ -113,6 +126,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
         Some(PreAuthenticated { user, place }) => (user, place),
         None => {
             let authenticated = match authenticate(&mut stream, &state).await {
+                Ok(user) if !has_chat(&state, &user) => Err((CLOSE_CHAT_DISABLED, "chat is not available")),
                 Ok(user) => reserve_place(&state, &user)
                     .map(|place| (user, place))
                     .map_err(|_| (CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")),

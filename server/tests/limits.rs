@@ -296,3 +296,75 @@ async fn registrations_are_limited_per_address() {
     assert!(header(&refused, "retry-after").unwrap() > 60, "one registration comes back every 30 minutes");
     assert_eq!(error_of(refused).await.1, ErrorCode::RateLimited);
 }
+
+// ---- feature flag and rollout ------------------------------------------------------------
+
+/// Status of a WebSocket upgrade authenticated by header (101 when it connects).
+async fn ws_status(server: &TestServer, token: &str) -> u16 {
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/api/v1/ws",
+        server.addr
+    ))
+    .unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `FEATURE_CHAT_ENABLED=false`: every chat route and the WebSocket answer 404 with the
+/// JSON error, token or not; accounts still work.
+#[tokio::test]
+async fn chat_can_be_switched_off() {
+    let server = TestServer::with(&[("FEATURE_CHAT_ENABLED", "false")]).await;
+    let (token, _) = server.register("waiting").await;
+    assert_eq!(server.get(&token, "/api/v1/auth/me").await.0, 200);
+    for path in
+        ["/api/v1/chat/sessions", "/api/v1/chat/quota", "/api/v1/chat/sessions/6f1c2b9e-0d57-4a51-9a39-0c4a8c1f2e11"]
+    {
+        let (status, body) = server.get(&token, path).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{path}");
+    }
+    let anonymous = server.http.get(server.url("/api/v1/chat/sessions")).send().await.unwrap();
+    assert_eq!(error_of(anonymous).await, (404, ErrorCode::NotFound));
+    assert_eq!(ws_status(&server, &token).await, 404);
+}
+
+/// `FEATURE_CHAT_ENABLED=admins`: only admins have chat; the others get 404 (and a
+/// WebSocket authenticated by frame closes 4404).
+#[tokio::test]
+async fn chat_can_be_for_admins_only() {
+    let server = TestServer::with(&[("FEATURE_CHAT_ENABLED", "admins"), ("CHAT_ADMIN_USERS", "staff")]).await;
+    let (admin, _) = server.register("staff").await;
+    let (user, _) = server.register("public").await;
+    assert_eq!(server.get(&admin, "/api/v1/chat/sessions").await.0, 200);
+    assert_eq!(server.get(&user, "/api/v1/chat/sessions").await.0, 404);
+    assert_eq!(ws_status(&server, &admin).await, 101);
+    assert_eq!(ws_status(&server, &user).await, 404);
+    let mut by_frame = server.ws_raw(None).await;
+    by_frame.send(json!({"type": "auth", "token": user})).await;
+    assert_eq!(by_frame.expect_close().await, Some(4404));
+}
+
+/// `FEATURE_CHAT_ROLLOUT_PERCENT`: a stable share of users by id has chat, the rest 404.
+#[tokio::test]
+async fn chat_rolls_out_to_a_stable_share_of_users() {
+    let server = TestServer::with(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "50")]).await;
+    let (mut inside, mut outside) = (0, 0);
+    for i in 0..24 {
+        let (token, id) = server.register(&format!("rollout{i}")).await;
+        let expected = if id.as_u128() % 100 < 50 { 200 } else { 404 };
+        for _ in 0..2 {
+            assert_eq!(server.get(&token, "/api/v1/chat/sessions").await.0, expected, "user {id}, asked twice");
+        }
+        if expected == 200 { inside += 1 } else { outside += 1 }
+    }
+    assert!(inside > 0 && outside > 0, "{inside} inside, {outside} outside");
+    let none = TestServer::with(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "0"), ("CHAT_ADMIN_USERS", "root")]).await;
+    let (user, _) = none.register("someone").await;
+    let (admin, _) = none.register("root").await;
+    assert_eq!(none.get(&user, "/api/v1/chat/sessions").await.0, 404);
+    assert_eq!(none.get(&admin, "/api/v1/chat/sessions").await.0, 200, "admins always have chat");
+}

@@ -7,7 +7,7 @@ use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequ
 
 use std::time::Duration;
 
-use super::{ApiJson, ClientAddr};
+use super::{ApiJson, ChatUser, ClientAddr};
 use crate::auth::{self, AuthError, AuthUser};
 use crate::error::AppError;
 use crate::limits::{self, Rate};
@@ -100,7 +100,7 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Me
     Ok(Json(MeResponse { user: user.to_user(), quota }))
 }
 
-/// The caller's quota.
-pub async fn quota(State(state): State<AppState>, user: AuthUser) -> Result<Json<Quota>, AppError> {
+/// The caller's quota (a chat route: `404` for whoever does not have chat).
+pub async fn quota(State(state): State<AppState>, ChatUser(user): ChatUser) -> Result<Json<Quota>, AppError> {
     Ok(Json(limits::quota(&state.store, state.config.daily_message_quota, &user).await?))
 }

@@ -28,6 +28,25 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// A caller who has chat: authenticated, and within `FEATURE_CHAT_ENABLED` and
+/// `FEATURE_CHAT_ROLLOUT_PERCENT`. Everyone else gets `404`, so to them chat does not exist.
+pub struct ChatUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for ChatUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !state.config.rollout.any() {
+            return Err(AppError::ChatDisabled);
+        }
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !state.config.rollout.allows(user.id, user.role == relay_protocol::UserRole::Admin) {
+            return Err(AppError::ChatDisabled);
+        }
+        Ok(ChatUser(user))
+    }
+}
+
 /// The client's address: the peer's, or, when the peer is one of `TRUSTED_PROXIES`, the
 /// last address in `X-Forwarded-For` that is not a trusted proxy (earlier entries can be
 /// written by anyone).

@@ -16,8 +16,7 @@ use futures::Stream;
 use relay_protocol::{ErrorBody, Message, SendMessageRequest, SendMessageResponse, ServerFrame, SseEvent};
 use uuid::Uuid;
 
-use super::{ApiJson, SessionId};
-use crate::auth::AuthUser;
+use super::{ApiJson, ChatUser, SessionId};
 use crate::error::AppError;
 use crate::fanout::{Inbox, QueueBounds, Receiver, ReceiverKind};
 use crate::limits::RateDecision;
@@ -29,7 +28,7 @@ use crate::state::AppState;
 /// and `X-RateLimit-Reset` (seconds until the limit is whole again).
 pub async fn send(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     SessionId(session_id): SessionId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SendMessageRequest>,
@@ -66,7 +65,7 @@ fn set_rate_headers(headers: &mut HeaderMap, decision: &RateDecision) {
 
 async fn send_and_answer(
     state: AppState,
-    user: AuthUser,
+    user: crate::auth::AuthUser,
     session_id: Uuid,
     headers: HeaderMap,
     body: SendMessageRequest,

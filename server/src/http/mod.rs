@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use extract::{ApiJson, ApiQuery, ClientAddr, OptionalJson, SessionId};
+pub use extract::{ApiJson, ApiQuery, ChatUser, ClientAddr, OptionalJson, SessionId};
 
 use crate::auth::{AuthError, bearer_token};
 use crate::error::AppError;

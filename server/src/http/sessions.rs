@@ -8,8 +8,7 @@ use relay_protocol::{
 };
 use serde::Deserialize;
 
-use super::{ApiJson, ApiQuery, OptionalJson, SessionId};
-use crate::auth::AuthUser;
+use super::{ApiJson, ApiQuery, ChatUser, OptionalJson, SessionId};
 use crate::catalog;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -27,7 +26,7 @@ pub struct ListParams {
 /// `POST /chat/sessions`; the body (`{"title"?}`) may be empty.
 pub async fn create(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     OptionalJson(body): OptionalJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<Session>), AppError> {
     let session = catalog::create(&state, &user, body.title.as_deref(), None).await?;
@@ -37,7 +36,7 @@ pub async fn create(
 /// `GET /chat/sessions?page=&per_page=`.
 pub async fn list(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<SessionList>, AppError> {
     Ok(Json(catalog::list(&state, user.id, params.page, params.per_page).await?))
@@ -46,7 +45,7 @@ pub async fn list(
 /// `GET /chat/sessions/:id`: the session and its messages, oldest first.
 pub async fn get(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     SessionId(id): SessionId,
 ) -> Result<Json<SessionWithMessages>, AppError> {
     let session = state.store.get_owned_session(user.id, id).await?.ok_or(AppError::NotFound)?;
@@ -57,7 +56,7 @@ pub async fn get(
 /// `PATCH /chat/sessions/:id` with `{"title"}`.
 pub async fn rename(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     SessionId(id): SessionId,
     ApiJson(body): ApiJson<UpdateSessionRequest>,
 ) -> Result<Json<Session>, AppError> {
@@ -67,7 +66,7 @@ pub async fn rename(
 /// `DELETE /chat/sessions/:id` (soft delete).
 pub async fn delete(
     State(state): State<AppState>,
-    user: AuthUser,
+    ChatUser(user): ChatUser,
     SessionId(id): SessionId,
 ) -> Result<Json<DeletedResponse>, AppError> {
     catalog::delete(&state, &user, id, None).await?;
