@@ -11,10 +11,10 @@ mod rest;
 mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
-pub use objects::{Message, MessageStatus, Quota, Role, Session, Usage, User, UserRole};
+pub use objects::{Message, MessageStatus, Quota, Role, Session, Usage, User, UserRole, UserUsage};
 pub use rest::{
     AuthResponse, CreateSessionRequest, DeletedResponse, LoginRequest, MeResponse, RegisterRequest, SendMessageRequest,
-    SendMessageResponse, SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest,
+    SendMessageResponse, SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest, UsageReport,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, ServerFrame};
 

@@ -107,4 +107,23 @@ pub struct Quota {
     pub remaining: Option<u32>,
     /// When the count starts again (next midnight UTC).
     pub resets_at: DateTime<Utc>,
+    /// Tokens sent to the model for the user's replies today (their contexts).
+    #[serde(default)]
+    pub prompt_tokens_today: u64,
+    /// Tokens the model wrote in the user's replies today.
+    #[serde(default)]
+    pub completion_tokens_today: u64,
+}
+
+/// One user's use of the model on one day, as the usage ledger keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    /// The user.
+    pub user_id: Uuid,
+    /// Messages sent.
+    pub messages: u32,
+    /// Tokens sent to the model (contexts).
+    pub prompt_tokens: u64,
+    /// Tokens the model wrote.
+    pub completion_tokens: u64,
 }

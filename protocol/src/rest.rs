@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User};
+use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User, UserUsage};
 
 /// Body of `POST /api/v1/auth/register`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,4 +133,14 @@ pub enum SseEvent {
         /// What went wrong, for programs.
         code: ErrorCode,
     },
+}
+
+/// Answer to `GET /api/v1/admin/usage?day=`: every user's use of the model that day, the
+/// largest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The day (UTC), `YYYY-MM-DD`.
+    pub day: chrono::NaiveDate,
+    /// One row per user who used chat that day.
+    pub users: Vec<UserUsage>,
 }

@@ -29,7 +29,8 @@ fn message(role: &str, status: &str, tokens: Value) -> Value {
            "token_count": tokens, "status": status, "created_at": T})
 }
 fn quota() -> Value {
-    json!({"messages_today": 3, "limit": 100, "remaining": 97, "resets_at": "2026-11-27T00:00:00Z"})
+    json!({"messages_today": 3, "limit": 100, "remaining": 97, "resets_at": "2026-11-27T00:00:00Z",
+           "prompt_tokens_today": 120, "completion_tokens_today": 300})
 }
 fn usage() -> Value {
     json!({"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42})
@@ -47,7 +48,12 @@ fn objects_roundtrip() {
     }
     roundtrip::<Message>(message("user", "complete", Value::Null));
     roundtrip::<Quota>(quota());
-    roundtrip::<Quota>(json!({"messages_today": 0, "limit": null, "remaining": null, "resets_at": T}));
+    roundtrip::<Quota>(json!({"messages_today": 0, "limit": null, "remaining": null, "resets_at": T,
+        "prompt_tokens_today": 0, "completion_tokens_today": 0}));
+    // The contract's quota without the token counts (older servers) still decodes.
+    let bare: Quota =
+        serde_json::from_value(json!({"messages_today": 1, "limit": 5, "remaining": 4, "resets_at": T})).unwrap();
+    assert_eq!(bare.prompt_tokens_today, 0);
     roundtrip::<Usage>(usage());
     roundtrip::<ErrorBody>(json!({"code": "rate_limited", "message": "slow down", "retry_after_ms": 1500}));
     roundtrip::<ErrorResponse>(json!({"error": {"code": "not_found", "message": "no such session"}}));
@@ -69,6 +75,8 @@ fn rest_bodies_roundtrip() {
         json!({"session": session(), "messages": [message("user", "complete", json!(3))]}),
     );
     roundtrip::<DeletedResponse>(json!({"message": "Session deleted"}));
+    roundtrip::<UsageReport>(json!({"day": "2026-11-28", "users": [
+        {"user_id": UID, "messages": 3, "prompt_tokens": 120, "completion_tokens": 300}]}));
     roundtrip::<SendMessageRequest>(json!({"content": "What is Rust?"}));
     roundtrip::<SendMessageResponse>(json!({"user_message": message("user", "complete", json!(4)),
         "assistant_message": message("assistant", "complete", json!(30))}));

@@ -174,7 +174,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
             Ok(quota) => quota,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read quota");
-                limits::quota_from(0, state.config.daily_message_quota, user.role)
+                limits::quota_from(Default::default(), state.config.daily_message_quota, user.role)
             }
         };
         receiver.deliver(&Outbound::new(ServerFrame::Ready { user: user.to_user(), quota, protocol: PROTOCOL_VERSION }));

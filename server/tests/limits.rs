@@ -368,3 +368,56 @@ async fn chat_rolls_out_to_a_stable_share_of_users() {
     assert_eq!(none.get(&user, "/api/v1/chat/sessions").await.0, 404);
     assert_eq!(none.get(&admin, "/api/v1/chat/sessions").await.0, 200, "admins always have chat");
 }
+
+// ---- the usage ledger --------------------------------------------------------------------
+
+/// Tokens in and out per user per day are kept: `/auth/me`, `/chat/quota` and the `quota`
+/// frames show the caller's, and admins read anyone's (`/admin/usage?day=`).
+#[tokio::test]
+async fn the_usage_ledger_counts_tokens_in_and_out() {
+    let server = TestServer::with(&[("CHAT_ADMIN_USERS", "auditor")]).await;
+    let (token, user_id, sid) = user_with_session(&server, "spender").await;
+    let (other, other_id, other_sid) = user_with_session(&server, "saver").await;
+    let (admin, _) = server.register("auditor").await;
+    let mut ws = server.ws(&token).await;
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    for (i, tokens) in [7, 11].into_iter().enumerate() {
+        send(&mut ws, sid, &format!("u{i}"), &format!("count me please [[mock tokens={tokens}]]")).await;
+        let frames = until_dones(&mut ws, sid, 1).await;
+        let usage = frames
+            .iter()
+            .find_map(|f| match f {
+                ServerFrame::Done { usage, .. } => *usage,
+                _ => None,
+            })
+            .expect("the mock reports usage");
+        assert_eq!(usage.completion_tokens, tokens);
+        prompt += u64::from(usage.prompt_tokens);
+        completion += u64::from(usage.completion_tokens);
+    }
+    let url = server.url(&format!("/api/v1/chat/sessions/{other_sid}/messages"));
+    assert_eq!(post_message(&server.http, url, &other, "hi [[mock tokens=3]]").await.status(), 200);
+
+    let (_, me) = server.get(&token, "/api/v1/auth/me").await;
+    assert_eq!(me["quota"]["messages_today"], 2);
+    assert_eq!(me["quota"]["prompt_tokens_today"].as_u64(), Some(prompt));
+    assert_eq!(me["quota"]["completion_tokens_today"].as_u64(), Some(completion));
+    let (_, quota) = server.get(&token, "/api/v1/chat/quota").await;
+    assert_eq!(quota["completion_tokens_today"].as_u64(), Some(completion));
+
+    let today = chrono::Utc::now().date_naive();
+    let (status, report) = server.get(&admin, &format!("/api/v1/admin/usage?day={today}")).await;
+    assert_eq!(status, 200);
+    let report: relay_protocol::UsageReport = serde_json::from_value(report).unwrap();
+    assert_eq!(report.day, today);
+    let row = |id: Uuid| report.users.iter().find(|u| u.user_id == id).cloned().unwrap();
+    assert_eq!((row(user_id).messages, row(user_id).completion_tokens), (2, completion));
+    assert_eq!(row(other_id).completion_tokens, 3);
+    assert_eq!(report.users[0].user_id, user_id, "the most tokens first");
+    let (_, one) = server.get(&admin, &format!("/api/v1/admin/usage?user_id={other_id}")).await;
+    assert_eq!(one["users"].as_array().unwrap().len(), 1);
+    let (_, yesterday) = server.get(&admin, "/api/v1/admin/usage?day=2001-01-01").await;
+    assert_eq!(yesterday["users"].as_array().unwrap().len(), 0);
+    assert_eq!(server.get(&token, "/api/v1/admin/usage").await.0, 404, "not for ordinary users");
+    assert_eq!(server.get(&admin, "/api/v1/admin/usage?day=yesterday").await.0, 400);
+}

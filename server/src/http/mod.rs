@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the health and metrics endpoints, and the layers every
 //! request passes (request ids, tracing, CORS, body limit, JSON errors).
 
+mod admin;
 mod auth;
 mod extract;
 mod messages;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions/{id}", get(sessions::get).patch(sessions::rename).delete(sessions::delete))
         .route("/chat/sessions/{id}/messages", post(messages::send))
         .route("/chat/quota", get(auth::quota))
+        .route("/admin/usage", get(admin::usage))
         .route("/ws", get(crate::ws::upgrade))
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .fallback(|| async { AppError::NoRoute });

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{DayUsage, Store, StoreError};
 use local::LocalLimits;
 use redis::RedisLimits;
 
@@ -33,21 +33,23 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a down Redis is asked whether it is back, and in-process counters are swept.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Today's quota of a user as stored (messages sent today), for display.
+/// Today's quota of a user as the usage ledger has it, for display.
 pub async fn quota(store: &Store, daily_limit: Option<u32>, user: &AuthUser) -> Result<Quota, StoreError> {
     let today = Utc::now().date_naive();
-    let used = store.messages_on(user.id, today).await?;
+    let used = store.usage_on(user.id, today).await?;
     Ok(quota_from(used, daily_limit, user.role))
 }
 
-/// Builds the quota object from today's count.
-pub fn quota_from(messages_today: u32, daily_limit: Option<u32>, role: UserRole) -> Quota {
+/// Builds the quota object from today's usage.
+pub fn quota_from(used: DayUsage, daily_limit: Option<u32>, role: UserRole) -> Quota {
     let limit = if role == UserRole::Admin { None } else { daily_limit };
     Quota {
-        messages_today,
+        messages_today: used.messages,
         limit,
-        remaining: limit.map(|l| l.saturating_sub(messages_today)),
+        remaining: limit.map(|l| l.saturating_sub(used.messages)),
         resets_at: next_midnight(),
+        prompt_tokens_today: used.prompt_tokens,
+        completion_tokens_today: used.completion_tokens,
     }
 }
 

@@ -599,8 +599,8 @@ impl SessionState {
     /// Counts the message against the user's day and tells their tabs the new quota.
     async fn count_usage(&self, user: &AuthUser) {
         match self.deps.store.record_message_usage(user.id, Utc::now().date_naive()).await {
-            Ok(count) => {
-                let quota = limits::quota_from(count, self.deps.settings.daily_quota, user.role);
+            Ok(used) => {
+                let quota = limits::quota_from(used, self.deps.settings.daily_quota, user.role);
                 self.deps.hub.publish(user.id, None, |_| ServerFrame::Quota { quota: quota.clone() });
             }
             Err(e) => tracing::warn!(user_id = %user.id, error = %e, "could not record usage"),
@@ -883,7 +883,9 @@ impl SessionState {
             self.session.updated_at = now;
         }
         if let Some(usage) = running.usage
-            && let Err(e) = store.record_token_usage(running.user.id, now.date_naive(), usage.total_tokens).await
+            && let Err(e) = store
+                .record_token_usage(running.user.id, now.date_naive(), usage.prompt_tokens, usage.completion_tokens)
+                .await
         {
             tracing::warn!(user_id = %running.user.id, error = %e, "could not record token usage");
         }

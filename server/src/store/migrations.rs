@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "generating_status",
         sql: include_str!("../../../schema/0002_generating_status.surql"),
     },
+    Migration { version: 3, name: "usage_ledger", sql: include_str!("../../../schema/0003_usage_ledger.surql") },
 ];
 
 const BOOKKEEPING: &str = "

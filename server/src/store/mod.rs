@@ -8,7 +8,7 @@
 mod migrations;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use relay_protocol::{Message, Session, UserRole};
+use relay_protocol::{Message, Session, UserRole, UserUsage};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use surrealdb::Surreal;
@@ -352,41 +352,86 @@ impl Store {
 
     // ---- usage -------------------------------------------------------------------------
 
-    /// Counts one more message for the user today and returns today's count.
-    pub async fn record_message_usage(&self, user_id: Uuid, day: NaiveDate) -> Result<u32, StoreError> {
-        let rows: Vec<serde_json::Value> = self
+    /// Counts one more message for the user on `day` and returns the day's usage.
+    pub async fn record_message_usage(&self, user_id: Uuid, day: NaiveDate) -> Result<DayUsage, StoreError> {
+        let rows: Vec<DayUsage> = self
             .rows(
                 "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, \
-                 messages += 1 RETURN messages",
+                 messages += 1 RETURN messages, prompt_tokens, completion_tokens",
                 serde_json::json!({"user_id": user_id, "day": day.to_string()}),
             )
             .await?;
-        Ok(count_field(&rows, "messages"))
+        Ok(rows.into_iter().next().unwrap_or_default())
     }
 
-    /// Adds reply tokens to the user's count for the day.
-    pub async fn record_token_usage(&self, user_id: Uuid, day: NaiveDate, tokens: u32) -> Result<(), StoreError> {
+    /// Adds a reply's tokens (its prompt and its completion) to the user's day.
+    pub async fn record_token_usage(
+        &self,
+        user_id: Uuid,
+        day: NaiveDate,
+        prompt: u32,
+        completion: u32,
+    ) -> Result<(), StoreError> {
         self.execute(
-            "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, tokens += $tokens",
-            serde_json::json!({"user_id": user_id, "day": day.to_string(), "tokens": tokens}),
+            "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, \
+             prompt_tokens += $prompt, completion_tokens += $completion, tokens += $prompt + $completion",
+            serde_json::json!({"user_id": user_id, "day": day.to_string(), "prompt": prompt, "completion": completion}),
         )
         .await
     }
 
-    /// How many messages the user sent on `day`.
-    pub async fn messages_on(&self, user_id: Uuid, day: NaiveDate) -> Result<u32, StoreError> {
-        let rows: Vec<serde_json::Value> = self
+    /// A user's usage on `day` (zeros for a day without any).
+    pub async fn usage_on(&self, user_id: Uuid, day: NaiveDate) -> Result<DayUsage, StoreError> {
+        let rows: Vec<DayUsage> = self
             .rows(
-                "SELECT messages FROM type::record('daily_usage', [$user_id, $day])",
+                "SELECT messages, prompt_tokens, completion_tokens FROM type::record('daily_usage', [$user_id, $day])",
                 serde_json::json!({"user_id": user_id, "day": day.to_string()}),
             )
             .await?;
-        Ok(count_field(&rows, "messages"))
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
+    /// How many messages the user sent on `day`.
+    pub async fn messages_on(&self, user_id: Uuid, day: NaiveDate) -> Result<u32, StoreError> {
+        Ok(self.usage_on(user_id, day).await?.messages)
+    }
+
+    /// Every user's usage on `day` (or one user's), the most tokens first.
+    pub async fn usage_report(&self, day: NaiveDate, user: Option<Uuid>) -> Result<Vec<UserUsage>, StoreError> {
+        let filter = if user.is_some() { "AND user_id = $user_id" } else { "" };
+        self.rows(
+            &format!(
+                "SELECT user_id, messages, prompt_tokens, completion_tokens, \
+                 (prompt_tokens ?? 0) + (completion_tokens ?? 0) AS total FROM daily_usage \
+                 WHERE day = $day {filter} ORDER BY total DESC LIMIT 10000"
+            ),
+            serde_json::json!({"day": day.to_string(), "user_id": user}),
+        )
+        .await
     }
 }
 
-fn count_field(rows: &[serde_json::Value], field: &str) -> u32 {
-    rows.first().and_then(|r| r.get(field)).and_then(|v| v.as_u64()).unwrap_or(0) as u32
+/// One user's usage on one day, from the ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct DayUsage {
+    /// Messages sent.
+    #[serde(default, deserialize_with = "zero_if_none")]
+    pub messages: u32,
+    /// Tokens sent to the model.
+    #[serde(default, deserialize_with = "zero_if_none")]
+    pub prompt_tokens: u64,
+    /// Tokens the model wrote.
+    #[serde(default, deserialize_with = "zero_if_none")]
+    pub completion_tokens: u64,
+}
+
+/// Reads a counter that older rows may not have (`null`) as zero.
+fn zero_if_none<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// Whether a write was refused by a unique index. SurrealDB 3.3 reports that as a query

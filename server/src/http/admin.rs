@@ -1,0 +1,37 @@
+//! `GET /api/v1/admin/usage?day=&user_id=`: the usage ledger of one day, for admins. To
+//! anyone else the endpoint does not exist (`404`), like `/metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{NaiveDate, Utc};
+use relay_protocol::{UsageReport, UserRole};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::ApiQuery;
+use crate::auth::AuthUser;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Query of `GET /admin/usage`.
+#[derive(Deserialize)]
+pub struct UsageParams {
+    /// The day, `YYYY-MM-DD` (UTC); today when absent.
+    day: Option<NaiveDate>,
+    /// One user only.
+    user_id: Option<Uuid>,
+}
+
+/// Every user's (or one user's) messages and tokens on a day, the most tokens first.
+pub async fn usage(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<UsageReport>, AppError> {
+    if user.role != UserRole::Admin {
+        return Err(AppError::NoRoute);
+    }
+    let day = params.day.unwrap_or_else(|| Utc::now().date_naive());
+    let users = state.store.usage_report(day, params.user_id).await?;
+    Ok(Json(UsageReport { day, users }))
+}
