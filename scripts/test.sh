@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of relay-chat once, instrumented for line coverage, and prints the
 # coverage summary (failing under 80% of lines). On a fresh machine it first installs what
-# that needs: the wasm32 target (the protocol crate is checked for the browser), the
-# llvm-tools component and cargo-llvm-cov (kept under $HOME/.cache between runs).
+# that needs: redis-server (Debian's; the limits tests run a real one), the wasm32 target
+# (the protocol crate is checked for the browser), the llvm-tools component and
+# cargo-llvm-cov (kept under $HOME/.cache between runs).
 #
 #   scripts/test.sh                    # everything, with coverage
 #   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor)
@@ -18,6 +19,11 @@ TOOLS="$HOME/.cache/relay-chat-tools"
 LLVM_COV_VERSION="0.9.1"
 export PATH="$TOOLS/bin:$PATH"
 
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (the limits tests run a real one)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server
+fi
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
