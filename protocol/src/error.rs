@@ -31,6 +31,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request comes from a browser origin the server does not allow.
     Forbidden,
+    /// The user's sessions hold `CHAT_MAX_STORED_MESSAGES_PER_USER` messages; deleting
+    /// sessions makes room.
+    StorageFull,
     /// The server cannot take the request now (shutting down, or overloaded); retry later.
     Unavailable,
     /// Model provider down, circuit open, or its key rejected.
@@ -55,7 +58,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded | ErrorCode::Busy => 429,
             ErrorCode::LimitExceeded => 403,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::StorageFull => 403,
             ErrorCode::Unavailable => 503,
             ErrorCode::UpstreamUnavailable => 503,
             ErrorCode::UpstreamTimeout => 504,
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",

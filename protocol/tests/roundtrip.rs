@@ -187,6 +187,7 @@ fn error_codes_have_their_http_status() {
         ("internal", 500),
         ("limit_exceeded", 403),
         ("forbidden", 403),
+        ("storage_full", 403),
         ("method_not_allowed", 405),
         ("unavailable", 503),
     ];

@@ -16,6 +16,7 @@ use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
 use crate::llm::{LlmClient, LlmSettings};
 use crate::metrics::Metrics;
+use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
 use crate::state::AppState;
 use crate::store::{Store, StoreConfig};
@@ -112,9 +113,17 @@ impl Server {
                 checkpoint_interval: config.checkpoint_interval,
                 daily_quota: config.daily_message_quota,
                 rate_per_minute: config.rate_limit_per_minute,
+                max_stored_messages: config.max_stored_messages_per_user,
             },
         });
         let passwords = Arc::new(PasswordHashing::new(config.auth_hash_concurrency, config.auth_hash_queue));
+        let retention = Arc::new(Retention {
+            store: store.clone(),
+            archive_after: config.archive_after,
+            purge_after: config.purge_after,
+            every: config.retention_interval,
+            metrics: metrics.clone(),
+        });
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -124,6 +133,7 @@ impl Server {
             hub,
             user_locks: Arc::new(UserLocks::default()),
             limiter,
+            retention,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             mock_model: mock.is_some(),
@@ -131,6 +141,7 @@ impl Server {
         };
 
         state.limiter.spawn_upkeep(state.shutdown.clone());
+        state.retention.clone().spawn(state.shutdown.clone());
         let listener = tokio::net::TcpListener::bind(state.config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", state.config.bind_addr))?;

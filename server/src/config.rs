@@ -218,6 +218,14 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `FEATURE_CHAT_ENABLED` and `FEATURE_CHAT_ROLLOUT_PERCENT`.
     pub rollout: Rollout,
+    /// `CHAT_ARCHIVE_AFTER_DAYS`: deleted sessions older than this are archived.
+    pub archive_after: Duration,
+    /// `CHAT_PURGE_AFTER_DAYS`: deleted sessions older than this are purged for good.
+    pub purge_after: Duration,
+    /// `CHAT_RETENTION_INTERVAL_SECS`: how often the retention job runs (also at start).
+    pub retention_interval: Duration,
+    /// `CHAT_MAX_STORED_MESSAGES_PER_USER`: messages a user's live sessions may hold.
+    pub max_stored_messages_per_user: Option<u64>,
     /// `WS_PING_INTERVAL_SECS`: how often the server pings an idle connection.
     pub ws_ping_interval: Duration,
     /// `WS_PING_TIMEOUT_SECS`: a connection silent this long is closed.
@@ -282,6 +290,10 @@ impl std::fmt::Debug for Config {
             .field("registrations_per_address_per_hour", &self.registrations_per_address_per_hour)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("rollout", &self.rollout)
+            .field("archive_after", &self.archive_after)
+            .field("purge_after", &self.purge_after)
+            .field("retention_interval", &self.retention_interval)
+            .field("max_stored_messages_per_user", &self.max_stored_messages_per_user)
             .field("ws_ping_interval", &self.ws_ping_interval)
             .field("ws_ping_timeout", &self.ws_ping_timeout)
             .field("ws_auth_timeout", &self.ws_auth_timeout)
@@ -510,6 +522,19 @@ impl Config {
                 10,
             )?,
             trusted_proxies: parse_networks("TRUSTED_PROXIES", var("TRUSTED_PROXIES"))?,
+            archive_after: days("CHAT_ARCHIVE_AFTER_DAYS", var("CHAT_ARCHIVE_AFTER_DAYS"), 90)?,
+            purge_after: days("CHAT_PURGE_AFTER_DAYS", var("CHAT_PURGE_AFTER_DAYS"), 365)?,
+            retention_interval: Duration::from_secs(positive(
+                "CHAT_RETENTION_INTERVAL_SECS",
+                var("CHAT_RETENTION_INTERVAL_SECS"),
+                86_400,
+            )?),
+            max_stored_messages_per_user: Some(parse(
+                "CHAT_MAX_STORED_MESSAGES_PER_USER",
+                var("CHAT_MAX_STORED_MESSAGES_PER_USER"),
+                0u64,
+            )?)
+            .filter(|n| *n > 0),
             rollout: Rollout {
                 enabled: match var("FEATURE_CHAT_ENABLED").as_deref().map(str::trim) {
                     None | Some("true" | "1" | "yes" | "on") => ChatEnabled::Yes,
@@ -611,6 +636,12 @@ where
         return Err(ConfigError { var: name, reason: "must be greater than zero".into() });
     }
     Ok(v)
+}
+
+/// A number of days (0 allowed: at once).
+fn days(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    let days: u64 = parse(name, value, default)?;
+    Ok(Duration::from_secs(days.saturating_mul(86_400)))
 }
 
 fn parse_bool(name: &'static str, value: Option<String>) -> Result<bool, ConfigError> {

@@ -64,6 +64,12 @@ pub enum AppError {
     /// Over the daily message quota.
     #[error("daily message quota used up")]
     QuotaExceeded(crate::limits::RateDecision),
+    /// The user's sessions hold as many messages as they may.
+    #[error("storage full")]
+    StorageFull {
+        /// `CHAT_MAX_STORED_MESSAGES_PER_USER`.
+        limit: u64,
+    },
     /// Too many failed logins or registrations from one name or address.
     #[error("too many attempts")]
     TooManyAttempts {
@@ -151,6 +157,11 @@ impl AppError {
                 ErrorCode::QuotaExceeded,
                 format!("the daily quota of {} messages is used up; it starts again at midnight UTC", decision.limit),
                 Some(retry_ms(decision.retry_after)),
+            ),
+            AppError::StorageFull { limit } => (
+                ErrorCode::StorageFull,
+                format!("your sessions hold {limit} messages, the most allowed; delete sessions to make room"),
+                None,
             ),
             AppError::TooManyAttempts { retry_after_ms } => {
                 (ErrorCode::RateLimited, "too many attempts; try again later".into(), Some(*retry_after_ms))

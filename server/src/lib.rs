@@ -4,7 +4,7 @@
 //! [`auth`] (passwords and tokens), [`llm`] (the model client: retries, circuit breaker),
 //! [`session`] (one actor per live chat session), [`fanout`] and [`hub`] (delivering
 //! frames), [`catalog`] (a user's session list), [`http`] and [`ws`] (the wire), [`limits`]
-//! (quotas), [`metrics`] (Prometheus), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
+//! (quotas), [`metrics`] (Prometheus), [`retention`] (archiving and purging deleted sessions), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
 
 pub mod app;
 pub mod auth;
@@ -17,6 +17,7 @@ pub mod hub;
 pub mod limits;
 pub mod llm;
 pub mod metrics;
+pub mod retention;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub llm_breaker_state: IntGauge,
     /// Whether limits are kept in Redis now (0 without `REDIS_URL` or while it is down).
     pub redis_up: IntGauge,
+    /// Deleted sessions archived or purged by the retention job, by action.
+    pub retention_sessions: IntCounterVec,
+    /// Messages archived or purged by the retention job, by action.
+    pub retention_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -83,6 +87,16 @@ impl Metrics {
             IntGauge::new("llm_breaker_state", "Model provider circuit breaker: 0 closed, 1 open, 2 half-open")
                 .expect("valid metric");
         let redis_up = IntGauge::new("redis_up", "1 while limits are kept in Redis, else 0").expect("valid metric");
+        let retention_sessions = IntCounterVec::new(
+            Opts::new("retention_sessions_total", "Deleted sessions archived or purged, by action"),
+            &["action"],
+        )
+        .expect("valid metric");
+        let retention_messages = IntCounterVec::new(
+            Opts::new("retention_messages_total", "Messages archived or purged, by action"),
+            &["action"],
+        )
+        .expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -100,6 +114,8 @@ impl Metrics {
             llm_retries,
             llm_breaker_state,
             redis_up,
+            retention_sessions,
+            retention_messages,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -117,6 +133,8 @@ impl Metrics {
             Box::new(metrics.llm_retries.clone()),
             Box::new(metrics.llm_breaker_state.clone()),
             Box::new(metrics.redis_up.clone()),
+            Box::new(metrics.retention_sessions.clone()),
+            Box::new(metrics.retention_messages.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
 use crate::metrics::Metrics;
+use crate::retention::Retention;
 use crate::session::SessionRegistry;
 use crate::store::Store;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub user_locks: Arc<UserLocks>,
     /// Rate limits and quotas, in Redis or in process.
     pub limiter: Arc<Limiter>,
+    /// The retention job (also runnable on demand).
+    pub retention: Arc<Retention>,
     /// Cancelled when the server closes its connections (after running replies are stored).
     pub shutdown: CancellationToken,
     /// Every upgraded WebSocket connection, so shutdown can wait for their close frames.

@@ -421,3 +421,76 @@ async fn the_usage_ledger_counts_tokens_in_and_out() {
     assert_eq!(server.get(&token, "/api/v1/admin/usage").await.0, 404, "not for ordinary users");
     assert_eq!(server.get(&admin, "/api/v1/admin/usage?day=yesterday").await.0, 400);
 }
+
+// ---- retention and the storage cap ---------------------------------------------------------
+
+/// The retention job archives sessions deleted long enough ago (their messages leave the
+/// live table), and purges them with every message later; live sessions are untouched.
+#[tokio::test]
+async fn retention_archives_then_purges_old_deleted_sessions() {
+    let server = TestServer::with(&[
+        ("CHAT_ARCHIVE_AFTER_DAYS", "0"),
+        ("CHAT_PURGE_AFTER_DAYS", "36500"),
+        ("CHAT_RETENTION_INTERVAL_SECS", "1"),
+    ])
+    .await;
+    let (token, _, old) = user_with_session(&server, "tidy").await;
+    let kept = server.create_session(&token).await.id;
+    for sid in [old, kept] {
+        let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+        assert_eq!(post_message(&server.http, url, &token, "keep or not [[mock tokens=2]]").await.status(), 200);
+    }
+    let deleted = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{old}"))).bearer_auth(&token).send();
+    assert_eq!(deleted.await.unwrap().status(), 200);
+
+    let store = &server.state().store;
+    common::eventually("the job archives the deleted session", || async {
+        server.state().metrics.render().contains(r#"relay_retention_sessions_total{action="archived"} 1"#)
+    })
+    .await;
+    assert!(store.recent_messages(old, 10).await.unwrap().is_empty(), "its messages left the live table");
+    assert_eq!(store.archived_messages(old).await.unwrap(), 2);
+    assert_eq!(store.recent_messages(kept, 10).await.unwrap().len(), 2, "a live session is untouched");
+    assert!(server.state().metrics.render().contains(r#"relay_retention_messages_total{action="archived"} 2"#));
+
+    // A year on (here: a purge age of zero), the deleted session goes for good.
+    let purge = relay_server::retention::Retention {
+        store: store.clone(),
+        archive_after: Duration::ZERO,
+        purge_after: Duration::ZERO,
+        every: Duration::from_secs(3600),
+        metrics: server.state().metrics.clone(),
+    };
+    let report = purge.run().await.unwrap();
+    assert_eq!((report.purged_sessions, report.purged_messages), (1, 2));
+    assert_eq!(store.archived_messages(old).await.unwrap(), 0);
+    assert_eq!(store.recent_messages(kept, 10).await.unwrap().len(), 2);
+    assert_eq!(purge.run().await.unwrap(), Default::default(), "nothing left to do");
+    assert_eq!(stored(&server, &token, kept).await.messages.len(), 2);
+}
+
+/// `CHAT_MAX_STORED_MESSAGES_PER_USER`: a user whose sessions hold that many messages is
+/// refused `storage_full` (403) over REST and WebSocket; deleting a session makes room.
+#[tokio::test]
+async fn stored_messages_are_capped_per_user() {
+    let server = TestServer::with(&[("CHAT_MAX_STORED_MESSAGES_PER_USER", "4")]).await;
+    let (token, _, sid) = user_with_session(&server, "hoarder2").await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for _ in 0..2 {
+        assert_eq!(post_message(&server.http, url.clone(), &token, "keep [[mock tokens=1]]").await.status(), 200);
+    }
+    let refused = post_message(&server.http, url.clone(), &token, "one more").await;
+    assert_eq!(error_of(refused).await, (403, ErrorCode::StorageFull));
+    let other = server.create_session(&token).await.id;
+    let mut ws = server.ws(&token).await;
+    send(&mut ws, other, "full", "over the socket").await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "full")).await;
+    let ServerFrame::Error { error, .. } = frames.last().unwrap() else { unreachable!() };
+    assert_eq!(error.code, ErrorCode::StorageFull);
+    assert_eq!(stored(&server, &token, sid).await.messages.len(), 4, "nothing more stored");
+
+    let deleted = server.http.delete(server.url(&format!("/api/v1/chat/sessions/{sid}"))).bearer_auth(&token).send();
+    assert_eq!(deleted.await.unwrap().status(), 200);
+    let url = server.url(&format!("/api/v1/chat/sessions/{other}/messages"));
+    assert_eq!(post_message(&server.http, url, &token, "room again [[mock tokens=1]]").await.status(), 200);
+}

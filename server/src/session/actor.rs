@@ -485,7 +485,7 @@ impl SessionState {
                 return Err(e);
             }
         };
-        self.touch(message.created_at).await;
+        self.count_in_session(message.created_at).await;
         self.name_after_first_message(&message).await;
         self.count_usage(&request.user).await;
         // Subscribed before the message is published, so the sender's snapshot ends just
@@ -509,8 +509,8 @@ impl SessionState {
         Ok(SendAccepted { user_message: message, reply_id, rate })
     }
 
-    /// Lets a send through the user's daily quota and send rate (admins have neither), or
-    /// refuses it before anything is stored or billed. The quota is taken first and given
+    /// Lets a send through the user's storage cap, daily quota and send rate (admins have
+    /// none of them), or refuses it before anything is stored or billed. The quota is taken first and given
     /// back if the rate refuses, so a refused send costs nothing.
     async fn admit(&self, user: &AuthUser) -> Result<Admission, SessionError> {
         let mut admission = Admission { quota_key: None, rate: None };
@@ -518,6 +518,12 @@ impl SessionState {
             return Ok(admission);
         }
         let (settings, limiter) = (&self.deps.settings, &self.deps.limiter);
+        if let Some(max) = settings.max_stored_messages
+            && self.deps.store.stored_messages(user.id).await? >= max
+        {
+            self.deps.metrics.limit_refused("stored_messages");
+            return Err(SessionError::StorageFull(max));
+        }
         if let Some(limit) = settings.daily_quota {
             let day = Utc::now().date_naive();
             let key = limits::quota_key(user.id, day);
@@ -567,9 +573,9 @@ impl SessionState {
         Ok(message)
     }
 
-    /// Moves the session's `updated_at` forward.
-    async fn touch(&mut self, at: DateTime<Utc>) {
-        match self.deps.store.touch_session(self.session.id, at).await {
+    /// Counts the new message in the session and moves its `updated_at` forward.
+    async fn count_in_session(&mut self, at: DateTime<Utc>) {
+        match self.deps.store.count_message(self.session.id, at).await {
             Ok(()) => self.session.updated_at = at,
             Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not update session time"),
         }
@@ -879,7 +885,7 @@ impl SessionState {
             tracing::error!(session_id = %self.session.id, error = %e, "could not store the reply");
         }
         let now = Utc::now();
-        if store.touch_session(self.session.id, now).await.is_ok() {
+        if store.count_message(self.session.id, now).await.is_ok() {
             self.session.updated_at = now;
         }
         if let Some(usage) = running.usage

@@ -46,6 +46,9 @@ pub enum SessionError {
     /// Over `CHAT_RATE_LIMIT_PER_MINUTE`.
     #[error("too many messages; slow down")]
     RateLimited(crate::limits::RateDecision),
+    /// The user's sessions hold `CHAT_MAX_STORED_MESSAGES_PER_USER` messages.
+    #[error("storage full")]
+    StorageFull(u64),
     /// Over `CHAT_DAILY_MESSAGE_QUOTA` today.
     #[error("daily message quota used up")]
     QuotaExceeded(crate::limits::RateDecision),
@@ -75,6 +78,7 @@ impl From<SessionError> for AppError {
             SessionError::Reported(body) => AppError::Reported(body),
             SessionError::RateLimited(decision) => AppError::RateLimited(decision),
             SessionError::QuotaExceeded(decision) => AppError::QuotaExceeded(decision),
+            SessionError::StorageFull(limit) => AppError::StorageFull { limit },
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct SessionSettings {
     pub daily_quota: Option<u32>,
     /// Sends per user per minute (`None`: unlimited); admins have none.
     pub rate_per_minute: Option<u32>,
+    /// Messages a user's live sessions may hold (`None`: unlimited); admins have none.
+    pub max_stored_messages: Option<u64>,
 }
 
 /// What the actors need from the rest of the server.

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schema/0002_generating_status.surql"),
     },
     Migration { version: 3, name: "usage_ledger", sql: include_str!("../../../schema/0003_usage_ledger.surql") },
+    Migration { version: 4, name: "retention", sql: include_str!("../../../schema/0004_retention.surql") },
 ];
 
 const BOOKKEEPING: &str = "

@@ -300,13 +300,83 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
-    /// Moves a session's `updated_at` forward (it had a new message).
-    pub async fn touch_session(&self, session_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Counts a new message of a session and moves its `updated_at` forward.
+    pub async fn count_message(&self, session_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.execute(
-            "UPDATE type::record('chat_session', $id) SET updated_at = <datetime>$at",
+            "UPDATE type::record('chat_session', $id) SET updated_at = <datetime>$at, message_count += 1",
             serde_json::json!({"id": session_id, "at": at}),
         )
         .await
+    }
+
+    /// How many messages a user's live (not deleted) sessions hold.
+    pub async fn stored_messages(&self, user_id: Uuid) -> Result<u64, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "SELECT math::sum(message_count) AS total FROM chat_session \
+                 WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL",
+                serde_json::json!({"user_id": user_id}),
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
+    /// Archives up to `batch` sessions deleted before `cutoff`: their messages move out of
+    /// the live table into `chat_message_archive`. Returns (sessions, messages) archived.
+    pub async fn archive_deleted_before(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64), StoreError> {
+        self.retention_step(
+            "LET $ids = SELECT VALUE record::id(id) FROM chat_session \
+                 WHERE deleted_at != NONE AND deleted_at < <datetime>$cutoff AND archived_at = NONE LIMIT $batch;
+             LET $moved = INSERT INTO chat_message_archive (SELECT *, type::record('chat_message_archive', \
+                 record::id(id)) AS id FROM chat_message WHERE session_id IN $ids);
+             DELETE chat_message WHERE session_id IN $ids;
+             UPDATE chat_session SET archived_at = time::now() WHERE record::id(id) IN $ids;
+             RETURN { sessions: array::len($ids), messages: array::len($moved) };",
+            cutoff,
+            batch,
+        )
+        .await
+    }
+
+    /// Deletes for good up to `batch` sessions deleted before `cutoff`, with their messages
+    /// (live or archived). Returns (sessions, messages) purged.
+    pub async fn purge_deleted_before(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64), StoreError> {
+        self.retention_step(
+            "LET $ids = SELECT VALUE record::id(id) FROM chat_session \
+                 WHERE deleted_at != NONE AND deleted_at < <datetime>$cutoff LIMIT $batch;
+             LET $archived = DELETE chat_message_archive WHERE session_id IN $ids RETURN BEFORE;
+             LET $live = DELETE chat_message WHERE session_id IN $ids RETURN BEFORE;
+             DELETE chat_session WHERE record::id(id) IN $ids;
+             RETURN { sessions: array::len($ids), messages: array::len($archived) + array::len($live) };",
+            cutoff,
+            batch,
+        )
+        .await
+    }
+
+    /// Runs one retention statement list in a transaction; it returns `{sessions, messages}`.
+    async fn retention_step(&self, sql: &str, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64), StoreError> {
+        let mut response = self
+            .db
+            .query(format!("BEGIN TRANSACTION;\n{sql}\nCOMMIT TRANSACTION;"))
+            .bind(serde_json::json!({"cutoff": cutoff, "batch": batch}))
+            .await?
+            .check()?;
+        // The `RETURN` is the statement before `COMMIT`.
+        let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 2)?;
+        let field = |name: &str| rows.first().and_then(|r| r.get(name)).and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((field("sessions"), field("messages")))
+    }
+
+    /// How many archived messages a session has (they leave the live table when archived).
+    pub async fn archived_messages(&self, session_id: Uuid) -> Result<u64, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "SELECT count() AS n FROM chat_message_archive WHERE session_id = $id GROUP ALL",
+                serde_json::json!({"id": session_id}),
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| r.get("n")).and_then(|v| v.as_u64()).unwrap_or(0))
     }
 
     // ---- messages ----------------------------------------------------------------------

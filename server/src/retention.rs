@@ -1,0 +1,97 @@
+//! Retention: a background job that archives sessions soft-deleted more than
+//! `CHAT_ARCHIVE_AFTER_DAYS` ago (their messages leave the live table for
+//! `chat_message_archive`) and purges, with every message, those deleted more than
+//! `CHAT_PURGE_AFTER_DAYS` ago. It runs at start-up and then every
+//! `CHAT_RETENTION_INTERVAL_SECS` (daily), in bounded batches so no transaction grows large.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Sessions handled per transaction.
+const BATCH: usize = 500;
+
+/// What one run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Sessions archived.
+    pub archived_sessions: u64,
+    /// Messages moved to the archive.
+    pub archived_messages: u64,
+    /// Sessions purged.
+    pub purged_sessions: u64,
+    /// Messages purged (live or archived).
+    pub purged_messages: u64,
+}
+
+/// The job and its settings.
+pub struct Retention {
+    /// The database.
+    pub store: Store,
+    /// Deleted sessions older than this are archived.
+    pub archive_after: Duration,
+    /// Deleted sessions older than this are purged.
+    pub purge_after: Duration,
+    /// How often the job runs after its first run at start-up.
+    pub every: Duration,
+    /// Where runs are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Retention {
+    /// Runs once: archives, then purges, batch by batch until nothing is left to do.
+    pub async fn run(&self) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        let cutoff = |age: Duration| Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        loop {
+            let (sessions, messages) = self.store.archive_deleted_before(cutoff(self.archive_after), BATCH).await?;
+            report.archived_sessions += sessions;
+            report.archived_messages += messages;
+            if (sessions as usize) < BATCH {
+                break;
+            }
+        }
+        loop {
+            let (sessions, messages) = self.store.purge_deleted_before(cutoff(self.purge_after), BATCH).await?;
+            report.purged_sessions += sessions;
+            report.purged_messages += messages;
+            if (sessions as usize) < BATCH {
+                break;
+            }
+        }
+        let counted = [
+            ("archived", report.archived_sessions, report.archived_messages),
+            ("purged", report.purged_sessions, report.purged_messages),
+        ];
+        for (action, sessions, messages) in counted {
+            self.metrics.retention_sessions.with_label_values(&[action]).inc_by(sessions);
+            self.metrics.retention_messages.with_label_values(&[action]).inc_by(messages);
+        }
+        Ok(report)
+    }
+
+    /// Runs now and then every `every` until `stop`.
+    pub fn spawn(self: Arc<Self>, stop: CancellationToken) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match self.run().await {
+                    Ok(report) if report != RetentionReport::default() => {
+                        tracing::info!(?report, "retention: old deleted sessions archived and purged")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "retention run failed; it runs again later"),
+                }
+            }
+        });
+    }
+}
