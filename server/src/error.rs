@@ -205,7 +205,10 @@ fn retry_ms(wait: std::time::Duration) -> u64 {
 pub fn error_response(body: ErrorBody) -> Response {
     let status = StatusCode::from_u16(body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry = body.retry_after_ms;
+    let code = body.code;
     let mut response = (status, axum::Json(ErrorResponse { error: body })).into_response();
+    // Read back by the metrics layer, which counts errors by code.
+    response.extensions_mut().insert(code);
     if let Some(ms) = retry
         && let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string())
     {

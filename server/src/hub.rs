@@ -68,6 +68,11 @@ impl UserHub {
         Some(Membership { hub: self.clone(), user, receiver: None })
     }
 
+    /// How many users hold at least one connection.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
     /// How many connection places a user holds.
     pub fn connections_of(&self, user: Uuid) -> usize {
         self.users.get(&user).map_or(0, |u| u.places)

@@ -40,6 +40,14 @@ pub struct Metrics {
     pub llm_breaker_state: IntGauge,
     /// Whether limits are kept in Redis now (0 without `REDIS_URL` or while it is down).
     pub redis_up: IntGauge,
+    /// Errors answered to clients, by protocol error code (REST, WebSocket, `done`).
+    pub errors: IntCounterVec,
+    /// Time from starting a reply to its end, whatever the end.
+    pub reply_duration: Histogram,
+    /// Messages a session held when a message was sent to it (conversation depth).
+    pub session_depth: Histogram,
+    /// Users with at least one WebSocket connection (set when `/metrics` is read).
+    pub active_users: IntGauge,
     /// Deleted sessions archived or purged by the retention job, by action.
     pub retention_sessions: IntCounterVec,
     /// Messages archived or purged by the retention job, by action.
@@ -97,6 +105,20 @@ impl Metrics {
             &["action"],
         )
         .expect("valid metric");
+        let errors = IntCounterVec::new(Opts::new("errors_total", "Errors answered to clients, by code"), &["code"])
+            .expect("valid metric");
+        let reply_duration = Histogram::with_opts(
+            HistogramOpts::new("reply_duration_seconds", "Time from starting a reply to its end")
+                .buckets(vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )
+        .expect("valid metric");
+        let session_depth = Histogram::with_opts(
+            HistogramOpts::new("session_depth_messages", "Messages a session held when a message was sent to it")
+                .buckets(vec![0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric");
+        let active_users =
+            IntGauge::new("active_users", "Users with at least one WebSocket connection").expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -114,6 +136,10 @@ impl Metrics {
             llm_retries,
             llm_breaker_state,
             redis_up,
+            errors,
+            reply_duration,
+            session_depth,
+            active_users,
             retention_sessions,
             retention_messages,
         };
@@ -133,6 +159,10 @@ impl Metrics {
             Box::new(metrics.llm_retries.clone()),
             Box::new(metrics.llm_breaker_state.clone()),
             Box::new(metrics.redis_up.clone()),
+            Box::new(metrics.errors.clone()),
+            Box::new(metrics.reply_duration.clone()),
+            Box::new(metrics.session_depth.clone()),
+            Box::new(metrics.active_users.clone()),
             Box::new(metrics.retention_sessions.clone()),
             Box::new(metrics.retention_messages.clone()),
         ];
@@ -157,6 +187,11 @@ impl Metrics {
     /// Counts a WebSocket close the server sent.
     pub fn ws_closed(&self, code: u16) {
         self.ws_closes.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    /// Counts an error answered to a client.
+    pub fn error(&self, code: relay_protocol::ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
     /// Counts a request refused by a cap.

@@ -291,6 +291,9 @@ impl Connection {
 
     /// Queues a direct reply behind everything queued before it.
     fn reply(&self, frame: ServerFrame) {
+        if let ServerFrame::Error { error, .. } = &frame {
+            self.state.metrics.error(error.code);
+        }
         self.receiver.deliver(&Outbound::new(frame));
     }
 
@@ -325,7 +328,7 @@ impl Connection {
                     let result = state.sessions.subscribe(&user, session_id, receiver.clone(), id.clone()).await;
                     if let Err(e) = result {
                         forget_if(&subscribed, session_id, fresh);
-                        reply_error(&receiver, id, Some(session_id), e.into());
+                        reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                     }
                 });
             }
@@ -335,7 +338,7 @@ impl Connection {
                     let result = state.sessions.send(&user, session_id, content, receiver.clone(), id.clone()).await;
                     if let Err(e) = result {
                         forget_if(&subscribed, session_id, fresh);
-                        reply_error(&receiver, id, Some(session_id), e.into());
+                        reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                     }
                 });
             }
@@ -352,19 +355,19 @@ impl Connection {
             }
             ClientFrame::Stop { id, session_id } => self.spawn(Some(session_id), permit, async move {
                 if let Err(e) = state.sessions.stop(&user, session_id).await {
-                    reply_error(&receiver, id, Some(session_id), e.into());
+                    reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                 }
             }),
             ClientFrame::CreateSession { id, title } => self.spawn(None, permit, async move {
                 let origin = Some((receiver.id, id.clone()));
                 if let Err(e) = catalog::create(&state, &user, title.as_deref(), origin).await {
-                    reply_error(&receiver, id, None, e);
+                    reply_error(&state.metrics, &receiver, id, None, e);
                 }
             }),
             ClientFrame::RenameSession { id, session_id, title } => self.spawn(Some(session_id), permit, async move {
                 let origin = Some((receiver.id, id.clone()));
                 if let Err(e) = catalog::rename(&state, &user, session_id, &title, origin).await {
-                    reply_error(&receiver, id, Some(session_id), e);
+                    reply_error(&state.metrics, &receiver, id, Some(session_id), e);
                 }
             }),
             ClientFrame::DeleteSession { id, session_id } => self.spawn(Some(session_id), permit, async move {
@@ -373,7 +376,7 @@ impl Connection {
                     Ok(()) => {
                         lock(&subscribed).remove(&session_id);
                     }
-                    Err(e) => reply_error(&receiver, id, Some(session_id), e),
+                    Err(e) => reply_error(&state.metrics, &receiver, id, Some(session_id), e),
                 }
             }),
             ClientFrame::ListSessions { id, page, per_page } => self.spawn(None, permit, async move {
@@ -388,7 +391,7 @@ impl Connection {
                             total_pages: list.total_pages,
                         }));
                     }
-                    Err(e) => reply_error(&receiver, id, None, e),
+                    Err(e) => reply_error(&state.metrics, &receiver, id, None, e),
                 }
             }),
         }
@@ -407,7 +410,13 @@ impl Connection {
             drop(subscribed);
             self.state.metrics.limit_refused("subscriptions_per_connection");
             let message = format!("this connection watches {max} sessions, the most allowed; unsubscribe from one");
-            reply_error(&self.receiver, id.clone(), Some(session_id), AppError::LimitExceeded(message));
+            reply_error(
+                &self.state.metrics,
+                &self.receiver,
+                id.clone(),
+                Some(session_id),
+                AppError::LimitExceeded(message),
+            );
             return None;
         }
         subscribed.insert(session_id);
@@ -466,11 +475,19 @@ fn forget_if(subscribed: &Mutex<HashSet<Uuid>>, session_id: Uuid, fresh: bool) {
     }
 }
 
-fn reply_error(receiver: &Receiver, id: Option<String>, session_id: Option<Uuid>, error: AppError) {
+fn reply_error(
+    metrics: &crate::metrics::Metrics,
+    receiver: &Receiver,
+    id: Option<String>,
+    session_id: Option<Uuid>,
+    error: AppError,
+) {
     if error.is_internal() {
         tracing::error!(error = %error, "request failed");
     }
-    receiver.deliver(&Outbound::new(ServerFrame::error(id, session_id, error.to_body())));
+    let body = error.to_body();
+    metrics.error(body.code);
+    receiver.deliver(&Outbound::new(ServerFrame::error(id, session_id, body)));
 }
 
 struct WriterArgs {

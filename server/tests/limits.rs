@@ -494,3 +494,61 @@ async fn stored_messages_are_capped_per_user() {
     let url = server.url(&format!("/api/v1/chat/sessions/{other}/messages"));
     assert_eq!(post_message(&server.http, url, &token, "room again [[mock tokens=1]]").await.status(), 200);
 }
+
+// ---- observability ------------------------------------------------------------------------
+
+/// `/metrics` moves with what happens: errors by code, reply durations, conversation depth,
+/// active users, refusals by limit.
+#[tokio::test]
+async fn metrics_follow_what_happens() {
+    let server = TestServer::with(&[("METRICS_TOKEN", "scrape"), ("CHAT_RATE_LIMIT_PER_MINUTE", "2")]).await;
+    let (token, _, sid) = user_with_session(&server, "observed").await;
+    let _ws = server.ws(&token).await;
+    let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    for _ in 0..2 {
+        assert_eq!(post_message(&server.http, url.clone(), &token, "hi [[mock tokens=2]]").await.status(), 200);
+    }
+    assert_eq!(post_message(&server.http, url.clone(), &token, "third").await.status(), 429);
+    assert_eq!(server.get(&token, "/api/v1/chat/sessions/6f1c2b9e-0d57-4a51-9a39-0c4a8c1f2e11").await.0, 404);
+    let text =
+        server.http.get(server.url("/metrics")).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"relay_errors_total{code="rate_limited"} 1"#,
+        r#"relay_errors_total{code="not_found"} 1"#,
+        r#"relay_limits_refused_total{limit="send_rate"} 1"#,
+        "relay_reply_duration_seconds_count 2",
+        "relay_session_depth_messages_count 2",
+        "relay_active_users 1",
+        r#"relay_generations_total{finish_reason="stop"} 2"#,
+        "relay_redis_up 0",
+        "relay_llm_breaker_state 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+}
+
+/// `LOG_FORMAT=json` writes one JSON object per line; an unknown format is refused.
+#[tokio::test]
+async fn logs_can_be_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let http = reqwest::Client::new();
+    let server = Process::start_with(dir.path(), &[("LOG_FORMAT", "json"), ("RUST_LOG", "info")], log.into());
+    server.ready(&http).await;
+    server.register(&http, "jsonlogs").await;
+    assert!(server.terminate().success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "relay-chat listening"), "{text}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"))
+        .env("LOG_FORMAT", "xml")
+        .env("RELAY_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("LOG_FORMAT"));
+}

@@ -98,10 +98,13 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&st
     host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
-/// Counts every response by status class.
+/// Counts every response by status class, and error responses by protocol code.
 async fn count_responses(State(state): State<AppState>, request: Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     state.metrics.http_response(response.status().as_u16());
+    if let Some(code) = response.extensions().get::<relay_protocol::ErrorCode>() {
+        state.metrics.error(*code);
+    }
     response
 }
 
@@ -138,6 +141,7 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     if !scraper && state.tokens.verify(token)?.role != relay_protocol::UserRole::Admin {
         return Err(AppError::NoRoute);
     }
+    state.metrics.active_users.set(state.hub.users() as i64);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(Body::from(state.metrics.render()))

@@ -478,6 +478,7 @@ impl SessionState {
             return Err(SessionError::Busy);
         }
         let admission = self.admit(&request.user).await?;
+        self.deps.metrics.session_depth.observe(self.history.len() as f64);
         let message = match self.store_user_message(request.message_id, request.content).await {
             Ok(message) => message,
             Err(e) => {
@@ -876,6 +877,10 @@ impl SessionState {
         };
         let metrics = &self.deps.metrics;
         metrics.generation_ended(reason);
+        metrics.reply_duration.observe(running.started.elapsed().as_secs_f64());
+        if let Some(error) = &error {
+            metrics.error(error.code);
+        }
         if let Some(usage) = running.usage {
             metrics.tokens.with_label_values(&["prompt"]).inc_by(u64::from(usage.prompt_tokens));
             metrics.tokens.with_label_values(&["completion"]).inc_by(u64::from(usage.completion_tokens));
