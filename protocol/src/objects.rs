@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 /// A user's role: admins have no quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UserRole {
     /// An ordinary user.
@@ -17,6 +18,7 @@ pub enum UserRole {
 
 /// A user as the API shows it (never with credentials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// The user id, also the `sub` claim of their tokens.
     pub id: Uuid,
@@ -28,6 +30,7 @@ pub struct User {
 
 /// A chat session (a conversation) as listed and returned by the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Session {
     /// The session id.
     pub id: Uuid,
@@ -41,6 +44,7 @@ pub struct Session {
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The person chatting.
@@ -53,6 +57,7 @@ pub enum Role {
 
 /// Whether a stored message is whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
     /// The message is whole.
@@ -68,6 +73,7 @@ pub enum MessageStatus {
 
 /// A stored chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// The message id.
     pub id: Uuid,
@@ -87,6 +93,7 @@ pub struct Message {
 
 /// Token usage of one model reply, as the provider reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Tokens in the prompt (the context sent).
     pub prompt_tokens: u32,
@@ -98,6 +105,7 @@ pub struct Usage {
 
 /// A user's daily message quota.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quota {
     /// Messages sent today (UTC).
     pub messages_today: u32,
@@ -117,6 +125,7 @@ pub struct Quota {
 
 /// One user's use of the model on one day, as the usage ledger keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserUsage {
     /// The user.
     pub user_id: Uuid,

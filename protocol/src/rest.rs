@@ -7,6 +7,7 @@ use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User, UserU
 
 /// Body of `POST /api/v1/auth/register`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The wanted login name: 3 to 32 of `[A-Za-z0-9_.-]`.
     pub username: String,
@@ -16,6 +17,7 @@ pub struct RegisterRequest {
 
 /// Body of `POST /api/v1/auth/login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The login name.
     pub username: String,
@@ -25,6 +27,7 @@ pub struct LoginRequest {
 
 /// Answer to register and login: a bearer token and the user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthResponse {
     /// The JWT to send as `Authorization: Bearer <token>`.
     pub token: String,
@@ -34,6 +37,7 @@ pub struct AuthResponse {
 
 /// Answer to `GET /api/v1/auth/me`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeResponse {
     /// The authenticated user.
     pub user: User,
@@ -43,6 +47,7 @@ pub struct MeResponse {
 
 /// Body of `POST /api/v1/chat/sessions`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSessionRequest {
     /// The title; "New chat" when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +56,7 @@ pub struct CreateSessionRequest {
 
 /// Body of `PATCH /api/v1/chat/sessions/:id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateSessionRequest {
     /// The new title.
     pub title: String,
@@ -58,6 +64,7 @@ pub struct UpdateSessionRequest {
 
 /// Answer to `GET /api/v1/chat/sessions`: one page of sessions, newest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionList {
     /// The sessions on this page.
     pub sessions: Vec<Session>,
@@ -73,6 +80,7 @@ pub struct SessionList {
 
 /// Answer to `GET /api/v1/chat/sessions/:id`: the session and its messages, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionWithMessages {
     /// The session.
     pub session: Session,
@@ -82,6 +90,7 @@ pub struct SessionWithMessages {
 
 /// Answer to `DELETE /api/v1/chat/sessions/:id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeletedResponse {
     /// Always "Session deleted".
     pub message: String,
@@ -89,6 +98,7 @@ pub struct DeletedResponse {
 
 /// Body of `POST /api/v1/chat/sessions/:id/messages`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessageRequest {
     /// The user's message.
     pub content: String,
@@ -96,6 +106,7 @@ pub struct SendMessageRequest {
 
 /// Answer to a non-streaming send: both stored messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessageResponse {
     /// The stored user message.
     pub user_message: Message,
@@ -105,6 +116,7 @@ pub struct SendMessageResponse {
 
 /// One `data:` event of a streamed send (`Accept: text/event-stream`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum SseEvent {
     /// The reply ended: `{"done": true, "message_id", "finish_reason", "usage"}`.
@@ -138,6 +150,7 @@ pub enum SseEvent {
 /// Answer to `GET /api/v1/admin/usage?day=`: every user's use of the model that day, the
 /// largest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageReport {
     /// The day (UTC), `YYYY-MM-DD`.
     pub day: chrono::NaiveDate,

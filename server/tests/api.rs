@@ -774,3 +774,46 @@ async fn remote_surrealdb_over_websocket() {
     assert_eq!(got["messages"].as_array().unwrap().len(), 2);
     assert_eq!(got["session"]["title"], "over the wire [[mock tokens=3]]");
 }
+
+/// `/api/v1/openapi.json` is a parsable OpenAPI document listing every REST path of
+/// `docs/PROTOCOL.md` with its methods, and the protocol's bodies as schemas.
+#[tokio::test]
+async fn the_openapi_document_lists_every_rest_path() {
+    let server = TestServer::start().await;
+    let response = server.http.get(server.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/auth/register", &["post"][..]),
+        ("/api/v1/auth/login", &["post"]),
+        ("/api/v1/auth/me", &["get"]),
+        ("/api/v1/chat/sessions", &["get", "post"]),
+        ("/api/v1/chat/sessions/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/chat/sessions/{id}/messages", &["post"]),
+        ("/api/v1/chat/quota", &["get"]),
+        ("/api/v1/admin/usage", &["get"]),
+        ("/api/v1/ws", &["get"]),
+        ("/api/v1/openapi.json", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+    ] {
+        let listed = paths.get(path).unwrap_or_else(|| panic!("{path} is not documented"));
+        for method in methods {
+            assert!(listed.get(*method).is_some(), "{method} {path} is not documented");
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in
+        ["Message", "Session", "Quota", "ErrorResponse", "ErrorCode", "SseEvent", "UsageReport", "SessionList"]
+    {
+        assert!(schemas.contains_key(schema), "schema {schema} missing");
+    }
+    let codes = serde_json::to_string(&schemas["ErrorCode"]).unwrap();
+    for code in ["rate_limited", "quota_exceeded", "storage_full", "limit_exceeded", "unavailable"] {
+        assert!(codes.contains(code), "error code {code} missing from the schema");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}

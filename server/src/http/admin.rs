@@ -22,6 +22,12 @@ pub struct UsageParams {
     user_id: Option<Uuid>,
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/usage", tag = "admin", security(("bearer" = [])),
+    params(("day" = Option<String>, Query, description = "The day, YYYY-MM-DD (UTC); today by default"),
+        ("user_id" = Option<uuid::Uuid>, Query, description = "One user only")),
+    responses((status = 200, description = "Every user's messages and tokens that day", body = relay_protocol::UsageReport),
+        (status = 400, description = "bad_request: not a day", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: not an admin", body = relay_protocol::ErrorResponse)))]
 /// Every user's (or one user's) messages and tokens on a day, the most tokens first.
 pub async fn usage(
     State(state): State<AppState>,

@@ -13,6 +13,12 @@ use crate::error::AppError;
 use crate::limits::{self, Rate};
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = relay_protocol::RegisterRequest,
+    responses((status = 201, description = "Account created", body = relay_protocol::AuthResponse),
+        (status = 400, description = "bad_request: username or password breaks the rules", body = relay_protocol::ErrorResponse),
+        (status = 409, description = "conflict: username taken", body = relay_protocol::ErrorResponse),
+        (status = 429, description = "rate_limited: too many registrations from this address", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Creates an account and answers a token for it; at most
 /// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR` from one client address.
 pub async fn register(
@@ -37,6 +43,11 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(AuthResponse { token, user })))
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = relay_protocol::LoginRequest,
+    responses((status = 200, description = "Logged in", body = relay_protocol::AuthResponse),
+        (status = 401, description = "unauthorized: wrong username or password", body = relay_protocol::ErrorResponse),
+        (status = 429, description = "rate_limited: too many failed logins for this name or address", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Checks a password and answers a fresh token. The role comes from `CHAT_ADMIN_USERS`
 /// as it is now, not from what was stored at registration. A username or a client address
 /// with too many failed logins in the window is refused before any password is checked.
@@ -94,12 +105,19 @@ fn counted(state: &AppState, error: AuthError) -> AuthError {
     error
 }
 
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, description = "The caller and their quota", body = relay_protocol::MeResponse),
+        (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse)))]
 /// The caller and their quota.
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<MeResponse>, AppError> {
     let quota = limits::quota(&state.store, state.config.daily_message_quota, &user).await?;
     Ok(Json(MeResponse { user: user.to_user(), quota }))
 }
 
+#[utoipa::path(get, path = "/api/v1/chat/quota", tag = "chat", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's quota today", body = relay_protocol::Quota),
+        (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
 /// The caller's quota (a chat route: `404` for whoever does not have chat).
 pub async fn quota(State(state): State<AppState>, ChatUser(user): ChatUser) -> Result<Json<Quota>, AppError> {
     Ok(Json(limits::quota(&state.store, state.config.daily_message_quota, &user).await?))

@@ -23,6 +23,17 @@ use crate::limits::RateDecision;
 use crate::session::{SessionError, SubscriptionGuard};
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),
+    request_body = relay_protocol::SendMessageRequest,
+    responses((status = 200, description = "The stored messages once the reply is complete; with `Accept: text/event-stream`, an SSE stream of `SseEvent`s", body = relay_protocol::SendMessageResponse,
+            headers(("X-RateLimit-Limit" = u32, description = "Sends allowed per minute"), ("X-RateLimit-Remaining" = u32), ("X-RateLimit-Reset" = u64, description = "Seconds until the limit is whole"))),
+        (status = 400, description = "invalid_content: empty or too long", body = relay_protocol::ErrorResponse),
+        (status = 403, description = "storage_full", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse),
+        (status = 429, description = "rate_limited, quota_exceeded or busy, with Retry-After", body = relay_protocol::ErrorResponse),
+        (status = 502, description = "upstream_error", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "upstream_unavailable or unavailable", body = relay_protocol::ErrorResponse),
+        (status = 504, description = "upstream_timeout", body = relay_protocol::ErrorResponse)))]
 /// Sends a message and answers its reply, streamed or whole. Every answer that passed the
 /// send rate or was refused by a limit carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
 /// and `X-RateLimit-Reset` (seconds until the limit is whole again).

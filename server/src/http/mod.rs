@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod extract;
 mod messages;
+mod openapi;
 mod sessions;
 
 use axum::body::Body;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions/{id}/messages", post(messages::send))
         .route("/chat/quota", get(auth::quota))
         .route("/admin/usage", get(admin::usage))
+        .route("/openapi.json", get(openapi::openapi))
         .route("/ws", get(crate::ws::upgrade))
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .fallback(|| async { AppError::NoRoute });
@@ -134,6 +136,9 @@ async fn json_errors(request: Request, next: axum::middleware::Next) -> Response
     error.into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format (METRICS_TOKEN or an admin's token)", content_type = "text/plain"),
+        (status = 404, description = "not_found: neither", body = relay_protocol::ErrorResponse)))]
 /// `GET /metrics`: Prometheus text format, for the `METRICS_TOKEN` bearer or an admin's JWT.
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, AppError> {
     let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
@@ -153,11 +158,14 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
 /// `GET /healthz`: the process is up.
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "The database answers; `redis` says where limits are kept"), (status = 503, description = "The database does not answer")))]
 /// `GET /readyz`: ready when the database answers; says where limits are kept (`redis`:
 /// `up`, `down` (limits kept in process meanwhile, still ready) or `disabled`).
 async fn readyz(State(state): State<AppState>) -> Response {

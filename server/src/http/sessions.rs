@@ -23,6 +23,11 @@ pub struct ListParams {
     per_page: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/api/v1/chat/sessions", tag = "chat", security(("bearer" = [])),
+    request_body(content = Option<relay_protocol::CreateSessionRequest>, description = "May be empty (title \"New chat\")"),
+    responses((status = 201, description = "Session created", body = relay_protocol::Session),
+        (status = 403, description = "limit_exceeded: CHAT_MAX_SESSIONS_PER_USER reached", body = relay_protocol::ErrorResponse),
+        (status = 413, description = "too_large", body = relay_protocol::ErrorResponse)))]
 /// `POST /chat/sessions`; the body (`{"title"?}`) may be empty.
 pub async fn create(
     State(state): State<AppState>,
@@ -33,6 +38,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(session)))
 }
 
+#[utoipa::path(get, path = "/api/v1/chat/sessions", tag = "chat", security(("bearer" = [])),
+    params(("page" = Option<u32>, Query, description = "From 1"), ("per_page" = Option<u32>, Query, description = "1 to 100, default 20")),
+    responses((status = 200, description = "One page of sessions, most recently active first", body = relay_protocol::SessionList)))]
 /// `GET /chat/sessions?page=&per_page=`.
 pub async fn list(
     State(state): State<AppState>,
@@ -42,6 +50,9 @@ pub async fn list(
     Ok(Json(catalog::list(&state, user.id, params.page, params.per_page).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/chat/sessions/{id}", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),
+    responses((status = 200, description = "The session and its messages, oldest first", body = relay_protocol::SessionWithMessages),
+        (status = 404, description = "not_found: no such session, deleted, or not the caller's", body = relay_protocol::ErrorResponse)))]
 /// `GET /chat/sessions/:id`: the session and its messages, oldest first.
 pub async fn get(
     State(state): State<AppState>,
@@ -53,6 +64,11 @@ pub async fn get(
     Ok(Json(SessionWithMessages { session, messages }))
 }
 
+#[utoipa::path(patch, path = "/api/v1/chat/sessions/{id}", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),
+    request_body = relay_protocol::UpdateSessionRequest,
+    responses((status = 200, description = "Renamed", body = relay_protocol::Session),
+        (status = 400, description = "bad_request: empty or too long title", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse)))]
 /// `PATCH /chat/sessions/:id` with `{"title"}`.
 pub async fn rename(
     State(state): State<AppState>,
@@ -63,6 +79,9 @@ pub async fn rename(
     Ok(Json(catalog::rename(&state, &user, id, &body.title, None).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/chat/sessions/{id}", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),
+    responses((status = 200, description = "Soft-deleted", body = relay_protocol::DeletedResponse),
+        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse)))]
 /// `DELETE /chat/sessions/:id` (soft delete).
 pub async fn delete(
     State(state): State<AppState>,

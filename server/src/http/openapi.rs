@@ -1,0 +1,65 @@
+//! `GET /api/v1/openapi.json`: the REST API as an OpenAPI document, generated from the
+//! handlers' annotations and the protocol crate's types, so it cannot drift from the code.
+//! The WebSocket protocol (`GET /api/v1/ws`) is listed as a path; its frames are described
+//! in `docs/PROTOCOL.md`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "relay-chat", description = "REST API of relay-chat; the wire contract is docs/PROTOCOL.md."),
+    paths(
+        super::auth::register,
+        super::auth::login,
+        super::auth::me,
+        super::auth::quota,
+        super::sessions::create,
+        super::sessions::list,
+        super::sessions::get,
+        super::sessions::rename,
+        super::sessions::delete,
+        super::messages::send,
+        super::admin::usage,
+        websocket,
+        openapi,
+        super::healthz,
+        super::readyz,
+        super::metrics,
+    ),
+    components(schemas(relay_protocol::SseEvent, relay_protocol::ErrorCode)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer-token scheme every protected path names.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The WebSocket endpoint, documented here (its handler is the upgrade in `ws`).
+#[utoipa::path(get, path = "/api/v1/ws", tag = "chat",
+    description = "Upgrades to the WebSocket protocol of docs/PROTOCOL.md: authenticate with the Authorization header or a first `auth` frame.",
+    responses((status = 101, description = "Switching protocols"),
+        (status = 401, description = "unauthorized: a bad token in the header", body = relay_protocol::ErrorResponse),
+        (status = 403, description = "forbidden (origin) or limit_exceeded (connections per user)", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
+#[allow(dead_code)]
+fn websocket() {}
+
+/// Serves the document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
