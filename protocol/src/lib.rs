@@ -11,10 +11,11 @@ mod rest;
 mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
-pub use objects::{Message, MessageStatus, Quota, Role, Session, Usage, User, UserRole, UserUsage};
+pub use objects::{Message, MessageStatus, ModelInfo, Quota, Role, Session, Usage, User, UserRole, UserUsage};
 pub use rest::{
-    AuthResponse, CreateSessionRequest, DeletedResponse, LoginRequest, MeResponse, RegisterRequest, SendMessageRequest,
-    SendMessageResponse, SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest, UsageReport,
+    AuthResponse, CreateSessionRequest, DeletedResponse, EditMessageRequest, LoginRequest, MeResponse, RegisterRequest,
+    SendMessageRequest, SendMessageResponse, SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest,
+    UsageReport,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, ServerFrame};
 

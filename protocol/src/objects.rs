@@ -89,6 +89,20 @@ pub struct Message {
     pub status: MessageStatus,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
+    /// Replaced by a regenerated reply or an edited message: kept, shown as history, left
+    /// out of the model's context. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
+}
+
+/// Which model answers, as `ready` tells a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelInfo {
+    /// The model's name as sent to the provider.
+    pub name: String,
+    /// True when replies come from the server's built-in mock model (no provider key).
+    pub mock: bool,
 }
 
 /// Token usage of one model reply, as the provider reported it.

@@ -157,3 +157,11 @@ pub struct UsageReport {
     /// One row per user who used chat that day.
     pub users: Vec<UserUsage>,
 }
+
+/// Body of `POST /api/v1/chat/sessions/:id/messages/:message_id/edit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EditMessageRequest {
+    /// The new text of the session's last user message.
+    pub content: String,
+}

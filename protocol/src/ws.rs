@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ErrorBody, Message, Quota, Session, Usage, User};
+use crate::{ErrorBody, Message, ModelInfo, Quota, Session, Usage, User};
 
 /// A frame the client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +90,27 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         per_page: Option<u32>,
     },
+    /// Replaces the session's last reply with a new one (or answers its last message if it
+    /// has none).
+    Regenerate {
+        /// Echoed in the `ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The session.
+        session_id: Uuid,
+    },
+    /// Replaces the session's last user message (and its reply) with new text, and answers it.
+    Edit {
+        /// Echoed in the `ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The session.
+        session_id: Uuid,
+        /// The last user message of the session.
+        message_id: Uuid,
+        /// Its new text.
+        content: String,
+    },
     /// Application-level keepalive.
     Ping {
         /// Echoed in `pong`.
@@ -111,6 +132,8 @@ impl ClientFrame {
             | ClientFrame::RenameSession { id, .. }
             | ClientFrame::DeleteSession { id, .. }
             | ClientFrame::ListSessions { id, .. }
+            | ClientFrame::Regenerate { id, .. }
+            | ClientFrame::Edit { id, .. }
             | ClientFrame::Ping { id } => id.as_deref(),
         }
     }
@@ -152,6 +175,9 @@ pub enum ServerFrame {
         quota: Quota,
         /// The protocol version, [`crate::PROTOCOL_VERSION`].
         protocol: u32,
+        /// Which model answers (added; absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<ModelInfo>,
     },
     /// The snapshot that starts a subscription.
     Subscribed {
@@ -191,6 +217,16 @@ pub enum ServerFrame {
         seq: u64,
         /// The stored message.
         message: Message,
+    },
+    /// Messages were replaced (by `regenerate` or `edit`): they stay in the history, marked
+    /// `superseded`.
+    Superseded {
+        /// The session.
+        session_id: Uuid,
+        /// The session event number.
+        seq: u64,
+        /// The messages now superseded.
+        message_ids: Vec<Uuid>,
     },
     /// A reply started.
     GenerationStarted {
@@ -303,6 +339,7 @@ impl ServerFrame {
     pub fn seq(&self) -> Option<u64> {
         match self {
             ServerFrame::Message { seq, .. }
+            | ServerFrame::Superseded { seq, .. }
             | ServerFrame::GenerationStarted { seq, .. }
             | ServerFrame::Delta { seq, .. }
             | ServerFrame::Done { seq, .. }

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, Shared};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
-use relay_protocol::{ClientFrame, ErrorBody, ErrorCode, PROTOCOL_VERSION, ServerFrame};
+use relay_protocol::{ClientFrame, ErrorBody, ErrorCode, ModelInfo, PROTOCOL_VERSION, ServerFrame};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -177,7 +177,13 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
                 limits::quota_from(Default::default(), state.config.daily_message_quota, user.role)
             }
         };
-        receiver.deliver(&Outbound::new(ServerFrame::Ready { user: user.to_user(), quota, protocol: PROTOCOL_VERSION }));
+        let model = ModelInfo { name: state.config.model.clone(), mock: state.mock_model };
+        receiver.deliver(&Outbound::new(ServerFrame::Ready {
+            user: user.to_user(),
+            quota,
+            protocol: PROTOCOL_VERSION,
+            model: Some(model),
+        }));
         place.join(receiver.clone());
 
         let mut conn = Connection::new(state.clone(), user, receiver);
@@ -336,6 +342,27 @@ impl Connection {
                 let Some(fresh) = self.watch(session_id, &id) else { return };
                 self.spawn(Some(session_id), permit, async move {
                     let result = state.sessions.send(&user, session_id, content, receiver.clone(), id.clone()).await;
+                    if let Err(e) = result {
+                        forget_if(&subscribed, session_id, fresh);
+                        reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
+                    }
+                });
+            }
+            ClientFrame::Regenerate { id, session_id } => {
+                let Some(fresh) = self.watch(session_id, &id) else { return };
+                self.spawn(Some(session_id), permit, async move {
+                    let result = state.sessions.regenerate(&user, session_id, receiver.clone(), id.clone()).await;
+                    if let Err(e) = result {
+                        forget_if(&subscribed, session_id, fresh);
+                        reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
+                    }
+                });
+            }
+            ClientFrame::Edit { id, session_id, message_id, content } => {
+                let Some(fresh) = self.watch(session_id, &id) else { return };
+                self.spawn(Some(session_id), permit, async move {
+                    let result =
+                        state.sessions.edit(&user, session_id, message_id, content, receiver.clone(), id.clone()).await;
                     if let Err(e) = result {
                         forget_if(&subscribed, session_id, fresh);
                         reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());

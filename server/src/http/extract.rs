@@ -138,6 +138,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A session id and a message id from the path; anything that is not a UUID is not found.
+pub struct SessionMessageIds(pub Uuid, pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionMessageIds {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((session, message)) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map_err(|_| AppError::NotFound)?;
+        match (Uuid::parse_str(&session), Uuid::parse_str(&message)) {
+            (Ok(session), Ok(message)) => Ok(SessionMessageIds(session, message)),
+            _ => Err(AppError::NotFound),
+        }
+    }
+}
+
 /// A session id from the path; anything that is not a UUID is simply not found.
 pub struct SessionId(pub Uuid);
 

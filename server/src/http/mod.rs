@@ -18,7 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use extract::{ApiJson, ApiQuery, ChatUser, ClientAddr, OptionalJson, SessionId};
+pub use extract::{ApiJson, ApiQuery, ChatUser, ClientAddr, OptionalJson, SessionId, SessionMessageIds};
 
 use crate::auth::{AuthError, bearer_token};
 use crate::error::AppError;
@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions", post(sessions::create).get(sessions::list))
         .route("/chat/sessions/{id}", get(sessions::get).patch(sessions::rename).delete(sessions::delete))
         .route("/chat/sessions/{id}/messages", post(messages::send))
+        .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
+        .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
         .route("/chat/quota", get(auth::quota))
         .route("/admin/usage", get(admin::usage))
         .route("/openapi.json", get(openapi::openapi))

@@ -22,6 +22,8 @@ use utoipa::{Modify, OpenApi};
         super::sessions::rename,
         super::sessions::delete,
         super::messages::send,
+        super::messages::regenerate,
+        super::messages::edit,
         super::admin::usage,
         websocket,
         openapi,

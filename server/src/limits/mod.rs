@@ -223,7 +223,7 @@ impl Limiter {
     {
         let ttl = until_midnight() + Duration::from_secs(3600);
         match self.in_redis(self.redis().map(|r| r.take_quota(key, limit, ttl, None))).await {
-            Some(Some(taken)) => return Ok(taken),
+            Some(Some(taken)) => Ok(taken),
             Some(None) => {
                 let seed = seed.await?;
                 if let Some(Some(taken)) =

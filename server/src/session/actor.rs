@@ -73,6 +73,16 @@ pub struct SendRequest {
     pub request_id: Option<String>,
 }
 
+/// A regenerate as the registry hands it to the actor.
+pub struct ReplaceRequest {
+    /// Who asks (must own the session).
+    pub user: AuthUser,
+    /// The asking connection or request; subscribed if it is not yet.
+    pub origin: Receiver,
+    /// Echoed in `ack`.
+    pub request_id: Option<String>,
+}
+
 /// Messages a session actor handles.
 pub enum SessionMsg {
     /// Add a receiver; a connection gets a `subscribed` snapshot.
@@ -96,6 +106,22 @@ pub enum SessionMsg {
     /// Store a user message and queue its reply.
     Send {
         /// The send.
+        request: SendRequest,
+        /// Answer.
+        reply: oneshot::Sender<Result<SendAccepted, SessionError>>,
+    },
+    /// Replace the last reply with a new one.
+    Regenerate {
+        /// Who asks, and where to answer.
+        request: ReplaceRequest,
+        /// Answer.
+        reply: oneshot::Sender<Result<SendAccepted, SessionError>>,
+    },
+    /// Replace the last user message (and its reply) with new text.
+    Edit {
+        /// The message replaced.
+        replaced: Uuid,
+        /// The new message, as a send.
         request: SendRequest,
         /// Answer.
         reply: oneshot::Sender<Result<SendAccepted, SessionError>>,
@@ -206,6 +232,8 @@ struct Queued {
     user: AuthUser,
     user_message: Message,
     reply_id: Uuid,
+    /// The reply's place in the conversation (its `created_at`).
+    reply_at: DateTime<Utc>,
     origin: Receiver,
     request_id: Option<String>,
 }
@@ -341,6 +369,16 @@ impl SessionState {
                 let _ = reply.send(result);
                 self.start_next(myself);
             }
+            SessionMsg::Regenerate { request, reply } => {
+                let result = self.regenerate(request).await;
+                let _ = reply.send(result);
+                self.start_next(myself);
+            }
+            SessionMsg::Edit { replaced, request, reply } => {
+                let result = self.edit(replaced, request).await;
+                let _ = reply.send(result);
+                self.start_next(myself);
+            }
             SessionMsg::Stop { user_id, reply } => {
                 let result = self.check_owner(user_id);
                 if result.is_ok() {
@@ -469,15 +507,104 @@ impl SessionState {
     // ---- sending: each step of a send on its own -----------------------------------------
 
     async fn send(&mut self, request: SendRequest) -> Result<SendAccepted, SessionError> {
-        self.check_owner(request.user.id)?;
-        if self.ending.is_some() || self.closing.load(Ordering::Acquire) {
-            return Err(SessionError::ShuttingDown);
-        }
+        self.check_can_take(&request.user)?;
         validate_content(&request.content, self.deps.settings.max_message_length)?;
         if self.queue.len() >= self.deps.settings.max_queued_sends {
             return Err(SessionError::Busy);
         }
         let admission = self.admit(&request.user).await?;
+        self.accept(admission, request).await
+    }
+
+    /// Replaces the last reply with a new one (its user message is answered again), or
+    /// answers the last user message if it has no reply; only while nothing is generating
+    /// or waiting.
+    async fn regenerate(&mut self, request: ReplaceRequest) -> Result<SendAccepted, SessionError> {
+        self.check_can_take(&request.user)?;
+        self.check_settled()?;
+        let mut live = self.history.iter().rev().filter(|m| !m.superseded);
+        let (answering, replaced) = match live.next() {
+            None => return Err(SessionError::Invalid("there is no message to answer again".into())),
+            Some(last) if last.role == Role::User => (last.clone(), Vec::new()),
+            Some(last) => match live.find(|m| m.role == Role::User) {
+                Some(user) => (user.clone(), vec![last.id]),
+                None => return Err(SessionError::Invalid("there is no message to answer again".into())),
+            },
+        };
+        let admission = self.admit(&request.user).await?;
+        self.supersede(&replaced).await?;
+        self.watch(&request.origin)?;
+        self.ack(&request.origin, request.request_id.clone(), &answering);
+        // The new reply comes after everything, the replaced reply included.
+        let reply_at = self.history.back().map_or(answering.created_at, |m| m.created_at) + REPLY_SLOT;
+        let reply_id = Uuid::new_v4();
+        self.queue.push_back(Queued {
+            user: request.user,
+            user_message: answering.clone(),
+            reply_id,
+            reply_at,
+            origin: request.origin,
+            request_id: request.request_id,
+        });
+        Ok(SendAccepted { user_message: answering, reply_id, rate: admission.rate })
+    }
+
+    /// Replaces the last user message (and its reply) with new text, and answers it; only
+    /// while nothing is generating or waiting.
+    async fn edit(&mut self, replaced_id: Uuid, request: SendRequest) -> Result<SendAccepted, SessionError> {
+        self.check_can_take(&request.user)?;
+        validate_content(&request.content, self.deps.settings.max_message_length)?;
+        self.check_settled()?;
+        let live: Vec<&Message> = self.history.iter().filter(|m| !m.superseded).collect();
+        let Some(at) = live.iter().rposition(|m| m.role == Role::User) else {
+            return Err(SessionError::NotFound);
+        };
+        if live[at].id != replaced_id {
+            return Err(if live.iter().any(|m| m.id == replaced_id) {
+                SessionError::Invalid("only the last message of a session can be edited".into())
+            } else {
+                SessionError::NotFound
+            });
+        }
+        let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
+        let admission = self.admit(&request.user).await?;
+        if let Err(e) = self.supersede(&replaced).await {
+            admission.give_back(&self.deps).await;
+            return Err(e);
+        }
+        self.accept(admission, request).await
+    }
+
+    /// Refuses new work from someone other than the owner, or once the actor is ending.
+    fn check_can_take(&self, user: &AuthUser) -> Result<(), SessionError> {
+        self.check_owner(user.id)?;
+        if self.ending.is_some() || self.closing.load(Ordering::Acquire) {
+            return Err(SessionError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Regenerating or editing needs a settled conversation: nothing generating or waiting.
+    fn check_settled(&self) -> Result<(), SessionError> {
+        if self.current.is_some() || !self.queue.is_empty() { Err(SessionError::Busy) } else { Ok(()) }
+    }
+
+    /// Marks messages superseded, in the store, in memory and for every watcher.
+    async fn supersede(&mut self, ids: &[Uuid]) -> Result<(), SessionError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.deps.store.mark_superseded(ids).await?;
+        for message in self.history.iter_mut().filter(|m| ids.contains(&m.id)) {
+            message.superseded = true;
+        }
+        let (session_id, message_ids) = (self.session.id, ids.to_vec());
+        self.emit(|seq| ServerFrame::Superseded { session_id, seq, message_ids });
+        Ok(())
+    }
+
+    /// Takes an admitted user message in: stores it, tells everyone, queues its reply.
+    async fn accept(&mut self, admission: Admission, request: SendRequest) -> Result<SendAccepted, SessionError> {
         self.deps.metrics.session_depth.observe(self.history.len() as f64);
         let message = match self.store_user_message(request.message_id, request.content).await {
             Ok(message) => message,
@@ -492,22 +619,25 @@ impl SessionState {
         // Subscribed before the message is published, so the sender's snapshot ends just
         // before it and the `message` event that follows is the snapshot's `seq + 1`.
         self.watch(&request.origin)?;
-        if request.origin.kind == ReceiverKind::Connection {
-            request
-                .origin
-                .deliver(&Outbound::new(ServerFrame::Ack { id: request.request_id.clone(), message: message.clone() }));
-        }
+        self.ack(&request.origin, request.request_id.clone(), &message);
         self.publish_message(message.clone());
         let reply_id = Uuid::new_v4();
-        let rate = admission.rate;
         self.queue.push_back(Queued {
             user: request.user,
             user_message: message.clone(),
             reply_id,
+            reply_at: message.created_at + REPLY_SLOT,
             origin: request.origin,
             request_id: request.request_id,
         });
-        Ok(SendAccepted { user_message: message, reply_id, rate })
+        Ok(SendAccepted { user_message: message, reply_id, rate: admission.rate })
+    }
+
+    /// Tells the sending connection its message was taken.
+    fn ack(&self, origin: &Receiver, request_id: Option<String>, message: &Message) {
+        if origin.kind == ReceiverKind::Connection {
+            origin.deliver(&Outbound::new(ServerFrame::Ack { id: request_id, message: message.clone() }));
+        }
     }
 
     /// Lets a send through the user's storage cap, daily quota and send rate (admins have
@@ -568,6 +698,7 @@ impl SessionState {
             content,
             status: MessageStatus::Complete,
             created_at: earliest.map_or(now, |e| e.max(now)),
+            superseded: false,
         };
         self.deps.store.save_message(&message).await?;
         self.deps.metrics.user_messages.inc();
@@ -721,7 +852,7 @@ impl SessionState {
             generation,
             user: next.user,
             reply_id,
-            created_at: next.user_message.created_at + REPLY_SLOT,
+            created_at: next.reply_at,
             content: String::new(),
             usage: None,
             finish: None,
@@ -743,7 +874,11 @@ impl SessionState {
             .history
             .iter()
             .filter(|m| {
-                m.id != answering.id && !waiting.contains(&m.id) && m.role != Role::System && counts_as_context(m)
+                m.id != answering.id
+                    && !waiting.contains(&m.id)
+                    && m.role != Role::System
+                    && !m.superseded
+                    && counts_as_context(m)
             })
             .collect();
         let keep = settings.max_context_messages.saturating_sub(1);
@@ -829,6 +964,7 @@ impl SessionState {
             token_count: None,
             status: MessageStatus::Generating,
             created_at: running.created_at,
+            superseded: false,
         };
         if let Err(e) = self.deps.store.save_message(&message).await {
             tracing::warn!(session_id = %self.session.id, error = %e, "checkpoint failed");
@@ -874,6 +1010,7 @@ impl SessionState {
             token_count,
             status,
             created_at: running.created_at,
+            superseded: false,
         };
         let metrics = &self.deps.metrics;
         metrics.generation_ended(reason);

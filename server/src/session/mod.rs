@@ -40,6 +40,9 @@ pub enum SessionError {
     /// The message is empty or too long.
     #[error("{0}")]
     InvalidContent(String),
+    /// The request cannot apply to the session as it stands.
+    #[error("{0}")]
+    Invalid(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +73,7 @@ impl From<SessionError> for AppError {
             SessionError::NotFound => AppError::NotFound,
             SessionError::Busy => AppError::Busy,
             SessionError::InvalidContent(m) => AppError::InvalidContent(m),
+            SessionError::Invalid(m) => AppError::BadRequest(m),
             SessionError::Store(e) => AppError::Store(e),
             SessionError::ShuttingDown => AppError::SHUTTING_DOWN,
             SessionError::Unavailable => {

@@ -10,7 +10,7 @@ use relay_protocol::Session;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::actor::{self, SendRequest, SessionActor, SessionArgs, SessionMsg};
+use super::actor::{self, ReplaceRequest, SendRequest, SessionActor, SessionArgs, SessionMsg};
 use super::slots::Slots;
 use super::{SendAccepted, SessionDeps, SessionError};
 use crate::auth::AuthUser;
@@ -164,6 +164,46 @@ impl SessionRegistry {
     ) -> Result<SendAccepted, SessionError> {
         let message_id = Uuid::new_v4();
         self.call(session_id, |reply| SessionMsg::Send {
+            request: SendRequest {
+                user: user.clone(),
+                message_id,
+                content: content.clone(),
+                origin: origin.clone(),
+                request_id: request_id.clone(),
+            },
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces the session's last reply with a new one (or answers its last message).
+    pub async fn regenerate(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        origin: Receiver,
+        request_id: Option<String>,
+    ) -> Result<SendAccepted, SessionError> {
+        self.call(session_id, |reply| SessionMsg::Regenerate {
+            request: ReplaceRequest { user: user.clone(), origin: origin.clone(), request_id: request_id.clone() },
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces the session's last user message (and its reply) with `content`, and answers it.
+    pub async fn edit(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        replaced: Uuid,
+        content: String,
+        origin: Receiver,
+        request_id: Option<String>,
+    ) -> Result<SendAccepted, SessionError> {
+        let message_id = Uuid::new_v4();
+        self.call(session_id, |reply| SessionMsg::Edit {
+            replaced,
             request: SendRequest {
                 user: user.clone(),
                 message_id,

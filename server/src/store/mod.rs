@@ -83,7 +83,7 @@ pub struct Store {
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
-const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at";
+const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded";
 
 impl Store {
     /// Connects, selects namespace and database, and applies pending migrations.
@@ -385,12 +385,24 @@ impl Store {
     pub async fn save_message(&self, message: &Message) -> Result<(), StoreError> {
         let sql = if message.token_count.is_some() {
             "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
-             content: $content, token_count: $token_count, status: $status, created_at: <datetime>$created_at }"
+             content: $content, token_count: $token_count, status: $status, created_at: <datetime>$created_at, \
+             superseded: $superseded }"
         } else {
             "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
-             content: $content, status: $status, created_at: <datetime>$created_at }"
+             content: $content, status: $status, created_at: <datetime>$created_at, superseded: $superseded }"
         };
-        self.execute(sql, serde_json::to_value(message)?).await
+        let mut bind = serde_json::to_value(message)?;
+        bind["superseded"] = serde_json::json!(message.superseded);
+        self.execute(sql, bind).await
+    }
+
+    /// Marks messages superseded (a regenerated reply, an edited message): kept, not deleted.
+    pub async fn mark_superseded(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        self.execute(
+            "FOR $id IN $ids { UPDATE type::record('chat_message', $id) SET superseded = true; }",
+            serde_json::json!({"ids": ids}),
+        )
+        .await
     }
 
     /// Marks replies left `generating` by a server that stopped without storing them (a

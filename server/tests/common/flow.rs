@@ -27,6 +27,7 @@ pub async fn user_with_session(server: &TestServer, name: &str) -> (String, Uuid
 pub fn is_event_of(frame: &ServerFrame, sid: Uuid) -> bool {
     match frame {
         ServerFrame::Message { session_id, .. }
+        | ServerFrame::Superseded { session_id, .. }
         | ServerFrame::GenerationStarted { session_id, .. }
         | ServerFrame::Delta { session_id, .. }
         | ServerFrame::Done { session_id, .. } => *session_id == sid,

@@ -287,6 +287,7 @@ pub fn assert_contiguous(frames: &[ServerFrame], session_id: uuid::Uuid, after: 
     for frame in frames {
         let sid = match frame {
             ServerFrame::Message { session_id, .. }
+            | ServerFrame::Superseded { session_id, .. }
             | ServerFrame::GenerationStarted { session_id, .. }
             | ServerFrame::Delta { session_id, .. }
             | ServerFrame::Done { session_id, .. } => *session_id,

@@ -1,0 +1,186 @@
+//! Regenerate and edit: the last reply answered again, the last user message rewritten and
+//! answered. Through the session actor like any send, live in every tab, kept in the store
+//! (the replaced messages marked superseded, not deleted), left out of the model's context.
+
+mod common;
+
+use common::flow::*;
+use common::{TestServer, assert_contiguous, error_of, reply_text};
+use relay_mock_llm as mock;
+use relay_protocol::{ErrorCode, FinishReason, Role, SendMessageResponse, ServerFrame};
+use serde_json::json;
+use uuid::Uuid;
+
+/// The model's context of the last request, as (role, content) pairs.
+fn last_context(server: &TestServer) -> Vec<(String, String)> {
+    let request = server.mock.stats().last_request.expect("the model got a request");
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn superseded_ids(frames: &[ServerFrame]) -> Vec<Uuid> {
+    frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Superseded { message_ids, .. } => Some(message_ids.clone()),
+            _ => None,
+        })
+        .expect("a superseded event")
+}
+
+/// Regenerate in one tab: both tabs see the old reply superseded and the new one stream, in
+/// one gap-free event sequence; the store keeps both, the model saw the question without
+/// the old answer.
+#[tokio::test]
+async fn regenerate_replaces_the_last_reply_in_every_tab() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "regen").await;
+    let mut a = server.ws(&token).await;
+    let mut b = server.ws(&token).await;
+    subscribe(&mut a, sid).await;
+    let (seq_b, _) = subscribe(&mut b, sid).await;
+    send(&mut a, sid, "q", &format!("the question {}", directive(5, 1000))).await;
+    let first = until_dones(&mut a, sid, 1).await;
+    let old_reply = started_reply(&first);
+    let first_b = until_dones(&mut b, sid, 1).await;
+
+    a.send(json!({"type": "regenerate", "id": "again", "session_id": sid})).await;
+    let frames_a = until_dones(&mut a, sid, 1).await;
+    let frames_b = until_dones(&mut b, sid, 1).await;
+    assert!(
+        frames_a.iter().any(
+            |f| matches!(f, ServerFrame::Ack { id: Some(i), message } if i == "again" && message.role == Role::User)
+        )
+    );
+    for frames in [&frames_a, &frames_b] {
+        assert_eq!(superseded_ids(frames), vec![old_reply]);
+        let new_reply = started_reply(frames);
+        assert_ne!(new_reply, old_reply);
+        assert_eq!(done_of(frames, new_reply), FinishReason::Stop);
+    }
+    assert_contiguous(&[first_b, frames_b.clone()].concat(), sid, seq_b);
+    let new_reply = started_reply(&frames_a);
+    assert_eq!(reply_text(&frames_b, new_reply), mock::reply_text(5, None));
+
+    let context = last_context(&server);
+    assert_eq!(context.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), ["system", "user"]);
+
+    let messages = stored(&server, &token, sid).await.messages;
+    let summary: Vec<(Uuid, bool)> = messages.iter().map(|m| (m.id, m.superseded)).collect();
+    assert_eq!(summary[1..], [(old_reply, true), (new_reply, false)]);
+    // A late tab's snapshot says the same.
+    let mut late = server.ws(&token).await;
+    late.send(json!({"type": "subscribe", "id": "late", "session_id": sid})).await;
+    let frames = late.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. })).await;
+    let Some(ServerFrame::Subscribed { messages: snapshot, .. }) = frames.last() else { unreachable!() };
+    assert_eq!(snapshot, &messages);
+}
+
+/// Edit the last user message: it and its reply are superseded, the new text is stored and
+/// answered; the model's context has the earlier exchange and the new text only.
+#[tokio::test]
+async fn edit_rewrites_the_last_message_and_answers_it() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "editor").await;
+    let mut ws = server.ws(&token).await;
+    subscribe(&mut ws, sid).await;
+    send(&mut ws, sid, "1", &format!("first {}", directive(3, 1000))).await;
+    until_dones(&mut ws, sid, 1).await;
+    send(&mut ws, sid, "2", &format!("secnod {}", directive(3, 1000))).await;
+    let frames = until_dones(&mut ws, sid, 1).await;
+    let (typo, typo_reply) = (
+        frames
+            .iter()
+            .find_map(|f| match f {
+                ServerFrame::Ack { message, .. } => Some(message.id),
+                _ => None,
+            })
+            .unwrap(),
+        started_reply(&frames),
+    );
+
+    // Only the last user message can be edited.
+    let first_id = stored(&server, &token, sid).await.messages[0].id;
+    ws.send(json!({"type": "edit", "id": "old", "session_id": sid, "message_id": first_id, "content": "x"})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "old")).await;
+    assert_error(frames.last().unwrap(), ErrorCode::BadRequest, Some("old"), Some(sid));
+    ws.send(json!({"type": "edit", "id": "ghost", "session_id": sid, "message_id": Uuid::new_v4(), "content": "x"}))
+        .await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "ghost")).await;
+    assert_error(frames.last().unwrap(), ErrorCode::NotFound, Some("ghost"), Some(sid));
+
+    let content = format!("second {}", directive(4, 1000));
+    ws.send(json!({"type": "edit", "id": "fix", "session_id": sid, "message_id": typo, "content": content})).await;
+    let frames = until_dones(&mut ws, sid, 1).await;
+    assert_eq!(superseded_ids(&frames), vec![typo, typo_reply]);
+    let new_reply = started_reply(&frames);
+    assert_eq!(reply_text(&frames, new_reply), mock::reply_text(4, None));
+
+    let context = last_context(&server);
+    let roles: Vec<&str> = context.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert!(context[3].1.starts_with("second"));
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.len(), 6, "nothing deleted");
+    assert_eq!(messages.iter().filter(|m| m.superseded).map(|m| m.id).collect::<Vec<_>>(), [typo, typo_reply]);
+    assert_eq!(messages.last().unwrap().id, new_reply);
+}
+
+/// While a reply runs, regenerate and edit are `busy`; an empty session has nothing to
+/// regenerate.
+#[tokio::test]
+async fn regenerate_and_edit_need_a_settled_conversation() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "impatient").await;
+    let mut ws = server.ws(&token).await;
+    ws.send(json!({"type": "regenerate", "id": "empty", "session_id": sid})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "empty")).await;
+    assert_error(frames.last().unwrap(), ErrorCode::BadRequest, Some("empty"), Some(sid));
+
+    send(&mut ws, sid, "long", &format!("long {}", directive(2000, 50))).await;
+    until_deltas(&mut ws, sid, 1).await;
+    ws.send(json!({"type": "regenerate", "id": "now", "session_id": sid})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "now")).await;
+    assert_error(frames.last().unwrap(), ErrorCode::Busy, Some("now"), Some(sid));
+    ws.send(json!({"type": "stop", "session_id": sid})).await;
+    until_dones(&mut ws, sid, 1).await;
+}
+
+/// The REST forms answer like a send: the message answered and the new reply.
+#[tokio::test]
+async fn regenerate_and_edit_over_rest() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "restful").await;
+    let post = |path: String, body: serde_json::Value| {
+        server.http.post(server.url(&path)).bearer_auth(&token).json(&body).send()
+    };
+    let sent: SendMessageResponse =
+        post(format!("/api/v1/chat/sessions/{sid}/messages"), json!({"content": "hello [[mock tokens=2]]"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let again = post(format!("/api/v1/chat/sessions/{sid}/regenerate"), json!({})).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: SendMessageResponse = again.json().await.unwrap();
+    assert_eq!(again.user_message.id, sent.user_message.id);
+    assert_ne!(again.assistant_message.id, sent.assistant_message.id);
+
+    let edit = format!("/api/v1/chat/sessions/{sid}/messages/{}/edit", sent.user_message.id);
+    let edited: SendMessageResponse =
+        post(edit.clone(), json!({"content": "hello again [[mock tokens=2]]"})).await.unwrap().json().await.unwrap();
+    assert!(edited.user_message.content.starts_with("hello again"));
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.iter().filter(|m| !m.superseded).count(), 2);
+    assert_eq!(messages.len(), 5);
+
+    let empty = post(edit, json!({"content": "   "})).await.unwrap();
+    assert_eq!(error_of(empty).await, (400, ErrorCode::InvalidContent));
+    let other = post(format!("/api/v1/chat/sessions/{}/regenerate", Uuid::new_v4()), json!({})).await.unwrap();
+    assert_eq!(error_of(other).await, (404, ErrorCode::NotFound));
+}
