@@ -47,6 +47,9 @@ fn objects_roundtrip() {
         }
     }
     roundtrip::<Message>(message("user", "complete", Value::Null));
+    let mut superseded = message("assistant", "complete", json!(3));
+    superseded["superseded"] = json!(true);
+    assert!(roundtrip::<Message>(superseded).superseded);
     roundtrip::<Quota>(quota());
     roundtrip::<Quota>(json!({"messages_today": 0, "limit": null, "remaining": null, "resets_at": T,
         "prompt_tokens_today": 0, "completion_tokens_today": 0}));
@@ -78,6 +81,7 @@ fn rest_bodies_roundtrip() {
     roundtrip::<UsageReport>(json!({"day": "2026-11-28", "users": [
         {"user_id": UID, "messages": 3, "prompt_tokens": 120, "completion_tokens": 300}]}));
     roundtrip::<SendMessageRequest>(json!({"content": "What is Rust?"}));
+    roundtrip::<EditMessageRequest>(json!({"content": "What is Rust, really?"}));
     roundtrip::<SendMessageResponse>(json!({"user_message": message("user", "complete", json!(4)),
         "assistant_message": message("assistant", "complete", json!(30))}));
 }
@@ -116,6 +120,8 @@ fn client_frames_roundtrip() {
         json!({"type": "list_sessions"}),
         json!({"type": "ping", "id": "9"}),
         json!({"type": "ping"}),
+        json!({"type": "regenerate", "id": "10", "session_id": SID}),
+        json!({"type": "edit", "id": "11", "session_id": SID, "message_id": MID, "content": "Better"}),
     ];
     for frame in frames {
         let decoded = roundtrip::<ClientFrame>(frame.clone());
@@ -127,6 +133,9 @@ fn client_frames_roundtrip() {
 fn server_frames_roundtrip() {
     let frames = [
         json!({"type": "ready", "user": user(), "quota": quota(), "protocol": 1}),
+        json!({"type": "ready", "user": user(), "quota": quota(), "protocol": 1,
+               "model": {"name": "Llama-4-Maverick-17B-128E-Instruct", "mock": true}}),
+        json!({"type": "superseded", "session_id": SID, "seq": 12, "message_ids": [MID]}),
         json!({"type": "subscribed", "id": "1", "session": session(), "messages": [message("user", "complete", json!(2))],
                "seq": 7, "generating": null}),
         json!({"type": "subscribed", "session": session(), "messages": [], "seq": 9,
