@@ -165,3 +165,14 @@ pub struct EditMessageRequest {
     /// The new text of the session's last user message.
     pub content: String,
 }
+
+/// Answer to `GET /api/v1/chat/sessions/:id/messages?before=&limit=`: a page of a session's
+/// messages, oldest first, ending just before `before` (or at the newest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessagePage {
+    /// The messages, oldest first.
+    pub messages: Vec<Message>,
+    /// Whether older messages exist before the first one here.
+    pub has_more: bool,
+}

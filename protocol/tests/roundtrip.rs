@@ -82,6 +82,7 @@ fn rest_bodies_roundtrip() {
         {"user_id": UID, "messages": 3, "prompt_tokens": 120, "completion_tokens": 300}]}));
     roundtrip::<SendMessageRequest>(json!({"content": "What is Rust?"}));
     roundtrip::<EditMessageRequest>(json!({"content": "What is Rust, really?"}));
+    roundtrip::<MessagePage>(json!({"messages": [message("user", "complete", json!(3))], "has_more": true}));
     roundtrip::<SendMessageResponse>(json!({"user_message": message("user", "complete", json!(4)),
         "assistant_message": message("assistant", "complete", json!(30))}));
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -238,6 +238,8 @@ pub struct Config {
     /// `METRICS_TOKEN`: a static bearer token for Prometheus scrapers; `/metrics` also
     /// accepts an admin's JWT.
     pub metrics_token: Option<String>,
+    /// `RELAY_CLIENT_DIR`: the built browser client served at `/` (`cargo xtask client`).
+    pub client_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Config {
@@ -299,6 +301,7 @@ impl std::fmt::Debug for Config {
             .field("ws_auth_timeout", &self.ws_auth_timeout)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| REDACTED))
+            .field("client_dir", &self.client_dir)
             .finish()
     }
 }
@@ -562,6 +565,9 @@ impl Config {
             ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
             cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
             metrics_token: var("METRICS_TOKEN"),
+            client_dir: var("RELAY_CLIENT_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-yew/dist")),
         };
         if config.ws_outbound_queue_bytes < 2 * config.max_reply_bytes {
             return Err(ConfigError {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod client;
 mod extract;
 mod messages;
 mod openapi;
@@ -33,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/me", get(auth::me))
         .route("/chat/sessions", post(sessions::create).get(sessions::list))
         .route("/chat/sessions/{id}", get(sessions::get).patch(sessions::rename).delete(sessions::delete))
-        .route("/chat/sessions/{id}/messages", post(messages::send))
+        .route("/chat/sessions/{id}/messages", post(messages::send).get(sessions::messages))
         .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
         .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
         .route("/chat/quota", get(auth::quota))
@@ -49,7 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .nest("/api/v1", api)
-        .fallback(|| async { AppError::NoRoute })
+        .merge(client::routes(&state.config.client_dir))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_responses))

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::sessions::rename,
         super::sessions::delete,
         super::messages::send,
+        super::sessions::messages,
         super::messages::regenerate,
         super::messages::edit,
         super::admin::usage,

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use relay_protocol::{
-    CreateSessionRequest, DeletedResponse, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
+    CreateSessionRequest, DeletedResponse, MessagePage, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
 use serde::Deserialize;
 
@@ -90,4 +90,33 @@ pub async fn delete(
 ) -> Result<Json<DeletedResponse>, AppError> {
     catalog::delete(&state, &user, id, None).await?;
     Ok(Json(DeletedResponse { message: "Session deleted".into() }))
+}
+
+/// Query of `GET /chat/sessions/:id/messages`.
+#[derive(Deserialize)]
+pub struct PageParams {
+    /// The page ends just before this message (the newest without it).
+    before: Option<uuid::Uuid>,
+    /// Messages per page, 1 to 200 (50 by default).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/chat/sessions/{id}/messages", tag = "chat", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The session"),
+        ("before" = Option<uuid::Uuid>, Query, description = "The page ends just before this message"),
+        ("limit" = Option<usize>, Query, description = "1 to 200, default 50")),
+    responses((status = 200, description = "A page of messages, oldest first", body = relay_protocol::MessagePage),
+        (status = 404, description = "not_found: no such session (or `before` is not one of its messages)", body = relay_protocol::ErrorResponse)))]
+/// A page of a session's messages, for loading older history on scroll.
+pub async fn messages(
+    State(state): State<AppState>,
+    ChatUser(user): ChatUser,
+    SessionId(id): SessionId,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<MessagePage>, AppError> {
+    state.store.get_owned_session(user.id, id).await?.ok_or(AppError::NotFound)?;
+    let limit = params.limit.unwrap_or(50).clamp(1, 200);
+    let (messages, has_more) =
+        state.store.messages_before(id, params.before, limit).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(MessagePage { messages, has_more }))
 }

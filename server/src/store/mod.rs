@@ -417,6 +417,39 @@ impl Store {
         Ok(rows.len())
     }
 
+    /// Up to `limit` messages of a session older than message `before` (the newest without
+    /// it), oldest first, and whether more exist before them. `None` when `before` is not
+    /// a message of this session.
+    pub async fn messages_before(
+        &self,
+        session_id: Uuid,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+        let mut response = self
+            .db
+            .query(format!(
+                "LET $at = (SELECT VALUE created_at FROM type::record('chat_message', $before) \
+                     WHERE session_id = $session_id)[0];
+                 SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                     AND ($before = NONE OR created_at < $at) ORDER BY created_at DESC LIMIT $limit;
+                 RETURN $at;"
+            ))
+            .bind(serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1}))
+            .await?
+            .check()?;
+        let rows: Vec<serde_json::Value> = response.take(1)?;
+        let at: Option<serde_json::Value> = response.take(2)?;
+        if before.is_some() && at.is_none_or(|v| v.is_null()) {
+            return Ok(None);
+        }
+        let mut messages = rows.into_iter().map(serde_json::from_value::<Message>).collect::<Result<Vec<_>, _>>()?;
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        messages.reverse();
+        Ok(Some((messages, has_more)))
+    }
+
     /// The last `limit` messages of a session, oldest first.
     pub async fn recent_messages(&self, session_id: Uuid, limit: usize) -> Result<Vec<Message>, StoreError> {
         let mut rows: Vec<Message> = self

@@ -1,0 +1,89 @@
+//! The REST calls the client makes, with the protocol crate's types for every body.
+
+use gloo_net::http::{Request, RequestBuilder, Response};
+use relay_protocol::{
+    AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
+    Session, SessionList, UpdateSessionRequest,
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// A failed call: the server's error, or a network failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    /// The HTTP status (0 when the server was not reached).
+    pub status: u16,
+    /// The protocol error code, when the server answered one.
+    pub code: Option<relay_protocol::ErrorCode>,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl ApiError {
+    fn network(e: impl std::fmt::Display) -> ApiError {
+        ApiError { status: 0, code: None, message: format!("cannot reach the server ({e})") }
+    }
+}
+
+async fn answer<T: DeserializeOwned>(response: Result<Response, gloo_net::Error>) -> Result<T, ApiError> {
+    let response = response.map_err(ApiError::network)?;
+    if response.ok() {
+        return response.json().await.map_err(ApiError::network);
+    }
+    let status = response.status();
+    match response.json::<ErrorResponse>().await {
+        Ok(body) => Err(ApiError { status, code: Some(body.error.code), message: body.error.message }),
+        Err(_) => Err(ApiError { status, code: None, message: format!("the server answered {status}") }),
+    }
+}
+
+fn authed(builder: RequestBuilder, token: &str) -> RequestBuilder {
+    builder.header("Authorization", &format!("Bearer {token}"))
+}
+
+/// Logs in.
+pub async fn login(username: &str, password: &str) -> Result<AuthResponse, ApiError> {
+    let body = LoginRequest { username: username.into(), password: password.into() };
+    let request = Request::post("/api/v1/auth/login").json(&body).map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// Creates an account.
+pub async fn register(username: &str, password: &str) -> Result<AuthResponse, ApiError> {
+    let body = RegisterRequest { username: username.into(), password: password.into() };
+    let request = Request::post("/api/v1/auth/register").json(&body).map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// One page of the user's sessions, most recently active first.
+pub async fn sessions(token: &str, page: u32) -> Result<SessionList, ApiError> {
+    let url = format!("/api/v1/chat/sessions?page={page}&per_page=30");
+    answer(authed(Request::get(&url), token).send().await).await
+}
+
+/// Creates a session.
+pub async fn create_session(token: &str) -> Result<Session, ApiError> {
+    let request = authed(Request::post("/api/v1/chat/sessions"), token)
+        .json(&CreateSessionRequest::default())
+        .map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// Renames a session.
+pub async fn rename_session(token: &str, id: Uuid, title: &str) -> Result<Session, ApiError> {
+    let request = authed(Request::patch(&format!("/api/v1/chat/sessions/{id}")), token)
+        .json(&UpdateSessionRequest { title: title.into() })
+        .map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// Deletes a session.
+pub async fn delete_session(token: &str, id: Uuid) -> Result<DeletedResponse, ApiError> {
+    answer(authed(Request::delete(&format!("/api/v1/chat/sessions/{id}")), token).send().await).await
+}
+
+/// Messages older than `before`, oldest first.
+pub async fn older_messages(token: &str, session: Uuid, before: Uuid) -> Result<MessagePage, ApiError> {
+    let url = format!("/api/v1/chat/sessions/{session}/messages?before={before}&limit=50");
+    answer(authed(Request::get(&url), token).send().await).await
+}

@@ -1,0 +1,16 @@
+//! relay-chat's browser client: a Yew app (WebAssembly) on the shared protocol crate. One
+//! WebSocket per tab ([`socket`]) carries the live sessions; REST ([`api`]) the rest. The
+//! state changes only through [`state::Model::reduce`], so it is tested natively; model
+//! output is rendered by [`markdown`], which lets no markup or script through.
+
+pub mod api;
+pub mod components;
+pub mod markdown;
+pub mod socket;
+pub mod state;
+pub mod storage;
+
+/// Mounts the app on the page's `<body>`.
+pub fn start() {
+    yew::Renderer::<components::app::App>::new().render();
+}

@@ -1,0 +1,5 @@
+//! The wasm entry point: mounts the app.
+
+fn main() {
+    relay_client_yew::start();
+}

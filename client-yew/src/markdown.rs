@@ -1,0 +1,229 @@
+//! Model output as HTML: CommonMark with tables, strikethrough and task lists
+//! (pulldown-cmark), where nothing the model writes can become markup or script.
+//!
+//! - Raw HTML, block or inline, is shown as text: `<script>` and `<img onerror=...>` are
+//!   escaped like any other characters.
+//! - Links keep only `http:`, `https:` and `mailto:` targets; anything else (`javascript:`,
+//!   `data:`) loses its link and keeps its text. Images are shown as links (no request is
+//!   made to a place the model chose).
+//! - Fenced code blocks get syntax highlighting (synoptic) and a copy button.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pulldown_cmark::{CodeBlockKind, CowStr, Event, LinkType, Options, Parser, Tag, TagEnd, html};
+
+/// Renders markdown to safe HTML; `highlight` colours code blocks (off while a reply
+/// streams, since the text is re-rendered with every piece).
+pub fn render(markdown: &str, highlight: bool) -> String {
+    let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+    let mut events = Vec::new();
+    let mut code: Option<(String, String)> = None;
+    for event in Parser::new_ext(markdown, options) {
+        match event {
+            Event::Html(text) | Event::InlineHtml(text) => events.push(Event::Text(text)),
+            Event::Start(Tag::CodeBlock(kind)) => {
+                let language = match kind {
+                    CodeBlockKind::Fenced(info) => info.split_whitespace().next().unwrap_or("").to_string(),
+                    CodeBlockKind::Indented => String::new(),
+                };
+                code = Some((language, String::new()));
+            }
+            Event::Text(text) if code.is_some() => {
+                if let Some((_, body)) = code.as_mut() {
+                    body.push_str(&text);
+                }
+            }
+            Event::End(TagEnd::CodeBlock) => {
+                if let Some((language, body)) = code.take() {
+                    events.push(Event::Html(CowStr::from(code_block(&language, &body, highlight))));
+                }
+            }
+            Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
+                events.push(if safe_url(&dest_url) {
+                    Event::Start(Tag::Link { link_type, dest_url, title, id })
+                } else {
+                    Event::Start(Tag::Link { link_type: LinkType::Inline, dest_url: "".into(), title, id })
+                });
+            }
+            Event::Start(Tag::Image { dest_url, title, id, .. }) => {
+                let dest_url = if safe_url(&dest_url) { dest_url } else { "".into() };
+                events.push(Event::Start(Tag::Link { link_type: LinkType::Inline, dest_url, title, id }));
+            }
+            Event::End(TagEnd::Image) => events.push(Event::End(TagEnd::Link)),
+            other => events.push(other),
+        }
+    }
+    let mut out = String::with_capacity(markdown.len() * 2);
+    html::push_html(&mut out, events.into_iter());
+    // A link whose target was dropped renders as `<a href="">`: make it plain text.
+    out.replace("<a href=\"\">", "<a>")
+}
+
+/// Whether a link target is one the browser may follow safely.
+fn safe_url(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    let scheme_end = lower.find(':');
+    match scheme_end {
+        // Relative links have no scheme (a colon after a slash or `#` is part of a path).
+        None => true,
+        Some(i) if lower[..i].contains(['/', '?', '#']) => true,
+        Some(i) => matches!(&lower[..i], "http" | "https" | "mailto"),
+    }
+}
+
+/// A code block: a copy button and the highlighted (or plain) code, every character escaped.
+fn code_block(language: &str, code: &str, highlight: bool) -> String {
+    let mut out = String::from("<div class=\"code\"><div class=\"code-bar\"><span class=\"lang\">");
+    escape_into(&mut out, language);
+    out.push_str("</span><button class=\"copy\" type=\"button\" title=\"Copy\">Copy</button></div><pre><code");
+    if !language.is_empty() {
+        out.push_str(" class=\"language-");
+        escape_into(&mut out, language);
+        out.push('"');
+    }
+    out.push('>');
+    match highlight.then(|| highlighted(language, code)).flatten() {
+        Some(html) => out.push_str(&html),
+        None => escape_into(&mut out, code),
+    }
+    out.push_str("</code></pre></div>");
+    out
+}
+
+thread_local! {
+    /// Highlighters by language, built on first use (they compile their rules).
+    static HIGHLIGHTERS: RefCell<HashMap<&'static str, synoptic::Highlighter>> = RefCell::new(HashMap::new());
+}
+
+/// The file extension synoptic knows a fence's language by.
+fn extension(language: &str) -> Option<&'static str> {
+    Some(match language.to_ascii_lowercase().as_str() {
+        "rust" | "rs" => "rs",
+        "python" | "py" => "py",
+        "javascript" | "js" | "jsx" => "js",
+        "typescript" | "ts" | "tsx" => "ts",
+        "go" | "golang" => "go",
+        "c" | "h" => "c",
+        "cpp" | "c++" | "cxx" | "hpp" => "cpp",
+        "csharp" | "cs" | "c#" => "cs",
+        "java" => "java",
+        "kotlin" | "kt" => "kt",
+        "swift" => "swift",
+        "ruby" | "rb" => "rb",
+        "php" => "php",
+        "lua" => "lua",
+        "scala" => "scala",
+        "haskell" | "hs" => "hs",
+        "json" => "json",
+        "toml" => "toml",
+        "yaml" | "yml" => "yaml",
+        "html" | "xml" => "html",
+        "css" => "css",
+        "sql" => "sql",
+        "bash" | "sh" | "shell" | "zsh" | "console" => "sh",
+        "diff" | "patch" => "diff",
+        "markdown" | "md" => "md",
+        _ => return None,
+    })
+}
+
+/// Code as HTML with a `<span class="tok-KIND">` around each highlighted token; `None`
+/// for a language without rules.
+fn highlighted(language: &str, code: &str) -> Option<String> {
+    let ext = extension(language)?;
+    let lines: Vec<String> = code.lines().map(str::to_string).collect();
+    HIGHLIGHTERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let highlighter = match cache.get_mut(ext) {
+            Some(h) => h,
+            None => cache.entry(ext).or_insert(synoptic::from_extension(ext, 4)?),
+        };
+        highlighter.run(&lines);
+        let mut out = String::with_capacity(code.len() * 2);
+        for (y, line) in lines.iter().enumerate() {
+            for token in highlighter.line(y, line) {
+                match token {
+                    synoptic::TokOpt::Some(text, kind) => {
+                        out.push_str("<span class=\"tok-");
+                        escape_into(&mut out, &kind);
+                        out.push_str("\">");
+                        escape_into(&mut out, &text);
+                        out.push_str("</span>");
+                    }
+                    synoptic::TokOpt::None(text) => escape_into(&mut out, &text),
+                }
+            }
+            out.push('\n');
+        }
+        Some(out)
+    })
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_html_is_text() {
+        let html = render("hello <img src=x onerror=alert(1)> and\n\n<script>alert(2)</script>", true);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
+        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+    }
+
+    #[test]
+    fn unsafe_links_lose_their_target() {
+        let html = render("[click](javascript:alert(1)) [ok](https://example.com/a?b=c) [rel](/x:y)", false);
+        assert!(!html.contains("javascript"), "{html}");
+        assert!(html.contains("<a>click</a>"), "{html}");
+        assert!(html.contains(r#"href="https://example.com/a?b=c""#), "{html}");
+        assert!(html.contains(r#"href="/x:y""#), "{html}");
+        let html = render("![pic](https://example.com/p.png) ![bad](data:text/html,x)", false);
+        assert!(!html.contains("<img"), "images become links: {html}");
+        assert!(html.contains(r#"<a href="https://example.com/p.png">pic</a>"#), "{html}");
+        assert!(!html.contains("data:"), "{html}");
+    }
+
+    #[test]
+    fn tables_strikethrough_and_task_lists() {
+        let html = render("| a | b |\n|---|---|\n| 1 | 2 |\n\n~~gone~~\n\n- [x] done\n- [ ] todo", false);
+        assert!(html.contains("<table>") && html.contains("<td>1</td>"), "{html}");
+        assert!(html.contains("<del>gone</del>"), "{html}");
+        assert!(html.contains("type=\"checkbox\""), "{html}");
+    }
+
+    #[test]
+    fn code_blocks_are_highlighted_escaped_and_copyable() {
+        let html = render("```rust\nfn main() { let x = \"<b>\"; }\n```", true);
+        assert!(html.contains("class=\"copy\""), "{html}");
+        assert!(html.contains("language-rust"), "{html}");
+        assert!(html.contains("<span class=\"tok-keyword\">fn</span>"), "{html}");
+        assert!(html.contains("&lt;b&gt;"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        // While streaming: the same block, plain.
+        let plain = render("```rust\nfn main() {}\n```", false);
+        assert!(plain.contains("fn main() {}") && !plain.contains("tok-"), "{plain}");
+        // An unknown language is escaped text.
+        let unknown = render("```brainfuck\n<>+-\n```", true);
+        assert!(unknown.contains("&lt;&gt;+-"), "{unknown}");
+        // The language name cannot break out of its attribute.
+        let sneaky = render("```\"><script>\nx\n```", true);
+        assert!(!sneaky.contains("<script>"), "{sneaky}");
+    }
+}

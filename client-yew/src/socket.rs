@@ -1,0 +1,242 @@
+//! The tab's one WebSocket: authenticated by its first `auth` frame, reconnected with
+//! backoff and jitter when it drops, and resubscribed to the open session so a reply in
+//! progress reappears whole and continues. Events of the open session are checked for
+//! gaps in `seq`; a gap resubscribes (the snapshot replaces what was missed) instead of
+//! showing a broken reply.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use gloo_net::websocket::futures::WebSocket;
+use gloo_net::websocket::{Message, WebSocketError};
+use relay_protocol::{ClientFrame, ServerFrame};
+use uuid::Uuid;
+use yew::Callback;
+
+use crate::state::{Action, Connection};
+
+/// Close codes the server uses (see docs/PROTOCOL.md).
+const CLOSE_UNAUTHORIZED: u16 = 4401;
+const CLOSE_CHAT_DISABLED: u16 = 4404;
+const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4409;
+
+/// The connection of this tab; cheap to clone.
+#[derive(Clone)]
+pub struct Socket {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    token: String,
+    dispatch: Callback<Action>,
+    outbox: RefCell<Option<mpsc::UnboundedSender<String>>>,
+    /// The session this tab shows, resubscribed after every reconnect.
+    watching: Cell<Option<Uuid>>,
+    /// The last `seq` seen per session, to notice gaps.
+    seqs: RefCell<HashMap<Uuid, u64>>,
+    stopped: Cell<bool>,
+    next_id: Cell<u64>,
+}
+
+impl PartialEq for Socket {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Socket {
+    /// Opens the connection (and keeps it open until [`Socket::stop`]).
+    pub fn start(token: String, dispatch: Callback<Action>) -> Socket {
+        let socket = Socket {
+            inner: Rc::new(Inner {
+                token,
+                dispatch,
+                outbox: RefCell::new(None),
+                watching: Cell::new(None),
+                seqs: RefCell::new(HashMap::new()),
+                stopped: Cell::new(false),
+                next_id: Cell::new(0),
+            }),
+        };
+        let running = socket.clone();
+        wasm_bindgen_futures::spawn_local(async move { running.run().await });
+        socket
+    }
+
+    /// Closes for good (logout).
+    pub fn stop(&self) {
+        self.inner.stopped.set(true);
+        self.inner.outbox.borrow_mut().take();
+    }
+
+    /// A fresh request id.
+    pub fn request_id(&self) -> String {
+        let id = self.inner.next_id.get() + 1;
+        self.inner.next_id.set(id);
+        format!("r{id}")
+    }
+
+    /// Sends a frame if connected; returns false when it could not be sent now.
+    pub fn send(&self, frame: &ClientFrame) -> bool {
+        let Ok(text) = serde_json::to_string(frame) else { return false };
+        match self.inner.outbox.borrow().as_ref() {
+            Some(outbox) => outbox.unbounded_send(text).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Shows `session` in this tab: unsubscribes the one shown before, subscribes this one.
+    pub fn watch(&self, session: Option<Uuid>) {
+        let before = self.inner.watching.replace(session);
+        if before == session {
+            return;
+        }
+        if let Some(old) = before {
+            self.inner.seqs.borrow_mut().remove(&old);
+            self.send(&ClientFrame::Unsubscribe { id: None, session_id: old });
+        }
+        if let Some(new) = session {
+            self.subscribe(new);
+        }
+    }
+
+    fn subscribe(&self, session_id: Uuid) {
+        self.inner.seqs.borrow_mut().remove(&session_id);
+        self.send(&ClientFrame::Subscribe { id: Some(self.request_id()), session_id });
+    }
+
+    /// Connects, reads until the connection drops, waits, again; until stopped.
+    async fn run(&self) {
+        let mut attempt: u32 = 0;
+        while !self.inner.stopped.get() {
+            self.inner.dispatch.emit(Action::Connection(Connection::Connecting));
+            let mut closed_with = None;
+            if let Ok(ws) = WebSocket::open(&url()) {
+                let (mut sink, mut stream) = ws.split();
+                let (outbox, mut queued) = mpsc::unbounded::<String>();
+                // The first frame authenticates; nothing else goes out before it.
+                let auth = ClientFrame::Auth { token: self.inner.token.clone() };
+                let _ = outbox.unbounded_send(serde_json::to_string(&auth).unwrap_or_default());
+                *self.inner.outbox.borrow_mut() = Some(outbox);
+                wasm_bindgen_futures::spawn_local(async move {
+                    while let Some(text) = queued.next().await {
+                        if sink.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(next) = stream.next().await {
+                    match next {
+                        Ok(Message::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
+                            Ok(frame) => {
+                                if matches!(frame, ServerFrame::Ready { .. }) {
+                                    attempt = 0;
+                                    self.inner.dispatch.emit(Action::Connection(Connection::Online));
+                                    if let Some(session) = self.inner.watching.get() {
+                                        self.subscribe(session);
+                                    }
+                                }
+                                self.receive(frame);
+                            }
+                            Err(e) => web_sys::console::warn_1(&format!("unreadable frame: {e}").into()),
+                        },
+                        Ok(Message::Bytes(_)) => {}
+                        Err(WebSocketError::ConnectionClose(event)) => {
+                            closed_with = Some(event.code);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                    if self.inner.stopped.get() {
+                        break;
+                    }
+                }
+                self.inner.outbox.borrow_mut().take();
+            }
+            if self.inner.stopped.get() {
+                return;
+            }
+            match closed_with {
+                Some(CLOSE_UNAUTHORIZED) => {
+                    self.stop();
+                    self.inner
+                        .dispatch
+                        .emit(Action::LoggedOut(Some("Your session expired; please log in again.".into())));
+                    return;
+                }
+                Some(CLOSE_CHAT_DISABLED) => {
+                    self.stop();
+                    self.inner.dispatch.emit(Action::Toast("Chat is not available for your account.".into(), None));
+                    return;
+                }
+                Some(CLOSE_TOO_MANY_CONNECTIONS) => {
+                    self.inner.dispatch.emit(Action::Toast("Too many open tabs; close one to reconnect.".into(), None));
+                    attempt = attempt.max(5);
+                }
+                _ => {}
+            }
+            let wait = backoff(attempt);
+            attempt += 1;
+            self.inner.dispatch.emit(Action::Connection(Connection::Offline { retry_in_ms: wait }));
+            gloo_timers::future::TimeoutFuture::new(wait).await;
+        }
+    }
+
+    /// Passes a frame on, unless it reveals a gap in its session's events: then the session
+    /// is subscribed again and its snapshot replaces what was missed.
+    fn receive(&self, frame: ServerFrame) {
+        let session = match &frame {
+            ServerFrame::Subscribed { session, seq, .. } => {
+                self.inner.seqs.borrow_mut().insert(session.id, *seq);
+                None
+            }
+            ServerFrame::Message { session_id, .. }
+            | ServerFrame::Superseded { session_id, .. }
+            | ServerFrame::GenerationStarted { session_id, .. }
+            | ServerFrame::Delta { session_id, .. }
+            | ServerFrame::Done { session_id, .. } => Some(*session_id),
+            // The session's live state was lost on the server: start again from its store.
+            ServerFrame::Error { id: None, session_id: Some(session_id), .. } => {
+                if self.inner.watching.get() == Some(*session_id) {
+                    self.subscribe(*session_id);
+                }
+                None
+            }
+            _ => None,
+        };
+        if let (Some(session_id), Some(seq)) = (session, frame.seq()) {
+            let mut seqs = self.inner.seqs.borrow_mut();
+            match seqs.get(&session_id).copied() {
+                Some(last) if seq == last + 1 => {
+                    seqs.insert(session_id, seq);
+                }
+                Some(_) => {
+                    drop(seqs);
+                    self.subscribe(session_id);
+                    return;
+                }
+                // Not subscribed here (yet): nothing to compare with.
+                None => {}
+            }
+        }
+        self.inner.dispatch.emit(Action::Frame(frame));
+    }
+}
+
+/// The WebSocket URL of the server that served this page.
+fn url() -> String {
+    let location = web_sys::window().map(|w| w.location());
+    let host = location.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
+    let secure = location.and_then(|l| l.protocol().ok()).is_some_and(|p| p == "https:");
+    format!("{}://{host}/api/v1/ws", if secure { "wss" } else { "ws" })
+}
+
+/// Milliseconds before reconnect attempt `attempt`: doubling from half a second up to
+/// thirty, times a random factor between one half and one, so tabs do not reconnect in step.
+fn backoff(attempt: u32) -> u32 {
+    let ceiling = 500f64 * 2f64.powi(attempt.min(6) as i32);
+    (ceiling.min(30_000.0) * (0.5 + js_sys::Math::random() / 2.0)) as u32
+}

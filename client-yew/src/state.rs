@@ -1,0 +1,500 @@
+//! The client's state and every change to it, as a reducer: frames from the server and
+//! what the user does both become [`Action`]s. Pure logic (no browser APIs), so it is
+//! tested natively.
+
+use std::rc::Rc;
+
+use relay_protocol::{ErrorBody, ErrorCode, Generating, Message, ModelInfo, Quota, ServerFrame, Session, User};
+use uuid::Uuid;
+
+/// Where the WebSocket stands, for the status indicator.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Connection {
+    /// Opening or authenticating.
+    Connecting,
+    /// Authenticated and live.
+    Online,
+    /// Lost; the next attempt is in this many milliseconds.
+    Offline {
+        /// Milliseconds until the next attempt.
+        retry_in_ms: u32,
+    },
+}
+
+/// A message shown for a while at the bottom of the screen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Toast {
+    /// Identifies it (to dismiss it).
+    pub id: u32,
+    /// What to say.
+    pub text: String,
+    /// What a "Retry" button sends again, when retrying makes sense.
+    pub retry: Option<Retry>,
+}
+
+/// Something the user can ask again from a toast.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Retry {
+    /// Send this text to this session again.
+    Send {
+        /// The session.
+        session_id: Uuid,
+        /// The text.
+        content: String,
+    },
+    /// Load the session list again.
+    LoadSessions,
+}
+
+/// Why sending is off, and until when (milliseconds since the epoch; `None`: until a
+/// `quota` frame says otherwise).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    /// The reason, shown beside the disabled composer.
+    pub reason: String,
+    /// When sending may work again.
+    pub until_ms: Option<f64>,
+}
+
+/// The open session: its messages and the reply in progress.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chat {
+    /// The session.
+    pub session: Session,
+    /// Its messages, oldest first (superseded ones included, marked).
+    pub messages: Vec<Message>,
+    /// The reply being generated, if any.
+    pub generating: Option<Generating>,
+    /// Whether older messages exist beyond the first one shown.
+    pub has_older: bool,
+    /// Whether the snapshot arrived (before it, the view shows a spinner).
+    pub loaded: bool,
+}
+
+/// The whole client state.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Model {
+    /// The logged-in user and their token.
+    pub auth: Option<(User, String)>,
+    /// A message for the login screen (e.g. why the user was logged out).
+    pub notice: Option<String>,
+    /// The WebSocket's state.
+    pub connection: Option<Connection>,
+    /// Which model answers (from `ready`).
+    pub model: Option<ModelInfo>,
+    /// Today's quota.
+    pub quota: Option<Quota>,
+    /// The user's sessions, most recently active first.
+    pub sessions: Vec<Session>,
+    /// How many sessions the user has in all.
+    pub sessions_total: u64,
+    /// How many pages of sessions are loaded.
+    pub sessions_pages: u32,
+    /// The open session.
+    pub chat: Option<Chat>,
+    /// Toasts on screen.
+    pub toasts: Vec<Toast>,
+    /// Why sending is off, if it is.
+    pub blocked: Option<Blocked>,
+    next_toast: u32,
+}
+
+/// Everything that changes the state.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// A token was obtained (login, register, or read from storage).
+    LoggedIn {
+        /// Who.
+        user: User,
+        /// The bearer token.
+        token: String,
+    },
+    /// Logged out, with a reason for the login screen.
+    LoggedOut(Option<String>),
+    /// The WebSocket changed state.
+    Connection(Connection),
+    /// A frame from the server.
+    Frame(ServerFrame),
+    /// A page of sessions arrived over REST.
+    SessionsPage {
+        /// The page number.
+        page: u32,
+        /// Its sessions.
+        sessions: Vec<Session>,
+        /// The user's total.
+        total: u64,
+    },
+    /// The user opened a session (its snapshot follows).
+    Open(Session),
+    /// The user closed the open session (e.g. a new chat is being made).
+    Close,
+    /// Older messages of the open session arrived.
+    Older {
+        /// The session.
+        session_id: Uuid,
+        /// The messages, oldest first.
+        messages: Vec<Message>,
+        /// Whether there are more before them.
+        has_more: bool,
+    },
+    /// Show a toast.
+    Toast(String, Option<Retry>),
+    /// Dismiss a toast.
+    Dismiss(u32),
+    /// Sending may work again (a rate limit's wait passed).
+    Unblock,
+}
+
+impl Model {
+    /// Applies an action; a new state (`Rc`) only when something changed.
+    pub fn reduce(self: Rc<Self>, action: Action, now_ms: f64) -> Rc<Self> {
+        let mut next = (*self).clone();
+        next.apply(action, now_ms);
+        if next == *self { self } else { Rc::new(next) }
+    }
+
+    fn apply(&mut self, action: Action, now_ms: f64) {
+        match action {
+            Action::LoggedIn { user, token } => {
+                *self = Model { auth: Some((user, token)), next_toast: self.next_toast, ..Model::default() };
+            }
+            Action::LoggedOut(notice) => *self = Model { notice, ..Model::default() },
+            Action::Connection(state) => self.connection = Some(state),
+            Action::Frame(frame) => self.frame(frame, now_ms),
+            Action::SessionsPage { page, sessions, total } => {
+                if page <= 1 {
+                    self.sessions.clear();
+                }
+                for session in sessions {
+                    if !self.sessions.iter().any(|s| s.id == session.id) {
+                        self.sessions.push(session);
+                    }
+                }
+                self.sessions_total = total;
+                self.sessions_pages = self.sessions_pages.max(page);
+            }
+            Action::Open(session) => {
+                if self.chat.as_ref().is_none_or(|c| c.session.id != session.id) {
+                    self.chat =
+                        Some(Chat { session, messages: Vec::new(), generating: None, has_older: false, loaded: false });
+                }
+            }
+            Action::Close => self.chat = None,
+            Action::Older { session_id, messages, has_more } => {
+                if let Some(chat) = self.chat.as_mut().filter(|c| c.session.id == session_id) {
+                    let mut older: Vec<Message> =
+                        messages.into_iter().filter(|m| !chat.messages.iter().any(|c| c.id == m.id)).collect();
+                    older.append(&mut chat.messages);
+                    chat.messages = older;
+                    chat.has_older = has_more;
+                }
+            }
+            Action::Toast(text, retry) => self.toast(text, retry),
+            Action::Dismiss(id) => self.toasts.retain(|t| t.id != id),
+            Action::Unblock => {
+                if self.blocked.as_ref().is_some_and(|b| b.until_ms.is_some_and(|u| u <= now_ms)) {
+                    self.blocked = None;
+                }
+            }
+        }
+    }
+
+    fn toast(&mut self, text: String, retry: Option<Retry>) {
+        self.next_toast += 1;
+        self.toasts.push(Toast { id: self.next_toast, text, retry });
+        let excess = self.toasts.len().saturating_sub(4);
+        self.toasts.drain(..excess);
+    }
+
+    fn chat_of(&mut self, session_id: Uuid) -> Option<&mut Chat> {
+        self.chat.as_mut().filter(|c| c.session.id == session_id)
+    }
+
+    fn frame(&mut self, frame: ServerFrame, now_ms: f64) {
+        match frame {
+            ServerFrame::Ready { user, quota, model, .. } => {
+                if let Some((known, _)) = self.auth.as_mut() {
+                    *known = user;
+                }
+                self.model = model;
+                self.set_quota(quota);
+            }
+            ServerFrame::Subscribed { session, messages, generating, .. } => {
+                if let Some(chat) = self.chat_of(session.id) {
+                    chat.has_older = messages.len() >= 20;
+                    chat.session = session.clone();
+                    chat.messages = messages;
+                    chat.generating = generating;
+                    chat.loaded = true;
+                }
+                self.upsert_session(session);
+            }
+            ServerFrame::Message { session_id, message, .. } => {
+                if let Some(chat) = self.chat_of(session_id) {
+                    if chat.generating.as_ref().is_some_and(|g| g.message_id == message.id) {
+                        chat.generating = None;
+                    }
+                    match chat.messages.iter_mut().find(|m| m.id == message.id) {
+                        Some(known) => *known = message,
+                        None => chat.messages.push(message),
+                    }
+                }
+                self.bump_session(session_id);
+            }
+            ServerFrame::Superseded { session_id, message_ids, .. } => {
+                if let Some(chat) = self.chat_of(session_id) {
+                    for message in chat.messages.iter_mut().filter(|m| message_ids.contains(&m.id)) {
+                        message.superseded = true;
+                    }
+                }
+            }
+            ServerFrame::GenerationStarted { session_id, message_id, .. } => {
+                if let Some(chat) = self.chat_of(session_id) {
+                    chat.generating = Some(Generating { message_id, content: String::new() });
+                }
+            }
+            ServerFrame::Delta { session_id, message_id, text, .. } => {
+                if let Some(chat) = self.chat_of(session_id) {
+                    match chat.generating.as_mut() {
+                        Some(g) if g.message_id == message_id => g.content.push_str(&text),
+                        _ => chat.generating = Some(Generating { message_id, content: text }),
+                    }
+                }
+            }
+            ServerFrame::Done { session_id, message_id, error, .. } => {
+                if let Some(chat) = self.chat_of(session_id)
+                    && chat.generating.as_ref().is_some_and(|g| g.message_id == message_id)
+                {
+                    chat.generating = None;
+                }
+                if let Some(error) = error {
+                    self.toast(format!("The reply failed: {}", error.message), None);
+                }
+            }
+            ServerFrame::SessionCreated { session, .. } | ServerFrame::SessionUpdated { session, .. } => {
+                if let Some(chat) = self.chat_of(session.id) {
+                    chat.session = session.clone();
+                }
+                self.upsert_session(session);
+            }
+            ServerFrame::SessionDeleted { session_id, .. } => {
+                let before = self.sessions.len();
+                self.sessions.retain(|s| s.id != session_id);
+                self.sessions_total = self.sessions_total.saturating_sub((before - self.sessions.len()) as u64);
+                if self.chat.as_ref().is_some_and(|c| c.session.id == session_id) {
+                    self.chat = None;
+                }
+            }
+            ServerFrame::Sessions { sessions, total, page, .. } => {
+                self.apply(Action::SessionsPage { page, sessions, total }, now_ms);
+            }
+            ServerFrame::Quota { quota } => self.set_quota(quota),
+            ServerFrame::Error { error, session_id, id } => self.error(error, session_id, id, now_ms),
+            ServerFrame::Ack { .. } | ServerFrame::Pong { .. } | ServerFrame::Unsubscribed { .. } => {}
+        }
+    }
+
+    fn set_quota(&mut self, quota: Quota) {
+        let exhausted = quota.remaining == Some(0);
+        let resets = quota.resets_at.format("%H:%M UTC").to_string();
+        self.quota = Some(quota);
+        if exhausted {
+            self.blocked =
+                Some(Blocked { reason: format!("Daily quota used up; it resets at {resets}."), until_ms: None });
+        } else if self.blocked.as_ref().is_some_and(|b| b.until_ms.is_none()) {
+            self.blocked = None;
+        }
+    }
+
+    fn error(&mut self, error: ErrorBody, session_id: Option<Uuid>, id: Option<String>, now_ms: f64) {
+        let until_ms = error.retry_after_ms.map(|ms| now_ms + ms as f64);
+        match error.code {
+            ErrorCode::RateLimited => {
+                self.blocked = Some(Blocked { reason: "Sending too fast; wait a moment.".into(), until_ms });
+            }
+            ErrorCode::QuotaExceeded => {
+                self.blocked = Some(Blocked { reason: "Daily quota used up.".into(), until_ms });
+            }
+            ErrorCode::StorageFull => {
+                self.blocked = Some(Blocked { reason: error.message.clone(), until_ms: None });
+            }
+            // The session's live state was lost (no request id): the socket resubscribes.
+            ErrorCode::Internal if id.is_none() && session_id.is_some() => {}
+            _ => self.toast(error.message, None),
+        }
+    }
+
+    /// Adds or refreshes a session, keeping the list most recently active first.
+    fn upsert_session(&mut self, session: Session) {
+        let known = self.sessions.iter().position(|s| s.id == session.id);
+        match known {
+            Some(i) => self.sessions[i] = session,
+            None => {
+                self.sessions.push(session);
+                self.sessions_total += 1;
+            }
+        }
+        self.sessions.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    }
+
+    /// Moves a session to the top when it gets a message.
+    fn bump_session(&mut self, session_id: Uuid) {
+        if let Some(i) = self.sessions.iter().position(|s| s.id == session_id) {
+            let session = self.sessions.remove(i);
+            self.sessions.insert(0, session);
+        }
+    }
+
+    /// Whether sending is possible now.
+    pub fn can_send(&self) -> bool {
+        self.blocked.is_none() && self.connection == Some(Connection::Online)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use relay_protocol::{MessageStatus, Role, UserRole};
+
+    use super::*;
+
+    fn t() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn session(id: u128) -> Session {
+        Session { id: Uuid::from_u128(id), title: format!("s{id}"), created_at: t(), updated_at: t() }
+    }
+
+    fn message(id: u128, session: u128, role: Role) -> Message {
+        Message {
+            id: Uuid::from_u128(id),
+            session_id: Uuid::from_u128(session),
+            role,
+            content: format!("m{id}"),
+            token_count: None,
+            status: MessageStatus::Complete,
+            created_at: t(),
+            superseded: false,
+        }
+    }
+
+    fn logged_in() -> Rc<Model> {
+        let user = User { id: Uuid::from_u128(9), username: "u".into(), role: UserRole::User };
+        Rc::new(Model::default()).reduce(Action::LoggedIn { user, token: "t".into() }, 0.0)
+    }
+
+    #[test]
+    fn a_reply_streams_then_lands_in_the_history() {
+        let mut m = logged_in().reduce(Action::Open(session(1)), 0.0);
+        let sid = Uuid::from_u128(1);
+        m = m.reduce(
+            Action::Frame(ServerFrame::Subscribed {
+                id: None,
+                session: session(1),
+                messages: vec![message(10, 1, Role::User)],
+                seq: 3,
+                generating: Some(Generating { message_id: Uuid::from_u128(11), content: "Hel".into() }),
+            }),
+            0.0,
+        );
+        m = m.reduce(
+            Action::Frame(ServerFrame::Delta {
+                session_id: sid,
+                seq: 4,
+                message_id: Uuid::from_u128(11),
+                text: "lo".into(),
+            }),
+            0.0,
+        );
+        assert_eq!(m.chat.as_ref().unwrap().generating.as_ref().unwrap().content, "Hello");
+        let mut reply = message(11, 1, Role::Assistant);
+        reply.content = "Hello".into();
+        m = m.reduce(Action::Frame(ServerFrame::Message { session_id: sid, seq: 5, message: reply }), 0.0);
+        let chat = m.chat.as_ref().unwrap();
+        assert!(chat.generating.is_none());
+        assert_eq!(chat.messages.len(), 2);
+        assert_eq!(chat.messages[1].content, "Hello");
+    }
+
+    #[test]
+    fn other_tabs_keep_the_sidebar_live() {
+        let mut m = logged_in().reduce(Action::SessionsPage { page: 1, sessions: vec![session(1)], total: 1 }, 0.0);
+        m = m.reduce(Action::Frame(ServerFrame::SessionCreated { id: None, session: session(2) }), 0.0);
+        assert_eq!(m.sessions.len(), 2);
+        assert_eq!(m.sessions_total, 2);
+        let mut renamed = session(1);
+        renamed.title = "Renamed".into();
+        m = m.reduce(Action::Frame(ServerFrame::SessionUpdated { id: None, session: renamed }), 0.0);
+        assert!(m.sessions.iter().any(|s| s.title == "Renamed"));
+        m = m.reduce(Action::Open(session(2)), 0.0);
+        m = m.reduce(Action::Frame(ServerFrame::SessionDeleted { id: None, session_id: Uuid::from_u128(2) }), 0.0);
+        assert_eq!(m.sessions.len(), 1);
+        assert!(m.chat.is_none(), "the open session was deleted elsewhere");
+    }
+
+    #[test]
+    fn limits_block_sending_with_a_reason() {
+        let mut m = logged_in().reduce(Action::Connection(Connection::Online), 0.0);
+        assert!(m.can_send());
+        let error = ErrorBody { code: ErrorCode::RateLimited, message: "slow".into(), retry_after_ms: Some(3000) };
+        m = m.reduce(Action::Frame(ServerFrame::Error { id: Some("1".into()), session_id: None, error }), 1000.0);
+        assert!(!m.can_send());
+        assert_eq!(m.blocked.as_ref().unwrap().until_ms, Some(4000.0));
+        m = m.reduce(Action::Unblock, 2000.0);
+        assert!(!m.can_send(), "not yet");
+        m = m.reduce(Action::Unblock, 4000.0);
+        assert!(m.can_send());
+        let quota = Quota {
+            messages_today: 5,
+            limit: Some(5),
+            remaining: Some(0),
+            resets_at: t(),
+            prompt_tokens_today: 0,
+            completion_tokens_today: 0,
+        };
+        m = m.reduce(Action::Frame(ServerFrame::Quota { quota }), 0.0);
+        assert!(m.blocked.as_ref().unwrap().reason.contains("quota"));
+    }
+
+    #[test]
+    fn superseded_messages_are_marked_and_older_ones_prepended() {
+        let mut m = logged_in().reduce(Action::Open(session(1)), 0.0);
+        let sid = Uuid::from_u128(1);
+        m = m.reduce(
+            Action::Frame(ServerFrame::Subscribed {
+                id: None,
+                session: session(1),
+                messages: vec![message(10, 1, Role::User), message(11, 1, Role::Assistant)],
+                seq: 2,
+                generating: None,
+            }),
+            0.0,
+        );
+        m = m.reduce(
+            Action::Frame(ServerFrame::Superseded { session_id: sid, seq: 3, message_ids: vec![Uuid::from_u128(11)] }),
+            0.0,
+        );
+        assert!(m.chat.as_ref().unwrap().messages[1].superseded);
+        m = m.reduce(
+            Action::Older {
+                session_id: sid,
+                messages: vec![message(1, 1, Role::User), message(10, 1, Role::User)],
+                has_more: false,
+            },
+            0.0,
+        );
+        let ids: Vec<u128> = m.chat.as_ref().unwrap().messages.iter().map(|m| m.id.as_u128()).collect();
+        assert_eq!(ids, [1, 10, 11]);
+        // Logging out forgets everything but the notice.
+        m = m.reduce(Action::LoggedOut(Some("expired".into())), 0.0);
+        assert!(m.auth.is_none() && m.chat.is_none() && m.notice.as_deref() == Some("expired"));
+    }
+
+    #[test]
+    fn unchanged_state_is_the_same_rc() {
+        let m = logged_in();
+        let same = m.clone().reduce(Action::Dismiss(42), 0.0);
+        assert!(Rc::ptr_eq(&m, &same));
+    }
+}

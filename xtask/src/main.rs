@@ -1,0 +1,215 @@
+//! Project tasks, in Rust so they run wherever cargo does:
+//!
+//! - `cargo xtask client`: builds the browser client into `client-yew/dist/`: the wasm
+//!   (profile `wasm-release`), its bindings (`wasm-bindgen --target web`, the version
+//!   `Cargo.lock` pins, installed under `$HOME/.cache/relay-chat-tools` when missing),
+//!   `wasm-opt -Oz` when binaryen is installed, content-hashed file names (cached forever
+//!   by browsers; `index.html` is not), and gzip and brotli copies the server sends to
+//!   browsers that accept them. Prints the sizes.
+//! - `cargo xtask run [ARGS]`: builds the client if `client-yew/dist` has none, then runs
+//!   `cargo run --release -p relay-server ARGS`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("client") => build_client().map(|_| ()),
+        Some("run") => run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask client | cargo xtask run [-- server args]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (this crate's parent).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Where cargo puts build output.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Where the built client goes, and where the server looks for it by default.
+fn dist_dir() -> PathBuf {
+    root().join("client-yew").join("dist")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    if !dist_dir().join("index.html").exists() {
+        eprintln!("xtask: the browser client is not built yet; building it first");
+        build_client()?;
+    }
+    let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
+    status(cargo().current_dir(root()).args(["run", "--release", "-p", "relay-server", "--"]).args(args))
+}
+
+/// The version of a package `Cargo.lock` pins.
+fn locked_version(package: &str) -> Result<String> {
+    let lock = fs::read_to_string(root().join("Cargo.lock")).context("cannot read Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == format!("name = \"{package}\"") {
+            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \"")) {
+                return Ok(version.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    bail!("{package} is not in Cargo.lock")
+}
+
+/// Installs what the build needs when it is missing: the wasm target and the
+/// wasm-bindgen CLI of the locked version. Returns the wasm-bindgen to run.
+fn toolchain() -> Result<PathBuf> {
+    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if let Ok(out) = targets
+        && !String::from_utf8_lossy(&out.stdout).lines().any(|t| t == "wasm32-unknown-unknown")
+    {
+        status(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let version = locked_version("wasm-bindgen")?;
+    let tools = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/relay-chat-tools");
+    let cached = tools.join("bin").join("wasm-bindgen");
+    for candidate in [cached.clone(), PathBuf::from("wasm-bindgen")] {
+        if let Ok(out) = Command::new(&candidate).arg("--version").output()
+            && String::from_utf8_lossy(&out.stdout).contains(&version)
+        {
+            return Ok(candidate);
+        }
+    }
+    eprintln!("xtask: installing wasm-bindgen-cli {version} (once; a few minutes)");
+    status(cargo().args(["install", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(&tools))?;
+    Ok(cached)
+}
+
+/// A short content hash for cache-busting file names.
+fn hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes)?;
+    Ok(encoder.finish()?)
+}
+
+fn brotli(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let params = brotli::enc::BrotliEncoderParams { quality: 11, lgwin: 22, ..Default::default() };
+    brotli::BrotliCompress(&mut &bytes[..], &mut out, &params)?;
+    Ok(out)
+}
+
+/// Sizes of one built file: raw, gzip, brotli.
+struct Built {
+    name: String,
+    raw: usize,
+    gz: usize,
+    br: usize,
+}
+
+/// Writes a file of `dist` with its compressed copies.
+fn emit(dist: &Path, name: &str, bytes: &[u8]) -> Result<Built> {
+    fs::write(dist.join(name), bytes)?;
+    let (gz, br) = (gzip(bytes)?, brotli(bytes)?);
+    fs::write(dist.join(format!("{name}.gz")), &gz)?;
+    fs::write(dist.join(format!("{name}.br")), &br)?;
+    Ok(Built { name: name.to_string(), raw: bytes.len(), gz: gz.len(), br: br.len() })
+}
+
+fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
+    let wasm_bindgen = toolchain()?;
+    let client = root().join("client-yew");
+    status(cargo().current_dir(root()).args([
+        "build",
+        "--profile",
+        "wasm-release",
+        "--target",
+        "wasm32-unknown-unknown",
+        "-p",
+        "relay-client-yew",
+        "--bin",
+        "relay-client-yew",
+    ]))?;
+    let wasm = target_dir().join("wasm32-unknown-unknown/wasm-release/relay-client-yew.wasm");
+    let staging = target_dir().join("client-bindgen");
+    let _ = fs::remove_dir_all(&staging);
+    status(
+        Command::new(&wasm_bindgen)
+            .args(["--target", "web", "--no-typescript", "--out-name", "app", "--out-dir"])
+            .arg(&staging)
+            .arg(&wasm),
+    )?;
+    let bindgen_wasm = staging.join("app_bg.wasm");
+    if Command::new("wasm-opt").arg("--version").output().is_ok() {
+        let optimized = staging.join("app_opt.wasm");
+        status(
+            Command::new("wasm-opt")
+                .args(["-Oz", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext"])
+                .arg(&bindgen_wasm)
+                .arg("-o")
+                .arg(&optimized),
+        )?;
+        fs::rename(&optimized, &bindgen_wasm)?;
+    } else {
+        eprintln!("xtask: wasm-opt not found (Debian: binaryen); the wasm is left unoptimised");
+    }
+
+    let dist = dist_dir();
+    let _ = fs::remove_dir_all(&dist);
+    fs::create_dir_all(&dist)?;
+    let wasm_bytes = fs::read(&bindgen_wasm)?;
+    let wasm_name = format!("app-{}.wasm", hash(&wasm_bytes));
+    // The bindings module starts the app itself, from the hashed wasm (no inline script,
+    // so the page's Content-Security-Policy can forbid them).
+    let mut js_bytes = fs::read(staging.join("app.js"))?;
+    js_bytes.extend_from_slice(format!("\n__wbg_init({{ module_or_path: '/{wasm_name}' }});\n").as_bytes());
+    let css_bytes = fs::read(client.join("style.css"))?;
+    let js_name = format!("app-{}.js", hash(&js_bytes));
+    let css_name = format!("style-{}.css", hash(&css_bytes));
+    let index = fs::read_to_string(client.join("index.html"))?
+        .replace("{{css}}", &format!("/{css_name}"))
+        .replace("{{js}}", &format!("/{js_name}"));
+    let built = [
+        emit(&dist, &wasm_name, &wasm_bytes)?,
+        emit(&dist, &js_name, &js_bytes)?,
+        emit(&dist, &css_name, &css_bytes)?,
+        emit(&dist, "index.html", index.as_bytes())?,
+    ];
+    let (raw, gz, br) = built.iter().fold((0, 0, 0), |(r, g, b), f| (r + f.raw, g + f.gz, b + f.br));
+    println!("{:<28} {:>10} {:>10} {:>10}", "client-yew/dist", "raw", "gzip", "brotli");
+    for file in &built {
+        println!("{:<28} {:>10} {:>10} {:>10}", file.name, file.raw, file.gz, file.br);
+    }
+    println!("{:<28} {:>10} {:>10} {:>10}", "total", raw, gz, br);
+    Ok(built.into_iter().map(|f| (f.name, f.raw, f.gz, f.br)).collect())
+}
