@@ -427,13 +427,33 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
     }
 }
 
+/// The tokens of an `echo` reply: the message without its directives, word by word (each
+/// with the whitespace after it), so markdown arrives piece by piece as a model's would.
+pub fn echo_tokens(message: &str) -> Vec<String> {
+    let mut text = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find("[[mock") {
+        text.push_str(&rest[..start]);
+        match rest[start..].find("]]") {
+            Some(end) => rest = &rest[start + end + 2..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    text.push_str(rest);
+    text.trim().split_inclusive(char::is_whitespace).map(str::to_string).collect()
+}
+
 /// Per-request overrides parsed from `[[mock ...]]` in the last user message.
 ///
 /// Syntax: `[[mock key=value key=value flag]]`, whitespace separated; several
 /// blocks may appear and later values win. Keys: `tokens=N`, `tps=F`,
 /// `delay_ms=N`, `bytes=N` (0 = words), `fault=429|500|401|503|stall|cut:N|none`,
 /// `choices=null|empty`, `fail_first=N` (the fault applies to the first N requests with
-/// this same message, later ones succeed: a client's retries). Bare flags: anything `fault=` accepts (`stall`,
+/// this same message, later ones succeed: a client's retries). Bare flags: `echo` (the
+/// reply is the message itself, directives removed, word by word: for markdown and
+/// escaping tests), anything `fault=` accepts (`stall`,
 /// `cut:3`, `429`), plus `instant` (`delay_ms=0 tps=0`). Unknown keys and flags
 /// are ignored; a known key with a bad value is a 400 so typos do not pass silently, and so
 /// is a reply past the bounds ([`MAX_REPLY_TOKENS`], [`MAX_TOKEN_BYTES`], [`MAX_REPLY_BYTES`],
@@ -447,6 +467,7 @@ struct Directives {
     fault: Option<Option<Fault>>,
     choices_null: Option<bool>,
     fail_first: Option<usize>,
+    echo: bool,
 }
 
 impl Directives {
@@ -475,6 +496,8 @@ impl Directives {
             if item.eq_ignore_ascii_case("instant") {
                 self.delay_ms = Some(0);
                 self.tps = Some(0.0);
+            } else if item.eq_ignore_ascii_case("echo") {
+                self.echo = true;
             } else if let Ok(fault) = parse_optional_fault(item) {
                 self.fault = Some(fault);
             }
@@ -524,6 +547,8 @@ struct Plan {
     fault: Option<Fault>,
     choices_null: bool,
     prompt_tokens: usize,
+    /// With `echo`: the reply's tokens, instead of generated ones.
+    echo: Option<Vec<String>>,
 }
 
 impl Plan {
@@ -533,8 +558,10 @@ impl Plan {
         model: String,
         max_tokens: Option<u64>,
         prompt_tokens: usize,
+        message: &str,
     ) -> Self {
-        let wanted = d.tokens.unwrap_or(settings.reply_tokens);
+        let echo = d.echo.then(|| echo_tokens(message));
+        let wanted = echo.as_ref().map_or_else(|| d.tokens.unwrap_or(settings.reply_tokens), Vec::len);
         let (tokens, finish_reason) = match max_tokens {
             Some(max) if max < u64::try_from(wanted).unwrap_or(u64::MAX) => (max as usize, "length"),
             _ => (wanted, "stop"),
@@ -552,7 +579,21 @@ impl Plan {
             fault: d.fault.unwrap_or_else(|| settings.fault.clone()),
             choices_null: d.choices_null.unwrap_or(settings.choices_null_in_usage_chunk),
             prompt_tokens,
+            echo,
         }
+    }
+
+    /// Content token `i` of this reply.
+    fn token(&self, i: usize) -> String {
+        match &self.echo {
+            Some(tokens) => tokens.get(i).cloned().unwrap_or_default(),
+            None => token(i, self.token_bytes),
+        }
+    }
+
+    /// The whole reply text.
+    fn text(&self) -> String {
+        (0..self.tokens).map(|i| self.token(i)).collect()
     }
 
     /// When token `i` (0-based) is due, counted from the role chunk; tokens keep a fixed schedule so the average rate is exact despite timer granularity.
@@ -586,7 +627,7 @@ impl Plan {
     }
 
     fn token_chunk(&self, i: usize) -> Value {
-        let mut delta = json!({"content": token(i, self.token_bytes)});
+        let mut delta = json!({"content": self.token(i)});
         // SambaNova sprinkles fields clients do not know; odd chunks carry one so parsers must tolerate it.
         if i % 2 == 1 {
             delta["channel"] = Value::Null;
@@ -631,7 +672,7 @@ impl Plan {
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": reply_text(self.tokens, self.token_bytes)},
+                "message": {"role": "assistant", "content": self.text()},
                 "logprobs": null,
                 "finish_reason": self.finish_reason,
             }],
@@ -840,7 +881,7 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .map(|c| content_text(c).split_whitespace().count())
         .sum::<usize>()
         .max(1);
-    let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens);
+    let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens, &last_user);
     if let Err(why) = check_reply_size(plan.tokens, plan.token_bytes) {
         return bad_request(&format!("mock reply too large: {why}"));
     }
@@ -1055,6 +1096,14 @@ mod tests {
         assert_eq!(Directives::parse("[[mockery tokens=1]] [[mock]]").unwrap(), Directives::default());
         assert!(Directives::parse("[[mock tokens=many]]").is_err());
         assert!(Directives::parse("[[mock delay_ms=99999999999]]").is_err());
+    }
+
+    #[test]
+    fn echo_replies_with_the_message_word_by_word() {
+        let tokens = echo_tokens("say **this** [[mock echo tps=5]]\n```rust\nfn x() {}\n```");
+        assert_eq!(tokens.concat(), "say **this** \n```rust\nfn x() {}\n```");
+        assert_eq!(tokens[0], "say ");
+        assert!(Directives::parse("x [[mock echo]]").unwrap().echo);
     }
 
     #[test]
