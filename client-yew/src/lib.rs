@@ -6,6 +6,7 @@
 pub mod api;
 pub mod components;
 pub mod markdown;
+pub mod sequence;
 pub mod socket;
 pub mod state;
 pub mod storage;

@@ -5,7 +5,6 @@
 //! showing a broken reply.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures::channel::mpsc;
@@ -16,6 +15,7 @@ use relay_protocol::{ClientFrame, ServerFrame};
 use uuid::Uuid;
 use yew::Callback;
 
+use crate::sequence::{Sequences, Verdict, backoff_ms};
 use crate::state::{Action, Connection};
 
 /// Close codes the server uses (see docs/PROTOCOL.md).
@@ -36,7 +36,7 @@ struct Inner {
     /// The session this tab shows, resubscribed after every reconnect.
     watching: Cell<Option<Uuid>>,
     /// The last `seq` seen per session, to notice gaps.
-    seqs: RefCell<HashMap<Uuid, u64>>,
+    seqs: RefCell<Sequences>,
     stopped: Cell<bool>,
     next_id: Cell<u64>,
 }
@@ -56,7 +56,7 @@ impl Socket {
                 dispatch,
                 outbox: RefCell::new(None),
                 watching: Cell::new(None),
-                seqs: RefCell::new(HashMap::new()),
+                seqs: RefCell::new(Sequences::default()),
                 stopped: Cell::new(false),
                 next_id: Cell::new(0),
             }),
@@ -95,7 +95,7 @@ impl Socket {
             return;
         }
         if let Some(old) = before {
-            self.inner.seqs.borrow_mut().remove(&old);
+            self.inner.seqs.borrow_mut().forget(old);
             self.send(&ClientFrame::Unsubscribe { id: None, session_id: old });
         }
         if let Some(new) = session {
@@ -104,7 +104,7 @@ impl Socket {
     }
 
     fn subscribe(&self, session_id: Uuid) {
-        self.inner.seqs.borrow_mut().remove(&session_id);
+        self.inner.seqs.borrow_mut().forget(session_id);
         self.send(&ClientFrame::Subscribe { id: Some(self.request_id()), session_id });
     }
 
@@ -188,41 +188,17 @@ impl Socket {
     /// Passes a frame on, unless it reveals a gap in its session's events: then the session
     /// is subscribed again and its snapshot replaces what was missed.
     fn receive(&self, frame: ServerFrame) {
-        let session = match &frame {
-            ServerFrame::Subscribed { session, seq, .. } => {
-                self.inner.seqs.borrow_mut().insert(session.id, *seq);
-                None
-            }
-            ServerFrame::Message { session_id, .. }
-            | ServerFrame::Superseded { session_id, .. }
-            | ServerFrame::GenerationStarted { session_id, .. }
-            | ServerFrame::Delta { session_id, .. }
-            | ServerFrame::Done { session_id, .. } => Some(*session_id),
-            // The session's live state was lost on the server: start again from its store.
-            ServerFrame::Error { id: None, session_id: Some(session_id), .. } => {
-                if self.inner.watching.get() == Some(*session_id) {
-                    self.subscribe(*session_id);
-                }
-                None
-            }
-            _ => None,
-        };
-        if let (Some(session_id), Some(seq)) = (session, frame.seq()) {
-            let mut seqs = self.inner.seqs.borrow_mut();
-            match seqs.get(&session_id).copied() {
-                Some(last) if seq == last + 1 => {
-                    seqs.insert(session_id, seq);
-                }
-                Some(_) => {
-                    drop(seqs);
-                    self.subscribe(session_id);
-                    return;
-                }
-                // Not subscribed here (yet): nothing to compare with.
-                None => {}
-            }
+        // The session's live state was lost on the server: start again from its store.
+        if let ServerFrame::Error { id: None, session_id: Some(session_id), .. } = &frame
+            && self.inner.watching.get() == Some(*session_id)
+        {
+            self.subscribe(*session_id);
         }
-        self.inner.dispatch.emit(Action::Frame(frame));
+        let verdict = self.inner.seqs.borrow_mut().observe(&frame);
+        match verdict {
+            Verdict::Apply => self.inner.dispatch.emit(Action::Frame(frame)),
+            Verdict::Resubscribe(session_id) => self.subscribe(session_id),
+        }
     }
 }
 
@@ -234,9 +210,7 @@ fn url() -> String {
     format!("{}://{host}/api/v1/ws", if secure { "wss" } else { "ws" })
 }
 
-/// Milliseconds before reconnect attempt `attempt`: doubling from half a second up to
-/// thirty, times a random factor between one half and one, so tabs do not reconnect in step.
+/// Milliseconds before the next reconnect attempt.
 fn backoff(attempt: u32) -> u32 {
-    let ceiling = 500f64 * 2f64.powi(attempt.min(6) as i32);
-    (ceiling.min(30_000.0) * (0.5 + js_sys::Math::random() / 2.0)) as u32
+    backoff_ms(attempt, js_sys::Math::random())
 }

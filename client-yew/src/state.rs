@@ -56,6 +56,20 @@ pub struct Blocked {
     pub until_ms: Option<f64>,
 }
 
+/// A send the server has not acknowledged yet, kept so a refusal gives its text back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    /// The request id of the `send` frame.
+    pub request_id: String,
+    /// The session it went to.
+    pub session_id: Uuid,
+    /// What the user wrote.
+    pub content: String,
+}
+
+/// How many unacknowledged sends are remembered (the oldest is forgotten past it).
+const MAX_IN_FLIGHT: usize = 16;
+
 /// The open session: its messages and the reply in progress.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chat {
@@ -96,6 +110,10 @@ pub struct Model {
     pub toasts: Vec<Toast>,
     /// Why sending is off, if it is.
     pub blocked: Option<Blocked>,
+    /// Sends waiting for their `ack`.
+    pub in_flight: Vec<InFlight>,
+    /// A send the server refused: its text goes back into that session's composer.
+    pub returned: Option<InFlight>,
     next_toast: u32,
 }
 
@@ -143,6 +161,10 @@ pub enum Action {
     Dismiss(u32),
     /// Sending may work again (a rate limit's wait passed).
     Unblock,
+    /// A `send` frame went out; until its `ack`, a refusal gives the text back.
+    Sending(InFlight),
+    /// The composer took back the refused text.
+    TookReturned,
 }
 
 impl Model {
@@ -196,6 +218,12 @@ impl Model {
                     self.blocked = None;
                 }
             }
+            Action::Sending(send) => {
+                self.in_flight.push(send);
+                let excess = self.in_flight.len().saturating_sub(MAX_IN_FLIGHT);
+                self.in_flight.drain(..excess);
+            }
+            Action::TookReturned => self.returned = None,
         }
     }
 
@@ -290,7 +318,8 @@ impl Model {
             }
             ServerFrame::Quota { quota } => self.set_quota(quota),
             ServerFrame::Error { error, session_id, id } => self.error(error, session_id, id, now_ms),
-            ServerFrame::Ack { .. } | ServerFrame::Pong { .. } | ServerFrame::Unsubscribed { .. } => {}
+            ServerFrame::Ack { id, .. } => self.in_flight.retain(|s| Some(&s.request_id) != id.as_ref()),
+            ServerFrame::Pong { .. } | ServerFrame::Unsubscribed { .. } => {}
         }
     }
 
@@ -308,9 +337,14 @@ impl Model {
 
     fn error(&mut self, error: ErrorBody, session_id: Option<Uuid>, id: Option<String>, now_ms: f64) {
         let until_ms = error.retry_after_ms.map(|ms| now_ms + ms as f64);
+        // A refused send's text goes back to its composer rather than being lost.
+        if let Some(i) = self.in_flight.iter().position(|s| Some(&s.request_id) == id.as_ref()) {
+            self.returned = Some(self.in_flight.remove(i));
+        }
         match error.code {
             ErrorCode::RateLimited => {
-                self.blocked = Some(Blocked { reason: "Sending too fast; wait a moment.".into(), until_ms });
+                let wait = error.retry_after_ms.map_or(String::new(), |ms| format!(" in {}s", ms.div_ceil(1000).max(1)));
+                self.blocked = Some(Blocked { reason: format!("Sending too fast; try again{wait}."), until_ms });
             }
             ErrorCode::QuotaExceeded => {
                 self.blocked = Some(Blocked { reason: "Daily quota used up.".into(), until_ms });
@@ -489,6 +523,33 @@ mod tests {
         // Logging out forgets everything but the notice.
         m = m.reduce(Action::LoggedOut(Some("expired".into())), 0.0);
         assert!(m.auth.is_none() && m.chat.is_none() && m.notice.as_deref() == Some("expired"));
+    }
+
+    #[test]
+    fn a_refused_send_gives_its_text_back_and_an_acked_one_is_forgotten() {
+        let sid = Uuid::from_u128(1);
+        let sending = |id: &str, text: &str| {
+            Action::Sending(InFlight { request_id: id.into(), session_id: sid, content: text.into() })
+        };
+        let mut m = logged_in().reduce(sending("1", "kept"), 0.0).reduce(sending("2", "refused"), 0.0);
+        m = m.reduce(Action::Frame(ServerFrame::Ack { id: Some("1".into()), message: message(5, 1, Role::User) }), 0.0);
+        assert_eq!(m.in_flight.len(), 1);
+        let error = ErrorBody { code: ErrorCode::RateLimited, message: "slow down".into(), retry_after_ms: Some(2500) };
+        m = m.reduce(Action::Frame(ServerFrame::Error { id: Some("2".into()), session_id: Some(sid), error }), 0.0);
+        assert!(m.in_flight.is_empty());
+        assert_eq!(m.returned.as_ref().map(|r| r.content.as_str()), Some("refused"));
+        assert_eq!(m.blocked.as_ref().unwrap().reason, "Sending too fast; try again in 3s.");
+        m = m.reduce(Action::TookReturned, 0.0);
+        assert!(m.returned.is_none());
+        // An error for some other request returns nothing.
+        let error = ErrorBody { code: ErrorCode::NotFound, message: "gone".into(), retry_after_ms: None };
+        m = m.reduce(Action::Frame(ServerFrame::Error { id: Some("9".into()), session_id: None, error }), 0.0);
+        assert!(m.returned.is_none());
+        // Only the newest sends are remembered.
+        for i in 0..40 {
+            m = m.reduce(sending(&i.to_string(), "x"), 0.0);
+        }
+        assert_eq!(m.in_flight.len(), MAX_IN_FLIGHT);
     }
 
     #[test]

@@ -154,7 +154,8 @@ impl Server {
                 .await
                 .context("HTTP server failed")
         });
-        tracing::info!(%addr, model = %state.config.model, mock = state.mock_model, "relay-chat listening");
+        // The url is what a person opens: the browser client is served at `/`.
+        tracing::info!(%addr, url = %format!("http://{addr}/"), model = %state.config.model, mock = state.mock_model, "relay-chat listening");
         Ok(Server { addr, state, mock, task })
     }
 

@@ -595,6 +595,11 @@ async fn every_rest_error_is_json() {
     let response = server.http.get(server.url("/c/some-route")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    // The page may not be framed, sniffed or leak its address, and runs only its own code.
+    let csp = response.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
 }
 
 /// A REST send queued behind a reply answers `not_found` when the session is deleted

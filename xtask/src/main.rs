@@ -166,6 +166,7 @@ fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
     let client = root().join("client-yew");
     status(cargo().current_dir(root()).args([
         "build",
+        "--locked",
         "--profile",
         "wasm-release",
         "--target",

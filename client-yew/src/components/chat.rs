@@ -8,7 +8,7 @@ use web_sys::{Element, HtmlTextAreaElement};
 use yew::prelude::*;
 
 use super::app::Ctx;
-use crate::state::{Action, Retry};
+use crate::state::{Action, InFlight, Retry};
 use crate::{api, markdown, storage};
 
 /// How close to the bottom counts as "at the bottom" (the view follows new text there).
@@ -237,6 +237,26 @@ fn composer(props: &ComposerProps) -> Html {
             }
         });
     }
+    // A send the server refused comes back to the composer it left, unless the user has
+    // started another message (then a toast offers to send it again).
+    {
+        let (ctx, text) = (ctx.clone(), text.clone());
+        let returned = ctx.model.returned.clone().filter(|r| r.session_id == session_id);
+        use_effect_with(returned, move |returned| {
+            if let Some(returned) = returned {
+                if text.trim().is_empty() {
+                    storage::save_draft(session_id, &returned.content);
+                    text.set(returned.content.clone());
+                } else {
+                    ctx.model.dispatch(Action::Toast(
+                        "Your message was not sent.".into(),
+                        Some(Retry::Send { session_id, content: returned.content.clone() }),
+                    ));
+                }
+                ctx.model.dispatch(Action::TookReturned);
+            }
+        });
+    }
     let oninput = {
         let (text, editing) = (text.clone(), props.editing);
         Callback::from(move |e: InputEvent| {
@@ -255,10 +275,14 @@ fn composer(props: &ComposerProps) -> Html {
                 return;
             }
             let Some(socket) = &ctx.socket else { return };
-            let id = Some(socket.request_id());
+            let request_id = socket.request_id();
+            let id = Some(request_id.clone());
             let frame = match editing {
                 Some(message_id) => ClientFrame::Edit { id, session_id, message_id, content: content.clone() },
-                None => ClientFrame::Send { id, session_id, content: content.clone() },
+                None => {
+                    ctx.model.dispatch(Action::Sending(InFlight { request_id, session_id, content: content.clone() }));
+                    ClientFrame::Send { id, session_id, content: content.clone() }
+                }
             };
             if socket.send(&frame) {
                 text.set(String::new());

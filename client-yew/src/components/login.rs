@@ -70,7 +70,7 @@ pub fn login() -> Html {
                 if let Some(message) = &*error {
                     <p class="error" id="login-error">{ message }</p>
                 }
-                <button id="login-submit" type="submit" disabled={*busy}>{ action }</button>
+                <button id="login-submit" type="submit" class="primary" disabled={*busy}>{ action }</button>
                 <button id="login-toggle" type="button" class="link" onclick={toggle}>{ other }</button>
             </form>
         </main>

@@ -170,7 +170,7 @@ fn session_item(props: &ItemProps) -> Html {
             } else {
                 <span class="title">{ &props.session.title }</span>
                 <button class="icon rename-button" title="Rename" onclick={start_rename}>{ "✎" }</button>
-                <button class="icon delete-button" title="Delete" onclick={ask_delete}>{ "🗑" }</button>
+                <button class="icon delete-button" title="Delete" onclick={ask_delete}>{ "✕" }</button>
             }
         </li>
     }

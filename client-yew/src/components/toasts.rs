@@ -5,7 +5,7 @@ use relay_protocol::ClientFrame;
 use yew::prelude::*;
 
 use super::app::Ctx;
-use crate::state::{Action, Retry};
+use crate::state::{Action, InFlight, Retry};
 
 /// How long a toast stays, in milliseconds.
 const SHOWN_MS: u32 = 8000;
@@ -38,7 +38,13 @@ pub fn toasts() -> Html {
                         match &retry {
                             Retry::Send { session_id, content } => {
                                 if let Some(socket) = &ctx.socket {
-                                    let frame = ClientFrame::Send { id: Some(socket.request_id()), session_id: *session_id, content: content.clone() };
+                                    let request_id = socket.request_id();
+                                    ctx.model.dispatch(Action::Sending(InFlight {
+                                        request_id: request_id.clone(),
+                                        session_id: *session_id,
+                                        content: content.clone(),
+                                    }));
+                                    let frame = ClientFrame::Send { id: Some(request_id), session_id: *session_id, content: content.clone() };
                                     socket.send(&frame);
                                 }
                             }

@@ -19,17 +19,37 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// Everything else (`index.html`): always ask the server, so a new build is seen at once.
 const REVALIDATE: &str = "no-cache";
 
+/// What the page may load and run: its own files, its WebSocket, and nothing inline; no
+/// framing (which only a header can forbid, hence a header and not just the page's meta).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; \
+    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 /// The client's routes: the built files, or the page that says how to build them.
 pub fn routes(dir: &Path) -> Router<AppState> {
     if !dir.join("index.html").is_file() {
         tracing::warn!(dir = %dir.display(), "no browser client built; `/` explains how to build it (cargo xtask client)");
-        return Router::new().fallback(not_built);
+        return Router::new().fallback(not_built).layer(axum::middleware::map_response(security_headers));
     }
     let files = ServeDir::new(dir)
         .precompressed_br()
         .precompressed_gzip()
         .fallback(ServeFile::new(dir.join("index.html")).precompressed_br().precompressed_gzip());
-    Router::new().fallback_service(files).layer(axum::middleware::map_response(cache_headers))
+    Router::new()
+        .fallback_service(files)
+        .layer(axum::middleware::map_response(cache_headers))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Headers every client response carries: the content policy, no MIME sniffing, no
+/// framing, no referrer.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }
 
 /// Sets `Cache-Control` by file name: hashed assets forever, the rest revalidated.

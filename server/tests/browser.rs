@@ -1,0 +1,788 @@
+//! The browser client, driven in headless Chromium (through chromedriver) against the real
+//! server: login, chats, streaming markdown, several tabs, stop, reload mid-reply,
+//! regenerate, edit, delete, hostile markdown, a phone-sized window, an expired login.
+//!
+//! Needs `chromium` and `chromedriver` on the PATH (or `CHROME_BIN` / `CHROMEDRIVER`) and
+//! the built client in `client-yew/dist` (`cargo xtask client`); `scripts/test.sh` sees to
+//! both. Set `RELAY_SCREENSHOTS=docs/screenshots` to refresh the README's screenshots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use common::TestServer;
+use serde_json::{Value, json};
+use thirtyfour::prelude::*;
+use thirtyfour::{ChromiumLikeCapabilities, LoggingPrefsLogLevel};
+
+/// How long a step waits for the page to show what it expects.
+const STEP: Duration = Duration::from_secs(20);
+const PASSWORD: &str = "correct horse battery";
+
+/// Browser tests run one at a time: each starts browsers, and the machines have 2 cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A chromedriver process, stopped on drop.
+struct Chromedriver {
+    process: Child,
+    url: String,
+}
+
+impl Chromedriver {
+    async fn start() -> Result<Chromedriver> {
+        let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let process = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary} (install chromium-driver, or run scripts/test.sh)"))?;
+        let driver = Chromedriver { process, url: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + STEP;
+        while http.get(format!("{}/status", driver.url)).send().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("chromedriver did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(driver)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// One browser window, with its own profile (so its own `localStorage` unless told).
+struct Tab {
+    name: &'static str,
+    driver: WebDriver,
+    base: String,
+    _profile: tempfile::TempDir,
+}
+
+/// A test's server, chromedriver and browser windows.
+struct Harness {
+    server: TestServer,
+    chromedriver: Chromedriver,
+    tabs: Vec<Tab>,
+    test: &'static str,
+}
+
+fn dist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-yew/dist")
+}
+
+impl Harness {
+    async fn start(test: &'static str, vars: &[(&'static str, &str)]) -> Result<Harness> {
+        if !dist_dir().join("index.html").exists() {
+            bail!("the browser client is not built: run `cargo xtask client` first");
+        }
+        let server = TestServer::with(vars).await;
+        let chromedriver = Chromedriver::start().await?;
+        Ok(Harness { server, chromedriver, tabs: Vec::new(), test })
+    }
+
+    /// Opens a new browser window on the app; returns its index.
+    async fn open(&mut self, name: &'static str) -> Result<usize> {
+        let base = self.server.url("");
+        self.open_at(name, base).await
+    }
+
+    /// Opens a new browser window on the app at another address (e.g. through a [`Relay`]).
+    async fn open_at(&mut self, name: &'static str, base: String) -> Result<usize> {
+        let profile = tempfile::tempdir()?;
+        let mut caps = DesiredCapabilities::chrome();
+        caps.set_binary(&std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into()))?;
+        for arg in [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,800",
+        ] {
+            caps.add_arg(arg)?;
+        }
+        caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        caps.set_browser_log_level(LoggingPrefsLogLevel::All)?;
+        let driver = WebDriver::new(&self.chromedriver.url, caps).await.context("starting chromium")?;
+        let tab = Tab { name, driver, base, _profile: profile };
+        tab.driver.goto(tab.base.clone()).await?;
+        self.tabs.push(tab);
+        Ok(self.tabs.len() - 1)
+    }
+
+    /// Runs the test's steps; on failure keeps a screenshot and the console of every window
+    /// under the target directory, then fails with the step's error.
+    async fn run<F>(mut self, steps: F)
+    where
+        F: AsyncFnOnce(&mut Harness) -> Result<()>,
+    {
+        let result = steps(&mut self).await;
+        if let Err(error) = &result {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-failures");
+            let _ = std::fs::create_dir_all(&dir);
+            let mut notes = String::new();
+            for tab in &self.tabs {
+                let shot = dir.join(format!("{}-{}.png", self.test, tab.name));
+                let _ = tab.driver.screenshot(&shot).await;
+                let body = tab.js("return document.body.innerText").await.unwrap_or_default();
+                let log = tab.driver.browser_log().await.unwrap_or_default();
+                notes.push_str(&format!(
+                    "\n--- {} ({})\n{}\n--- console:\n{}",
+                    tab.name,
+                    shot.display(),
+                    body.as_str().unwrap_or_default(),
+                    log.iter().map(|e| format!("{} {}", e.level, e.message)).collect::<Vec<_>>().join("\n")
+                ));
+            }
+            for tab in self.tabs.drain(..) {
+                let _ = tab.driver.quit().await;
+            }
+            panic!("{}: {error:#}{notes}", self.test);
+        }
+        for tab in self.tabs.drain(..) {
+            let _ = tab.driver.quit().await;
+        }
+    }
+
+    fn tab(&self, index: usize) -> &Tab {
+        &self.tabs[index]
+    }
+}
+
+impl Tab {
+    /// Runs a script in the page and returns what it returns.
+    async fn js(&self, script: &str) -> Result<Value> {
+        Ok(self.driver.execute(script, Vec::new()).await?.json().clone())
+    }
+
+    /// Runs a script with arguments (`arguments[0]`, ...).
+    async fn js_with(&self, script: &str, args: Vec<Value>) -> Result<Value> {
+        Ok(self.driver.execute(script, args).await?.json().clone())
+    }
+
+    /// Waits until the script returns something other than `null`/`false`, and returns it.
+    async fn wait(&self, what: &str, script: &str) -> Result<Value> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let value = self.js(script).await?;
+            if !matches!(value, Value::Null | Value::Bool(false)) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!("[{}] timed out waiting for {what}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for an element matching the selector and returns it.
+    async fn element(&self, css: &str) -> Result<WebElement> {
+        let script = "return document.querySelector(arguments[0])";
+        let deadline = Instant::now() + STEP;
+        loop {
+            let found = self.driver.execute(script, vec![json!(css)]).await?;
+            if !found.json().is_null() {
+                return Ok(found.element()?);
+            }
+            if Instant::now() > deadline {
+                bail!("[{}] no element {css}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) -> Result<()> {
+        self.element(css).await?.click().await.with_context(|| format!("[{}] clicking {css}", self.name))
+    }
+
+    /// The text of an element (empty when missing).
+    async fn text(&self, css: &str) -> Result<String> {
+        let value = self
+            .js_with("const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", vec![json!(css)])
+            .await?;
+        Ok(value.as_str().unwrap_or_default().to_string())
+    }
+
+    async fn count(&self, css: &str) -> Result<u64> {
+        let value = self.js_with("return document.querySelectorAll(arguments[0]).length", vec![json!(css)]).await?;
+        Ok(value.as_u64().unwrap_or_default())
+    }
+
+    /// Waits until the element's text contains the given text.
+    async fn wait_text(&self, css: &str, wanted: &str) -> Result<()> {
+        let script = format!(
+            "const e = document.querySelector({}); return !!e && e.innerText.includes({})",
+            json!(css),
+            json!(wanted)
+        );
+        self.wait(&format!("{css} to say {wanted:?}"), &script).await.map(drop)
+    }
+
+    /// Waits until nothing matches the selector.
+    async fn wait_gone(&self, css: &str) -> Result<()> {
+        self.wait(&format!("{css} to go"), &format!("return !document.querySelector({})", json!(css))).await.map(drop)
+    }
+
+    /// Registers through the form (the app must show the login screen).
+    async fn register(&self, username: &str) -> Result<()> {
+        self.click("#login-toggle").await?;
+        self.wait_text("#login-submit", "Register").await?;
+        self.element("#username").await?.send_keys(username).await?;
+        self.element("#password").await?.send_keys(PASSWORD).await?;
+        self.click("#login-submit").await?;
+        self.wait_online().await
+    }
+
+    /// Logs in through the form.
+    async fn login(&self, username: &str, password: &str) -> Result<()> {
+        let name = self.element("#username").await?;
+        name.clear().await?;
+        name.send_keys(username).await?;
+        let secret = self.element("#password").await?;
+        secret.clear().await?;
+        secret.send_keys(password).await?;
+        self.click("#login-submit").await
+    }
+
+    async fn wait_online(&self) -> Result<()> {
+        self.wait_text("#status", "Online").await
+    }
+
+    /// Becomes another tab of the same browser login (copies the saved login, reloads).
+    async fn share_login(&self, other: &Tab) -> Result<()> {
+        let auth = other.js("return localStorage.getItem('relay.auth')").await?;
+        self.js_with("localStorage.setItem('relay.auth', arguments[0])", vec![auth]).await?;
+        self.driver.refresh().await?;
+        self.wait_online().await
+    }
+
+    /// Types into the composer as the user would (multi-line text is pasted: a typed newline
+    /// would send) and presses Enter.
+    async fn send(&self, text: &str) -> Result<()> {
+        self.wait("the composer to be enabled", "const c = document.querySelector('#composer'); return !!c && !c.disabled")
+            .await?;
+        let composer = self.element("#composer").await?;
+        if text.contains('\n') {
+            self.js_with(
+                "const c = document.querySelector('#composer'); c.value = arguments[0]; \
+                 c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+                vec![json!(text)],
+            )
+            .await?;
+        } else {
+            composer.send_keys(text).await?;
+        }
+        composer.send_keys(Key::Enter).await?;
+        Ok(())
+    }
+
+    /// The open session's id, from the address bar.
+    async fn session_id(&self) -> Result<uuid::Uuid> {
+        let path = self.wait("a session to open", "return location.pathname.startsWith('/c/') && location.pathname").await?;
+        let path = path.as_str().unwrap_or_default();
+        Ok(path.trim_start_matches("/c/").parse()?)
+    }
+
+    /// The visible text of each settled message, in order, as (role, text).
+    async fn messages(&self) -> Result<Vec<(String, String)>> {
+        let value = self
+            .js("return [...document.querySelectorAll('#messages article.message:not(.streaming)')]\
+                 .map(a => [a.classList.contains('user') ? 'user' : 'assistant', a.querySelector('.content').innerText])")
+            .await?;
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// Waits for the reply to settle: nothing streaming, and the given number of messages.
+    async fn wait_settled(&self, messages: u64) -> Result<()> {
+        self.wait(
+            &format!("{messages} settled messages"),
+            &format!(
+                "return !document.querySelector('#streaming') && \
+                 document.querySelectorAll('#messages article.message').length === {messages}"
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Fails on any console error or failed request the page logged (except the wanted ones).
+    async fn assert_clean_console(&self, allowed: &[&str]) -> Result<()> {
+        let errors: Vec<String> = self
+            .driver
+            .browser_log()
+            .await?
+            .into_iter()
+            .filter(|e| e.level == "SEVERE" && !allowed.iter().any(|a| e.message.contains(a)))
+            .map(|e| e.message)
+            .collect();
+        if errors.is_empty() { Ok(()) } else { bail!("[{}] console errors: {errors:#?}", self.name) }
+    }
+
+    /// Saves a screenshot for the README when `RELAY_SCREENSHOTS` names a directory.
+    async fn keep_screenshot(&self, name: &str) -> Result<()> {
+        if let Ok(dir) = std::env::var("RELAY_SCREENSHOTS") {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+            std::fs::create_dir_all(&dir)?;
+            self.driver.screenshot(&dir.join(format!("{name}.png"))).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A TCP relay in front of the server whose connections the test can cut, as a dropped
+/// network would (the browser sees its WebSocket close abnormally).
+struct Relay {
+    url: String,
+    cut: tokio::sync::broadcast::Sender<()>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Result<Relay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (cut, _) = tokio::sync::broadcast::channel::<()>(4);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (on_cut, count) = (cut.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut cut = on_cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.recv() => {}
+                    }
+                });
+            }
+        });
+        Ok(Relay { url, cut, accepted })
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) {
+        let _ = self.cut.send(());
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A stored message over REST: (role, content, status).
+async fn stored(server: &TestServer, token: &str, session: uuid::Uuid) -> Vec<(String, String, String)> {
+    let (status, body) = server.get(token, &format!("/api/v1/chat/sessions/{session}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["superseded"] != json!(true))
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+                m["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn token_of(tab: &Tab) -> Result<String> {
+    let auth = tab.js("return JSON.parse(localStorage.getItem('relay.auth'))").await?;
+    auth[1].as_str().map(str::to_string).ok_or_else(|| anyhow!("no saved login"))
+}
+
+/// A slow echo: the reply repeats the message word by word, a few words a second.
+fn slow(words: usize, tps: u32) -> String {
+    let text: Vec<String> = (1..=words).map(|i| format!("word{i}")).collect();
+    format!("{} [[mock echo tps={tps}]]", text.join(" "))
+}
+
+#[tokio::test]
+async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("chat", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).wait_text("#login-submit", "Log in").await?;
+            h.tab(a).keep_screenshot("login").await?;
+
+            // Register, log out, a wrong password is refused with a message, the right one works.
+            h.tab(a).register("alice").await?;
+            h.tab(a).click("#logout").await?;
+            h.tab(a).login("alice", "not the password").await?;
+            h.tab(a).wait_text("#login-error", "").await?;
+            h.tab(a).login("alice", PASSWORD).await?;
+            h.tab(a).wait_online().await?;
+
+            // A new chat; a typed message, sent with Enter, gets a streamed reply.
+            h.tab(a).click("#new-chat").await?;
+            h.tab(a).element("#chat-title").await?;
+            let session = h.tab(a).session_id().await?;
+            h.tab(a).send("hello there").await?;
+            h.tab(a).wait_settled(2).await?;
+            let shown = h.tab(a).messages().await?;
+            assert_eq!(shown[0], ("user".into(), "hello there".into()));
+            assert!(!shown[1].1.is_empty());
+
+            // Markdown streams in with the typing indicator, then settles rendered, with the
+            // code block highlighted and copyable.
+            let markdown = "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone. [[mock echo tps=25]]";
+            h.tab(a).send(markdown).await?;
+            h.tab(a).element("#streaming #typing").await?;
+            h.tab(a).wait_settled(4).await?;
+            let last = "#messages article.message.assistant:last-of-type";
+            h.tab(a).wait_text(&format!("{last} strong"), "bold").await?;
+            h.tab(a).element(&format!("{last} .code .copy")).await?;
+            h.tab(a).wait_text(&format!("{last} pre code .tok-keyword"), "fn").await?;
+            h.tab(a).keep_screenshot("chat").await?;
+
+            // The store holds what the tab shows.
+            let token = token_of(h.tab(a)).await?;
+            let store = stored(&h.server, &token, session).await;
+            assert_eq!(store.len(), 4);
+            assert_eq!(store[3].1, "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone.");
+            assert_eq!(store[3].2, "complete");
+
+            // A second tab of the same login opens the chat from its address: the history is there.
+            let b = h.open("b").await?;
+            h.tab(b).share_login(h.tab(a)).await?;
+            h.tab(b).driver.goto(h.server.url(&format!("/c/{session}"))).await?;
+            h.tab(b).wait_online().await?;
+            h.tab(b).wait_settled(4).await?;
+            assert_eq!(h.tab(b).messages().await?, h.tab(a).messages().await?);
+
+            // A slow reply streams into both tabs; Stop in one ends it in both, marked stopped.
+            h.tab(a).send(&slow(60, 10)).await?;
+            h.tab(b).wait_text("#streaming", "word3").await?;
+            h.tab(a).wait_text("#streaming", "word3").await?;
+            h.tab(b).click("#stop").await?;
+            for tab in [a, b] {
+                h.tab(tab).wait_gone("#streaming").await?;
+                h.tab(tab).element("#messages article.message.assistant:last-of-type .badge.stopped").await?;
+                h.tab(tab).element("#regenerate").await?;
+            }
+            let store = stored(&h.server, &token, session).await;
+            let (_, partial, status) = store.last().unwrap();
+            assert_eq!(status, "cancelled");
+            let partial = partial.trim_end();
+            assert!(partial.starts_with("word1 word2 word3") && !partial.contains("word60"), "{partial}");
+            for tab in [a, b] {
+                assert_eq!(&h.tab(tab).messages().await?.last().unwrap().1, partial);
+            }
+
+            // Reloading mid-reply shows what came so far, then the rest; nothing is lost.
+            h.tab(a).send(&slow(40, 10)).await?;
+            h.tab(a).wait_text("#streaming", "word2").await?;
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_online().await?;
+            h.tab(a).wait_text("#streaming", "word").await?;
+            let during = h.tab(a).text("#streaming").await?;
+            assert!(!during.contains("word40"), "the reply was already over after the reload: {during}");
+            h.tab(a).wait_settled(8).await?;
+            let full = (1..=40).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+            assert_eq!(h.tab(a).messages().await?.last().unwrap().1, full);
+            h.tab(b).wait_settled(8).await?;
+            assert_eq!(h.tab(b).messages().await?.last().unwrap().1, full);
+            assert_eq!(stored(&h.server, &token, session).await.last().unwrap().1, full);
+
+            // The wrong password's 401 is the only error either console saw.
+            h.tab(a).assert_clean_console(&["/api/v1/auth/login"]).await?;
+            h.tab(b).assert_clean_console(&[]).await?;
+            Ok(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn tabs_share_renames_regenerations_edits_and_deletes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("tabs", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("bob").await?;
+            let b = h.open("b").await?;
+            h.tab(b).share_login(h.tab(a)).await?;
+
+            // A chat made in one tab shows in the other's list; so does its new name.
+            h.tab(a).click("#new-chat").await?;
+            let session = h.tab(a).session_id().await?;
+            let item = format!("#sessions li.session[data-id='{session}']");
+            h.tab(b).element(&item).await?;
+            h.tab(a).click(&format!("{item} .rename-button")).await?;
+            let input = h.tab(a).element(&format!("{item} .rename-input")).await?;
+            input.clear().await?;
+            input.send_keys("Trip planning").await?;
+            input.send_keys(Key::Enter).await?;
+            h.tab(b).wait_text(&item, "Trip planning").await?;
+            h.tab(a).wait_text("#chat-title", "Trip planning").await?;
+
+            h.tab(b).click(&item).await?;
+            h.tab(a).send("first question [[mock echo]]").await?;
+            for tab in [a, b] {
+                h.tab(tab).wait_settled(2).await?;
+            }
+
+            // Regenerate in one tab: the old reply goes from both, the new one arrives in both.
+            h.tab(a).send("pick a number [[mock tokens=6]]").await?;
+            h.tab(b).wait_settled(4).await?;
+            let old_reply = h.tab(b).messages().await?[3].1.clone();
+            let old_id = h.tab(b).js("return document.querySelector('#messages article.assistant:last-of-type').dataset.id").await?;
+            h.tab(a).click("#regenerate").await?;
+            for tab in [a, b] {
+                h.tab(tab)
+                    .wait(
+                        "the regenerated reply",
+                        &format!(
+                            "const l = document.querySelector('#messages article.assistant:last-of-type'); \
+                             return !document.querySelector('#streaming') && !!l && l.dataset.id !== {old_id}"
+                        ),
+                    )
+                    .await?;
+                assert_eq!(h.tab(tab).count("#messages article.message").await?, 4);
+            }
+            let _ = old_reply;
+
+            // Edit the last question in one tab: both show the new question and a new reply,
+            // and the model was asked the new question, not the old one.
+            h.tab(a).click("#messages .edit").await?;
+            h.tab(a).wait("the draft to hold the old text", "return document.querySelector('#composer').value.startsWith('pick a number')").await?;
+            let composer = h.tab(a).element("#composer").await?;
+            composer.clear().await?;
+            h.tab(a).send("what is the capital of France? [[mock echo]]").await?;
+            for tab in [a, b] {
+                h.tab(tab).wait_text("#messages", "capital of France").await?;
+                h.tab(tab).wait_settled(4).await?;
+                assert_eq!(h.tab(tab).messages().await?[2].1, "what is the capital of France? [[mock echo]]");
+                assert_eq!(
+                    h.tab(tab).messages().await?[3].1,
+                    "what is the capital of France?",
+                    "[{}] the reply to the edited question",
+                    h.tab(tab).name
+                );
+                assert!(!h.tab(tab).text("#messages").await?.contains("pick a number"));
+            }
+            let asked = h.server.mock.stats().last_request.expect("the model was asked");
+            let asked = asked["messages"].to_string();
+            assert!(asked.contains("capital of France") && !asked.contains("pick a number"), "{asked}");
+            let token = token_of(h.tab(a)).await?;
+            let store = stored(&h.server, &token, session).await;
+            assert_eq!(store.len(), 4);
+            assert_eq!(store[2].1, "what is the capital of France? [[mock echo]]");
+
+            // Delete asks first; confirmed in one tab, the chat leaves the other's list and view.
+            h.tab(b).click(&format!("{item} .delete-button")).await?;
+            h.tab(b).click(&format!("{item} .confirm-delete")).await?;
+            for tab in [a, b] {
+                h.tab(tab).wait_gone(&item).await?;
+                h.tab(tab).wait_gone("#chat-title").await?;
+            }
+            let (status, _) = h.server.get(&token, &format!("/api/v1/chat/sessions/{session}")).await;
+            assert_eq!(status, 404);
+
+            h.tab(a).assert_clean_console(&[]).await?;
+            h.tab(b).assert_clean_console(&[]).await?;
+            Ok(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn hostile_markdown_shows_as_text_and_runs_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("xss", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("mallory").await?;
+            h.tab(a).click("#new-chat").await?;
+            let attack = "<img src=x onerror=\"window.pwned=1\"> <script>window.pwned=2</script> \
+                          [link](javascript:window.pwned=3) ![pic](http://127.0.0.1:9/x.png) [[mock echo]]";
+            h.tab(a).send(attack).await?;
+            h.tab(a).wait_settled(2).await?;
+            let reply = "#messages article.assistant:last-of-type";
+            h.tab(a).wait_text(reply, "<img src=x onerror=").await?;
+            h.tab(a).wait_text(reply, "<script>window.pwned=2</script>").await?;
+            h.tab(a).wait_text("#messages article.user", "<img src=x").await?;
+            assert_eq!(h.tab(a).count("#messages img, #messages script").await?, 0);
+            let hrefs = h.tab(a).js("return [...document.querySelectorAll('#messages a')].map(a => a.getAttribute('href'))").await?;
+            assert!(!hrefs.to_string().contains("javascript:"), "{hrefs}");
+            // Clicking the would-be script link does nothing either.
+            let link = h.tab(a).js("return !!document.querySelector('#messages a')").await?;
+            if link == json!(true) {
+                h.tab(a).click("#messages a").await?;
+            }
+            assert_eq!(h.tab(a).js("return window.pwned === undefined").await?, json!(true));
+            h.tab(a).assert_clean_console(&[]).await?;
+            Ok(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn phone_width_mock_banner_limits_and_expired_login() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The built-in mock model, and a daily quota of two messages.
+    let vars = [
+        ("LLM_MOCK", "true"),
+        ("MOCK_FIRST_TOKEN_MS", "5"),
+        ("MOCK_TOKENS_PER_SEC", "1000"),
+        ("MOCK_REPLY_TOKENS", "30"),
+        ("CHAT_DAILY_MESSAGE_QUOTA", "2"),
+    ];
+    let harness = Harness::start("phone", &vars).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("phone").await?;
+            h.tab(a).driver.set_window_rect(0, 0, 390, 844).await?;
+            h.tab(a).register("carol").await?;
+            h.tab(a).wait_text("#mock-banner", "built-in mock model").await?;
+            h.tab(a).wait_text("#quota", "2 messages left").await?;
+
+            // The list hides behind the menu button at this width.
+            let sidebar_in_view = "return document.querySelector('#sidebar').getBoundingClientRect().left >= 0";
+            assert_eq!(h.tab(a).js(sidebar_in_view).await?, json!(false));
+            h.tab(a).click(".chat-head .menu").await?;
+            h.tab(a).wait("the list to slide in", sidebar_in_view).await?;
+            h.tab(a).click("#new-chat").await?;
+            h.tab(a).wait("the list to slide away", &sidebar_in_view.replace(">= 0", "< 0")).await?;
+            h.tab(a).send("a question that wraps on a narrow screen, with a long_unbroken_identifier_that_must_not_push_the_page_sideways_at_all").await?;
+            h.tab(a).wait_settled(2).await?;
+            let overflow = "return document.documentElement.scrollWidth > document.documentElement.clientWidth";
+            assert_eq!(h.tab(a).js(overflow).await?, json!(false), "the page scrolls sideways at phone width");
+            h.tab(a).keep_screenshot("chat-phone").await?;
+
+            // The composer and its button fit on the screen under the (wrapped) banner.
+            let fits = "return document.querySelector('#send').getBoundingClientRect().bottom <= window.innerHeight";
+            assert_eq!(h.tab(a).js(fits).await?, json!(true), "the send button is off the screen");
+
+            // The quota runs out: the composer says why and takes no more.
+            h.tab(a).send("second").await?;
+            h.tab(a).wait_settled(4).await?;
+            h.tab(a).wait_text("#quota", "0 messages left").await?;
+            h.tab(a).wait_text("#blocked", "quota").await?;
+            h.tab(a).wait("the composer to be disabled", "return document.querySelector('#composer').disabled").await?;
+            // Even a reload (the quota comes from the server) keeps it closed.
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_online().await?;
+            h.tab(a).wait_text("#blocked", "quota").await?;
+            assert_eq!(h.tab(a).count("#messages article.message").await?, 4);
+
+            // An expired login sends the tab back to the login screen with a notice.
+            let user = h.tab(a).js("return JSON.parse(localStorage.getItem('relay.auth'))[0]").await?;
+            let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+            let now = chrono::Utc::now().timestamp();
+            let claims = json!({"sub": user["id"], "exp": now - 3600, "iat": now - 7200, "username": "carol", "relay_account": true});
+            let expired = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+            )?;
+            h.tab(a)
+                .js_with("localStorage.setItem('relay.auth', JSON.stringify([arguments[0], arguments[1]]))", vec![user, json!(expired)])
+                .await?;
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_text("#login-notice", "expired").await?;
+            h.tab(a).element("#login-submit").await?;
+            assert_eq!(h.tab(a).js("return localStorage.getItem('relay.auth')").await?, Value::Null);
+            h.tab(a).assert_clean_console(&["401"]).await?;
+            Ok(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_refused_send_gives_its_text_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // One send a minute: the second is refused.
+    let harness = Harness::start("refused", &[("CHAT_RATE_LIMIT_PER_MINUTE", "1")]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("dora").await?;
+            h.tab(a).click("#new-chat").await?;
+            let session = h.tab(a).session_id().await?;
+            h.tab(a).send("the first message").await?;
+            h.tab(a).wait_settled(2).await?;
+            h.tab(a).send("a carefully written second message").await?;
+
+            // Refused: the reason with the wait, and the text back in the composer, kept as
+            // the session's draft across a reload; nothing stored.
+            h.tab(a).wait_text("#blocked", "Sending too fast; try again in").await?;
+            let composer_says = "return document.querySelector('#composer').value";
+            h.tab(a).wait("the text to come back", &format!("{composer_says} === 'a carefully written second message'")).await?;
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_online().await?;
+            h.tab(a).wait_settled(2).await?;
+            assert_eq!(h.tab(a).js(composer_says).await?, json!("a carefully written second message"));
+            let token = token_of(h.tab(a)).await?;
+            assert_eq!(stored(&h.server, &token, session).await.len(), 2);
+            // The refusal is explained in the page, not as a console error.
+            h.tab(a).assert_clean_console(&[]).await?;
+            Ok(())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_comes_back_and_the_reply_continues() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("reconnect", &[]).await.expect("harness");
+    let relay = Relay::start(harness.server.addr).await.expect("relay");
+    harness
+        .run(async |h| {
+            let a = h.open_at("a", relay.url.clone()).await?;
+            h.tab(a).register("erin").await?;
+            h.tab(a).click("#new-chat").await?;
+            let session = h.tab(a).session_id().await?;
+            // Every state the status indicator shows, in order.
+            h.tab(a)
+                .js("window.statuses = []; const s = () => document.querySelector('#status'); \
+                     new MutationObserver(() => window.statuses.push(s().innerText)) \
+                     .observe(document.querySelector('#sidebar'), {subtree: true, childList: true, characterData: true});")
+                .await?;
+            h.tab(a).send(&slow(50, 10)).await?;
+            h.tab(a).wait_text("#streaming", "word5").await?;
+
+            // The network drops mid-reply: the tab says so, reconnects by itself (no reload),
+            // and the reply reappears whole and continues to its end.
+            let before = relay.accepted();
+            relay.cut();
+            h.tab(a)
+                .wait("the tab to notice", "return window.statuses.some(s => s.startsWith('Offline'))")
+                .await?;
+            h.tab(a).wait_online().await?;
+            assert!(relay.accepted() > before, "the tab did not open a new connection");
+            h.tab(a).wait_settled(2).await?;
+            let full = (1..=50).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+            assert_eq!(h.tab(a).messages().await?[1].1, full, "the reply shown after the reconnect");
+            let token = token_of(h.tab(a)).await?;
+            let store = stored(&h.server, &token, session).await;
+            assert_eq!((store[1].1.as_str(), store[1].2.as_str()), (full.as_str(), "complete"));
+            assert_eq!(h.tab(a).js("return location.pathname").await?, json!(format!("/c/{session}")));
+            h.tab(a).assert_clean_console(&[]).await?;
+            Ok(())
+        })
+        .await;
+}
