@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 # One warm target directory outside the clone, shared by every checkout and CI run.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/relay-chat-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+# The README's screenshots come from the browser tests, refreshed on every run.
+export RELAY_SCREENSHOTS="${RELAY_SCREENSHOTS:-docs/screenshots}"
 COVERAGE="${RELAY_COVERAGE:-1}"
 TOOLS="$HOME/.cache/relay-chat-tools"
 LLVM_COV_VERSION="0.9.1"
