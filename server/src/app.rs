@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
 use crate::state::AppState;
-use crate::store::{Store, StoreConfig};
+use crate::store::{Store, StoreConfig, WriteBehind};
 use relay_mock_llm::MockLlm;
 
 /// A running server.
@@ -93,10 +93,12 @@ impl Server {
             metrics.clone(),
         )?;
 
+        let writes = WriteBehind::start(store.clone(), WRITE_QUEUE, metrics.clone());
         let hub = Arc::new(UserHub::default());
         let limiter = Limiter::new(config.redis_url.as_deref(), metrics.clone())?;
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
+            writes: writes.clone(),
             llm,
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -127,6 +129,7 @@ impl Server {
         let state = AppState {
             config: Arc::new(config),
             store,
+            writes,
             tokens,
             passwords,
             sessions,
@@ -166,6 +169,8 @@ impl Server {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.state.sessions.shutdown().await;
+        // Everything the sessions queued (checkpoints, counters) is written before exit.
+        self.state.writes.flush().await;
         self.state.shutdown.cancel();
         let connections = self.state.connections.clone();
         connections.close();
@@ -186,6 +191,9 @@ impl Server {
         result
     }
 }
+
+/// Writes the write-behind queue holds before writers wait for room (back-pressure).
+const WRITE_QUEUE: usize = 16_384;
 
 /// How long shutdown waits for connections to take their close frames and requests to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);

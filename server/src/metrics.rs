@@ -52,6 +52,12 @@ pub struct Metrics {
     pub retention_sessions: IntCounterVec,
     /// Messages archived or purged by the retention job, by action.
     pub retention_messages: IntCounterVec,
+    /// Writes waiting in the write-behind queue.
+    pub write_queue: IntGauge,
+    /// Writes per write-behind transaction.
+    pub write_batch: Histogram,
+    /// Writes given up after retries (logged as errors).
+    pub write_failures: IntCounter,
 }
 
 impl Metrics {
@@ -119,6 +125,15 @@ impl Metrics {
         .expect("valid metric");
         let active_users =
             IntGauge::new("active_users", "Users with at least one WebSocket connection").expect("valid metric");
+        let write_queue =
+            IntGauge::new("write_queue", "Writes waiting in the write-behind queue").expect("valid metric");
+        let write_batch = Histogram::with_opts(
+            HistogramOpts::new("write_batch_size", "Writes applied per write-behind transaction")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )
+        .expect("valid metric");
+        let write_failures = IntCounter::new("write_failures_total", "Writes given up after retries")
+            .expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -142,6 +157,9 @@ impl Metrics {
             active_users,
             retention_sessions,
             retention_messages,
+            write_queue,
+            write_batch,
+            write_failures,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -165,6 +183,9 @@ impl Metrics {
             Box::new(metrics.active_users.clone()),
             Box::new(metrics.retention_sessions.clone()),
             Box::new(metrics.retention_messages.clone()),
+            Box::new(metrics.write_queue.clone()),
+            Box::new(metrics.write_batch.clone()),
+            Box::new(metrics.write_failures.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

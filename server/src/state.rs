@@ -15,7 +15,7 @@ use crate::limits::{Limiter, UserLocks};
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::SessionRegistry;
-use crate::store::Store;
+use crate::store::{Store, WriteBehind};
 
 /// Everything a request handler or connection needs; cheap to clone.
 #[derive(Clone)]
@@ -24,6 +24,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The database.
     pub store: Store,
+    /// The batched writer in front of the database (flushed at shutdown).
+    pub writes: WriteBehind,
     /// Token issue and verification.
     pub tokens: Arc<TokenKeys>,
     /// Password hashing on a bounded number of threads.

@@ -1,13 +1,14 @@
 //! Regenerate and edit: the last reply answered again, the last user message rewritten and
 //! answered. Through the session actor like any send, live in every tab, kept in the store
 //! (the replaced messages marked superseded, not deleted), left out of the model's context.
+//! And the history read back in pages, as a client scrolling up reads it.
 
 mod common;
 
 use common::flow::*;
 use common::{TestServer, assert_contiguous, error_of, reply_text};
 use relay_mock_llm as mock;
-use relay_protocol::{ErrorCode, FinishReason, Role, SendMessageResponse, ServerFrame};
+use relay_protocol::{ErrorCode, FinishReason, MessagePage, Role, SendMessageResponse, ServerFrame};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -183,4 +184,64 @@ async fn regenerate_and_edit_over_rest() {
     assert_eq!(error_of(empty).await, (400, ErrorCode::InvalidContent));
     let other = post(format!("/api/v1/chat/sessions/{}/regenerate", Uuid::new_v4()), json!({})).await.unwrap();
     assert_eq!(error_of(other).await, (404, ErrorCode::NotFound));
+}
+
+/// `GET .../messages` pages back through a session from the newest message, oldest first
+/// in each page, without gaps or repeats, and refuses ids that are not the session's.
+#[tokio::test]
+async fn history_reads_back_in_pages() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "pager").await;
+    for i in 0..5 {
+        let sent = server
+            .http
+            .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+            .bearer_auth(&token)
+            .json(&json!({"content": format!("question {i} [[mock tokens=1]]")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200);
+    }
+    let all = stored(&server, &token, sid).await.messages;
+    assert_eq!(all.len(), 10);
+
+    let page = |query: String| {
+        let (server, token) = (&server, &token);
+        async move {
+            let response = server
+                .http
+                .get(server.url(&format!("/api/v1/chat/sessions/{sid}/messages{query}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<MessagePage>().await.unwrap()
+        }
+    };
+    // The newest page, then older ones, until there are no more.
+    let mut read = Vec::new();
+    let mut next = page("?limit=4".into()).await;
+    loop {
+        assert!(next.messages.len() <= 4);
+        let mut older = next.messages.clone();
+        older.extend(read);
+        read = older;
+        if !next.has_more {
+            break;
+        }
+        next = page(format!("?limit=4&before={}", read[0].id)).await;
+    }
+    assert_eq!(read.iter().map(|m| m.id).collect::<Vec<_>>(), all.iter().map(|m| m.id).collect::<Vec<_>>());
+    // Without a limit: the default page holds all ten.
+    let whole = page(String::new()).await;
+    assert_eq!((whole.messages.len(), whole.has_more), (10, false));
+
+    let get = |path: String, token: String| server.http.get(server.url(&path)).bearer_auth(token).send();
+    let unknown = get(format!("/api/v1/chat/sessions/{sid}/messages?before={}", Uuid::new_v4()), token.clone());
+    assert_eq!(error_of(unknown.await.unwrap()).await, (404, ErrorCode::NotFound));
+    let (other, _) = server.register("snoop").await;
+    let foreign = get(format!("/api/v1/chat/sessions/{sid}/messages"), other);
+    assert_eq!(error_of(foreign.await.unwrap()).await, (404, ErrorCode::NotFound));
 }

@@ -236,6 +236,15 @@ struct Queued {
     reply_at: DateTime<Utc>,
     origin: Receiver,
     request_id: Option<String>,
+    /// The model request, already under way when this send was next in line as it came.
+    prepared: Option<Prepared>,
+}
+
+/// A model request started for a reply: its generation number and the task streaming it.
+struct Prepared {
+    generation: u64,
+    task: JoinHandle<()>,
+    started: Instant,
 }
 
 /// The reply being generated.
@@ -365,7 +374,7 @@ impl SessionState {
             }
             SessionMsg::Unsubscribe { receiver, notify } => self.unsubscribe(receiver, notify),
             SessionMsg::Send { request, reply } => {
-                let result = self.send(request).await;
+                let result = self.send(request, myself).await;
                 let _ = reply.send(result);
                 self.start_next(myself);
             }
@@ -375,7 +384,7 @@ impl SessionState {
                 self.start_next(myself);
             }
             SessionMsg::Edit { replaced, request, reply } => {
-                let result = self.edit(replaced, request).await;
+                let result = self.edit(replaced, request, myself).await;
                 let _ = reply.send(result);
                 self.start_next(myself);
             }
@@ -506,14 +515,14 @@ impl SessionState {
 
     // ---- sending: each step of a send on its own -----------------------------------------
 
-    async fn send(&mut self, request: SendRequest) -> Result<SendAccepted, SessionError> {
+    async fn send(&mut self, request: SendRequest, myself: &ActorRef<SessionMsg>) -> Result<SendAccepted, SessionError> {
         self.check_can_take(&request.user)?;
         validate_content(&request.content, self.deps.settings.max_message_length)?;
         if self.queue.len() >= self.deps.settings.max_queued_sends {
             return Err(SessionError::Busy);
         }
         let admission = self.admit(&request.user).await?;
-        self.accept(admission, request).await
+        self.accept(admission, request, myself).await
     }
 
     /// Replaces the last reply with a new one (its user message is answered again), or
@@ -545,13 +554,19 @@ impl SessionState {
             reply_at,
             origin: request.origin,
             request_id: request.request_id,
+            prepared: None,
         });
         Ok(SendAccepted { user_message: answering, reply_id, rate: admission.rate })
     }
 
     /// Replaces the last user message (and its reply) with new text, and answers it; only
     /// while nothing is generating or waiting.
-    async fn edit(&mut self, replaced_id: Uuid, request: SendRequest) -> Result<SendAccepted, SessionError> {
+    async fn edit(
+        &mut self,
+        replaced_id: Uuid,
+        request: SendRequest,
+        myself: &ActorRef<SessionMsg>,
+    ) -> Result<SendAccepted, SessionError> {
         self.check_can_take(&request.user)?;
         validate_content(&request.content, self.deps.settings.max_message_length)?;
         self.check_settled()?;
@@ -572,7 +587,7 @@ impl SessionState {
             admission.give_back(&self.deps).await;
             return Err(e);
         }
-        self.accept(admission, request).await
+        self.accept(admission, request, myself).await
     }
 
     /// Refuses new work from someone other than the owner, or once the actor is ending.
@@ -604,21 +619,34 @@ impl SessionState {
     }
 
     /// Takes an admitted user message in: stores it, tells everyone, queues its reply.
-    async fn accept(&mut self, admission: Admission, request: SendRequest) -> Result<SendAccepted, SessionError> {
+    /// When the reply is next in line, the model is asked while the message is being
+    /// stored, so the database's latency is not added to the time to first token; the
+    /// `ack` still waits for the message to be stored, and a failed write cancels the
+    /// request.
+    async fn accept(
+        &mut self,
+        admission: Admission,
+        request: SendRequest,
+        myself: &ActorRef<SessionMsg>,
+    ) -> Result<SendAccepted, SessionError> {
         self.deps.metrics.session_depth.observe(self.history.len() as f64);
-        let message = match self.store_user_message(request.message_id, request.content).await {
-            Ok(message) => message,
-            Err(e) => {
-                admission.give_back(&self.deps).await;
-                return Err(e);
-            }
-        };
-        self.count_in_session(message.created_at).await;
-        self.name_after_first_message(&message).await;
-        self.count_usage(&request.user).await;
+        let message = self.user_message(request.message_id, request.content);
+        let runs_next = self.current.is_none() && self.queue.is_empty();
+        let prepared = runs_next.then(|| self.spawn_generation(&message, myself));
+        let stored = self.deps.writes.save(&message).await.map_err(SessionError::from);
         // Subscribed before the message is published, so the sender's snapshot ends just
         // before it and the `message` event that follows is the snapshot's `seq + 1`.
-        self.watch(&request.origin)?;
+        if let Err(e) = stored.and_then(|()| self.watch(&request.origin)) {
+            if let Some(prepared) = prepared {
+                prepared.task.abort();
+            }
+            admission.give_back(&self.deps).await;
+            return Err(e);
+        }
+        self.deps.metrics.user_messages.inc();
+        self.touch(message.created_at).await;
+        self.name_after_first_message(&message).await;
+        self.count_usage(&request.user).await;
         self.ack(&request.origin, request.request_id.clone(), &message);
         self.publish_message(message.clone());
         let reply_id = Uuid::new_v4();
@@ -629,6 +657,7 @@ impl SessionState {
             reply_at: message.created_at + REPLY_SLOT,
             origin: request.origin,
             request_id: request.request_id,
+            prepared,
         });
         Ok(SendAccepted { user_message: message, reply_id, rate: admission.rate })
     }
@@ -685,12 +714,12 @@ impl SessionState {
         Ok(admission)
     }
 
-    /// Stores the user message, timed strictly after every message before it (and after
-    /// the reply slot of the one before).
-    async fn store_user_message(&mut self, id: Uuid, content: String) -> Result<Message, SessionError> {
+    /// A new user message, timed strictly after every message before it (and after the
+    /// reply slot of the one before).
+    fn user_message(&self, id: Uuid, content: String) -> Message {
         let now = Utc::now();
         let earliest = self.history.back().map(|m| m.created_at + REPLY_SLOT + REPLY_SLOT);
-        let message = Message {
+        Message {
             id,
             session_id: self.session.id,
             role: Role::User,
@@ -699,50 +728,40 @@ impl SessionState {
             status: MessageStatus::Complete,
             created_at: earliest.map_or(now, |e| e.max(now)),
             superseded: false,
-        };
-        self.deps.store.save_message(&message).await?;
-        self.deps.metrics.user_messages.inc();
-        Ok(message)
+        }
     }
 
-    /// Counts the new message in the session and moves its `updated_at` forward.
-    async fn count_in_session(&mut self, at: DateTime<Utc>) {
-        match self.deps.store.count_message(self.session.id, at).await {
-            Ok(()) => self.session.updated_at = at,
-            Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not update session time"),
-        }
+    /// Counts a new message in the session and moves its `updated_at` forward (written
+    /// behind: nobody waits for it).
+    async fn touch(&mut self, at: DateTime<Utc>) {
+        self.deps.writes.touch_session_later(self.session.id, at, 1).await;
+        self.session.updated_at = self.session.updated_at.max(at);
     }
 
     /// Names a "New chat" after its first message and tells the user's tabs. The store
     /// renames only while the title is still the default, so a rename that raced this one
-    /// (from another node, say) is never overwritten.
+    /// (from another node, say) is never overwritten; that write runs behind the send.
     async fn name_after_first_message(&mut self, message: &Message) {
         let first = !self.history.iter().any(|m| m.role == Role::User);
         if !first || self.session.title != DEFAULT_TITLE {
             return;
         }
         let title = derive_title(&message.content);
-        match self.deps.store.retitle_if_default(self.session.id, DEFAULT_TITLE, &title).await {
-            Ok(Some(session)) => {
-                self.session = session.clone();
-                self.deps
-                    .hub
-                    .publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(session_id = %self.session.id, error = %e, "could not set the session title"),
-        }
+        self.session.title = title.clone();
+        let session = self.session.clone();
+        self.deps.hub.publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
+        self.deps.writes.retitle_later(session.id, DEFAULT_TITLE, &title).await;
     }
 
-    /// Counts the message against the user's day and tells their tabs the new quota.
+    /// Counts the message against the user's day; once that is written, the user's tabs
+    /// get the new quota.
     async fn count_usage(&self, user: &AuthUser) {
-        match self.deps.store.record_message_usage(user.id, Utc::now().date_naive()).await {
-            Ok(used) => {
-                let quota = limits::quota_from(used, self.deps.settings.daily_quota, user.role);
-                self.deps.hub.publish(user.id, None, |_| ServerFrame::Quota { quota: quota.clone() });
-            }
-            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "could not record usage"),
-        }
+        let (hub, daily_quota, role, user_id) = (self.deps.hub.clone(), self.deps.settings.daily_quota, user.role, user.id);
+        let then = Box::new(move |used| {
+            let quota = limits::quota_from(used, daily_quota, role);
+            hub.publish(user_id, None, |_| ServerFrame::Quota { quota: quota.clone() });
+        });
+        self.deps.writes.count_message_later(user.id, Utc::now().date_naive(), then).await;
     }
 
     /// Subscribes the sender if it is not watching yet (`send` subscribes its connection).
@@ -823,7 +842,32 @@ impl SessionState {
             return;
         }
         let Some(next) = self.queue.pop_front() else { return };
-        let context = self.context_for(&next.user_message);
+        let Prepared { generation, task, started } = match next.prepared {
+            Some(prepared) => prepared,
+            None => self.spawn_generation(&next.user_message, myself),
+        };
+        let (session_id, reply_id) = (self.session.id, next.reply_id);
+        self.deps.metrics.generations_active.inc();
+        self.current = Some(Running {
+            generation,
+            user: next.user,
+            reply_id,
+            created_at: next.reply_at,
+            content: String::new(),
+            usage: None,
+            finish: None,
+            task,
+            started,
+            last_checkpoint: Instant::now(),
+            checkpointed_len: 0,
+        });
+        self.emit(|seq| ServerFrame::GenerationStarted { session_id, seq, message_id: reply_id });
+    }
+
+    /// Asks the model to answer `answering`: a task streams the reply's events to this
+    /// actor, tagged with a new generation number (events of any other are ignored).
+    fn spawn_generation(&mut self, answering: &Message, myself: &ActorRef<SessionMsg>) -> Prepared {
+        let context = self.context_for(answering);
         self.next_generation += 1;
         let generation = self.next_generation;
         let llm = self.deps.llm.clone();
@@ -846,22 +890,7 @@ impl SessionState {
             }
             let _ = actor.send_message(SessionMsg::Generation { generation, event: GenerationEvent::Ended(result) });
         });
-        let reply_id = next.reply_id;
-        self.deps.metrics.generations_active.inc();
-        self.current = Some(Running {
-            generation,
-            user: next.user,
-            reply_id,
-            created_at: next.reply_at,
-            content: String::new(),
-            usage: None,
-            finish: None,
-            task,
-            started: Instant::now(),
-            last_checkpoint: Instant::now(),
-            checkpointed_len: 0,
-        });
-        self.emit(|seq| ServerFrame::GenerationStarted { session_id, seq, message_id: reply_id });
+        Prepared { generation, task, started: Instant::now() }
     }
 
     /// The model's context for a reply: the system prompt, then recent messages oldest
@@ -966,9 +995,7 @@ impl SessionState {
             created_at: running.created_at,
             superseded: false,
         };
-        if let Err(e) = self.deps.store.save_message(&message).await {
-            tracing::warn!(session_id = %self.session.id, error = %e, "checkpoint failed");
-        }
+        self.deps.writes.save_later(message).await;
     }
 
     /// Cancels the running reply: the upstream request is dropped at once (the task is
@@ -1022,20 +1049,15 @@ impl SessionState {
             metrics.tokens.with_label_values(&["prompt"]).inc_by(u64::from(usage.prompt_tokens));
             metrics.tokens.with_label_values(&["completion"]).inc_by(u64::from(usage.completion_tokens));
         }
-        let store = &self.deps.store;
-        if let Err(e) = store.save_message(&message).await {
+        let writes = &self.deps.writes;
+        if let Err(e) = writes.save(&message).await {
             tracing::error!(session_id = %self.session.id, error = %e, "could not store the reply");
         }
         let now = Utc::now();
-        if store.count_message(self.session.id, now).await.is_ok() {
-            self.session.updated_at = now;
-        }
-        if let Some(usage) = running.usage
-            && let Err(e) = store
-                .record_token_usage(running.user.id, now.date_naive(), usage.prompt_tokens, usage.completion_tokens)
-                .await
-        {
-            tracing::warn!(user_id = %running.user.id, error = %e, "could not record token usage");
+        self.touch(now).await;
+        if let Some(usage) = running.usage {
+            let writes = &self.deps.writes;
+            writes.add_tokens_later(running.user.id, now.date_naive(), usage.prompt_tokens, usage.completion_tokens).await;
         }
         tracing::info!(
             session_id = %self.session.id, user_id = %running.user.id, message_id = %message.id,

@@ -120,6 +120,8 @@ pub struct SessionSettings {
 pub struct SessionDeps {
     /// The database.
     pub store: Store,
+    /// The batched writer in front of it (messages, checkpoints, counters).
+    pub writes: crate::store::WriteBehind,
     /// The model client.
     pub llm: LlmClient,
     /// The per-user hub, for session and quota updates.

@@ -6,6 +6,7 @@
 //! protocol's types, which keeps the SDK's own value types out of the rest of the server.
 
 mod migrations;
+mod write_behind;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use relay_protocol::{Message, Session, UserRole, UserUsage};
@@ -17,6 +18,7 @@ use surrealdb::opt::auth::Root;
 use uuid::Uuid;
 
 pub use migrations::{MIGRATIONS, Migration};
+pub use write_behind::{AfterUsage, WriteBehind};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum StoreError {
     /// A unique index refused the write (a taken username).
     #[error("already exists")]
     Conflict,
+    /// A batched write failed (the message is the database's), or the writer stopped.
+    #[error("batched write failed: {0}")]
+    Batch(String),
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
     SchemaTooNew {
@@ -124,6 +129,18 @@ impl Store {
         let mut response = self.db.query(sql).bind(bind).await?.check()?;
         let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 1)?;
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
+    }
+
+    /// Runs a script of several statements (a transaction); fails with every statement's
+    /// error, in order, when any fails.
+    async fn execute_all(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
+        let mut response = self.db.query(sql).bind(bind).await?;
+        let mut errors: Vec<(usize, surrealdb::Error)> = response.take_errors().into_iter().collect();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        errors.sort_by_key(|(i, _)| *i);
+        Err(StoreError::Batch(errors.iter().map(|(i, e)| format!("statement {i}: {e}")).collect::<Vec<_>>().join("; ")))
     }
 
     async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
@@ -244,17 +261,6 @@ impl Store {
         self.set_title(session_id, title, "user_id = $user_id", serde_json::json!({"user_id": user_id})).await
     }
 
-    /// Names a session `title` only while its title is still `default` (the automatic
-    /// title from a first message must never overwrite a rename); `None` when it was not.
-    pub async fn retitle_if_default(
-        &self,
-        session_id: Uuid,
-        default: &str,
-        title: &str,
-    ) -> Result<Option<Session>, StoreError> {
-        self.set_title(session_id, title, "title = $default", serde_json::json!({"default": default})).await
-    }
-
     /// Sets the title of a live session if `condition` (SurrealQL over `bind`) holds.
     async fn set_title(
         &self,
@@ -298,15 +304,6 @@ impl Store {
             )
             .await?;
         Ok(!rows.is_empty())
-    }
-
-    /// Counts a new message of a session and moves its `updated_at` forward.
-    pub async fn count_message(&self, session_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE type::record('chat_session', $id) SET updated_at = <datetime>$at, message_count += 1",
-            serde_json::json!({"id": session_id, "at": at}),
-        )
-        .await
     }
 
     /// How many messages a user's live (not deleted) sessions hold.
@@ -381,21 +378,6 @@ impl Store {
 
     // ---- messages ----------------------------------------------------------------------
 
-    /// Writes a message, creating it or replacing an earlier version (a checkpoint).
-    pub async fn save_message(&self, message: &Message) -> Result<(), StoreError> {
-        let sql = if message.token_count.is_some() {
-            "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
-             content: $content, token_count: $token_count, status: $status, created_at: <datetime>$created_at, \
-             superseded: $superseded }"
-        } else {
-            "UPSERT type::record('chat_message', $id) CONTENT { session_id: $session_id, role: $role, \
-             content: $content, status: $status, created_at: <datetime>$created_at, superseded: $superseded }"
-        };
-        let mut bind = serde_json::to_value(message)?;
-        bind["superseded"] = serde_json::json!(message.superseded);
-        self.execute(sql, bind).await
-    }
-
     /// Marks messages superseded (a regenerated reply, an edited message): kept, not deleted.
     pub async fn mark_superseded(&self, ids: &[Uuid]) -> Result<(), StoreError> {
         self.execute(
@@ -426,23 +408,31 @@ impl Store {
         before: Option<Uuid>,
         limit: usize,
     ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
-        let mut response = self
-            .db
-            .query(format!(
-                "LET $at = (SELECT VALUE created_at FROM type::record('chat_message', $before) \
-                     WHERE session_id = $session_id)[0];
-                 SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
-                     AND ($before = NONE OR created_at < $at) ORDER BY created_at DESC LIMIT $limit;
-                 RETURN $at;"
-            ))
-            .bind(serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1}))
-            .await?
-            .check()?;
-        let rows: Vec<serde_json::Value> = response.take(1)?;
-        let at: Option<serde_json::Value> = response.take(2)?;
-        if before.is_some() && at.is_none_or(|v| v.is_null()) {
-            return Ok(None);
-        }
+        let bind = serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1});
+        let rows: Vec<serde_json::Value> = match before {
+            None => {
+                let sql = format!(
+                    "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                     ORDER BY created_at DESC LIMIT $limit"
+                );
+                self.db.query(sql).bind(bind).await?.check()?.take(0)?
+            }
+            Some(_) => {
+                let sql = format!(
+                    "LET $at = (SELECT VALUE created_at FROM type::record('chat_message', $before) \
+                         WHERE session_id = $session_id)[0];
+                     SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                         AND created_at < $at ORDER BY created_at DESC LIMIT $limit;
+                     RETURN $at;"
+                );
+                let mut response = self.db.query(sql).bind(bind).await?.check()?;
+                let at: Option<serde_json::Value> = response.take(2)?;
+                if at.is_none_or(|v| v.is_null()) {
+                    return Ok(None);
+                }
+                response.take(1)?
+            }
+        };
         let mut messages = rows.into_iter().map(serde_json::from_value::<Message>).collect::<Result<Vec<_>, _>>()?;
         let has_more = messages.len() > limit;
         messages.truncate(limit);
@@ -466,34 +456,6 @@ impl Store {
     }
 
     // ---- usage -------------------------------------------------------------------------
-
-    /// Counts one more message for the user on `day` and returns the day's usage.
-    pub async fn record_message_usage(&self, user_id: Uuid, day: NaiveDate) -> Result<DayUsage, StoreError> {
-        let rows: Vec<DayUsage> = self
-            .rows(
-                "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, \
-                 messages += 1 RETURN messages, prompt_tokens, completion_tokens",
-                serde_json::json!({"user_id": user_id, "day": day.to_string()}),
-            )
-            .await?;
-        Ok(rows.into_iter().next().unwrap_or_default())
-    }
-
-    /// Adds a reply's tokens (its prompt and its completion) to the user's day.
-    pub async fn record_token_usage(
-        &self,
-        user_id: Uuid,
-        day: NaiveDate,
-        prompt: u32,
-        completion: u32,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "UPSERT type::record('daily_usage', [$user_id, $day]) SET user_id = $user_id, day = $day, \
-             prompt_tokens += $prompt, completion_tokens += $completion, tokens += $prompt + $completion",
-            serde_json::json!({"user_id": user_id, "day": day.to_string(), "prompt": prompt, "completion": completion}),
-        )
-        .await
-    }
 
     /// A user's usage on `day` (zeros for a day without any).
     pub async fn usage_on(&self, user_id: Uuid, day: NaiveDate) -> Result<DayUsage, StoreError> {
