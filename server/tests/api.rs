@@ -602,6 +602,10 @@ fn production_refuses_a_weak_secret() {
             .env("RELAY_ENV", "production")
             .env("RELAY_DATA_DIR", dir.path())
             .env("BIND_ADDR", "127.0.0.1:0");
+        // Coverage runs collect a profile from every process they start.
+        if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
+            command.env("LLVM_PROFILE_FILE", profile);
+        }
         if let Some(secret) = secret {
             command.env("JWT_SECRET", secret);
         }
