@@ -8,6 +8,10 @@
 //! One shared instance can serve many tests because the last user message may
 //! carry a `[[mock key=value ...]]` directive overriding the settings for that
 //! request only (syntax: `[[mock tokens=N tps=F delay_ms=N bytes=N fault=.. choices=null|empty]]`).
+//!
+//! For load tests it can stamp every content token with the time it was sent
+//! ([`MockSettings::stamp`], `MOCK_STAMP=1`, or `[[mock stamp]]`): a receiver finds the
+//! stamps with [`parse_stamps`] and measures each token's delivery latency.
 
 use std::fmt;
 use std::io;
@@ -93,6 +97,9 @@ pub struct MockSettings {
     pub choices_null_in_usage_chunk: bool,
     /// `Some(k)` requires `Authorization: Bearer k` (else 401); `None` accepts anything.
     pub api_key: Option<String>,
+    /// Makes every content token [`stamp_token`]: `@<unix micros, 16 digits> `, the time it
+    /// was sent, so a load test measures delivery latency ([`parse_stamps`]).
+    pub stamp: bool,
 }
 
 impl fmt::Debug for MockSettings {
@@ -106,6 +113,7 @@ impl fmt::Debug for MockSettings {
             .field("fault", &self.fault)
             .field("choices_null_in_usage_chunk", &self.choices_null_in_usage_chunk)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("stamp", &self.stamp)
             .finish()
     }
 }
@@ -120,12 +128,13 @@ impl Default for MockSettings {
             fault: None,
             choices_null_in_usage_chunk: true,
             api_key: None,
+            stamp: false,
         }
     }
 }
 
 impl MockSettings {
-    /// Reads `MOCK_FIRST_TOKEN_MS`, `MOCK_TOKENS_PER_SEC`, `MOCK_REPLY_TOKENS`, `MOCK_TOKEN_BYTES`, `MOCK_FAULT`, `MOCK_CHOICES` and `MOCK_API_KEY` over the defaults; the error names the bad variable.
+    /// Reads `MOCK_FIRST_TOKEN_MS`, `MOCK_TOKENS_PER_SEC`, `MOCK_REPLY_TOKENS`, `MOCK_TOKEN_BYTES`, `MOCK_FAULT`, `MOCK_CHOICES`, `MOCK_API_KEY` and `MOCK_STAMP` over the defaults; the error names the bad variable.
     pub fn from_env() -> Result<Self, String> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -168,6 +177,13 @@ impl MockSettings {
             s.choices_null_in_usage_chunk = parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
         }
         s.api_key = get("MOCK_API_KEY");
+        if let Some(v) = get("MOCK_STAMP") {
+            s.stamp = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("MOCK_STAMP", &v, &"expected 1 or 0")),
+            };
+        }
         Ok(s)
     }
 }
@@ -445,6 +461,36 @@ pub fn echo_tokens(message: &str) -> Vec<String> {
     text.trim().split_inclusive(char::is_whitespace).map(str::to_string).collect()
 }
 
+/// Bytes of one stamped token: `@`, 16 digits and a space.
+pub const STAMP_TOKEN_BYTES: usize = 18;
+
+/// A stamped content token for the time `unix_micros`: `@<16 digits> `, e.g.
+/// `@1764300000123456 ` (the format [`parse_stamps`] reads).
+pub fn stamp_token(unix_micros: u64) -> String {
+    format!("@{unix_micros:016} ")
+}
+
+/// Microseconds since the Unix epoch now, the clock stamps are read against.
+pub fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Every stamp in `text` (each `@` followed by exactly 16 ASCII digits), in order: the
+/// send times, in Unix microseconds, of the stamped tokens a delta carries (a server may
+/// merge several tokens into one delta).
+pub fn parse_stamps(text: &str) -> impl Iterator<Item = u64> + '_ {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().filter_map(move |(i, &b)| {
+        let digits = bytes.get(i + 1..i + 17).filter(|_| b == b'@')?;
+        if !digits.iter().all(u8::is_ascii_digit) || bytes.get(i + 17).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    })
+}
+
 /// Per-request overrides parsed from `[[mock ...]]` in the last user message.
 ///
 /// Syntax: `[[mock key=value key=value flag]]`, whitespace separated; several
@@ -453,7 +499,8 @@ pub fn echo_tokens(message: &str) -> Vec<String> {
 /// `choices=null|empty`, `fail_first=N` (the fault applies to the first N requests with
 /// this same message, later ones succeed: a client's retries). Bare flags: `echo` (the
 /// reply is the message itself, directives removed, word by word: for markdown and
-/// escaping tests), anything `fault=` accepts (`stall`,
+/// escaping tests), `stamp` (every token is its send time, [`stamp_token`]), anything
+/// `fault=` accepts (`stall`,
 /// `cut:3`, `429`), plus `instant` (`delay_ms=0 tps=0`). Unknown keys and flags
 /// are ignored; a known key with a bad value is a 400 so typos do not pass silently, and so
 /// is a reply past the bounds ([`MAX_REPLY_TOKENS`], [`MAX_TOKEN_BYTES`], [`MAX_REPLY_BYTES`],
@@ -468,6 +515,7 @@ struct Directives {
     choices_null: Option<bool>,
     fail_first: Option<usize>,
     echo: bool,
+    stamp: bool,
 }
 
 impl Directives {
@@ -498,6 +546,8 @@ impl Directives {
                 self.tps = Some(0.0);
             } else if item.eq_ignore_ascii_case("echo") {
                 self.echo = true;
+            } else if item.eq_ignore_ascii_case("stamp") {
+                self.stamp = true;
             } else if let Ok(fault) = parse_optional_fault(item) {
                 self.fault = Some(fault);
             }
@@ -549,6 +599,8 @@ struct Plan {
     prompt_tokens: usize,
     /// With `echo`: the reply's tokens, instead of generated ones.
     echo: Option<Vec<String>>,
+    /// Every token is its send time ([`stamp_token`]), whatever `echo` and `token_bytes` say.
+    stamp: bool,
 }
 
 impl Plan {
@@ -580,11 +632,20 @@ impl Plan {
             choices_null: d.choices_null.unwrap_or(settings.choices_null_in_usage_chunk),
             prompt_tokens,
             echo,
+            stamp: d.stamp || settings.stamp,
         }
+    }
+
+    /// The size every token is checked against: stamps, fixed-size tokens or words.
+    fn token_size(&self) -> Option<usize> {
+        if self.stamp { Some(STAMP_TOKEN_BYTES) } else { self.token_bytes }
     }
 
     /// Content token `i` of this reply.
     fn token(&self, i: usize) -> String {
+        if self.stamp {
+            return stamp_token(unix_micros_now());
+        }
         match &self.echo {
             Some(tokens) => tokens.get(i).cloned().unwrap_or_default(),
             None => token(i, self.token_bytes),
@@ -882,7 +943,7 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .sum::<usize>()
         .max(1);
     let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens, &last_user);
-    if let Err(why) = check_reply_size(plan.tokens, plan.token_bytes) {
+    if let Err(why) = check_reply_size(plan.tokens, plan.token_size()) {
         return bad_request(&format!("mock reply too large: {why}"));
     }
     let timing = Timing { started, started_wall, first_at: None };
@@ -1104,6 +1165,33 @@ mod tests {
         assert_eq!(tokens.concat(), "say **this** \n```rust\nfn x() {}\n```");
         assert_eq!(tokens[0], "say ");
         assert!(Directives::parse("x [[mock echo]]").unwrap().echo);
+    }
+
+    #[test]
+    fn stamps_format_parse_and_switch_on() {
+        let token = stamp_token(1_764_300_000_123_456);
+        assert_eq!(token, "@1764300000123456 ");
+        assert_eq!(token.len(), STAMP_TOKEN_BYTES);
+        // Merged tokens, neighbours that are not stamps (too short, too long, no digits).
+        let text = format!("{token}{}x@123 @12345678901234567 @abcdefghijklmnop @0000000000000042", stamp_token(7));
+        assert_eq!(parse_stamps(&text).collect::<Vec<_>>(), vec![1_764_300_000_123_456, 7, 42]);
+        assert_eq!(parse_stamps("no stamps @").count(), 0);
+
+        let now = unix_micros_now();
+        let plan = |settings: &MockSettings, message: &str| {
+            Plan::new(settings, Directives::parse(message).unwrap(), "m".into(), None, 1, message)
+        };
+        let stamped = plan(&MockSettings::default(), "hi [[mock stamp tokens=3]]");
+        let stamps: Vec<u64> = parse_stamps(&stamped.text()).collect();
+        assert_eq!(stamps.len(), 3);
+        assert!(stamps.iter().all(|&t| t >= now && t < now + 60_000_000), "{stamps:?}");
+        assert_eq!(parse_stamps(&plan(&MockSettings::default(), "hi").text()).count(), 0);
+        let env = |name: &str| (name == "MOCK_STAMP").then(|| "1".to_string());
+        let settings = MockSettings::from_lookup(env).unwrap();
+        assert!(settings.stamp);
+        assert_eq!(parse_stamps(&plan(&settings, "hi [[mock echo]]").text()).count(), 1);
+        let env = |name: &str| (name == "MOCK_STAMP").then(|| "maybe".to_string());
+        assert!(MockSettings::from_lookup(env).unwrap_err().contains("MOCK_STAMP"));
     }
 
     #[test]

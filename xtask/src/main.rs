@@ -38,7 +38,12 @@ fn main() -> ExitCode {
 
 /// The workspace root (this crate's parent).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process too: prefer it to the path baked in
+    // at compile time, which names another checkout when a shared target directory holds
+    // an xtask binary built from there.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Where cargo puts build output.

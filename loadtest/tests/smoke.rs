@@ -1,0 +1,144 @@
+//! A tiny run of every scenario against the real server, started in process with an
+//! in-memory database, and the mock model stamping its tokens.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use relay_loadtest::Target;
+use relay_loadtest::scenarios::{chat, compare, direct, idle, tabs};
+use relay_mock_llm::{MockLlm, MockSettings};
+use relay_server::{Config, Server};
+
+/// Tokens per reply of the test mock.
+const TOKENS: u64 = 20;
+
+/// The mock model, fast and stamping.
+async fn mock() -> MockLlm {
+    let settings = MockSettings {
+        first_token_delay: Duration::from_millis(5),
+        tokens_per_second: 1000.0,
+        reply_tokens: TOKENS as usize,
+        stamp: true,
+        ..MockSettings::default()
+    };
+    MockLlm::start(settings, "127.0.0.1:0".parse().unwrap()).await.expect("mock starts")
+}
+
+/// A server on an ephemeral port in front of `mock`, configured for load.
+struct Running {
+    server: Server,
+    target: Target,
+    _dir: tempfile::TempDir,
+}
+
+async fn server(mock: &MockLlm) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let map: HashMap<&str, String> = [
+        ("BIND_ADDR", "127.0.0.1:0".to_string()),
+        ("DATABASE_URL", "mem://".into()),
+        ("RELAY_DATA_DIR", dir.path().display().to_string()),
+        ("JWT_SECRET", "relay-loadtest-smoke-secret-0123456789".into()),
+        ("SAMBANOVA_API_KEY", "loadtest".into()),
+        ("SAMBANOVA_API_BASE", mock.base_url()),
+        ("CHAT_RATE_LIMIT_PER_MINUTE", "0".into()),
+        ("CHAT_DAILY_MESSAGE_QUOTA", "0".into()),
+        ("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "1000000".into()),
+    ]
+    .into_iter()
+    .collect();
+    let server = Server::start(Config::from_map(&map).expect("valid config")).await.expect("server starts");
+    let target = Target::new(format!("http://{}", server.addr));
+    Running { server, target, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completes_every_reply_with_stamps() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    let config = chat::ChatConfig {
+        users: 2,
+        sessions: 2,
+        messages: 2,
+        think_ms: 10,
+        ramp_secs: 0.2,
+        ..chat::ChatConfig::default()
+    };
+    let report = chat::run(&s.target, &config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!((report.connections, report.connect.count), (2, 2));
+    assert_eq!(report.replies_expected, 8);
+    assert_eq!(report.replies.completed, 8);
+    assert_eq!(report.replies.ttft.count, 8);
+    assert!(report.replies.deltas >= 8 && report.replies.delta_gap.count > 0);
+    assert!(report.replies.deltas_per_sec > 0.0);
+    // Every stamped token arrived, merged into deltas or not.
+    assert_eq!(report.replies.delivery.count as u64, 8 * TOKENS);
+    assert!(report.replies.ttft.p50_ms >= 5.0, "the model's own first-token delay is part of TTFT");
+    assert!(report.replies.delivery.max_ms < 10_000.0);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_deliver_every_reply_to_every_tab() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    let config = tabs::TabsConfig { sessions: 2, tabs: 3, messages: 2, think_ms: 10, ..tabs::TabsConfig::default() };
+    let report = tabs::run(&s.target, &config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!(report.connections, 6);
+    // Two replies per session, seen by each of its three tabs.
+    assert_eq!(report.replies.completed, 12);
+    assert_eq!(report.replies.ttft.count, 4, "TTFT is measured on the sending tab");
+    assert_eq!(report.replies.delivery.count as u64, 12 * TOKENS);
+    assert!(report.skew.count > 0 && report.skew.count as u64 == report.replies.deltas / 3);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_all_authenticate_and_stay() {
+    let mock = mock().await;
+    let mut s = server(&mock).await;
+    // This process hosts the server: its /proc figures stand in for a spawned server's.
+    s.target.pid = Some(std::process::id());
+    let config = idle::IdleConfig { connections: 10, per_user: 4, hold_secs: 1.0, connect_concurrency: 4 };
+    let report = idle::run(&s.target, &config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!((report.authenticated, report.dropped, report.connect.count), (10, 0, 10));
+    let server = report.server.as_ref().expect("figures of the sampled process");
+    assert!(server.rss_before_bytes > 0 && server.rss_peak_bytes >= server.rss_end_bytes);
+    assert!(report.rss_per_connection_bytes.is_some());
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_streams_from_the_model() {
+    let mock = mock().await;
+    let config = direct::DirectConfig { streams: 3, ..direct::DirectConfig::default() };
+    let report = direct::run(&mock.base_url(), &config, false).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!((report.replies.completed, report.replies.ttft.count), (3, 3));
+    assert_eq!(report.replies.deltas, 3 * TOKENS);
+    assert_eq!(report.replies.delivery.count as u64, 3 * TOKENS);
+    assert_eq!(mock.stats().streams_completed, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_measures_both_paths() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    let config = compare::CompareConfig { streams: 2, rounds: 2, ..compare::CompareConfig::default() };
+    let report = compare::run(&s.target, &mock.base_url(), &config).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!((report.direct.completed, report.via_server.completed), (4, 4));
+    assert_eq!((report.direct.ttft.count, report.via_server.ttft.count), (4, 4));
+    assert_eq!(report.via_server.delivery.count as u64, 4 * TOKENS);
+    assert!(report.added_ttft.p50_ratio > 0.0);
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["added_ttft"]["p99_ms"].is_number() && json["via_server"]["ttft"]["count"] == 4);
+    s.server.shutdown().await.unwrap();
+}
