@@ -343,7 +343,8 @@ impl Model {
         }
         match error.code {
             ErrorCode::RateLimited => {
-                let wait = error.retry_after_ms.map_or(String::new(), |ms| format!(" in {}s", ms.div_ceil(1000).max(1)));
+                let wait =
+                    error.retry_after_ms.map_or(String::new(), |ms| format!(" in {}s", ms.div_ceil(1000).max(1)));
                 self.blocked = Some(Blocked { reason: format!("Sending too fast; try again{wait}."), until_ms });
             }
             ErrorCode::QuotaExceeded => {

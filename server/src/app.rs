@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -149,6 +150,13 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", state.config.bind_addr))?;
         let addr = listener.local_addr()?;
+        // Frames are small and each is worth sending at once: without this, Nagle's
+        // algorithm holds a delta back until the client acknowledges the frame before it.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let router = crate::http::router(state.clone());
         let shutdown = state.shutdown.clone();
         let task = tokio::spawn(async move {
@@ -185,6 +193,8 @@ impl Server {
                 Ok(())
             }
         };
+        // Last: requests that were finishing may still have queued writes.
+        self.state.writes.close().await;
         if let Some(mock) = &self.mock {
             mock.shutdown();
         }

@@ -6,6 +6,12 @@ use std::io::IsTerminal;
 use relay_server::{Config, Server, app};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc hands freed memory back to the system soon after a load peak, where glibc's
+// per-thread arenas keep it (see BENCHMARKS.md); `--no-default-features` goes back to glibc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,relay_server=info"));
@@ -36,7 +42,80 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    match raise_open_files_limit() {
+        Some(limit) => tracing::info!(limit, "open files limit"),
+        None => tracing::warn!("could not read or raise the open files limit"),
+    }
+    #[cfg(feature = "profile")]
+    let profiler = profile::start();
     let server = Server::start(config).await?;
     app::shutdown_signal().await;
-    server.shutdown().await
+    let result = server.shutdown().await;
+    #[cfg(feature = "profile")]
+    profile::finish(profiler);
+    result
+}
+
+/// CPU profiling in process: `perf` gets no samples on some machines, a SIGPROF sampler does.
+#[cfg(feature = "profile")]
+mod profile {
+    use std::fmt::Write as _;
+
+    /// Starts sampling at 999 Hz when `RELAY_PROFILE_FILE` names a file.
+    pub fn start() -> Option<(pprof::ProfilerGuard<'static>, String)> {
+        let path = std::env::var("RELAY_PROFILE_FILE").ok().filter(|p| !p.is_empty())?;
+        match pprof::ProfilerGuardBuilder::default()
+            .frequency(999)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+        {
+            Ok(guard) => {
+                tracing::warn!(%path, "CPU profiling on; folded stacks are written at exit");
+                Some((guard, path))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the CPU profiler");
+                None
+            }
+        }
+    }
+
+    /// Writes the samples as folded stacks (`frame;frame;... count`, for flamegraph tools).
+    pub fn finish(profiler: Option<(pprof::ProfilerGuard<'static>, String)>) {
+        let Some((guard, path)) = profiler else { return };
+        let report = match guard.report().build() {
+            Ok(report) => report,
+            Err(e) => return tracing::error!(error = %e, "cannot build the CPU profile"),
+        };
+        let mut out = String::new();
+        for (frames, count) in &report.data {
+            let mut names = vec![frames.thread_name.clone()];
+            names.extend(frames.frames.iter().rev().flat_map(|symbols| symbols.iter().rev().map(|s| s.name())));
+            let _ = writeln!(out, "{} {count}", names.join(";"));
+        }
+        match std::fs::write(&path, out) {
+            Ok(()) => tracing::info!(%path, "CPU profile written"),
+            Err(e) => tracing::error!(%path, error = %e, "cannot write the CPU profile"),
+        }
+    }
+}
+
+/// Raises this process's open-files limit to the most the system allows: every WebSocket
+/// is a file descriptor, and the usual soft limit of 1,024 would cap the connections.
+/// Returns the limit now in force.
+fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
 }

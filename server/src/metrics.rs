@@ -132,8 +132,8 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
         )
         .expect("valid metric");
-        let write_failures = IntCounter::new("write_failures_total", "Writes given up after retries")
-            .expect("valid metric");
+        let write_failures =
+            IntCounter::new("write_failures_total", "Writes given up after retries").expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,

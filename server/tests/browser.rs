@@ -276,8 +276,11 @@ impl Tab {
     /// Types into the composer as the user would (multi-line text is pasted: a typed newline
     /// would send) and presses Enter.
     async fn send(&self, text: &str) -> Result<()> {
-        self.wait("the composer to be enabled", "const c = document.querySelector('#composer'); return !!c && !c.disabled")
-            .await?;
+        self.wait(
+            "the composer to be enabled",
+            "const c = document.querySelector('#composer'); return !!c && !c.disabled",
+        )
+        .await?;
         let composer = self.element("#composer").await?;
         if text.contains('\n') {
             self.js_with(
@@ -295,7 +298,8 @@ impl Tab {
 
     /// The open session's id, from the address bar.
     async fn session_id(&self) -> Result<uuid::Uuid> {
-        let path = self.wait("a session to open", "return location.pathname.startsWith('/c/') && location.pathname").await?;
+        let path =
+            self.wait("a session to open", "return location.pathname.startsWith('/c/') && location.pathname").await?;
         let path = path.as_str().unwrap_or_default();
         Ok(path.trim_start_matches("/c/").parse()?)
     }
@@ -447,7 +451,8 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
 
             // Markdown streams in with the typing indicator, then settles rendered, with the
             // code block highlighted and copyable.
-            let markdown = "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone. [[mock echo tps=25]]";
+            let markdown =
+                "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone. [[mock echo tps=25]]";
             h.tab(a).send(markdown).await?;
             h.tab(a).element("#streaming #typing").await?;
             h.tab(a).wait_settled(4).await?;
@@ -548,7 +553,10 @@ async fn tabs_share_renames_regenerations_edits_and_deletes() {
             h.tab(a).send("pick a number [[mock tokens=6]]").await?;
             h.tab(b).wait_settled(4).await?;
             let old_reply = h.tab(b).messages().await?[3].1.clone();
-            let old_id = h.tab(b).js("return document.querySelector('#messages article.assistant:last-of-type').dataset.id").await?;
+            let old_id = h
+                .tab(b)
+                .js("return document.querySelector('#messages article.assistant:last-of-type').dataset.id")
+                .await?;
             h.tab(a).click("#regenerate").await?;
             for tab in [a, b] {
                 h.tab(tab)
@@ -567,7 +575,12 @@ async fn tabs_share_renames_regenerations_edits_and_deletes() {
             // Edit the last question in one tab: both show the new question and a new reply,
             // and the model was asked the new question, not the old one.
             h.tab(a).click("#messages .edit").await?;
-            h.tab(a).wait("the draft to hold the old text", "return document.querySelector('#composer').value.startsWith('pick a number')").await?;
+            h.tab(a)
+                .wait(
+                    "the draft to hold the old text",
+                    "return document.querySelector('#composer').value.startsWith('pick a number')",
+                )
+                .await?;
             let composer = h.tab(a).element("#composer").await?;
             composer.clear().await?;
             h.tab(a).send("what is the capital of France? [[mock echo]]").await?;
@@ -626,7 +639,10 @@ async fn hostile_markdown_shows_as_text_and_runs_nothing() {
             h.tab(a).wait_text(reply, "<script>window.pwned=2</script>").await?;
             h.tab(a).wait_text("#messages article.user", "<img src=x").await?;
             assert_eq!(h.tab(a).count("#messages img, #messages script").await?, 0);
-            let hrefs = h.tab(a).js("return [...document.querySelectorAll('#messages a')].map(a => a.getAttribute('href'))").await?;
+            let hrefs = h
+                .tab(a)
+                .js("return [...document.querySelectorAll('#messages a')].map(a => a.getAttribute('href'))")
+                .await?;
             assert!(!hrefs.to_string().contains("javascript:"), "{hrefs}");
             // Clicking the would-be script link does nothing either.
             let link = h.tab(a).js("return !!document.querySelector('#messages a')").await?;
@@ -731,7 +747,9 @@ async fn a_refused_send_gives_its_text_back() {
             // the session's draft across a reload; nothing stored.
             h.tab(a).wait_text("#blocked", "Sending too fast; try again in").await?;
             let composer_says = "return document.querySelector('#composer').value";
-            h.tab(a).wait("the text to come back", &format!("{composer_says} === 'a carefully written second message'")).await?;
+            h.tab(a)
+                .wait("the text to come back", &format!("{composer_says} === 'a carefully written second message'"))
+                .await?;
             h.tab(a).driver.refresh().await?;
             h.tab(a).wait_online().await?;
             h.tab(a).wait_settled(2).await?;

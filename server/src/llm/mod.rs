@@ -35,7 +35,7 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs,
 };
 use eventsource_stream::{Event, EventStreamError, Eventsource};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use rand::Rng;
 use relay_protocol::{Message, Role, Usage};
 use tokio::time::Instant;
@@ -236,6 +236,7 @@ impl LlmClient {
             first_token: false,
             finished: false,
             saw_finish: false,
+            deferred: None,
             pending: Vec::new(),
         };
         stream.connect().await?;
@@ -334,6 +335,9 @@ pub struct LlmStream {
     finished: bool,
     saw_finish: bool,
     pending: Vec<LlmEvent>,
+    /// An error met while merging ready text ([`LlmStream::append_ready_text`]), reported by
+    /// the next [`LlmStream::next`].
+    deferred: Option<LlmError>,
 }
 
 /// An attempt the breaker let through; tells the breaker its outcome exactly once
@@ -429,6 +433,9 @@ impl LlmStream {
                 }
                 return Some(Ok(event));
             }
+            if let Some(error) = self.deferred.take() {
+                return Some(self.fail(error));
+            }
             if self.finished {
                 return None;
             }
@@ -466,7 +473,13 @@ impl LlmStream {
         } else {
             tokio::time::timeout_at(self.deadline, events.next()).await
         };
-        match next.map_err(|_| LlmError::Timeout)? {
+        self.accept(next.map_err(|_| LlmError::Timeout)?)
+    }
+
+    /// Takes one item of the event stream into `pending`: `Ok(true)` for more to come,
+    /// `Ok(false)` at the end of a whole reply.
+    fn accept(&mut self, next: Option<Result<Event, EventStreamError<reqwest::Error>>>) -> Result<bool, LlmError> {
+        match next {
             // Some providers close after the finish chunk without `[DONE]`.
             None if self.saw_finish => Ok(false),
             None => Err(LlmError::Upstream("the reply stream ended early".into())),
@@ -485,6 +498,43 @@ impl LlmStream {
                     self.pending = events.into_iter().rev().collect();
                 }
                 Ok(true)
+            }
+        }
+    }
+
+    /// Appends to `text` the reply text that is already here (decoded, buffered or readable
+    /// without waiting), up to about `max` bytes, stopping before anything that is not text.
+    ///
+    /// Under load several tokens wait by the time one is handled; sending them as one delta
+    /// means fewer and larger frames for every watcher. Only after the first token (before
+    /// it, a failure may still be retried).
+    pub fn append_ready_text(&mut self, text: &mut String, max: usize) {
+        while text.len() < max {
+            match self.pending.last() {
+                Some(LlmEvent::Delta(_)) => {
+                    if let Some(LlmEvent::Delta(more)) = self.pending.pop() {
+                        text.push_str(&more);
+                    }
+                }
+                Some(_) => return,
+                None => {
+                    if self.finished || !self.first_token || self.deferred.is_some() {
+                        return;
+                    }
+                    let Some(events) = self.events.as_mut() else { return };
+                    let Some(next) = events.next().now_or_never() else { return };
+                    match self.accept(next) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.finished = true;
+                            return;
+                        }
+                        Err(error) => {
+                            self.deferred = Some(error);
+                            return;
+                        }
+                    }
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use relay_protocol::{Message, Session, UserRole, UserUsage};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
@@ -84,7 +85,10 @@ pub struct SessionRecord {
 /// Handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Surreal<Any>,
+    // Shared, not cloned: cloning a `Surreal` handle opens a new database session (its own
+    // maps and a message to the router each way), which cost about 35 KiB of memory per
+    // WebSocket connection and work on every request before (see BENCHMARKS.md).
+    db: Arc<Surreal<Any>>,
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
@@ -109,7 +113,7 @@ impl Store {
             .check()?;
         }
         db.use_ns(config.namespace.clone()).use_db(config.database.clone()).await?;
-        let store = Store { db };
+        let store = Store { db: Arc::new(db) };
         migrations::apply(&store.db, MIGRATIONS).await?;
         Ok(store)
     }
