@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "usage_ledger", sql: include_str!("../../../schema/0003_usage_ledger.surql") },
     Migration { version: 4, name: "retention", sql: include_str!("../../../schema/0004_retention.surql") },
     Migration { version: 5, name: "superseded", sql: include_str!("../../../schema/0005_superseded.surql") },
+    Migration {
+        version: 6,
+        name: "fewer_message_indexes",
+        sql: include_str!("../../../schema/0006_fewer_message_indexes.surql"),
+    },
 ];
 
 const BOOKKEEPING: &str = "
