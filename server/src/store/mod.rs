@@ -94,6 +94,34 @@ pub struct Store {
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
 const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded";
 
+/// Attempts at a direct query whose transaction conflicted with another.
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// Runs `query` again while SurrealDB answers that its transaction conflicted with another
+/// and can be retried (none of it was applied): the batched writers commit concurrently with
+/// direct writes (a delete, a rename), and two may touch one record at once.
+async fn retry_conflicts<T, F, Fut>(query: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match query().await {
+            Err(e) if attempt < CONFLICT_ATTEMPTS && is_retryable(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5u64 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether an error is a transaction conflict SurrealDB says can be retried.
+pub(crate) fn is_retryable(error: &StoreError) -> bool {
+    error.to_string().contains("can be retried")
+}
+
 impl Store {
     /// Connects, selects namespace and database, and applies pending migrations.
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -130,8 +158,11 @@ impl Store {
     }
 
     async fn rows<T: DeserializeOwned>(&self, sql: &str, bind: serde_json::Value) -> Result<Vec<T>, StoreError> {
-        let mut response = self.db.query(sql).bind(bind).await?.check()?;
-        let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 1)?;
+        let rows: Vec<serde_json::Value> = retry_conflicts(|| async {
+            let mut response = self.db.query(sql).bind(bind.clone()).await?.check()?;
+            Ok(response.take(response.num_statements() - 1)?)
+        })
+        .await?;
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
     }
 
@@ -148,12 +179,14 @@ impl Store {
     }
 
     async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
-        let result = self.db.query(sql).bind(bind).await?.check();
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(e.into()),
-        }
+        retry_conflicts(|| async {
+            match self.db.query(sql).bind(bind.clone()).await?.check() {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     // ---- users -------------------------------------------------------------------------
