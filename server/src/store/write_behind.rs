@@ -54,6 +54,10 @@ enum Op {
 /// What to do with a user's usage of the day once a count is committed (tell their tabs).
 pub type AfterUsage = Box<dyn FnOnce(DayUsage) + Send + Sync>;
 
+/// The follow-ups of a committed batch: each user and day whose usage is to be read back,
+/// with what to do with it.
+type UsageFollowUps = Vec<((Uuid, NaiveDate), AfterUsage)>;
+
 /// The handle on the write queue; cheap to clone.
 #[derive(Clone)]
 pub struct WriteBehind {
@@ -148,32 +152,28 @@ impl WriteBehind {
 
     /// Returns once every write queued before it is committed (or given up).
     pub async fn flush(&self) {
-        let flushes = self.queues.iter().map(|queue| async move {
-            let (done, flushed) = oneshot::channel();
-            self.metrics.write_queue.inc();
-            if queue.send(Op::Flush(done)).await.is_ok() {
-                let _ = flushed.await;
-            } else {
-                self.metrics.write_queue.dec();
-            }
-        });
-        futures::future::join_all(flushes).await;
+        self.to_every_writer(Op::Flush).await;
     }
 
     /// Writes everything queued, then stops every writer; later writes fail. Called once at
     /// shutdown, so the writers let go of the store before the runtime that runs the
     /// database's own tasks ends (the database then closes cleanly).
     pub async fn close(&self) {
-        let stops = self.queues.iter().map(|queue| async move {
-            let (done, stopped) = oneshot::channel();
+        self.to_every_writer(Op::Stop).await;
+    }
+
+    /// Queues `op` (a flush or a stop) on every writer and waits until each has answered.
+    async fn to_every_writer(&self, op: fn(oneshot::Sender<()>) -> Op) {
+        let answers = self.queues.iter().map(|queue| async move {
+            let (done, answered) = oneshot::channel();
             self.metrics.write_queue.inc();
-            if queue.send(Op::Stop(done)).await.is_ok() {
-                let _ = stopped.await;
+            if queue.send(op(done)).await.is_ok() {
+                let _ = answered.await;
             } else {
                 self.metrics.write_queue.dec();
             }
         });
-        futures::future::join_all(stops).await;
+        futures::future::join_all(answers).await;
     }
 }
 
@@ -370,7 +370,7 @@ impl Plan {
 
     /// Tells everyone waiting how the batch went; returns the usage follow-ups (to run
     /// after a commit) and the flushes (answered when dropped, after the follow-ups).
-    fn answer(self, result: Result<(), String>) -> (Vec<((Uuid, NaiveDate), AfterUsage)>, Vec<oneshot::Sender<()>>) {
+    fn answer(self, result: Result<(), String>) -> (UsageFollowUps, Vec<oneshot::Sender<()>>) {
         for done in self.waiting {
             let _ = done.send(result.clone().map_err(StoreError::Batch));
         }
