@@ -76,6 +76,26 @@ pub struct SendRequest {
     pub request_id: Option<String>,
 }
 
+impl SendRequest {
+    /// A request for one attempt at a call (the registry may make more than one, so it
+    /// keeps the originals and hands out copies; `message_id` stays the same across them).
+    pub fn new(
+        user: &AuthUser,
+        message_id: Uuid,
+        content: &str,
+        origin: &Receiver,
+        request_id: &Option<String>,
+    ) -> SendRequest {
+        SendRequest {
+            user: user.clone(),
+            message_id,
+            content: content.to_owned(),
+            origin: origin.clone(),
+            request_id: request_id.clone(),
+        }
+    }
+}
+
 /// A regenerate as the registry hands it to the actor.
 pub struct ReplaceRequest {
     /// Who asks (must own the session).

@@ -164,13 +164,7 @@ impl SessionRegistry {
     ) -> Result<SendAccepted, SessionError> {
         let message_id = Uuid::new_v4();
         self.call(session_id, |reply| SessionMsg::Send {
-            request: SendRequest {
-                user: user.clone(),
-                message_id,
-                content: content.clone(),
-                origin: origin.clone(),
-                request_id: request_id.clone(),
-            },
+            request: SendRequest::new(user, message_id, &content, &origin, &request_id),
             reply,
         })
         .await
@@ -204,13 +198,7 @@ impl SessionRegistry {
         let message_id = Uuid::new_v4();
         self.call(session_id, |reply| SessionMsg::Edit {
             replaced,
-            request: SendRequest {
-                user: user.clone(),
-                message_id,
-                content: content.clone(),
-                origin: origin.clone(),
-                request_id: request_id.clone(),
-            },
+            request: SendRequest::new(user, message_id, &content, &origin, &request_id),
             reply,
         })
         .await
