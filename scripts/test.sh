@@ -5,7 +5,8 @@
 # chromedriver (the browser tests drive the real client), the wasm32 target,
 # wasm-bindgen-cli (through `cargo xtask client`, which builds the browser client the
 # browser tests load), the llvm-tools component and cargo-llvm-cov (tools are kept under
-# $HOME/.cache between runs).
+# $HOME/.cache between runs), and a SurrealDB server (`tools/surreal`, built once into
+# $HOME/.cache/surreal-target: about 24 minutes the first time) for the cluster tests.
 #
 #   scripts/test.sh                    # everything, with coverage
 #   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor)
@@ -44,6 +45,12 @@ if [ "$COVERAGE" != 0 ]; then
     cargo install cargo-llvm-cov --version "$LLVM_COV_VERSION" --locked --root "$TOOLS"
   fi
 fi
+
+# The cluster tests (and the remote-database test) run a real SurrealDB server.
+SURREAL_TARGET="$HOME/.cache/surreal-target"
+echo "== SurrealDB server for the cluster tests (tools/surreal; cached in $SURREAL_TARGET)"
+CARGO_TARGET_DIR="$SURREAL_TARGET" cargo build --release --locked --manifest-path tools/surreal/Cargo.toml
+export RELAY_TEST_SURREAL_BIN="${RELAY_TEST_SURREAL_BIN:-$SURREAL_TARGET/release/surreal}"
 
 echo "== protocol builds for wasm32 (the browser client shares it)"
 cargo build --locked -p relay-protocol --target wasm32-unknown-unknown

@@ -354,7 +354,7 @@ impl Model {
                 self.blocked = Some(Blocked { reason: error.message.clone(), until_ms: None });
             }
             // The session's live state was lost (no request id): the socket resubscribes.
-            ErrorCode::Internal if id.is_none() && session_id.is_some() => {}
+            ErrorCode::Internal | ErrorCode::Unavailable if id.is_none() && session_id.is_some() => {}
             _ => self.toast(error.message, None),
         }
     }

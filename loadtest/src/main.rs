@@ -112,6 +112,10 @@ enum Command {
         /// Pause between a reply's end and the next message (ms).
         #[arg(long, default_value_t = 200)]
         think_ms: u64,
+        /// Another node of the same cluster (`http://host:port`): every other tab connects
+        /// there, and delivery is reported for each node.
+        #[arg(long)]
+        peer: Option<String>,
     },
     /// Many idle authenticated connections: connect latency and server memory per connection.
     Idle {
@@ -238,8 +242,16 @@ async fn scenario(command: &Command, c: &Common, target: &Target, upstream: Opti
                 chat::ChatConfig { users, sessions, messages, think_ms, ramp_secs, content, reply_timeout_secs };
             emit("chat", &chat::run(target, &config).await?, c)
         }
-        Command::Tabs { sessions, tabs, messages, think_ms } => {
-            let config = tabs::TabsConfig { sessions, tabs, messages, think_ms, content, reply_timeout_secs };
+        Command::Tabs { sessions, tabs, messages, think_ms, ref peer } => {
+            let config = tabs::TabsConfig {
+                sessions,
+                tabs,
+                messages,
+                think_ms,
+                content,
+                reply_timeout_secs,
+                peer: peer.clone(),
+            };
             emit("tabs", &tabs::run(target, &config).await?, c)
         }
         Command::Idle { connections, per_user, hold_secs, connect_concurrency } => {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, PasswordHashing, TokenKeys};
+use crate::cluster::{Cluster, ClusterHandler, ClusterSettings};
 use crate::config::{Config, ModelBackend};
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
@@ -46,9 +47,14 @@ impl Server {
         })
         .await
         .with_context(|| format!("cannot open the database at {}", config.database_url))?;
-        let interrupted = store.fail_interrupted_replies().await.context("cannot mark interrupted replies")?;
-        if interrupted > 0 {
-            tracing::warn!(interrupted, "replies left generating by an earlier run are stored as error");
+        // Alone, this node ran every session, so whatever it left generating was cut off. In
+        // a cluster other nodes may be generating now: a session's leftovers are marked when
+        // a node next claims it instead.
+        if !config.cluster {
+            let interrupted = store.fail_interrupted_replies().await.context("cannot mark interrupted replies")?;
+            if interrupted > 0 {
+                tracing::warn!(interrupted, "replies left generating by an earlier run are stored as error");
+            }
         }
 
         let secret = match &config.jwt.secret {
@@ -94,8 +100,29 @@ impl Server {
             metrics.clone(),
         )?;
 
+        metrics.node_info.with_label_values(&[config.node_id.as_str()]).set(1);
+        let shutdown = CancellationToken::new();
+        let cluster = match (&config.redis_url, config.cluster) {
+            (Some(redis_url), true) => {
+                let settings = ClusterSettings {
+                    redis_url: redis_url.clone(),
+                    node_id: config.node_id.clone(),
+                    lease: config.cluster_lease,
+                };
+                let cluster = Cluster::join(&settings, metrics.clone(), shutdown.clone())
+                    .await
+                    .context("cannot join the cluster through REDIS_URL")?;
+                tracing::info!(node_id = %config.node_id, instance = %cluster.instance(), lease = ?config.cluster_lease, "joined the cluster");
+                Some(cluster)
+            }
+            _ => None,
+        };
+
         let writes = WriteBehind::start(store.clone(), WRITE_QUEUE, metrics.clone());
         let hub = Arc::new(UserHub::default());
+        if let Some(cluster) = &cluster {
+            hub.set_cluster(cluster.clone());
+        }
         let limiter = Limiter::new(config.redis_url.as_deref(), metrics.clone())?;
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
@@ -118,7 +145,12 @@ impl Server {
                 rate_per_minute: config.rate_limit_per_minute,
                 max_stored_messages: config.max_stored_messages_per_user,
             },
+            cluster: cluster.clone(),
         });
+        if let Some(cluster) = &cluster {
+            let handler: Arc<dyn ClusterHandler> = sessions.clone();
+            cluster.set_handler(Arc::downgrade(&handler));
+        }
         let passwords = Arc::new(PasswordHashing::new(config.auth_hash_concurrency, config.auth_hash_queue));
         let retention = Arc::new(Retention {
             store: store.clone(),
@@ -138,8 +170,9 @@ impl Server {
             user_locks: Arc::new(UserLocks::default()),
             limiter,
             retention,
-            shutdown: CancellationToken::new(),
+            shutdown,
             connections: TaskTracker::new(),
+            cluster,
             mock_model: mock.is_some(),
             metrics,
         };
@@ -166,7 +199,10 @@ impl Server {
                 .context("HTTP server failed")
         });
         // The url is what a person opens: the browser client is served at `/`.
-        tracing::info!(%addr, url = %format!("http://{addr}/"), model = %state.config.model, mock = state.mock_model, "relay-chat listening");
+        tracing::info!(
+            %addr, url = %format!("http://{addr}/"), node_id = %state.config.node_id, cluster = state.cluster.is_some(),
+            model = %state.config.model, mock = state.mock_model, "relay-chat listening"
+        );
         Ok(Server { addr, state, mock, task })
     }
 
@@ -177,6 +213,9 @@ impl Server {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.state.sessions.shutdown().await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         // Everything the sessions queued (checkpoints, counters) is written before exit.
         self.state.writes.flush().await;
         self.state.shutdown.cancel();

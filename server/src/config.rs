@@ -175,6 +175,14 @@ pub struct Config {
     pub rate_limit_per_minute: Option<u32>,
     /// `REDIS_URL`: where limits are shared between nodes; in process without it.
     pub redis_url: Option<String>,
+    /// `NODE_ID`: this node's name in logs, metrics and the cluster (generated when unset).
+    pub node_id: String,
+    /// Whether this node joins a cluster (`CLUSTER`: `auto`, the default, joins when
+    /// `REDIS_URL` is set and the database is a shared server, `ws://` or `wss://`).
+    pub cluster: bool,
+    /// `CLUSTER_LEASE_MS`: how long a session lease and a node heartbeat live unrenewed,
+    /// so how soon a dead node's sessions fail over.
+    pub cluster_lease: Duration,
     /// `CHAT_CANCEL_GRACE_MS`: how long a reply runs on with nobody watching.
     pub cancel_grace: Duration,
     /// `CHAT_MAX_QUEUED_SENDS`: sends a session may hold waiting; more answer `busy`.
@@ -271,6 +279,9 @@ impl std::fmt::Debug for Config {
             .field("daily_message_quota", &self.daily_message_quota)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("node_id", &self.node_id)
+            .field("cluster", &self.cluster)
+            .field("cluster_lease", &self.cluster_lease)
             .field("cancel_grace", &self.cancel_grace)
             .field("max_queued_sends", &self.max_queued_sends)
             .field("session_idle", &self.session_idle)
@@ -422,6 +433,53 @@ impl Config {
         };
 
         let daily_quota: u32 = parse("CHAT_DAILY_MESSAGE_QUOTA", var("CHAT_DAILY_MESSAGE_QUOTA"), 100)?;
+        let shared_database = database_url.starts_with("ws://") || database_url.starts_with("wss://");
+        let cluster = match var("CLUSTER").as_deref().map(str::trim) {
+            None | Some("auto") => var("REDIS_URL").is_some() && shared_database,
+            Some("on" | "1" | "true") => {
+                if var("REDIS_URL").is_none() {
+                    return Err(ConfigError { var: "CLUSTER", reason: "a cluster needs REDIS_URL".into() });
+                }
+                if !shared_database {
+                    return Err(ConfigError {
+                        var: "CLUSTER",
+                        reason: "a cluster needs a shared database server (DATABASE_URL=ws://… or wss://…)".into(),
+                    });
+                }
+                true
+            }
+            Some("off" | "0" | "false") => false,
+            Some(other) => {
+                return Err(ConfigError { var: "CLUSTER", reason: format!("expected auto, on or off, got {other:?}") });
+            }
+        };
+        let node_id = match var("NODE_ID") {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
+                id
+            }
+            Some(id) => {
+                return Err(ConfigError {
+                    var: "NODE_ID",
+                    reason: format!("{id:?} is not 1 to 64 letters, digits, '-', '_' or '.'"),
+                });
+            }
+            None => {
+                let host = var("HOSTNAME").filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+                let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+                match host {
+                    Some(host) if !host.is_empty() => format!("{}-{suffix}", &host[..host.len().min(40)]),
+                    _ => format!("node-{suffix}"),
+                }
+            }
+        };
+        let cluster_lease = Duration::from_millis(parse("CLUSTER_LEASE_MS", var("CLUSTER_LEASE_MS"), 5000u64)?);
+        if cluster_lease < Duration::from_millis(400) {
+            return Err(ConfigError { var: "CLUSTER_LEASE_MS", reason: "must be at least 400".into() });
+        }
         let llm_timeout = Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?);
         let config = Config {
             bind_addr: parse("BIND_ADDR", var("BIND_ADDR"), SocketAddr::from(([127, 0, 0, 1], 8080)))?,
@@ -473,6 +531,9 @@ impl Config {
                 }
                 None => None,
             },
+            node_id,
+            cluster,
+            cluster_lease,
             cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
             max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
             session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),

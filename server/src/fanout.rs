@@ -30,6 +30,14 @@ impl Outbound {
         let text = serde_json::to_string(&frame).expect("server frames always encode");
         Outbound { frame: Arc::new(frame), text: Utf8Bytes::from(text) }
     }
+
+    /// A frame another node encoded: its bytes are kept as they came (every receiver here
+    /// gets those same bytes) and decoded once for the typed readers.
+    pub fn decode(text: &[u8]) -> Result<Outbound, serde_json::Error> {
+        let frame: ServerFrame = serde_json::from_slice(text)?;
+        let text = String::from_utf8(text.to_vec()).map_err(|e| serde::de::Error::custom(e.to_string()))?;
+        Ok(Outbound { frame: Arc::new(frame), text: Utf8Bytes::from(text) })
+    }
 }
 
 /// Identifies one receiver: a WebSocket connection or one REST/SSE request.
@@ -42,7 +50,7 @@ pub fn next_receiver_id() -> ReceiverId {
 }
 
 /// What kind of receiver it is; decides what the session actor sends it beyond events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReceiverKind {
     /// A WebSocket connection: gets snapshots, acks and every event.
     Connection,
@@ -61,17 +69,38 @@ pub struct QueueBounds {
     pub bytes: usize,
 }
 
-/// The sending end of a receiver's bounded outbound queue.
+/// The sending end of a receiver: a bounded outbound queue here, or a receiver on another
+/// node of a cluster, reached through it.
 #[derive(Clone, Debug)]
 pub struct Receiver {
-    /// Who it is.
+    /// Who it is (unique on the node it lives on).
     pub id: ReceiverId,
     /// What kind it is.
     pub kind: ReceiverKind,
+    sink: Sink,
+}
+
+#[derive(Clone, Debug)]
+enum Sink {
+    Local(LocalSink),
+    Remote(Arc<dyn RemoteSink>),
+}
+
+#[derive(Clone, Debug)]
+struct LocalSink {
     tx: mpsc::Sender<Outbound>,
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
     overflowed: CancellationToken,
+}
+
+/// How frames reach receivers on another node (the cluster implements it): the node
+/// there queues them for its own receiver, which is bounded like any other.
+pub trait RemoteSink: Send + Sync + std::fmt::Debug {
+    /// Sends a frame to receiver `receiver` on that node.
+    fn deliver(&self, receiver: ReceiverId, out: &Outbound);
+    /// The node process (instance) the receiver lives in.
+    fn instance(&self) -> &Arc<str>;
 }
 
 /// The receiving end of a receiver's queue; taking a frame gives its bytes back.
@@ -98,20 +127,53 @@ impl Receiver {
         let (tx, rx) = mpsc::channel(bounds.frames.max(1));
         let overflowed = CancellationToken::new();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let receiver = Receiver {
-            id: next_receiver_id(),
-            kind,
+        let sink = LocalSink {
             tx,
             queued_bytes: queued_bytes.clone(),
             max_bytes: bounds.bytes,
             overflowed: overflowed.clone(),
         };
+        let receiver = Receiver { id: next_receiver_id(), kind, sink: Sink::Local(sink) };
         (receiver, Inbox { rx, queued_bytes }, overflowed)
+    }
+
+    /// A receiver that lives on another node: frames delivered here travel there.
+    pub fn remote(id: ReceiverId, kind: ReceiverKind, sink: Arc<dyn RemoteSink>) -> Receiver {
+        Receiver { id, kind, sink: Sink::Remote(sink) }
+    }
+
+    /// The node instance a remote receiver lives in (`None` for a receiver of this node).
+    pub fn remote_instance(&self) -> Option<&Arc<str>> {
+        match &self.sink {
+            Sink::Local(_) => None,
+            Sink::Remote(sink) => Some(sink.instance()),
+        }
     }
 
     /// Queues a frame without waiting: a full queue never slows the sender down, it
     /// marks the receiver as too slow instead.
     pub fn deliver(&self, out: &Outbound) -> Delivery {
+        match &self.sink {
+            Sink::Local(sink) => sink.deliver(out),
+            Sink::Remote(sink) => {
+                sink.deliver(self.id, out);
+                Delivery::Queued
+            }
+        }
+    }
+
+    /// Whether the receiving end has gone away or overflowed (a remote receiver's node
+    /// says so itself, by unsubscribing or by leaving the cluster).
+    pub fn is_closed(&self) -> bool {
+        match &self.sink {
+            Sink::Local(sink) => sink.tx.is_closed() || sink.overflowed.is_cancelled(),
+            Sink::Remote(_) => false,
+        }
+    }
+}
+
+impl LocalSink {
+    fn deliver(&self, out: &Outbound) -> Delivery {
         if self.overflowed.is_cancelled() {
             return Delivery::Overflowed;
         }
@@ -134,11 +196,6 @@ impl Receiver {
                 Delivery::Overflowed
             }
         }
-    }
-
-    /// Whether the receiving end has gone away or overflowed.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed() || self.overflowed.is_cancelled()
     }
 }
 

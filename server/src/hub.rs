@@ -1,19 +1,22 @@
 //! The per-user hub: every WebSocket connection of a user registers here, so changes to
-//! the user's sessions (from any connection or from REST) reach all of their tabs. It also
-//! caps how many connections one user may hold open.
+//! the user's sessions (from any connection or from REST) reach all of their tabs, on this
+//! node and, in a cluster, on every other (published once through the cluster). It also
+//! caps how many connections one user may hold open on this node.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use relay_protocol::ServerFrame;
 use uuid::Uuid;
 
+use crate::cluster::Cluster;
 use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId};
 
 /// Connections by user.
 #[derive(Default)]
 pub struct UserHub {
     users: DashMap<Uuid, UserConnections>,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 #[derive(Default)]
@@ -78,20 +81,28 @@ impl UserHub {
         self.users.get(&user).map_or(0, |u| u.places)
     }
 
+    /// Sends user events to the user's connections on the other nodes of this cluster too.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
     /// Sends a frame to every connection of a user. `make` builds the frame with or
     /// without a request id: the connection that asked (`origin`) gets its id echoed,
-    /// the others get none.
+    /// the others get none (nor do the user's connections on other nodes).
     pub fn publish(
         &self,
         user: Uuid,
         origin: Option<(ReceiverId, Option<String>)>,
         make: impl Fn(Option<String>) -> ServerFrame,
     ) {
+        let plain = Outbound::new(make(None));
+        if let Some(cluster) = self.cluster.get() {
+            cluster.publish_user_event(user, &plain);
+        }
         let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
         if receivers.is_empty() {
             return;
         }
-        let plain = Outbound::new(make(None));
         let (origin_id, echoed) = match origin {
             Some((id, Some(request_id))) => (Some(id), Some(Outbound::new(make(Some(request_id))))),
             Some((id, None)) => (Some(id), None),
@@ -102,6 +113,16 @@ impl UserHub {
                 (Some(echoed), Some(id)) if id == receiver.id => echoed,
                 _ => &plain,
             };
+            if receiver.deliver(out) == Delivery::Overflowed {
+                tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
+            }
+        }
+    }
+
+    /// Sends a user event another node published to the user's connections here.
+    pub fn deliver(&self, user: Uuid, out: &Outbound) {
+        let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
+        for receiver in &receivers {
             if receiver.deliver(out) == Delivery::Overflowed {
                 tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
             }

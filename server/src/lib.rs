@@ -9,6 +9,7 @@
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fanout;

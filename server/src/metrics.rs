@@ -3,7 +3,9 @@
 //! Each server has its own registry (not the process-global one), so several servers in
 //! one process, as in the tests, keep separate counts.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use relay_protocol::FinishReason;
 
 /// The server's metrics and the registry they are exposed from.
@@ -58,6 +60,14 @@ pub struct Metrics {
     pub write_batch: Histogram,
     /// Writes given up after retries (logged as errors).
     pub write_failures: IntCounter,
+    /// Always 1, labelled with this node's `NODE_ID`.
+    pub node_info: IntGaugeVec,
+    /// Live node processes in the cluster, this one included (0 when not clustered).
+    pub cluster_nodes: IntGauge,
+    /// Sessions whose lease this node holds.
+    pub cluster_owned_sessions: IntGauge,
+    /// Session requests forwarded to the node that owns the session.
+    pub cluster_forwarded: IntCounter,
 }
 
 impl Metrics {
@@ -134,6 +144,15 @@ impl Metrics {
         .expect("valid metric");
         let write_failures =
             IntCounter::new("write_failures_total", "Writes given up after retries").expect("valid metric");
+        let node_info = IntGaugeVec::new(Opts::new("node_info", "Always 1, labelled with NODE_ID"), &["node_id"])
+            .expect("valid metric");
+        let cluster_nodes = IntGauge::new("cluster_nodes", "Live node processes in the cluster, this one included")
+            .expect("valid metric");
+        let cluster_owned_sessions =
+            IntGauge::new("cluster_owned_sessions", "Sessions whose lease this node holds").expect("valid metric");
+        let cluster_forwarded =
+            IntCounter::new("cluster_forwarded_total", "Session requests forwarded to the owning node")
+                .expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -160,6 +179,10 @@ impl Metrics {
             write_queue,
             write_batch,
             write_failures,
+            node_info,
+            cluster_nodes,
+            cluster_owned_sessions,
+            cluster_forwarded,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -186,6 +209,10 @@ impl Metrics {
             Box::new(metrics.write_queue.clone()),
             Box::new(metrics.write_batch.clone()),
             Box::new(metrics.write_failures.clone()),
+            Box::new(metrics.node_info.clone()),
+            Box::new(metrics.cluster_nodes.clone()),
+            Box::new(metrics.cluster_owned_sessions.clone()),
+            Box::new(metrics.cluster_forwarded.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{PasswordHashing, TokenKeys};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
@@ -48,4 +49,6 @@ pub struct AppState {
     pub mock_model: bool,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The cluster this node belongs to (`None` when it runs alone).
+    pub cluster: Option<Arc<Cluster>>,
 }

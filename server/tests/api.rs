@@ -729,38 +729,11 @@ async fn metrics_count_what_happened() {
 }
 
 /// The store against a real SurrealDB server over `ws://` (namespace and database created,
-/// credentials used, migrations applied). Needs a `surreal` binary, which takes long to
-/// build here, so it is ignored by default; see the README for how to run it.
+/// credentials used, migrations applied).
 #[tokio::test]
-#[ignore = "needs a SurrealDB server binary in RELAY_TEST_SURREAL_BIN"]
 async fn remote_surrealdb_over_websocket() {
-    let bin = std::env::var("RELAY_TEST_SURREAL_BIN").expect("RELAY_TEST_SURREAL_BIN names a surreal binary");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _surreal = KillOnDrop(
-        std::process::Command::new(bin)
-            .args(["start", "--bind", &format!("127.0.0.1:{port}"), "--user", "root", "--pass", "root-pass", "memory"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("surreal starts"),
-    );
-    let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "surreal did not come up");
+    let surreal = common::SurrealServer::start().await;
+    let port = surreal.port;
     let url = format!("ws://127.0.0.1:{port}");
     let server = TestServer::with(&[
         ("DATABASE_URL", url.as_str()),

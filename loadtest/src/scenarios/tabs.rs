@@ -1,6 +1,10 @@
 //! `tabs`: sessions each watched by several tabs (WebSocket connections of one user). One
 //! tab per session sends; every tab receives the reply. Measures delivery across all tabs
 //! and the skew between the tabs of a session (per delta, last arrival − first arrival).
+//!
+//! With a peer (another node of the same cluster), every other tab connects there: the
+//! server's tabs subscribe first, so the server owns every session and the peer relays it,
+//! and the report gives delivery on each node apart.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +40,9 @@ pub struct TabsConfig {
     pub content: String,
     /// Longest silence allowed while replies are awaited (s).
     pub reply_timeout_secs: u64,
+    /// Another node of the cluster (`http://host:port`): odd tabs connect there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 impl Default for TabsConfig {
@@ -47,6 +54,7 @@ impl Default for TabsConfig {
             think_ms: 200,
             content: super::DEFAULT_CONTENT.into(),
             reply_timeout_secs: 60,
+            peer: None,
         }
     }
 }
@@ -71,6 +79,18 @@ pub struct TabsReport {
     pub errors: Errors,
     /// The server process, when its pid is known.
     pub server: Option<ServerFigures>,
+    /// With a peer: the replies as the tabs on each node received them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_node: Option<ByNode>,
+}
+
+/// Replies on the node that owns the sessions and on the node that relays them.
+#[derive(Clone, Debug, Serialize)]
+pub struct ByNode {
+    /// Tabs on the server (the sessions' owner).
+    pub owner: Replies,
+    /// Tabs on the peer (which relays the owner's events).
+    pub relay: Replies,
 }
 
 impl fmt::Display for TabsReport {
@@ -82,6 +102,12 @@ impl fmt::Display for TabsReport {
             c.sessions, c.tabs, c.messages, c.think_ms
         )?;
         self.replies.write(f, &[("skew between tabs", &self.skew), ("connect + auth", &self.connect)])?;
+        if let Some(by_node) = &self.by_node {
+            writeln!(f, "tabs on the owner node:")?;
+            by_node.owner.write(f, &[])?;
+            writeln!(f, "tabs on the relaying node:")?;
+            by_node.relay.write(f, &[])?;
+        }
         line(f, "tabs subscribed", self.connections)?;
         line(f, "duration", format!("{:.2} s", self.duration_secs))?;
         line(f, "errors", &self.errors)?;
@@ -113,33 +139,38 @@ pub async fn run(target: &Target, config: &TabsConfig) -> anyhow::Result<TabsRep
     let monitor = target.monitor();
     let (live, progress) = live(target.progress);
 
-    // Open and subscribe every tab first, so every tab sees every reply whole.
-    let opened: Vec<_> = stream::iter(
-        sessions
-            .iter()
-            .enumerate()
-            .flat_map(|(s, (token, id))| (0..config.tabs).map(move |t| (s, t, token.clone(), *id))),
-    )
-    .map(|(s, t, token, id)| {
-        let endpoint = endpoint.clone();
-        async move {
-            let (mut conn, latency) = endpoint.connect(&token).await?;
-            conn.subscribe(id).await?;
-            Ok::<_, Error>((s, t, id, conn, latency))
-        }
-    })
-    .buffer_unordered(CONNECT_CONCURRENCY)
-    .collect()
-    .await;
+    // Open and subscribe every tab first, so every tab sees every reply whole. With a peer,
+    // the server's tabs (even) first, so the server owns the sessions; then the peer's (odd).
+    let peer = match &config.peer {
+        Some(url) => Some(Endpoint::new(&Target { server: url.clone(), ..target.clone() }).await?),
+        None => None,
+    };
+    let on_peer = |t: usize| peer.is_some() && t % 2 == 1;
     let mut connect = Samples::default();
     let mut tabs = Vec::new();
-    for result in opened {
-        match result {
-            Ok((s, t, id, conn, latency)) => {
-                connect.record(latency);
-                tabs.push((s, t, id, conn));
+    for phase in [false, true] {
+        let opened: Vec<_> = stream::iter(sessions.iter().enumerate().flat_map(|(s, (token, id))| {
+            (0..config.tabs).filter(move |t| on_peer(*t) == phase).map(move |t| (s, t, token.clone(), *id))
+        }))
+        .map(|(s, t, token, id)| {
+            let endpoint = if phase { peer.clone().expect("peer tabs need a peer") } else { endpoint.clone() };
+            async move {
+                let (mut conn, latency) = endpoint.connect(&token).await?;
+                conn.subscribe(id).await?;
+                Ok::<_, Error>((s, t, id, conn, latency))
             }
-            Err(e) => errors.add(e.key()),
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+        for result in opened {
+            match result {
+                Ok((s, t, id, conn, latency)) => {
+                    connect.record(latency);
+                    tabs.push((s, t, id, conn));
+                }
+                Err(e) => errors.add(e.key()),
+            }
         }
     }
     Live::add(&live.connections, tabs.len() as i64);
@@ -153,21 +184,25 @@ pub async fn run(target: &Target, config: &TabsConfig) -> anyhow::Result<TabsRep
         .map(|(s, t, id, conn)| {
             let (expected_tx, live, config) = (expected[s].clone(), live.clone(), config.clone());
             let sender = t == 0;
-            (s, tokio::spawn(async move { tab(conn, id, sender, expected_tx, &config, &live).await }))
+            (s, on_peer(t), tokio::spawn(async move { tab(conn, id, sender, expected_tx, &config, &live).await }))
         })
         .collect();
     let mut per_session: HashMap<usize, Vec<Vec<(u64, Instant)>>> = HashMap::new();
-    let mut all = Measured::default();
-    for (s, handle) in handles {
+    let (mut owner, mut relay) = (Measured::default(), Measured::default());
+    for (s, relayed, handle) in handles {
+        let node = if relayed { &mut relay } else { &mut owner };
         match handle.await {
             Ok(tab) => {
                 per_session.entry(s).or_default().push(tab.arrivals);
-                all.merge(tab.m);
+                node.merge(tab.m);
             }
-            Err(_) => all.errors.add("panic"),
+            Err(_) => node.errors.add("panic"),
         }
     }
     let duration = secs_since(start);
+    let by_node = peer.is_some().then(|| ByNode { owner: owner.replies(duration), relay: relay.replies(duration) });
+    let mut all = owner;
+    all.merge(relay);
     drop(progress);
     let server = match monitor {
         Some(m) => Some(m.finish(Duration::from_secs(target.settle_secs)).await),
@@ -196,6 +231,7 @@ pub async fn run(target: &Target, config: &TabsConfig) -> anyhow::Result<TabsRep
         skew: skew.summary(),
         errors,
         server,
+        by_node,
     })
 }
 

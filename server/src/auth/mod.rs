@@ -50,7 +50,7 @@ pub enum AuthError {
 }
 
 /// An authenticated caller, derived from a verified token alone (no database read).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuthUser {
     /// The user id (`sub`).
     pub id: Uuid,

@@ -168,18 +168,39 @@ async fn healthz() -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "The database answers; `redis` says where limits are kept"), (status = 503, description = "The database does not answer")))]
-/// `GET /readyz`: ready when the database answers; says where limits are kept (`redis`:
-/// `up`, `down` (limits kept in process meanwhile, still ready) or `disabled`).
+    responses((status = 200, description = "The database answers (and, in a cluster, Redis); says which node answered and where limits are kept"), (status = 503, description = "The database (or, in a cluster, Redis) does not answer")))]
+/// `GET /readyz`: ready when the database answers and, in a cluster, the node is connected
+/// to Redis (it cannot claim or reach sessions without it). Says which node answered
+/// (`node_id`), where limits are kept (`redis`: `up`, `down` (limits kept in process
+/// meanwhile) or `disabled`) and, in a cluster, its state (`cluster`: `up` or `down`, and
+/// `nodes`, the live node processes).
 async fn readyz(State(state): State<AppState>) -> Response {
     let redis = state.limiter.redis_status().as_str();
-    match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready", "database": "up", "redis": redis})).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: database unreachable");
-            let body = serde_json::json!({"status": "unavailable", "database": "down", "redis": redis});
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    let database = state.store.ping().await;
+    if let Err(e) = &database {
+        tracing::warn!(error = %e, "not ready: database unreachable");
+    }
+    let mut body = serde_json::json!({
+        "status": "ready",
+        "node_id": state.config.node_id,
+        "database": if database.is_ok() { "up" } else { "down" },
+        "redis": redis,
+    });
+    let mut ready = database.is_ok();
+    if let Some(cluster) = &state.cluster {
+        let up = cluster.is_connected();
+        ready &= up;
+        body["cluster"] = serde_json::json!(if up { "up" } else { "down" });
+        body["nodes"] = serde_json::json!(cluster.live_instances());
+        if !up {
+            body["redis"] = serde_json::json!("down");
         }
+    }
+    if ready {
+        Json(body).into_response()
+    } else {
+        body["status"] = serde_json::json!("unavailable");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

@@ -75,7 +75,7 @@ pub struct Rate {
 }
 
 /// What a limit said about one event; what `X-RateLimit-*` headers carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateDecision {
     /// Whether the event was let through (and counted).
     pub allowed: bool,

@@ -194,6 +194,18 @@ pub enum SessionMsg {
         /// Which arming it was.
         epoch: u64,
     },
+    /// A receiver on another node stopped watching.
+    RemoteUnsubscribe {
+        /// The node instance it lives in.
+        instance: Arc<str>,
+        /// Its id there.
+        receiver: ReceiverId,
+    },
+    /// A node instance left the cluster: its receivers watch no more.
+    InstanceGone {
+        /// The instance.
+        instance: Arc<str>,
+    },
     /// Misbehave on purpose (tests of supervision and of slow sessions).
     #[cfg(feature = "fault-injection")]
     Fault(Fault),
@@ -307,6 +319,9 @@ pub struct SessionState {
     current: Option<Running>,
     seq: u64,
     receivers: Vec<Receiver>,
+    /// Receivers on other nodes: the session's events are published once for all of them
+    /// (their nodes fan them out), and they count as watchers for the cancel grace.
+    remote_watchers: HashSet<(Arc<str>, ReceiverId)>,
     next_generation: u64,
     epoch: u64,
     grace_armed: Option<u64>,
@@ -337,6 +352,7 @@ impl Actor for SessionActor {
             current: None,
             seq: 0,
             receivers: Vec::new(),
+            remote_watchers: HashSet::new(),
             next_generation: 0,
             epoch: 0,
             grace_armed: None,
@@ -443,8 +459,14 @@ impl SessionState {
                     self.start_next(myself);
                 }
             }
+            SessionMsg::RemoteUnsubscribe { instance, receiver } => {
+                self.remote_watchers.remove(&(instance, receiver));
+            }
+            SessionMsg::InstanceGone { instance } => {
+                self.remote_watchers.retain(|(i, _)| *i != instance);
+            }
             SessionMsg::GraceExpired { epoch } => {
-                if self.grace_armed == Some(epoch) && self.receivers.is_empty() {
+                if self.grace_armed == Some(epoch) && !self.watched() {
                     self.grace_armed = None;
                     self.abandon().await;
                 }
@@ -475,6 +497,13 @@ impl SessionState {
 
     fn subscribe(&mut self, user_id: Uuid, receiver: Receiver, request_id: Option<String>) -> Result<(), SessionError> {
         self.check_owner(user_id)?;
+        if let Some(instance) = receiver.remote_instance() {
+            if receiver.kind == ReceiverKind::Connection {
+                receiver.deliver(&Outbound::new(self.snapshot(request_id)));
+            }
+            self.remote_watchers.insert((instance.clone(), receiver.id));
+            return Ok(());
+        }
         self.receivers.retain(|r| r.id != receiver.id);
         if receiver.kind == ReceiverKind::Connection {
             let snapshot = Outbound::new(self.snapshot(request_id));
@@ -521,11 +550,17 @@ impl SessionState {
         }
     }
 
-    /// Numbers a session event, encodes it once, and queues it for every receiver.
+    /// Numbers a session event, encodes it once, and queues it for every receiver (and
+    /// publishes it once for the nodes that relay it to theirs).
     fn emit(&mut self, make: impl FnOnce(u64) -> ServerFrame) {
         self.seq += 1;
         let out = Outbound::new(make(self.seq));
         let session_id = self.session.id;
+        if !self.remote_watchers.is_empty()
+            && let Some(cluster) = &self.deps.cluster
+        {
+            cluster.publish_event(session_id, &out);
+        }
         self.receivers.retain(|r| match r.deliver(&out) {
             Delivery::Queued => true,
             Delivery::Gone => false,
@@ -794,7 +829,11 @@ impl SessionState {
 
     /// Subscribes the sender if it is not watching yet (`send` subscribes its connection).
     fn watch(&mut self, origin: &Receiver) -> Result<(), SessionError> {
-        if self.receivers.iter().any(|r| r.id == origin.id) {
+        let watching = match origin.remote_instance() {
+            Some(instance) => self.remote_watchers.contains(&(instance.clone(), origin.id)),
+            None => self.receivers.iter().any(|r| r.id == origin.id),
+        };
+        if watching {
             return Ok(());
         }
         self.subscribe(self.owner, origin.clone(), None)
@@ -1106,7 +1145,12 @@ impl SessionState {
     // ---- timers, failure and stopping ------------------------------------------------------
 
     fn is_idle(&self) -> bool {
-        self.receivers.is_empty() && self.current.is_none() && self.queue.is_empty()
+        !self.watched() && self.current.is_none() && self.queue.is_empty()
+    }
+
+    /// Whether anyone watches, here or on another node.
+    fn watched(&self) -> bool {
+        !self.receivers.is_empty() || !self.remote_watchers.is_empty()
     }
 
     /// Brings the timers in line with the state after every message: nobody watching a
@@ -1114,7 +1158,7 @@ impl SessionState {
     /// going on arms the idle stop; anyone watching disarms both.
     async fn reconcile(&mut self, myself: &ActorRef<SessionMsg>) {
         self.receivers.retain(|r| !r.is_closed());
-        if !self.receivers.is_empty() {
+        if self.watched() {
             self.grace_armed = None;
             self.idle_armed = None;
             return;
@@ -1161,7 +1205,17 @@ impl SessionState {
     }
 
     fn stop(&mut self, myself: &ActorRef<SessionMsg>) {
-        self.ending.get_or_insert(Ending::Stopping);
+        let ending = *self.ending.get_or_insert(Ending::Stopping);
+        // Watchers on other nodes keep their connections: tell them to subscribe again
+        // (to wherever the session runs next).
+        if ending == Ending::Stopping
+            && !self.remote_watchers.is_empty()
+            && let Some(cluster) = &self.deps.cluster
+        {
+            let error = ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue");
+            let out = Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error });
+            cluster.publish_event(self.session.id, &out);
+        }
         if let Some(registry) = self.registry.upgrade() {
             registry.forget(self.session.id, myself);
         }

@@ -10,6 +10,7 @@
 
 mod actor;
 mod registry;
+mod remote;
 mod slots;
 
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub enum SessionError {
     /// The session's actor kept stopping under the call (retries exhausted).
     #[error("session unavailable")]
     Unavailable,
+    /// Another node instance of the cluster runs the session (it holds the lease).
+    #[error("the session runs on {0}")]
+    Elsewhere(Arc<str>),
     /// The request ended with an error the session already shaped for clients (a failed
     /// reply, or a queued send dropped because the session was deleted).
     #[error("{}", .0.message)]
@@ -76,7 +80,7 @@ impl From<SessionError> for AppError {
             SessionError::Invalid(m) => AppError::BadRequest(m),
             SessionError::Store(e) => AppError::Store(e),
             SessionError::ShuttingDown => AppError::SHUTTING_DOWN,
-            SessionError::Unavailable => {
+            SessionError::Unavailable | SessionError::Elsewhere(_) => {
                 AppError::Unavailable { reason: "the session is restarting; retry", retry_after_ms: 100 }
             }
             SessionError::Reported(body) => AppError::Reported(body),
@@ -132,6 +136,8 @@ pub struct SessionDeps {
     pub limiter: Arc<crate::limits::Limiter>,
     /// Shared settings.
     pub settings: SessionSettings,
+    /// The cluster this node belongs to (`None`: a single node owns every session).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The answer to an accepted send.

@@ -5,16 +5,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorRef};
-use relay_protocol::Session;
+use relay_protocol::{MessageStatus, ServerFrame, Session};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::actor::{self, ReplaceRequest, SendRequest, SessionActor, SessionArgs, SessionMsg};
+use super::remote::{FromRemote, Origin, RemoteAnswer, RemoteCall, RemoteError, RemoteOp, RemoteResult};
 use super::slots::Slots;
 use super::{SendAccepted, SessionDeps, SessionError};
 use crate::auth::AuthUser;
-use crate::fanout::{Receiver, ReceiverId};
+use crate::cluster::{Claim, ClusterHandler, Peer};
+use crate::fanout::{Outbound, Receiver, ReceiverId, RemoteSink};
 
 /// How often a call is retried when it reached an actor that was just stopping.
 const RETRIES: usize = 3;
@@ -55,37 +58,70 @@ impl SessionRegistry {
 
     /// The actor of a session, started on first use (see [`Slots`]). Each started actor is
     /// watched: however it ends (stopped, panicked, killed) it is forgotten, so the next
-    /// use starts a fresh one.
+    /// use starts a fresh one. In a cluster the session's lease is claimed first; when
+    /// another instance holds it, the answer is [`SessionError::Elsewhere`].
     async fn actor(&self, session_id: Uuid) -> Result<ActorRef<SessionMsg>, SessionError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(SessionError::ShuttingDown);
         }
         self.actors
             .get_or_start(&session_id, || async {
-                let record = self.deps.store.get_session(session_id).await?.ok_or(SessionError::NotFound)?;
-                let history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
-                let args = SessionArgs {
-                    record,
-                    history,
-                    deps: self.deps.clone(),
-                    registry: self.me.clone(),
-                    closing: self.closing.clone(),
-                };
-                let (actor, ended) = Actor::spawn(None, SessionActor, args).await.map_err(|e| {
-                    tracing::error!(%session_id, error = %e, "session actor failed to start");
-                    SessionError::Unavailable
-                })?;
-                self.started.fetch_add(1, Ordering::Relaxed);
-                let (registry, watched) = (self.me.clone(), actor.clone());
-                tokio::spawn(async move {
-                    let _ = ended.await;
-                    if let Some(registry) = registry.upgrade() {
-                        registry.forget(session_id, &watched);
+                let cluster = self.deps.cluster.clone();
+                if let Some(cluster) = &cluster {
+                    match cluster.claim(session_id).await {
+                        Ok(Claim::Mine) => {}
+                        Ok(Claim::Held(owner)) => return Err(SessionError::Elsewhere(owner)),
+                        Err(e) => {
+                            tracing::warn!(%session_id, error = %e, "cannot claim the session's lease");
+                            return Err(SessionError::Unavailable);
+                        }
                     }
-                });
-                Ok(actor)
+                }
+                let started = self.start_actor(session_id).await;
+                if let (Err(_), Some(cluster)) = (&started, &cluster) {
+                    cluster.release(session_id).await;
+                }
+                started
             })
             .await
+    }
+
+    /// Loads a session and starts its actor (the lease, in a cluster, is already held).
+    async fn start_actor(&self, session_id: Uuid) -> Result<ActorRef<SessionMsg>, SessionError> {
+        let record = self.deps.store.get_session(session_id).await?.ok_or(SessionError::NotFound)?;
+        let mut history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
+        // No actor runs this session anywhere else, so a reply still marked generating was
+        // cut off with the process that ran it (killed, or a node that died).
+        if history.iter().any(|m| m.status == MessageStatus::Generating) {
+            let failed = self.deps.store.fail_interrupted_replies_of(session_id).await?;
+            tracing::warn!(%session_id, failed, "a reply cut off by a stopped node is stored as error");
+            for message in history.iter_mut().filter(|m| m.status == MessageStatus::Generating) {
+                message.status = MessageStatus::Error;
+            }
+        }
+        let args = SessionArgs {
+            record,
+            history,
+            deps: self.deps.clone(),
+            registry: self.me.clone(),
+            closing: self.closing.clone(),
+        };
+        let (actor, ended) = Actor::spawn(None, SessionActor, args).await.map_err(|e| {
+            tracing::error!(%session_id, error = %e, "session actor failed to start");
+            SessionError::Unavailable
+        })?;
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let (registry, watched) = (self.me.clone(), actor.clone());
+        tokio::spawn(async move {
+            let _ = ended.await;
+            if let Some(registry) = registry.upgrade() {
+                registry.forget(session_id, &watched);
+                if let Some(cluster) = &registry.deps.cluster {
+                    cluster.release(session_id).await;
+                }
+            }
+        });
+        Ok(actor)
     }
 
     /// Forgets a session's actor (if it is still the registered one), so the next use
@@ -94,30 +130,90 @@ impl SessionRegistry {
         self.actors.forget_if(&session_id, |a| a.get_id() == actor.get_id());
     }
 
-    /// Sends a request to a session's actor and waits for the answer, retrying on a fresh
-    /// actor if the first one stopped before answering. Retrying is safe: a send carries
-    /// its message id from here, and storing a message twice under one id keeps one row.
-    async fn call<T>(
+    /// Where a session runs: its actor here, or the instance that holds its lease.
+    async fn locate(&self, session_id: Uuid) -> Result<Place, SessionError> {
+        if let Some(actor) = self.actors.get(&session_id) {
+            return Ok(Place::Here(actor));
+        }
+        match self.actor(session_id).await {
+            Ok(actor) => Ok(Place::Here(actor)),
+            Err(SessionError::Elsewhere(owner)) => Ok(Place::There(owner)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a session operation where the session lives. Here: a message to its actor,
+    /// retried on a fresh actor if the first one stopped before answering (safe: a send
+    /// carries its message id from here, and storing a message twice under one id keeps
+    /// one row). On another node: the request is forwarded to it, after `watcher` (the
+    /// receiver the operation subscribes, if any) is set to get the session's events
+    /// here. With `forward` false (a request another node forwarded) a session owned
+    /// elsewhere answers [`SessionError::Elsewhere`] instead of forwarding again.
+    async fn call<T: FromRemote>(
         &self,
         session_id: Uuid,
         make: impl Fn(oneshot::Sender<Result<T, SessionError>>) -> SessionMsg,
+        remote: RemoteOp,
+        watcher: Option<&Receiver>,
+        forward: bool,
     ) -> Result<T, SessionError> {
         for _ in 0..RETRIES {
-            let actor = self.actor(session_id).await?;
-            let (tx, rx) = oneshot::channel();
-            if actor.send_message(make(tx)).is_err() {
-                self.forget(session_id, &actor);
-                continue;
-            }
-            match rx.await {
-                Ok(result) => return result,
-                Err(_) => {
-                    self.forget(session_id, &actor);
-                    continue;
+            let owner = match self.locate(session_id).await? {
+                Place::Here(actor) => {
+                    let (tx, rx) = oneshot::channel();
+                    if actor.send_message(make(tx)).is_err() {
+                        self.forget(session_id, &actor);
+                        continue;
+                    }
+                    match rx.await {
+                        Ok(result) => return result,
+                        Err(_) => {
+                            self.forget(session_id, &actor);
+                            continue;
+                        }
+                    }
                 }
+                Place::There(owner) if !forward => return Err(SessionError::Elsewhere(owner)),
+                Place::There(owner) => owner,
+            };
+            match self.forward(session_id, &owner, remote.clone(), watcher).await {
+                Err(RemoteError::NotOwner) => continue,
+                Ok(answer) => return T::from_remote(answer),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(if self.closing.load(Ordering::Acquire) { SessionError::ShuttingDown } else { SessionError::Unavailable })
+    }
+
+    /// Forwards an operation to the instance that owns the session. `watcher` is set to
+    /// get the session's events here first, and taken out again if the owner refuses.
+    async fn forward(
+        &self,
+        session_id: Uuid,
+        owner: &Arc<str>,
+        op: RemoteOp,
+        watcher: Option<&Receiver>,
+    ) -> RemoteResult {
+        let cluster = self.deps.cluster.as_ref().ok_or(RemoteError::Unavailable)?;
+        let fresh = match watcher {
+            Some(receiver) => cluster.attach(session_id, owner, receiver).await.map_err(|e| {
+                tracing::warn!(%session_id, error = %e, "cannot relay the session");
+                RemoteError::Unavailable
+            })?,
+            None => false,
+        };
+        let call = serde_json::to_value(RemoteCall { session_id, op }).expect("calls always encode");
+        let result = match cluster.request(owner, call).await {
+            Ok(body) => serde_json::from_value(body).unwrap_or(Err(RemoteError::Unavailable)),
+            Err(e) => {
+                tracing::warn!(%session_id, %owner, error = %e, "forwarded request failed");
+                Err(RemoteError::Unavailable)
+            }
+        };
+        if let (Err(_), true, Some(receiver)) = (&result, fresh, watcher) {
+            cluster.detach(session_id, receiver.id);
+        }
+        result
     }
 
     /// Adds a receiver to a session; a connection gets a `subscribed` snapshot first.
@@ -128,29 +224,62 @@ impl SessionRegistry {
         receiver: Receiver,
         request_id: Option<String>,
     ) -> Result<(), SessionError> {
-        let user_id = user.id;
-        self.call(session_id, |reply| SessionMsg::Subscribe {
-            user_id,
-            receiver: receiver.clone(),
-            request_id: request_id.clone(),
-            reply,
-        })
+        self.subscribe_from(user.id, session_id, receiver, request_id, true).await
+    }
+
+    async fn subscribe_from(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        receiver: Receiver,
+        request_id: Option<String>,
+        forward: bool,
+    ) -> Result<(), SessionError> {
+        let op = RemoteOp::Subscribe { user_id, origin: origin_of(&receiver), request_id: request_id.clone() };
+        self.call(
+            session_id,
+            |reply| SessionMsg::Subscribe {
+                user_id,
+                receiver: receiver.clone(),
+                request_id: request_id.clone(),
+                reply,
+            },
+            op,
+            Some(&receiver),
+            forward,
+        )
         .await
     }
 
     /// Removes a receiver from a session (a no-op if the session has no live actor).
     /// With `notify`, the actor answers `unsubscribed` (echoing the request id) to that
     /// receiver. Returns false when no live actor took the message, so the caller answers.
+    /// A session relayed from another node stops reaching the receiver at once, and its
+    /// owner is told (so its cancel grace counts without it).
     pub fn unsubscribe(
         &self,
         session_id: Uuid,
         receiver: ReceiverId,
         notify: Option<(Receiver, Option<String>)>,
     ) -> bool {
-        match self.actors.get(&session_id) {
-            Some(actor) => actor.send_message(SessionMsg::Unsubscribe { receiver, notify }).is_ok(),
-            None => false,
+        if let Some(actor) = self.actors.get(&session_id) {
+            return actor.send_message(SessionMsg::Unsubscribe { receiver, notify }).is_ok();
         }
+        let Some(cluster) = &self.deps.cluster else { return false };
+        let Some(owner) = cluster.detach(session_id, receiver) else { return false };
+        self.unsubscribe_at(session_id, owner, receiver);
+        if let Some((to, id)) = notify {
+            to.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id }));
+        }
+        true
+    }
+
+    /// Tells a session's owner that a receiver here no longer watches it (in the background).
+    fn unsubscribe_at(&self, session_id: Uuid, owner: Arc<str>, receiver: ReceiverId) {
+        let Some(registry) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            let _ = registry.forward(session_id, &owner, RemoteOp::Unsubscribe { receiver }, None).await;
+        });
     }
 
     /// Stores a user message and queues its reply; `origin` is subscribed if it is not yet.
@@ -162,11 +291,37 @@ impl SessionRegistry {
         origin: Receiver,
         request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
-        let message_id = Uuid::new_v4();
-        self.call(session_id, |reply| SessionMsg::Send {
-            request: SendRequest::new(user, message_id, &content, &origin, &request_id),
-            reply,
-        })
+        self.send_from(user, session_id, Uuid::new_v4(), content, origin, request_id, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_from(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        message_id: Uuid,
+        content: String,
+        origin: Receiver,
+        request_id: Option<String>,
+        forward: bool,
+    ) -> Result<SendAccepted, SessionError> {
+        let op = RemoteOp::Send {
+            user: user.clone(),
+            message_id,
+            content: content.clone(),
+            origin: origin_of(&origin),
+            request_id: request_id.clone(),
+        };
+        self.call(
+            session_id,
+            |reply| SessionMsg::Send {
+                request: SendRequest::new(user, message_id, &content, &origin, &request_id),
+                reply,
+            },
+            op,
+            Some(&origin),
+            forward,
+        )
         .await
     }
 
@@ -178,10 +333,29 @@ impl SessionRegistry {
         origin: Receiver,
         request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
-        self.call(session_id, |reply| SessionMsg::Regenerate {
-            request: ReplaceRequest { user: user.clone(), origin: origin.clone(), request_id: request_id.clone() },
-            reply,
-        })
+        self.regenerate_from(user, session_id, origin, request_id, true).await
+    }
+
+    async fn regenerate_from(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        origin: Receiver,
+        request_id: Option<String>,
+        forward: bool,
+    ) -> Result<SendAccepted, SessionError> {
+        let op =
+            RemoteOp::Regenerate { user: user.clone(), origin: origin_of(&origin), request_id: request_id.clone() };
+        self.call(
+            session_id,
+            |reply| SessionMsg::Regenerate {
+                request: ReplaceRequest { user: user.clone(), origin: origin.clone(), request_id: request_id.clone() },
+                reply,
+            },
+            op,
+            Some(&origin),
+            forward,
+        )
         .await
     }
 
@@ -195,33 +369,127 @@ impl SessionRegistry {
         origin: Receiver,
         request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
-        let message_id = Uuid::new_v4();
-        self.call(session_id, |reply| SessionMsg::Edit {
+        self.edit_from(user, session_id, replaced, Uuid::new_v4(), content, origin, request_id, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn edit_from(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        replaced: Uuid,
+        message_id: Uuid,
+        content: String,
+        origin: Receiver,
+        request_id: Option<String>,
+        forward: bool,
+    ) -> Result<SendAccepted, SessionError> {
+        let op = RemoteOp::Edit {
+            user: user.clone(),
             replaced,
-            request: SendRequest::new(user, message_id, &content, &origin, &request_id),
-            reply,
-        })
+            message_id,
+            content: content.clone(),
+            origin: origin_of(&origin),
+            request_id: request_id.clone(),
+        };
+        self.call(
+            session_id,
+            |reply| SessionMsg::Edit {
+                replaced,
+                request: SendRequest::new(user, message_id, &content, &origin, &request_id),
+                reply,
+            },
+            op,
+            Some(&origin),
+            forward,
+        )
         .await
     }
 
     /// Cancels the running reply of a session, if any.
     pub async fn stop(&self, user: &AuthUser, session_id: Uuid) -> Result<(), SessionError> {
-        let user_id = user.id;
-        self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }).await
+        self.stop_from(user.id, session_id, true).await
+    }
+
+    async fn stop_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
+        let op = RemoteOp::Stop { user_id };
+        self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }, op, None, forward).await
     }
 
     /// Renames a session through its actor, so its snapshots show the new title at once.
     pub async fn rename(&self, user: &AuthUser, session_id: Uuid, title: &str) -> Result<Session, SessionError> {
-        let user_id = user.id;
-        self.call(session_id, |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply }).await
+        self.rename_from(user.id, session_id, title, true).await
+    }
+
+    async fn rename_from(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        title: &str,
+        forward: bool,
+    ) -> Result<Session, SessionError> {
+        let op = RemoteOp::Rename { user_id, title: title.to_string() };
+        self.call(
+            session_id,
+            |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply },
+            op,
+            None,
+            forward,
+        )
+        .await
     }
 
     /// Deletes a session through its actor: the soft delete is one step in its mailbox, so
     /// every send handled before it is stored and every send after it is `not_found`. The
     /// running reply is cancelled, queued sends are answered `not_found`, and the actor stops.
     pub async fn delete(&self, user: &AuthUser, session_id: Uuid) -> Result<(), SessionError> {
-        let user_id = user.id;
-        self.call(session_id, |reply| SessionMsg::Delete { user_id, reply }).await
+        self.delete_from(user.id, session_id, true).await
+    }
+
+    async fn delete_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
+        let op = RemoteOp::Delete { user_id };
+        self.call(session_id, |reply| SessionMsg::Delete { user_id, reply }, op, None, forward).await
+    }
+
+    /// Answers a request another node forwarded: the session must run here (or start
+    /// here, if nobody holds its lease); receivers it names live on that node.
+    async fn answer(&self, peer: Peer, call: RemoteCall) -> RemoteResult {
+        let session_id = call.session_id;
+        let sink: Arc<dyn RemoteSink> = Arc::new(peer.clone());
+        let receiver = |origin: Origin| Receiver::remote(origin.id, origin.kind, sink.clone());
+        let result = match call.op {
+            RemoteOp::Subscribe { user_id, origin, request_id } => self
+                .subscribe_from(user_id, session_id, receiver(origin), request_id, false)
+                .await
+                .map(FromRemote::into_remote),
+            RemoteOp::Unsubscribe { receiver } => {
+                if let Some(actor) = self.actors.get(&session_id) {
+                    let _ = actor
+                        .send_message(SessionMsg::RemoteUnsubscribe { instance: peer.instance().clone(), receiver });
+                }
+                Ok(RemoteAnswer::Done)
+            }
+            RemoteOp::Send { user, message_id, content, origin, request_id } => self
+                .send_from(&user, session_id, message_id, content, receiver(origin), request_id, false)
+                .await
+                .map(FromRemote::into_remote),
+            RemoteOp::Regenerate { user, origin, request_id } => self
+                .regenerate_from(&user, session_id, receiver(origin), request_id, false)
+                .await
+                .map(FromRemote::into_remote),
+            RemoteOp::Edit { user, replaced, message_id, content, origin, request_id } => self
+                .edit_from(&user, session_id, replaced, message_id, content, receiver(origin), request_id, false)
+                .await
+                .map(FromRemote::into_remote),
+            RemoteOp::Stop { user_id } => self.stop_from(user_id, session_id, false).await.map(FromRemote::into_remote),
+            RemoteOp::Rename { user_id, title } => {
+                self.rename_from(user_id, session_id, &title, false).await.map(FromRemote::into_remote)
+            }
+            RemoteOp::Delete { user_id } => {
+                self.delete_from(user_id, session_id, false).await.map(FromRemote::into_remote)
+            }
+        };
+        result.map_err(RemoteError::from)
     }
 
     /// Shuts the sessions down in order: first no new work is accepted (no actor starts,
@@ -244,6 +512,58 @@ impl SessionRegistry {
     pub async fn inject_fault(&self, session_id: Uuid, fault: super::Fault) -> Result<(), SessionError> {
         let actor = self.actor(session_id).await?;
         actor.send_message(SessionMsg::Fault(fault)).map_err(|_| SessionError::Unavailable)
+    }
+}
+
+/// Where a session runs.
+enum Place {
+    /// Here: its actor.
+    Here(ActorRef<SessionMsg>),
+    /// On another node instance, which holds its lease.
+    There(Arc<str>),
+}
+
+/// A receiver as a forwarded request names it.
+fn origin_of(receiver: &Receiver) -> Origin {
+    Origin { id: receiver.id, kind: receiver.kind }
+}
+
+impl ClusterHandler for SessionRegistry {
+    fn request(&self, from: Peer, body: serde_json::Value) -> BoxFuture<'static, serde_json::Value> {
+        let registry = self.me.upgrade();
+        Box::pin(async move {
+            let result: RemoteResult = match (registry, serde_json::from_value::<RemoteCall>(body)) {
+                (Some(registry), Ok(call)) => registry.answer(from, call).await,
+                (None, _) => Err(RemoteError::ShuttingDown),
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "undecodable forwarded request");
+                    Err(RemoteError::Unavailable)
+                }
+            };
+            serde_json::to_value(result).expect("results always encode")
+        })
+    }
+
+    fn instance_gone(&self, instance: &str) {
+        let instance: Arc<str> = instance.into();
+        for actor in self.actors.values() {
+            let _ = actor.send_message(SessionMsg::InstanceGone { instance: instance.clone() });
+        }
+    }
+
+    fn lease_lost(&self, session_id: Uuid) {
+        if let Some(actor) = self.actors.get(&session_id) {
+            let (tx, _) = oneshot::channel();
+            let _ = actor.send_message(SessionMsg::Shutdown { reply: tx });
+        }
+    }
+
+    fn user_event(&self, user_id: Uuid, out: Outbound) {
+        self.deps.hub.deliver(user_id, &out);
+    }
+
+    fn receiver_closed(&self, session_id: Uuid, owner: Arc<str>, receiver: ReceiverId) {
+        self.unsubscribe_at(session_id, owner, receiver);
     }
 }
 

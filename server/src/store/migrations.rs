@@ -4,6 +4,13 @@
 //! in the `schema_migration` table; at start-up the server applies the ones after it, and
 //! refuses a database whose schema is newer than the migrations it was built with (an
 //! older server must not write into a schema it does not understand).
+//!
+//! Nodes of a cluster that start together may race to apply the same migration: each
+//! migration and its version record commit in one transaction, so one node's transaction
+//! wins and the others conflict; `Store::connect` then runs the whole apply again, which
+//! reads the version anew and skips what the winner applied. A migration whose version record
+//! another node committed after this one read the version fails as a duplicate; the
+//! version is read again then too.
 
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
@@ -62,7 +69,18 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
              {{ version: $version, name: $name, applied_at: time::now() }};\nCOMMIT TRANSACTION;",
             migration.sql
         );
-        db.query(sql).bind(serde_json::json!({"version": migration.version, "name": migration.name})).await?.check()?;
+        let applied = db
+            .query(sql)
+            .bind(serde_json::json!({"version": migration.version, "name": migration.name}))
+            .await
+            .and_then(|r| r.check());
+        if let Err(e) = applied {
+            // Another node may have committed this migration since the version was read.
+            if current_version(db).await? >= migration.version {
+                continue;
+            }
+            return Err(e.into());
+        }
     }
     current_version(db).await
 }

@@ -130,20 +130,25 @@ impl Store {
         if let Some((username, password)) = &config.credentials {
             db.signin(Root { username: username.clone(), password: password.clone() }).await?;
         }
-        if config.url.starts_with("ws") {
-            // A remote server may not have them yet; defining is idempotent.
-            db.query(format!(
-                "DEFINE NAMESPACE IF NOT EXISTS `{ns}`; USE NS `{ns}`; DEFINE DATABASE IF NOT EXISTS `{db}`;",
-                ns = config.namespace,
-                db = config.database
-            ))
-            .await?
-            .check()?;
-        }
-        db.use_ns(config.namespace.clone()).use_db(config.database.clone()).await?;
-        let store = Store { db: Arc::new(db) };
-        migrations::apply(&store.db, MIGRATIONS).await?;
-        Ok(store)
+        let db = Arc::new(db);
+        // Nodes of a cluster starting together define the namespace and apply migrations at
+        // the same moment; SurrealDB answers the losers of a race "can be retried".
+        retry_conflicts(|| async {
+            if config.url.starts_with("ws") {
+                // A remote server may not have them yet; defining is idempotent.
+                db.query(format!(
+                    "DEFINE NAMESPACE IF NOT EXISTS `{ns}`; USE NS `{ns}`; DEFINE DATABASE IF NOT EXISTS `{db}`;",
+                    ns = config.namespace,
+                    db = config.database
+                ))
+                .await?
+                .check()?;
+            }
+            db.use_ns(config.namespace.clone()).use_db(config.database.clone()).await?;
+            migrations::apply(&db, MIGRATIONS).await
+        })
+        .await?;
+        Ok(Store { db })
     }
 
     /// Applies a given list of migrations (for tests of the migration runner).
@@ -431,6 +436,19 @@ impl Store {
             .rows(
                 "UPDATE chat_message SET status = 'error' WHERE status = 'generating' RETURN record::id(id) AS id",
                 serde_json::json!({}),
+            )
+            .await?;
+        Ok(rows.len())
+    }
+
+    /// Marks one session's replies left `generating` as `error` (a node claiming a session
+    /// whose previous owner died); returns how many there were.
+    pub async fn fail_interrupted_replies_of(&self, session_id: Uuid) -> Result<usize, StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "UPDATE chat_message SET status = 'error' WHERE session_id = $id AND status = 'generating' \
+                 RETURN record::id(id) AS id",
+                serde_json::json!({"id": session_id}),
             )
             .await?;
         Ok(rows.len())

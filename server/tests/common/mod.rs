@@ -507,3 +507,74 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// Namespace and database [`SurrealServer::sql`] queries.
+const NS: &str = "relay_cluster";
+const DB: &str = "chat";
+
+/// The SurrealDB server binary: `RELAY_TEST_SURREAL_BIN`, or the one `scripts/test.sh` builds.
+pub fn surreal_bin() -> std::path::PathBuf {
+    if let Ok(bin) = std::env::var("RELAY_TEST_SURREAL_BIN") {
+        return bin.into();
+    }
+    let home = std::env::var("HOME").expect("HOME is set");
+    let bin = std::path::PathBuf::from(home).join(".cache/surreal-target/release/surreal");
+    assert!(
+        bin.exists(),
+        "no SurrealDB server at {}: run scripts/test.sh (it builds tools/surreal), or set RELAY_TEST_SURREAL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A SurrealDB server in memory on a free port; killed when dropped.
+pub struct SurrealServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl SurrealServer {
+    /// Starts one (root password `root-pass`) and waits until it answers.
+    pub async fn start() -> SurrealServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(surreal_bin())
+            .args(["start", "--bind", &format!("127.0.0.1:{port}"), "--user", "root", "--pass", "root-pass", "memory"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("surreal starts");
+        let server = SurrealServer { child, port };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("surreal did not come up on {port}");
+    }
+
+    /// Runs SurrealQL over its HTTP endpoint, in the cluster's namespace and database.
+    pub async fn sql(&self, query: &str) -> Value {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/sql", self.port))
+            .basic_auth("root", Some("root-pass"))
+            .header("surreal-ns", NS)
+            .header("surreal-db", DB)
+            .header("Accept", "application/json")
+            .body(query.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for SurrealServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

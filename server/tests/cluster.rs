@@ -1,0 +1,447 @@
+//! Several relay-server processes as one cluster: a real SurrealDB server, a real
+//! redis-server, the real binary two or three times, and one mock model they all call (so
+//! the tests see every upstream request, and when one is closed). Tabs on different nodes
+//! watch one session; the tests check what they see, what the model was asked, and what
+//! was stored.
+//!
+//! The SurrealDB server is the `surreal` binary built from `tools/surreal` (`scripts/test.sh`
+//! builds it once into `$HOME/.cache/surreal-target`); `RELAY_TEST_SURREAL_BIN` names another.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::flow::{self, events_of, started_reply, until_deltas, until_dones};
+use common::{Process, RedisServer, SECRET, SurrealServer, WAIT, Ws, assert_contiguous};
+use relay_mock_llm::{MockLlm, MockSettings};
+use relay_protocol::{ErrorCode, FinishReason, MessageStatus, ServerFrame, SessionWithMessages};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Lease time the test clusters run with: failover happens within it.
+const LEASE_MS: u64 = 2000;
+
+/// A cluster: the shared parts and its nodes (`None` while a node is down).
+struct Cluster {
+    nodes: Vec<Option<Process>>,
+    extra: Vec<(String, String)>,
+    mock: MockLlm,
+    redis: RedisServer,
+    surreal: SurrealServer,
+    dirs: Vec<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// `n` nodes (`a`, `b`, `c`), started at the same moment on a fresh database.
+    async fn start(n: usize, extra: &[(&str, &str)]) -> Cluster {
+        let mock = MockLlm::start(
+            MockSettings {
+                first_token_delay: Duration::from_millis(5),
+                tokens_per_second: 1000.0,
+                reply_tokens: 20,
+                ..MockSettings::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("mock starts");
+        let (surreal, redis) = (SurrealServer::start().await, RedisServer::start().await);
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            mock,
+            redis,
+            surreal,
+            dirs: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for i in 0..n {
+            cluster.dirs.push(tempfile::tempdir().unwrap());
+            let node = cluster.spawn(i);
+            cluster.nodes.push(Some(node));
+        }
+        for node in cluster.nodes.iter().flatten() {
+            node.ready(&cluster.http).await;
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Process {
+        let node_id = ["a", "b", "c"][i];
+        let db = format!("ws://127.0.0.1:{}", self.surreal.port);
+        let (redis, api_base, lease) = (self.redis.url(), self.mock.base_url(), LEASE_MS.to_string());
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("NODE_ID", node_id),
+            ("DATABASE_URL", &db),
+            ("DATABASE_USER", "root"),
+            ("DATABASE_PASS", "root-pass"),
+            ("DATABASE_NS", "relay_cluster"),
+            ("DATABASE_DB", "chat"),
+            ("REDIS_URL", &redis),
+            ("JWT_SECRET", SECRET),
+            ("SAMBANOVA_API_KEY", "test-key"),
+            ("SAMBANOVA_API_BASE", &api_base),
+            ("CLUSTER_LEASE_MS", &lease),
+            ("CHAT_CHECKPOINT_MS", "100"),
+            ("METRICS_TOKEN", "scrape"),
+        ];
+        vars.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Process::start_with(self.dirs[i].path(), &vars, std::process::Stdio::inherit())
+    }
+
+    fn node(&self, i: usize) -> &Process {
+        self.nodes[i].as_ref().expect("the node is running")
+    }
+
+    async fn register(&self, i: usize, name: &str) -> String {
+        self.node(i).register(&self.http, name).await.token
+    }
+
+    async fn session(&self, i: usize, token: &str) -> Uuid {
+        self.node(i).create_session(&self.http, token, None).await.id
+    }
+
+    /// Renames a session through node `i`, which makes that node its owner when nobody is.
+    async fn rename(&self, i: usize, token: &str, sid: Uuid, title: &str) -> reqwest::Response {
+        self.http
+            .patch(self.node(i).url(&format!("/api/v1/chat/sessions/{sid}")))
+            .bearer_auth(token)
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stored(&self, i: usize, token: &str, sid: Uuid) -> SessionWithMessages {
+        let body = self.node(i).get(&self.http, token, &format!("/api/v1/chat/sessions/{sid}")).await;
+        serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    /// Who holds a session's lease now, as Redis says.
+    async fn owner(&self, sid: Uuid) -> Option<String> {
+        let mut redis = self.redis.connection().await;
+        redis::cmd("GET").arg(format!("relay:lease:{sid}")).query_async(&mut redis).await.unwrap()
+    }
+}
+
+/// Subscribes and returns the snapshot's `seq`.
+async fn subscribe(ws: &mut Ws, sid: Uuid) -> u64 {
+    flow::subscribe(ws, sid).await.0
+}
+
+async fn send(ws: &mut Ws, sid: Uuid, id: &str, content: &str) {
+    flow::send(ws, sid, id, content).await;
+}
+
+/// Frames until `count` replies of the session ended, with the time it took.
+async fn replies(ws: &mut Ws, sid: Uuid, count: usize) -> Vec<ServerFrame> {
+    until_dones(ws, sid, count).await
+}
+
+#[tokio::test]
+async fn tabs_on_two_nodes_see_one_stream_and_sends_from_both_are_answered_in_order() {
+    let cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "ada").await;
+    let sid = cluster.session(0, &token).await;
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    let seq_a = subscribe(&mut tab_a, sid).await;
+    let seq_b = subscribe(&mut tab_b, sid).await;
+    assert_eq!(seq_a, seq_b, "one session, one seq, whichever node answers");
+    let owner = cluster.owner(sid).await.expect("a live session has an owner");
+    assert!(owner.starts_with("a#"), "the first node to use the session owns it: {owner}");
+
+    // A send on each node while the first reply streams: one reply at a time, in order.
+    send(&mut tab_a, sid, "s1", "first [[mock tokens=40 tps=200 delay_ms=0]]").await;
+    send(&mut tab_b, sid, "s2", "second [[mock tokens=10 tps=200 delay_ms=0]]").await;
+    let frames_a = replies(&mut tab_a, sid, 2).await;
+    let frames_b = replies(&mut tab_b, sid, 2).await;
+    let (events_a, events_b) = (events_of(&frames_a, sid), events_of(&frames_b, sid));
+    assert_eq!(events_a, events_b, "both tabs see the same events");
+    assert_contiguous(&events_a, sid, seq_a);
+    let acked = |frames: &[ServerFrame], id: &str| {
+        frames.iter().any(|f| matches!(f, ServerFrame::Ack { id: Some(i), .. } if i == id))
+    };
+    assert!(acked(&frames_a, "s1") && acked(&frames_b, "s2"), "each sender gets its ack");
+
+    // Generations do not overlap, and answer the messages in the order they were sent.
+    let mut running = None;
+    let mut answered = Vec::new();
+    for event in &events_a {
+        match event {
+            ServerFrame::GenerationStarted { message_id, .. } => {
+                assert!(running.is_none(), "a generation started while another ran");
+                running = Some(*message_id);
+            }
+            ServerFrame::Done { message_id, finish_reason, .. } => {
+                assert_eq!(running.take(), Some(*message_id));
+                assert_eq!(*finish_reason, FinishReason::Stop);
+                answered.push(*message_id);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(answered.len(), 2);
+
+    // The model answered each message with the one before it in context.
+    let stats = cluster.mock.stats();
+    assert_eq!(stats.requests, 2, "one upstream request per reply, in the whole cluster");
+    let last = stats.last_request.unwrap().to_string();
+    assert!(last.contains("first") && last.contains("second"), "the second reply's context: {last}");
+
+    // The store, read through either node, holds question, answer, question, answer.
+    for node in 0..2 {
+        let stored = cluster.stored(node, &token, sid).await;
+        let contents: Vec<(String, MessageStatus)> =
+            stored.messages.iter().map(|m| (m.content.chars().take(6).collect(), m.status)).collect();
+        assert_eq!(contents.len(), 4, "{contents:?}");
+        assert!(contents[0].0.starts_with("first") && contents[2].0.starts_with("second"), "{contents:?}");
+        assert_eq!(stored.messages[1].id, answered[0]);
+        assert_eq!(stored.messages[3].id, answered[1]);
+        assert!(stored.messages.iter().all(|m| m.status == MessageStatus::Complete));
+    }
+
+    // A late tab on the other node gets a snapshot that already holds all of it.
+    let mut late = cluster.node(1).ws(&token).await;
+    late.send(json!({"type": "subscribe", "id": "late", "session_id": sid})).await;
+    let frames = late.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. })).await;
+    let Some(ServerFrame::Subscribed { messages, seq, .. }) = frames.last() else { unreachable!() };
+    assert_eq!(messages.len(), 4);
+    assert_eq!(*seq, seq_a + events_a.len() as u64);
+}
+
+#[tokio::test]
+async fn stop_on_one_node_cancels_the_upstream_stream_held_by_the_other() {
+    let cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "bobby").await;
+    let sid = cluster.session(0, &token).await;
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    subscribe(&mut tab_a, sid).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+
+    send(&mut tab_b, sid, "long", "talk [[mock tokens=2000 tps=20 delay_ms=0]]").await;
+    let frames = until_deltas(&mut tab_b, sid, 2).await;
+    let reply = started_reply(&frames);
+    tab_b.send(json!({"type": "stop", "id": "halt", "session_id": sid})).await;
+    let stopped = Instant::now();
+    assert!(
+        cluster.mock.wait_for_closed_early(1, Duration::from_secs(1)).await,
+        "the upstream stream held by node a closes within 1 s of stop on node b"
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(1));
+    for tab in [&mut tab_a, &mut tab_b] {
+        let frames = replies(tab, sid, 1).await;
+        assert_eq!(flow::done_of(&frames, reply), FinishReason::Cancelled);
+    }
+    let stored = cluster.stored(1, &token, sid).await;
+    let partial = stored.messages.iter().find(|m| m.id == reply).expect("the partial reply is stored");
+    assert_eq!(partial.status, MessageStatus::Cancelled);
+    assert!(!partial.content.is_empty());
+}
+
+#[tokio::test]
+async fn the_last_watcher_leaving_another_node_cancels_after_the_grace() {
+    let cluster = Cluster::start(2, &[("CHAT_CANCEL_GRACE_MS", "800")]).await;
+    let token = cluster.register(0, "cyd").await;
+    let sid = cluster.session(0, &token).await;
+    // Node a owns the session, with nobody watching there.
+    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    assert!(cluster.owner(sid).await.unwrap().starts_with("a#"));
+
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+    send(&mut tab_b, sid, "long", "talk [[mock tokens=2000 tps=20 delay_ms=0]]").await;
+    let reply = started_reply(&until_deltas(&mut tab_b, sid, 1).await);
+    tab_b.close().await;
+    let left = Instant::now();
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(cluster.mock.stats().streams_closed_early, 0, "the reply runs on during the grace");
+    assert!(cluster.mock.wait_for_closed_early(1, Duration::from_secs(5)).await, "cancelled after the grace");
+    let waited = left.elapsed();
+    assert!(waited >= Duration::from_millis(800), "not before the grace: {waited:?}");
+    common::eventually("the partial reply stored as cancelled", || async {
+        cluster
+            .stored(1, &token, sid)
+            .await
+            .messages
+            .iter()
+            .any(|m| m.id == reply && m.status == MessageStatus::Cancelled)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killing_the_owner_mid_reply_fails_over_within_the_lease() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "deedee").await;
+    let sid = cluster.session(0, &token).await;
+    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+    send(&mut tab_b, sid, "long", "remember me [[mock tokens=2000 tps=40 delay_ms=0]]").await;
+    let frames = until_deltas(&mut tab_b, sid, 10).await;
+    let reply = started_reply(&frames);
+    let user_message = frames
+        .iter()
+        .find_map(|f| match f {
+            ServerFrame::Ack { message, .. } => Some(message.id),
+            _ => None,
+        })
+        .expect("the send was acknowledged");
+    // Let a checkpoint of the partial reply land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut owner = cluster.nodes[0].take().unwrap();
+    owner.child.kill().unwrap(); // SIGKILL
+    owner.child.wait().unwrap();
+    let killed = Instant::now();
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
+    let failed_over = killed.elapsed();
+    assert_eq!(flow::done_of(&frames, reply), FinishReason::Error);
+    assert!(
+        failed_over <= Duration::from_millis(LEASE_MS + 500),
+        "done error within the lease time ({LEASE_MS} ms) of the kill, took {failed_over:?}"
+    );
+    let events = events_of(&frames, sid);
+    let last = events.last().unwrap();
+    assert!(matches!(last, ServerFrame::Done { .. }));
+    let (before, done) = (events[events.len() - 2].seq().unwrap(), last.seq().unwrap());
+    assert_eq!(done, before + 1, "the done continues the seq the tab saw");
+    match frames.last().unwrap() {
+        ServerFrame::Error { session_id, error, .. } => {
+            assert_eq!(*session_id, Some(sid));
+            assert_eq!(error.code, ErrorCode::Internal);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Subscribing again claims the session on node b, from the store.
+    let (_, generating) = flow::subscribe(&mut tab_b, sid).await;
+    assert!(generating.is_none());
+    assert!(cluster.owner(sid).await.unwrap().starts_with("b#"));
+    let stored = cluster.stored(1, &token, sid).await;
+    assert!(stored.messages.iter().any(|m| m.id == user_message), "the acknowledged message is kept");
+    let partial = stored.messages.iter().find(|m| m.id == reply).expect("the checkpointed partial reply");
+    assert_eq!(partial.status, MessageStatus::Error);
+    assert!(!partial.content.is_empty());
+
+    // And the session goes on.
+    send(&mut tab_b, sid, "next", "still there? [[mock tokens=5]]").await;
+    let frames = replies(&mut tab_b, sid, 1).await;
+    assert_eq!(flow::done_of(&frames, started_reply(&frames)), FinishReason::Stop);
+    let context = cluster.mock.stats().last_request.unwrap().to_string();
+    assert!(context.contains("remember me"), "the new owner's context holds the earlier message: {context}");
+}
+
+#[tokio::test]
+async fn one_rate_limit_for_the_whole_cluster() {
+    let cluster = Cluster::start(2, &[("CHAT_RATE_LIMIT_PER_MINUTE", "3")]).await;
+    let token = cluster.register(0, "evelyn").await;
+    let (s1, s2) = (cluster.session(0, &token).await, cluster.session(1, &token).await);
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    send(&mut tab_a, s1, "1", "one [[mock tokens=2]]").await;
+    replies(&mut tab_a, s1, 1).await;
+    send(&mut tab_b, s2, "2", "two [[mock tokens=2]]").await;
+    replies(&mut tab_b, s2, 1).await;
+    send(&mut tab_a, s2, "3", "three [[mock tokens=2]]").await;
+    replies(&mut tab_a, s2, 1).await;
+    send(&mut tab_b, s1, "4", "four").await;
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    flow::assert_error(frames.last().unwrap(), ErrorCode::RateLimited, Some("4"), Some(s1));
+}
+
+#[tokio::test]
+async fn user_events_reach_the_users_connections_on_every_node() {
+    let cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "fayette").await;
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+
+    let sid = cluster.session(0, &token).await;
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::SessionCreated { .. })).await;
+    assert!(matches!(frames.last(), Some(ServerFrame::SessionCreated { session, .. }) if session.id == sid));
+
+    assert_eq!(cluster.rename(1, &token, sid, "renamed on b").await.status(), 200);
+    let frames = tab_a.recv_until(|f| matches!(f, ServerFrame::SessionUpdated { .. })).await;
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::SessionUpdated { session, .. }) if session.title == "renamed on b")
+    );
+
+    send(&mut tab_a, sid, "q", "count me [[mock tokens=2]]").await;
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::Quota { .. })).await;
+    assert!(matches!(frames.last(), Some(ServerFrame::Quota { quota }) if quota.messages_today == 1));
+
+    let r = cluster.http.delete(cluster.node(0).url(&format!("/api/v1/chat/sessions/{sid}"))).bearer_auth(&token);
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::SessionDeleted { .. })).await;
+    assert!(matches!(frames.last(), Some(ServerFrame::SessionDeleted { session_id, .. }) if *session_id == sid));
+}
+
+#[tokio::test]
+async fn nodes_migrate_once_report_themselves_and_a_restarted_node_keeps_every_session() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    // Three nodes started together on an empty database: each migration applied once.
+    let rows = cluster.surreal.sql("SELECT version FROM schema_migration").await;
+    let versions: Vec<u64> =
+        rows[0]["result"].as_array().unwrap().iter().map(|r| r["version"].as_u64().unwrap()).collect();
+    let mut sorted = versions.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), versions.len(), "no migration recorded twice: {versions:?}");
+    assert_eq!(versions.len(), relay_server::store::MIGRATIONS.len());
+
+    // Each node says who it is, and sees the others.
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        let ready: Value = cluster.http.get(cluster.node(i).url("/readyz")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(ready["node_id"], *id, "{ready}");
+        assert_eq!(ready["cluster"], "up");
+        assert_eq!(ready["database"], "up");
+        let metrics = cluster.http.get(cluster.node(i).url("/metrics")).bearer_auth("scrape").send().await.unwrap();
+        let text = metrics.text().await.unwrap();
+        assert!(text.contains(&format!("relay_node_info{{node_id=\"{id}\"}} 1")), "{text}");
+    }
+    common::eventually("every node sees three live nodes", || async {
+        let ready: Value = cluster.http.get(cluster.node(2).url("/readyz")).send().await.unwrap().json().await.unwrap();
+        ready["nodes"] == 3
+    })
+    .await;
+
+    let token = cluster.register(0, "gustav").await;
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let sid = cluster.session(i, &token).await;
+        let mut tab = cluster.node(i).ws(&token).await;
+        send(&mut tab, sid, "m", &format!("hello from node {i} [[mock tokens=3]]")).await;
+        replies(&mut tab, sid, 1).await;
+        sessions.push(sid);
+    }
+
+    // Node a stops (SIGTERM) and comes back on the same database: everything is there.
+    let node = cluster.nodes[0].take().unwrap();
+    assert!(node.terminate().success());
+    cluster.nodes[0] = Some(cluster.spawn(0));
+    cluster.node(0).ready(&cluster.http).await;
+    let list = cluster.node(0).get(&cluster.http, &token, "/api/v1/chat/sessions").await;
+    let listed: Vec<Uuid> = list["sessions"]
+        .as_array()
+        .or(list.as_array())
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    for sid in &sessions {
+        assert!(listed.contains(sid), "{sid} listed after the restart");
+        let stored = cluster.stored(0, &token, *sid).await;
+        assert_eq!(stored.messages.len(), 2);
+        assert!(stored.messages.iter().all(|m| m.status == MessageStatus::Complete));
+    }
+    // And the sessions run again, wherever their lease lands.
+    let mut tab = cluster.node(0).ws(&token).await;
+    send(&mut tab, sessions[1], "again", "again [[mock tokens=2]]").await;
+    replies(&mut tab, sessions[1], 1).await;
+    let _ = WAIT;
+}
