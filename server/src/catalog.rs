@@ -44,13 +44,28 @@ pub async fn create(
     let max = state.config.max_sessions_per_user;
     let session = {
         let _serialised = state.user_locks.lock(user.id).await;
-        if state.store.count_sessions(user.id).await? >= max {
-            state.metrics.limit_refused("sessions_per_user");
-            return Err(AppError::LimitExceeded(format!(
-                "you have {max} sessions, the most allowed; delete some to create more"
-            )));
+        // Other nodes create sessions too: the cap's count and the write it guards hold the
+        // user's cluster-wide lock (without Redis answering, the node's lock alone).
+        let cluster_lock = match &state.cluster {
+            Some(cluster) => cluster.lock_user(user.id, "sessions").await.map_err(|e| {
+                tracing::warn!(user_id = %user.id, error = %e, "no cluster lock for the sessions cap; checking on this node only");
+            }).ok(),
+            None => None,
+        };
+        let created = async {
+            if state.store.count_sessions(user.id).await? >= max {
+                state.metrics.limit_refused("sessions_per_user");
+                return Err(AppError::LimitExceeded(format!(
+                    "you have {max} sessions, the most allowed; delete some to create more"
+                )));
+            }
+            Ok(state.store.create_session(user.id, &title).await?)
         }
-        state.store.create_session(user.id, &title).await?
+        .await;
+        if let Some(lock) = cluster_lock {
+            lock.release().await;
+        }
+        created?
     };
     state.hub.publish(user.id, origin, |id| ServerFrame::SessionCreated { id, session: session.clone() });
     Ok(session)

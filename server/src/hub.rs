@@ -33,9 +33,28 @@ pub struct Membership {
     hub: Arc<UserHub>,
     user: Uuid,
     receiver: Option<ReceiverId>,
+    /// Counted in the cluster-wide count too (given back there on drop).
+    counted_in_cluster: bool,
 }
 
 impl Membership {
+    /// Counts this connection against the user's cap across the cluster as well (no-op
+    /// alone); false when the user already holds `max` connections on the live nodes. A
+    /// Redis that does not answer leaves the cap to this node (logged).
+    pub async fn count_in_cluster(&mut self, max: usize) -> bool {
+        let Some(cluster) = self.hub.cluster.get() else { return true };
+        match cluster.take_connection(self.user, max).await {
+            Ok(taken) => {
+                self.counted_in_cluster = taken;
+                taken
+            }
+            Err(e) => {
+                tracing::warn!(user_id = %self.user, error = %e, "cannot count the connection in the cluster; capped per node");
+                true
+            }
+        }
+    }
+
     /// Starts delivering the user's events to this connection.
     pub fn join(&mut self, receiver: Receiver) {
         self.receiver = Some(receiver.id);
@@ -47,6 +66,11 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        if self.counted_in_cluster
+            && let Some(cluster) = self.hub.cluster.get()
+        {
+            cluster.give_connection(self.user);
+        }
         if let dashmap::Entry::Occupied(mut entry) = self.hub.users.entry(self.user) {
             let user = entry.get_mut();
             user.places = user.places.saturating_sub(1);
@@ -68,7 +92,7 @@ impl UserHub {
             return None;
         }
         entry.places += 1;
-        Some(Membership { hub: self.clone(), user, receiver: None })
+        Some(Membership { hub: self.clone(), user, receiver: None, counted_in_cluster: false })
     }
 
     /// How many users hold at least one connection.

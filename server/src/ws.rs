@@ -101,7 +101,7 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, header
             if !has_chat(&state, &user) {
                 return AppError::ChatDisabled.into_response();
             }
-            match reserve_place(&state, &user) {
+            match reserve_place(&state, &user).await {
                 Ok(place) => Some(PreAuthenticated { user, place }),
                 Err(e) => return e.into_response(),
             }
@@ -122,12 +122,18 @@ fn has_chat(state: &AppState, user: &AuthUser) -> bool {
     state.config.rollout.allows(user.id, user.role == relay_protocol::UserRole::Admin)
 }
 
-fn reserve_place(state: &AppState, user: &AuthUser) -> Result<Membership, AppError> {
+/// Takes one of the user's connection places, on this node and (in a cluster) across all.
+async fn reserve_place(state: &AppState, user: &AuthUser) -> Result<Membership, AppError> {
     let max = state.config.ws_max_connections_per_user;
-    state.hub.reserve(user.id, max).ok_or_else(|| {
+    let refused = || {
         state.metrics.limit_refused("connections_per_user");
         AppError::LimitExceeded(format!("you have {max} connections open, the most allowed; close one first"))
-    })
+    };
+    let mut place = state.hub.reserve(user.id, max).ok_or_else(refused)?;
+    if !place.count_in_cluster(max).await {
+        return Err(refused());
+    }
+    Ok(place)
 }
 
 /// What the reader asks the writer to do as the connection ends.
@@ -141,6 +147,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
             let authenticated = match authenticate(&mut stream, &state).await {
                 Ok(user) if !has_chat(&state, &user) => Err((CLOSE_CHAT_DISABLED, "chat is not available")),
                 Ok(user) => reserve_place(&state, &user)
+                    .await
                     .map(|place| (user, place))
                     .map_err(|_| (CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this user")),
                 Err(refusal) => Err(refusal),

@@ -445,3 +445,69 @@ async fn nodes_migrate_once_report_themselves_and_a_restarted_node_keeps_every_s
     replies(&mut tab, sessions[1], 1).await;
     let _ = WAIT;
 }
+
+/// The status of a WebSocket upgrade with the token in a header (101 when accepted).
+async fn upgrade_status(node: &Process, token: &str) -> (u16, Option<Ws>) {
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/api/v1/ws",
+        node.addr
+    ))
+    .unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((stream, _)) => (101, Some(Ws { stream })),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (response.status().as_u16(), None),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn per_user_caps_count_every_node() {
+    let cluster = Cluster::start(2, &[("WS_MAX_CONNECTIONS_PER_USER", "2"), ("CHAT_MAX_SESSIONS_PER_USER", "3")]).await;
+    let token = cluster.register(0, "hilda").await;
+
+    // Connections: one on each node fills the cap of two, whichever node the third asks.
+    let first = cluster.node(0).ws(&token).await;
+    let _second = cluster.node(1).ws(&token).await;
+    for node in 0..2 {
+        assert_eq!(upgrade_status(cluster.node(node), &token).await.0, 403, "a third connection on node {node}");
+    }
+    first.close().await;
+    common::eventually("the closed connection's place is given back across the cluster", || async {
+        upgrade_status(cluster.node(1), &token).await.0 == 101
+    })
+    .await;
+
+    // Sessions: created at once on both nodes, exactly the cap succeed.
+    let creates = (0..8).map(|i| {
+        cluster.http.post(cluster.node(i % 2).url("/api/v1/chat/sessions")).bearer_auth(&token).json(&json!({})).send()
+    });
+    let statuses: Vec<u16> =
+        futures::future::join_all(creates).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 5, "{statuses:?}");
+}
+
+/// The load generator's two-node mode (the cluster benchmark) on a small run: tabs on the
+/// relaying node get every reply whole, as the owner's do.
+#[tokio::test]
+async fn load_generator_measures_both_nodes() {
+    let cluster = Cluster::start(2, &[("WS_MAX_CONNECTIONS_PER_USER", "100")]).await;
+    let target = relay_loadtest::Target::new(format!("http://{}", cluster.node(0).addr));
+    let config = relay_loadtest::scenarios::tabs::TabsConfig {
+        sessions: 3,
+        tabs: 4,
+        messages: 2,
+        think_ms: 0,
+        content: "hello [[mock tokens=8 stamp]]".into(),
+        peer: Some(format!("http://{}", cluster.node(1).addr)),
+        ..Default::default()
+    };
+    let report = relay_loadtest::scenarios::tabs::run(&target, &config).await.unwrap();
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    let by_node = report.by_node.expect("figures for each node");
+    assert_eq!(by_node.owner.completed, 3 * 2 * 2, "two tabs a session on the owner, each saw both replies");
+    assert_eq!(by_node.relay.completed, 3 * 2 * 2, "and two on the relaying node");
+    assert_eq!(by_node.owner.deltas, by_node.relay.deltas, "the same deltas on both nodes");
+    assert!(by_node.relay.delivery.count > 0, "stamped tokens give delivery latency");
+}
