@@ -31,12 +31,12 @@ pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] && echo "logs kept in $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { # url
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     curl -fsS "$1" >/dev/null 2>&1 && return 0
     sleep 0.1
   done

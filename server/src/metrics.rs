@@ -68,6 +68,8 @@ pub struct Metrics {
     pub cluster_owned_sessions: IntGauge,
     /// Session requests forwarded to the node that owns the session.
     pub cluster_forwarded: IntCounter,
+    /// Sessions owned elsewhere that connections here watch (relayed from their owner).
+    pub cluster_relayed_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -153,6 +155,9 @@ impl Metrics {
         let cluster_forwarded =
             IntCounter::new("cluster_forwarded_total", "Session requests forwarded to the owning node")
                 .expect("valid metric");
+        let cluster_relayed_sessions =
+            IntGauge::new("cluster_relayed_sessions", "Sessions owned elsewhere that connections here watch")
+                .expect("valid metric");
         let metrics = Metrics {
             registry,
             http_responses,
@@ -183,6 +188,7 @@ impl Metrics {
             cluster_nodes,
             cluster_owned_sessions,
             cluster_forwarded,
+            cluster_relayed_sessions,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -213,6 +219,7 @@ impl Metrics {
             Box::new(metrics.cluster_nodes.clone()),
             Box::new(metrics.cluster_owned_sessions.clone()),
             Box::new(metrics.cluster_forwarded.clone()),
+            Box::new(metrics.cluster_relayed_sessions.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");

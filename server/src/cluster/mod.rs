@@ -648,6 +648,7 @@ impl Cluster {
             }
         }
         let _ = self.subscriber.send(SubscriberCommand::Sweep);
+        self.metrics.cluster_relayed_sessions.set(self.relays.len() as i64);
     }
 }
 
