@@ -164,7 +164,7 @@ async fn run(socket: WebSocket, state: AppState, pre: Option<PreAuthenticated>) 
     };
     let bounds = QueueBounds { frames: state.config.ws_outbound_queue, bytes: state.config.ws_outbound_queue_bytes };
     let (receiver, inbox, overflowed) = Receiver::channel(ReceiverKind::Connection, bounds);
-    let span = tracing::info_span!("ws", conn = receiver.id, user_id = %user.id);
+    let span = tracing::info_span!("ws", node_id = %state.config.node_id, conn = receiver.id, user_id = %user.id);
     async move {
         tracing::debug!("connection authenticated");
         state.metrics.ws_connections.inc();

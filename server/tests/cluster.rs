@@ -125,6 +125,25 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// Stops the nodes with SIGTERM, as an operator would (coverage runs also need their
+    /// processes to exit normally to write their profiles); a node that does not stop in
+    /// time is killed when its `Process` drops.
+    fn drop(&mut self) {
+        for node in self.nodes.iter().flatten() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(node.child.id().to_string()).status();
+        }
+        for node in self.nodes.iter_mut().flatten() {
+            for _ in 0..200 {
+                if node.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+}
+
 /// Subscribes and returns the snapshot's `seq`.
 async fn subscribe(ws: &mut Ws, sid: Uuid) -> u64 {
     flow::subscribe(ws, sid).await.0
@@ -510,4 +529,36 @@ async fn load_generator_measures_both_nodes() {
     assert_eq!(by_node.relay.completed, 3 * 2 * 2, "and two on the relaying node");
     assert_eq!(by_node.owner.deltas, by_node.relay.deltas, "the same deltas on both nodes");
     assert!(by_node.relay.delivery.count > 0, "stamped tokens give delivery latency");
+}
+
+/// An owner that shuts down gracefully stores the running reply (`done` `cancelled` for
+/// every watcher, also those on other nodes), tells the other nodes' watchers to subscribe
+/// again, and gives its leases up at once: the session runs on at the next subscribe.
+#[tokio::test]
+async fn an_owner_shutting_down_hands_its_sessions_over() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "ingrid").await;
+    let sid = cluster.session(0, &token).await;
+    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+    send(&mut tab_b, sid, "long", "long story [[mock tokens=2000 tps=40 delay_ms=0]]").await;
+    let reply = started_reply(&until_deltas(&mut tab_b, sid, 3).await);
+
+    let owner = cluster.nodes[0].take().unwrap();
+    assert!(owner.terminate().success());
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
+    assert_eq!(flow::done_of(&frames, reply), FinishReason::Cancelled);
+    match frames.last().unwrap() {
+        ServerFrame::Error { session_id, error, .. } => {
+            assert_eq!(*session_id, Some(sid));
+            assert_eq!(error.code, ErrorCode::Unavailable);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cluster.owner(sid).await, None, "the lease was given up, not left to expire");
+    subscribe(&mut tab_b, sid).await;
+    assert!(cluster.owner(sid).await.unwrap().starts_with("b#"));
+    let stored = cluster.stored(1, &token, sid).await;
+    assert_eq!(stored.messages.iter().find(|m| m.id == reply).unwrap().status, MessageStatus::Cancelled);
 }

@@ -70,6 +70,15 @@ end
 return lost
 "#;
 
+/// Deletes every given lease this instance holds. KEYS: lease keys; ARGV[1] instance.
+const RELEASE_ALL: &str = r#"
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"#;
+
 /// Claims a session's lease. KEYS[1] lease key; ARGV[1] this instance; ARGV[2] ttl (ms);
 /// ARGV[3] the prefix of heartbeat keys. The lease is taken when free, or when its holder's
 /// heartbeat is gone (the holder died, or restarted as a new instance): a holder stops
@@ -633,9 +642,24 @@ impl Cluster {
         }
     }
 
-    /// Leaves the cluster at shutdown: peers notice at once instead of after the lease.
+    /// Leaves the cluster at shutdown (after the sessions stopped): the leases still held
+    /// are given up and the heartbeat deleted, so peers take over at once instead of after
+    /// the lease.
     pub async fn leave(&self) {
+        let owned: Vec<Uuid> = self.owned.iter().map(|e| *e.key()).collect();
         let mut redis = self.redis.clone();
+        let release = redis::Script::new(RELEASE_ALL);
+        for chunk in owned.chunks(RENEW_CHUNK) {
+            let mut script = release.prepare_invoke();
+            for session_id in chunk {
+                script.key(lease_key(*session_id));
+            }
+            let released: Result<i64, _> = script.arg(&*self.instance).invoke_async(&mut redis).await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "could not give leases up; they expire by themselves");
+            }
+        }
+        self.owned.clear();
         let _: Result<(), _> = redis::cmd("DEL").arg(alive_key(&self.node_id)).query_async(&mut redis).await;
     }
 

@@ -55,13 +55,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(cors(&state.config.cors_allowed_origins))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        .layer({
+            let node_id = state.config.node_id.clone();
+            TraceLayer::new_for_http().make_span_with(move |request: &Request| {
                 let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 // The URI is logged without its query: tokens never travel there, but nothing else should either.
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id, user_id = tracing::field::Empty)
-            }),
-        )
+                tracing::info_span!("http", node_id = %node_id, method = %request.method(), path = %request.uri().path(), request_id, user_id = tracing::field::Empty)
+            })
+        })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
