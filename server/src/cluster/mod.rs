@@ -183,6 +183,9 @@ pub trait ClusterHandler: Send + Sync + 'static {
     /// A receiver here that watched a session owned by `owner` went away without
     /// unsubscribing: tell the owner.
     fn receiver_closed(&self, session_id: Uuid, owner: Arc<str>, receiver: ReceiverId);
+    /// These receivers of `instance` watch a session that runs here, no others (handled
+    /// at once, in the order messages arrive, ahead of requests still being answered).
+    fn watching(&self, instance: Arc<str>, session_id: Uuid, receivers: Vec<ReceiverId>);
 }
 
 /// A node instance that sent a request, and the way back to its receivers.
@@ -223,6 +226,10 @@ enum Envelope {
     Direct { receiver: ReceiverId, activates: Option<Uuid>, text: String },
     /// A user event, for every connection of the user on every node.
     User { instance: String, user: Uuid, text: String },
+    /// Which receivers of `instance` watch `session` now (sent every heartbeat for each
+    /// relayed session): the owner replaces what it counted, so an unsubscribe lost with a
+    /// dropped connection, or overtaken by a later request, is mended within a beat.
+    Watching { instance: String, session: Uuid, receivers: Vec<ReceiverId> },
 }
 
 /// Subscription changes, applied in order by the subscriber task.
@@ -542,6 +549,11 @@ impl Cluster {
                     Err(e) => tracing::warn!(error = %e, "undecodable frame from the cluster"),
                 }
             }
+            Envelope::Watching { instance, session, receivers } => {
+                if let Some(handler) = self.handler() {
+                    handler.watching(instance.into(), session, receivers);
+                }
+            }
             Envelope::User { instance, user, text } => {
                 if instance == *self.instance {
                     return;
@@ -670,6 +682,10 @@ impl Cluster {
             for (session_id, owner, receiver) in closed {
                 handler.receiver_closed(session_id, owner, receiver);
             }
+        }
+        for (session, owner, receivers) in self.relays.watch_lists() {
+            let envelope = Envelope::Watching { instance: self.instance.to_string(), session, receivers };
+            self.publish(node_channel(node_of(&owner)), &envelope);
         }
         let _ = self.subscriber.send(SubscriberCommand::Sweep);
         self.metrics.cluster_relayed_sessions.set(self.relays.len() as i64);

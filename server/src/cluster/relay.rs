@@ -143,6 +143,15 @@ impl Relays {
         closed
     }
 
+    /// Every relayed session with its owner and the receivers here that watch it (an empty
+    /// list for a session about to be forgotten, so its owner stops counting them).
+    pub fn watch_lists(&self) -> Vec<(Uuid, Arc<str>, Vec<ReceiverId>)> {
+        self.sessions
+            .iter()
+            .map(|r| (*r.key(), r.owner.clone(), r.watchers.iter().map(|w| w.receiver.id).collect()))
+            .collect()
+    }
+
     /// Forgets a session nobody here watches any more; returns whether it did.
     pub fn forget_if_empty(&self, session_id: Uuid) -> bool {
         self.sessions.remove_if(&session_id, |_, relay| relay.watchers.is_empty()).is_some()

@@ -201,6 +201,13 @@ pub enum SessionMsg {
         /// Its id there.
         receiver: ReceiverId,
     },
+    /// The receivers of a node instance that watch this session now, and no others.
+    RemoteWatchers {
+        /// The node instance.
+        instance: Arc<str>,
+        /// Its receivers that watch.
+        receivers: Vec<ReceiverId>,
+    },
     /// A node instance left the cluster: its receivers watch no more.
     InstanceGone {
         /// The instance.
@@ -461,6 +468,10 @@ impl SessionState {
             }
             SessionMsg::RemoteUnsubscribe { instance, receiver } => {
                 self.remote_watchers.remove(&(instance, receiver));
+            }
+            SessionMsg::RemoteWatchers { instance, receivers } => {
+                self.remote_watchers.retain(|(i, _)| *i != instance);
+                self.remote_watchers.extend(receivers.into_iter().map(|r| (instance.clone(), r)));
             }
             SessionMsg::InstanceGone { instance } => {
                 self.remote_watchers.retain(|(i, _)| *i != instance);

@@ -565,6 +565,12 @@ impl ClusterHandler for SessionRegistry {
     fn receiver_closed(&self, session_id: Uuid, owner: Arc<str>, receiver: ReceiverId) {
         self.unsubscribe_at(session_id, owner, receiver);
     }
+
+    fn watching(&self, instance: Arc<str>, session_id: Uuid, receivers: Vec<ReceiverId>) {
+        if let Some(actor) = self.actors.get(&session_id) {
+            let _ = actor.send_message(SessionMsg::RemoteWatchers { instance, receivers });
+        }
+    }
 }
 
 /// Removes a REST or SSE receiver from its session when the request ends, however it ends
