@@ -783,6 +783,24 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_database_and_redis_make_a_cluster() {
+        let (redis, ws) = (("REDIS_URL", "redis://127.0.0.1:6379"), ("DATABASE_URL", "ws://127.0.0.1:8000"));
+        assert!(load(&[redis, ws]).unwrap().cluster, "auto: both shared");
+        assert!(!load(&[redis]).unwrap().cluster, "an embedded database is one node's");
+        assert!(!load(&[ws]).unwrap().cluster, "no Redis, no cluster");
+        assert!(!load(&[redis, ws, ("CLUSTER", "off")]).unwrap().cluster);
+        assert_eq!(load(&[ws, ("CLUSTER", "on")]).unwrap_err().var, "CLUSTER");
+        assert_eq!(load(&[redis, ("CLUSTER", "on")]).unwrap_err().var, "CLUSTER");
+        assert_eq!(load(&[("CLUSTER", "sometimes")]).unwrap_err().var, "CLUSTER");
+        assert_eq!(load(&[("CLUSTER_LEASE_MS", "100")]).unwrap_err().var, "CLUSTER_LEASE_MS");
+        assert_eq!(load(&[("NODE_ID", "a b")]).unwrap_err().var, "NODE_ID");
+        assert_eq!(load(&[("NODE_ID", "node-7.eu_west")]).unwrap().node_id, "node-7.eu_west");
+        let (one, two) = (load(&[]).unwrap().node_id, load(&[]).unwrap().node_id);
+        assert_ne!(one, two, "a generated NODE_ID is unique per start");
+        assert_eq!(load(&[]).unwrap().cluster_lease, Duration::from_secs(5));
+    }
+
+    #[test]
     fn production_demands_a_strong_secret() {
         assert_eq!(load(&[("RELAY_ENV", "production")]).unwrap_err().var, "JWT_SECRET");
         assert_eq!(load(&[("RELAY_ENV", "production"), ("JWT_SECRET", "short")]).unwrap_err().var, "JWT_SECRET");
