@@ -24,15 +24,7 @@ cleanup() {
   echo "logs in $work"
 }
 trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() {
-  for _ in $(seq 1 600); do
-    curl -fsS "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2
-  exit 1
-}
+. scripts/procs.sh
 
 SP=$(free_port); RP=$(free_port)
 "$SURREAL" start --bind "127.0.0.1:$SP" --user root --pass root memory >"$work/surreal.log" 2>&1 &

@@ -631,11 +631,8 @@ impl Cluster {
         let mut redis = self.redis.clone();
         let renew = redis::Script::new(RENEW);
         for chunk in owned.chunks(RENEW_CHUNK) {
-            let mut script = renew.prepare_invoke();
-            for session_id in chunk {
-                script.key(lease_key(*session_id));
-            }
-            script.arg(&*self.instance).arg(self.lease.as_millis() as u64);
+            let mut script = self.on_leases(&renew, chunk);
+            script.arg(self.lease.as_millis() as u64);
             let lost: Vec<usize> = script.invoke_async(&mut redis).await?;
             for i in lost {
                 let session_id = chunk[i - 1];
@@ -643,6 +640,16 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// A lease script over some sessions' leases: their keys, then this instance.
+    fn on_leases<'a>(&self, script: &'a redis::Script, sessions: &[Uuid]) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for session_id in sessions {
+            invocation.key(lease_key(*session_id));
+        }
+        invocation.arg(&*self.instance);
+        invocation
     }
 
     /// Stops running a session whose lease this instance can no longer vouch for.
@@ -662,11 +669,7 @@ impl Cluster {
         let mut redis = self.redis.clone();
         let release = redis::Script::new(RELEASE_ALL);
         for chunk in owned.chunks(RENEW_CHUNK) {
-            let mut script = release.prepare_invoke();
-            for session_id in chunk {
-                script.key(lease_key(*session_id));
-            }
-            let released: Result<i64, _> = script.arg(&*self.instance).invoke_async(&mut redis).await;
+            let released: Result<i64, _> = self.on_leases(&release, chunk).invoke_async(&mut redis).await;
             if let Err(e) = released {
                 tracing::warn!(error = %e, "could not give leases up; they expire by themselves");
             }

@@ -291,38 +291,49 @@ impl SessionRegistry {
         origin: Receiver,
         request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
-        self.send_from(user, session_id, Uuid::new_v4(), content, origin, request_id, true).await
+        let message = NewMessage { id: Uuid::new_v4(), content, replaces: None };
+        self.send_from(user, session_id, message, origin, request_id, true).await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Sends a message, or with `replaces` edits the last one (see [`SessionRegistry::edit`]).
     async fn send_from(
         &self,
         user: &AuthUser,
         session_id: Uuid,
-        message_id: Uuid,
-        content: String,
+        message: NewMessage,
         origin: Receiver,
         request_id: Option<String>,
         forward: bool,
     ) -> Result<SendAccepted, SessionError> {
-        let op = RemoteOp::Send {
-            user: user.clone(),
-            message_id,
-            content: content.clone(),
-            origin: origin_of(&origin),
-            request_id: request_id.clone(),
-        };
-        self.call(
-            session_id,
-            |reply| SessionMsg::Send {
-                request: SendRequest::new(user, message_id, &content, &origin, &request_id),
-                reply,
+        let NewMessage { id: message_id, content, replaces } = message;
+        // What the owner node gets when the session runs elsewhere.
+        let (wire_user, wire_origin, wire_content, wire_request_id) =
+            (user.clone(), origin_of(&origin), content.clone(), request_id.clone());
+        let op = match replaces {
+            None => RemoteOp::Send {
+                user: wire_user,
+                message_id,
+                content: wire_content,
+                origin: wire_origin,
+                request_id: wire_request_id,
             },
-            op,
-            Some(&origin),
-            forward,
-        )
-        .await
+            Some(replaced) => RemoteOp::Edit {
+                user: wire_user,
+                replaced,
+                message_id,
+                content: wire_content,
+                origin: wire_origin,
+                request_id: wire_request_id,
+            },
+        };
+        let make = |reply| {
+            let request = SendRequest::new(user, message_id, &content, &origin, &request_id);
+            match replaces {
+                None => SessionMsg::Send { request, reply },
+                Some(replaced) => SessionMsg::Edit { replaced, request, reply },
+            }
+        };
+        self.call(session_id, make, op, Some(&origin), forward).await
     }
 
     /// Replaces the session's last reply with a new one (or answers its last message).
@@ -369,41 +380,8 @@ impl SessionRegistry {
         origin: Receiver,
         request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
-        self.edit_from(user, session_id, replaced, Uuid::new_v4(), content, origin, request_id, true).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn edit_from(
-        &self,
-        user: &AuthUser,
-        session_id: Uuid,
-        replaced: Uuid,
-        message_id: Uuid,
-        content: String,
-        origin: Receiver,
-        request_id: Option<String>,
-        forward: bool,
-    ) -> Result<SendAccepted, SessionError> {
-        let op = RemoteOp::Edit {
-            user: user.clone(),
-            replaced,
-            message_id,
-            content: content.clone(),
-            origin: origin_of(&origin),
-            request_id: request_id.clone(),
-        };
-        self.call(
-            session_id,
-            |reply| SessionMsg::Edit {
-                replaced,
-                request: SendRequest::new(user, message_id, &content, &origin, &request_id),
-                reply,
-            },
-            op,
-            Some(&origin),
-            forward,
-        )
-        .await
+        let message = NewMessage { id: Uuid::new_v4(), content, replaces: Some(replaced) };
+        self.send_from(user, session_id, message, origin, request_id, true).await
     }
 
     /// Cancels the running reply of a session, if any.
@@ -469,18 +447,22 @@ impl SessionRegistry {
                 }
                 Ok(RemoteAnswer::Done)
             }
-            RemoteOp::Send { user, message_id, content, origin, request_id } => self
-                .send_from(&user, session_id, message_id, content, receiver(origin), request_id, false)
-                .await
-                .map(FromRemote::into_remote),
+            RemoteOp::Send { user, message_id, content, origin, request_id } => {
+                let message = NewMessage { id: message_id, content, replaces: None };
+                self.send_from(&user, session_id, message, receiver(origin), request_id, false)
+                    .await
+                    .map(FromRemote::into_remote)
+            }
             RemoteOp::Regenerate { user, origin, request_id } => self
                 .regenerate_from(&user, session_id, receiver(origin), request_id, false)
                 .await
                 .map(FromRemote::into_remote),
-            RemoteOp::Edit { user, replaced, message_id, content, origin, request_id } => self
-                .edit_from(&user, session_id, replaced, message_id, content, receiver(origin), request_id, false)
-                .await
-                .map(FromRemote::into_remote),
+            RemoteOp::Edit { user, replaced, message_id, content, origin, request_id } => {
+                let message = NewMessage { id: message_id, content, replaces: Some(replaced) };
+                self.send_from(&user, session_id, message, receiver(origin), request_id, false)
+                    .await
+                    .map(FromRemote::into_remote)
+            }
             RemoteOp::Stop { user_id } => self.stop_from(user_id, session_id, false).await.map(FromRemote::into_remote),
             RemoteOp::Rename { user_id, title } => {
                 self.rename_from(user_id, session_id, &title, false).await.map(FromRemote::into_remote)
@@ -521,6 +503,14 @@ enum Place {
     Here(ActorRef<SessionMsg>),
     /// On another node instance, which holds its lease.
     There(Arc<str>),
+}
+
+/// A user message to store: its id (chosen once, before any retry or forwarding), its text,
+/// and the message it replaces when it is an edit.
+struct NewMessage {
+    id: Uuid,
+    content: String,
+    replaces: Option<Uuid>,
 }
 
 /// A receiver as a forwarded request names it.
