@@ -562,3 +562,48 @@ async fn an_owner_shutting_down_hands_its_sessions_over() {
     let stored = cluster.stored(1, &token, sid).await;
     assert_eq!(stored.messages.iter().find(|m| m.id == reply).unwrap().status, MessageStatus::Cancelled);
 }
+
+/// Regenerate and edit from a node that does not own the session: the owner replaces the
+/// messages, both nodes' tabs see the same `superseded` and new reply, the store agrees.
+#[tokio::test]
+async fn regenerate_and_edit_are_forwarded_to_the_owner() {
+    let cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "jonas").await;
+    let sid = cluster.session(0, &token).await;
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    let seq = subscribe(&mut tab_a, sid).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+    send(&mut tab_a, sid, "q", "question [[mock tokens=4]]").await;
+    let mut seen_a = replies(&mut tab_a, sid, 1).await;
+    let first = started_reply(&seen_a);
+    replies(&mut tab_b, sid, 1).await;
+
+    tab_b.send(json!({"type": "regenerate", "id": "again", "session_id": sid})).await;
+    let frames_b = replies(&mut tab_b, sid, 1).await;
+    let second = started_reply(&frames_b);
+    assert_ne!(first, second);
+    assert!(
+        frames_b
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Superseded { message_ids, .. } if message_ids == &vec![first]))
+    );
+
+    let question = cluster.stored(1, &token, sid).await.messages[0].id;
+    tab_b
+        .send(json!({"type": "edit", "id": "fix", "session_id": sid, "message_id": question, "content": "better question [[mock tokens=3]]"}))
+        .await;
+    replies(&mut tab_b, sid, 1).await;
+    seen_a.extend(replies(&mut tab_a, sid, 2).await);
+    assert_contiguous(&seen_a, sid, seq);
+    assert_eq!(
+        seen_a.iter().filter(|f| matches!(f, ServerFrame::Superseded { .. })).count(),
+        2,
+        "regenerate, then edit"
+    );
+    let stored = cluster.stored(0, &token, sid).await;
+    let live: Vec<&str> = stored.messages.iter().filter(|m| !m.superseded).map(|m| m.content.as_str()).collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live[0].starts_with("better question"));
+    assert_eq!(cluster.mock.stats().requests, 3, "one model request per reply, all at the owner");
+}
