@@ -607,3 +607,60 @@ async fn regenerate_and_edit_are_forwarded_to_the_owner() {
     assert!(live[0].starts_with("better question"));
     assert_eq!(cluster.mock.stats().requests, 3, "one model request per reply, all at the owner");
 }
+
+/// Redis going away stops the cluster cleanly (not ready, sessions answer `unavailable`
+/// instead of hanging or running twice), and coming back (empty) restores it.
+#[tokio::test]
+async fn the_cluster_rides_out_redis_going_away() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let token = cluster.register(0, "kasper").await;
+    let sid = cluster.session(0, &token).await;
+    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    subscribe(&mut tab_a, sid).await;
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    subscribe(&mut tab_b, sid).await;
+
+    cluster.redis.stop();
+    for node in 0..2 {
+        let url = cluster.node(node).url("/readyz");
+        common::eventually("a node without Redis is not ready", || async {
+            cluster.http.get(&url).send().await.is_ok_and(|r| r.status() == 503)
+        })
+        .await;
+    }
+    // The relayed tab is told to subscribe again at once (its events could be lost); the
+    // owner's tab once the owner gives the session up, before its lease could expire.
+    for tab in [&mut tab_b, &mut tab_a] {
+        let frames = tab.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
+        assert!(matches!(frames.last(), Some(ServerFrame::Error { session_id: Some(s), .. }) if *s == sid));
+    }
+    for (tab, id) in [(&mut tab_a, "lost-a"), (&mut tab_b, "lost-b")] {
+        send(tab, sid, id, "anyone there?").await;
+        let answered = |f: &ServerFrame| match f {
+            ServerFrame::Error { id: Some(i), .. } => i == id,
+            ServerFrame::Ack { .. } => true,
+            _ => false,
+        };
+        let frames = tab.recv_until(answered).await;
+        flow::assert_error(frames.last().unwrap(), ErrorCode::Unavailable, Some(id), Some(sid));
+    }
+
+    cluster.redis.resume().await;
+    for node in 0..2 {
+        let url = cluster.node(node).url("/readyz");
+        common::eventually("ready again once Redis is back", || async {
+            cluster.http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    subscribe(&mut tab_b, sid).await;
+    send(&mut tab_b, sid, "back", "and now? [[mock tokens=3]]").await;
+    let frames = replies(&mut tab_b, sid, 1).await;
+    assert_eq!(flow::done_of(&frames, started_reply(&frames)), FinishReason::Stop);
+    subscribe(&mut tab_a, sid).await;
+    send(&mut tab_a, sid, "again", "from a [[mock tokens=3]]").await;
+    let frames_a = replies(&mut tab_a, sid, 1).await;
+    let frames_b = replies(&mut tab_b, sid, 1).await;
+    assert_eq!(events_of(&frames_a, sid), events_of(&frames_b, sid), "one session across both nodes again");
+}

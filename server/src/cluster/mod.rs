@@ -40,6 +40,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::fanout::{Outbound, Receiver, ReceiverId, RemoteSink};
@@ -57,12 +58,14 @@ const PUBLISH_BATCH: usize = 256;
 const RENEW_CHUNK: usize = 500;
 
 /// Renews the leases this instance holds. KEYS: lease keys; ARGV[1] instance; ARGV[2] ttl
-/// (ms). Returns the 1-based indexes of the keys this instance no longer holds.
+/// (ms). A lease that is missing (Redis restarted empty) is taken again: nobody else holds
+/// it. Returns the 1-based indexes of the keys another instance holds now.
 const RENEW: &str = r#"
 local lost = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
+  local holder = redis.call('GET', key)
+  if holder == ARGV[1] or not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
   else
     table.insert(lost, i)
   end
@@ -254,10 +257,13 @@ pub struct Cluster {
     direct: DashMap<ReceiverId, Receiver>,
     /// Sessions owned elsewhere that receivers here watch.
     pub relays: Relays,
-    /// Sessions whose lease this instance holds.
-    owned: DashMap<Uuid, ()>,
+    /// Sessions whose lease this instance holds, with when the lease was last confirmed
+    /// (the moment the claim or renewal was sent: Redis counts its time from later).
+    owned: DashMap<Uuid, Instant>,
     live: RwLock<HashSet<String>>,
     connected: AtomicBool,
+    /// Whether the last heartbeat reached Redis.
+    beating: AtomicBool,
     handler: OnceLock<Weak<dyn ClusterHandler>>,
     metrics: Arc<Metrics>,
     me: Weak<Cluster>,
@@ -296,19 +302,25 @@ impl Cluster {
             owned: DashMap::new(),
             live: RwLock::new(HashSet::new()),
             connected: AtomicBool::new(false),
+            beating: AtomicBool::new(true),
             handler: OnceLock::new(),
             metrics,
             me: me.clone(),
         });
-        tokio::spawn(publish_loop(publisher, outgoing));
+        // The cluster's own tasks log with the node's id.
+        let span = tracing::info_span!("cluster", node_id = %settings.node_id);
+        tokio::spawn(publish_loop(publisher, outgoing).instrument(span.clone()));
         let (subscribed, first) = oneshot::channel();
-        tokio::spawn(subscribe_loop(Arc::downgrade(&cluster), client, commands, subscribed, shutdown.clone()));
+        tokio::spawn(
+            subscribe_loop(Arc::downgrade(&cluster), client, commands, subscribed, shutdown.clone())
+                .instrument(span.clone()),
+        );
         match tokio::time::timeout(Duration::from_secs(5), first).await {
             Ok(Ok(())) => {}
             _ => return Err(ClusterError::Disconnected),
         }
         cluster.heartbeat().await?;
-        tokio::spawn(heartbeat_loop(Arc::downgrade(&cluster), shutdown));
+        tokio::spawn(heartbeat_loop(Arc::downgrade(&cluster), shutdown).instrument(span));
         cluster.metrics.node_info.with_label_values(&[&cluster.node_id]).set(1);
         Ok(cluster)
     }
@@ -337,6 +349,12 @@ impl Cluster {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether this node is a working member: subscribed, and its last heartbeat (which
+    /// renews its leases) reached Redis.
+    pub fn is_healthy(&self) -> bool {
+        self.is_connected() && self.beating.load(Ordering::Acquire)
+    }
+
     /// How many node instances are alive, this one included (as of the last heartbeat).
     pub fn live_instances(&self) -> usize {
         self.live.read().map_or(0, |l| l.len())
@@ -346,6 +364,7 @@ impl Cluster {
 
     /// Claims a session's lease, or says who holds it.
     pub async fn claim(&self, session_id: Uuid) -> Result<Claim, ClusterError> {
+        let sent = Instant::now();
         let mut redis = self.redis.clone();
         let holder: String = redis::Script::new(CLAIM)
             .key(lease_key(session_id))
@@ -357,7 +376,7 @@ impl Cluster {
         match holder {
             holder if holder != *self.instance => Ok(Claim::Held(holder.into())),
             _ => {
-                self.owned.insert(session_id, ());
+                self.owned.insert(session_id, sent);
                 self.metrics.cluster_owned_sessions.set(self.owned.len() as i64);
                 Ok(Claim::Mine)
             }
@@ -574,13 +593,13 @@ impl Cluster {
         // within the lease time after its last beat.
         let ttl = (self.lease * 3 / 4).as_millis() as u64;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let (members,): (Vec<String>,) = redis::pipe()
+        let (previous, members): (Option<String>, Vec<String>) = redis::pipe()
             .cmd("SET")
             .arg(alive_key(&self.node_id))
             .arg(&*self.instance)
             .arg("PX")
             .arg(ttl)
-            .ignore()
+            .arg("GET")
             .cmd("ZADD")
             .arg(NODES_KEY)
             .arg(now_ms)
@@ -606,10 +625,15 @@ impl Cluster {
                 .await?
         };
         let live: HashSet<String> = alive.into_iter().flatten().collect();
+        // This node's own heartbeat was missing: Redis lost its keys (restarted empty, or
+        // this node could not beat for long). The peers' heartbeats are missing too until
+        // each beats again (within a quarter of the lease), so nobody counts as gone now.
+        let redis_forgot = previous.as_deref() != Some(&*self.instance);
         let gone: Vec<String> = {
             let mut known = self.live.write().expect("live set lock");
-            let gone = known.difference(&live).cloned().collect();
-            *known = live.clone();
+            let gone =
+                if redis_forgot && !known.is_empty() { Vec::new() } else { known.difference(&live).cloned().collect() };
+            *known = if redis_forgot { known.union(&live).cloned().collect() } else { live.clone() };
             gone
         };
         self.metrics.cluster_nodes.set(live.len() as i64);
@@ -633,13 +657,29 @@ impl Cluster {
         for chunk in owned.chunks(RENEW_CHUNK) {
             let mut script = self.on_leases(&renew, chunk);
             script.arg(self.lease.as_millis() as u64);
+            let sent = Instant::now();
             let lost: Vec<usize> = script.invoke_async(&mut redis).await?;
+            for session_id in chunk {
+                if let Some(mut confirmed) = self.owned.get_mut(session_id) {
+                    *confirmed = sent;
+                }
+            }
             for i in lost {
                 let session_id = chunk[i - 1];
                 self.lose(session_id);
             }
         }
         Ok(())
+    }
+
+    /// Stops the sessions whose lease was last confirmed half a lease ago or more (Redis
+    /// cannot be reached to renew them): they stop before another node may take them.
+    fn fence(&self) {
+        let stale: Vec<Uuid> =
+            self.owned.iter().filter(|e| e.value().elapsed() >= self.lease / 2).map(|e| *e.key()).collect();
+        for session_id in stale {
+            self.lose(session_id);
+        }
     }
 
     /// A lease script over some sessions' leases: their keys, then this instance.
@@ -655,7 +695,7 @@ impl Cluster {
     /// Stops running a session whose lease this instance can no longer vouch for.
     fn lose(&self, session_id: Uuid) {
         self.owned.remove(&session_id);
-        tracing::warn!(%session_id, "lost a session lease; stopping its actor");
+        tracing::warn!(%session_id, instance = %self.instance, "lost a session lease; stopping its actor");
         if let Some(handler) = self.handler() {
             handler.lease_lost(session_id);
         }
@@ -836,17 +876,19 @@ async fn subscribe_loop(
         tracing::warn!("lost the cluster subscription; reconnecting");
         if let Some(me) = cluster.upgrade() {
             me.connected.store(false, Ordering::Release);
+            // Events published from now until the reconnect are lost: the watchers of
+            // relayed sessions must not wait for them.
+            me.relays.fail_owners(|_| true, "the node lost its connection to the cluster");
         }
     }
 }
 
 /// Beats every quarter of the lease; the heartbeat key lives three quarters, so a peer
-/// notices this node gone within the lease time of its last beat. A node that cannot beat
-/// for half the lease stops its sessions, before its heartbeat can expire and another
-/// node may take them over.
+/// notices this node gone within the lease time of its last beat. A session whose lease
+/// could not be renewed for half the lease is stopped (see [`Cluster::fence`]) before its
+/// lease or this node's heartbeat can expire and another node may take it over.
 async fn heartbeat_loop(cluster: Weak<Cluster>, shutdown: CancellationToken) {
     let Some(every) = cluster.upgrade().map(|c| c.lease / 4) else { return };
-    let mut last_ok = Instant::now();
     // A steady beat whatever each one took (a late beat is not made up with a burst).
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -856,17 +898,12 @@ async fn heartbeat_loop(cluster: Weak<Cluster>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         let Some(me) = cluster.upgrade() else { return };
-        match me.heartbeat().await {
-            Ok(()) => last_ok = Instant::now(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster heartbeat failed");
-                if last_ok.elapsed() >= me.lease / 2 && !me.owned.is_empty() {
-                    let owned: Vec<Uuid> = me.owned.iter().map(|e| *e.key()).collect();
-                    for session_id in owned {
-                        me.lose(session_id);
-                    }
-                }
-            }
+        // A Redis that hangs must not hold the fence back: a beat gets a quarter of the lease.
+        let beat = tokio::time::timeout(every, me.heartbeat()).await.unwrap_or(Err(ClusterError::Timeout));
+        me.beating.store(beat.is_ok(), Ordering::Release);
+        if let Err(e) = beat {
+            tracing::warn!(error = %e, "cluster heartbeat failed");
+            me.fence();
         }
         me.sweep();
     }

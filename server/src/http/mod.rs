@@ -171,7 +171,8 @@ async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "The database answers (and, in a cluster, Redis); says which node answered and where limits are kept"), (status = 503, description = "The database (or, in a cluster, Redis) does not answer")))]
 /// `GET /readyz`: ready when the database answers and, in a cluster, the node is connected
-/// to Redis (it cannot claim or reach sessions without it). Says which node answered
+/// to Redis: subscribed, and its last heartbeat (which renews its leases) got through. It
+/// cannot claim or reach sessions without it. Says which node answered
 /// (`node_id`), where limits are kept (`redis`: `up`, `down` (limits kept in process
 /// meanwhile) or `disabled`) and, in a cluster, its state (`cluster`: `up` or `down`, and
 /// `nodes`, the live node processes).
@@ -189,7 +190,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     });
     let mut ready = database.is_ok();
     if let Some(cluster) = &state.cluster {
-        let up = cluster.is_connected();
+        let up = cluster.is_healthy();
         ready &= up;
         body["cluster"] = serde_json::json!(if up { "up" } else { "down" });
         body["nodes"] = serde_json::json!(cluster.live_instances());

@@ -194,6 +194,9 @@ pub enum SessionMsg {
         /// Which arming it was.
         epoch: u64,
     },
+    /// This node no longer holds the session's lease (it could not renew it in time):
+    /// store the running reply, tell every watcher to subscribe again, and stop.
+    LeaseLost,
     /// A receiver on another node stopped watching.
     RemoteUnsubscribe {
         /// The node instance it lives in.
@@ -465,6 +468,17 @@ impl SessionState {
                     self.on_generation_event(event).await;
                     self.start_next(myself);
                 }
+            }
+            SessionMsg::LeaseLost => {
+                let moved = ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue");
+                self.end(Ending::Stopping, &moved).await;
+                let out =
+                    Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error: moved });
+                for receiver in self.receivers.drain(..) {
+                    receiver.deliver(&out);
+                }
+                self.stop(myself);
+                return;
             }
             SessionMsg::RemoteUnsubscribe { instance, receiver } => {
                 self.remote_watchers.remove(&(instance, receiver));

@@ -543,8 +543,7 @@ impl ClusterHandler for SessionRegistry {
 
     fn lease_lost(&self, session_id: Uuid) {
         if let Some(actor) = self.actors.get(&session_id) {
-            let (tx, _) = oneshot::channel();
-            let _ = actor.send_message(SessionMsg::Shutdown { reply: tx });
+            let _ = actor.send_message(SessionMsg::LeaseLost);
         }
     }
 
