@@ -171,10 +171,12 @@ async fn tabs_on_two_nodes_see_one_stream_and_sends_from_both_are_answered_in_or
     let owner = cluster.owner(sid).await.expect("a live session has an owner");
     assert!(owner.starts_with("a#"), "the first node to use the session owns it: {owner}");
 
-    // A send on each node while the first reply streams: one reply at a time, in order.
+    // A send on each node, the second while the first reply streams: one reply at a time,
+    // in the order the owner took them.
     send(&mut tab_a, sid, "s1", "first [[mock tokens=40 tps=200 delay_ms=0]]").await;
+    let mut frames_a = tab_a.recv_until(|f| matches!(f, ServerFrame::Ack { .. })).await;
     send(&mut tab_b, sid, "s2", "second [[mock tokens=10 tps=200 delay_ms=0]]").await;
-    let frames_a = replies(&mut tab_a, sid, 2).await;
+    frames_a.extend(replies(&mut tab_a, sid, 2).await);
     let frames_b = replies(&mut tab_b, sid, 2).await;
     let (events_a, events_b) = (events_of(&frames_a, sid), events_of(&frames_b, sid));
     assert_eq!(events_a, events_b, "both tabs see the same events");
