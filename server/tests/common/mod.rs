@@ -534,24 +534,43 @@ pub struct SurrealServer {
 }
 
 impl SurrealServer {
-    /// Starts one (root password `root-pass`) and waits until it answers.
+    /// Starts one (root password `root-pass`) and waits until it answers. The free port it
+    /// is given may be taken by another test's process before it binds: then it exits (or
+    /// something else answers there), and it starts again on another port.
     pub async fn start() -> SurrealServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new(surreal_bin())
-            .args(["start", "--bind", &format!("127.0.0.1:{port}"), "--user", "root", "--pass", "root-pass", "memory"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("surreal starts");
-        let server = SurrealServer { child, port };
         let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-                return server;
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new(surreal_bin())
+                .args([
+                    "start",
+                    "--bind",
+                    &format!("127.0.0.1:{port}"),
+                    "--user",
+                    "root",
+                    "--pass",
+                    "root-pass",
+                    "memory",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("surreal starts");
+            let mut server = SurrealServer { child, port };
+            for _ in 0..200 {
+                if server.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                let version = http.get(format!("http://127.0.0.1:{port}/version")).send().await;
+                if let Ok(response) = version
+                    && response.text().await.is_ok_and(|v| v.starts_with("surrealdb"))
+                {
+                    return server;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("surreal did not come up on {port}");
+        panic!("surreal did not come up");
     }
 
     /// Runs SurrealQL over its HTTP endpoint, in the cluster's namespace and database.
