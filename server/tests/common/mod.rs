@@ -459,11 +459,26 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts one (Debian's `redis-server`; `.ci/run` installs it).
+    /// The free port it is given may be taken by another test's process before it binds:
+    /// then it exits, and it starts again on another port.
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = RedisServer { port, child: None };
-        redis.resume().await;
-        redis
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut redis = RedisServer { port, child: None };
+            redis.resume().await;
+            let pong: Option<String> = match redis::Client::open(redis.url()) {
+                Ok(client) => match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING").query_async(&mut c).await.ok(),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let alive = redis.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            if alive && pong.as_deref() == Some("PONG") {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start");
     }
 
     pub fn url(&self) -> String {
