@@ -118,6 +118,16 @@ impl Cluster {
         serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
+    /// A new user's session that node `a` owns with nobody watching it there (a rename
+    /// through `a` starts its actor, which takes the lease): the token and the session.
+    async fn session_owned_by_a(&self, name: &str) -> (String, Uuid) {
+        let token = self.register(0, name).await;
+        let sid = self.session(0, &token).await;
+        assert_eq!(self.rename(0, &token, sid, "owned by a").await.status(), 200);
+        assert!(self.owner(sid).await.is_some_and(|o| o.starts_with("a#")));
+        (token, sid)
+    }
+
     /// Who holds a session's lease now, as Redis says.
     async fn owner(&self, sid: Uuid) -> Option<String> {
         let mut redis = self.redis.connection().await;
@@ -265,11 +275,7 @@ async fn stop_on_one_node_cancels_the_upstream_stream_held_by_the_other() {
 #[tokio::test]
 async fn the_last_watcher_leaving_another_node_cancels_after_the_grace() {
     let cluster = Cluster::start(2, &[("CHAT_CANCEL_GRACE_MS", "800")]).await;
-    let token = cluster.register(0, "cyd").await;
-    let sid = cluster.session(0, &token).await;
-    // Node a owns the session, with nobody watching there.
-    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
-    assert!(cluster.owner(sid).await.unwrap().starts_with("a#"));
+    let (token, sid) = cluster.session_owned_by_a("cyd").await;
 
     let mut tab_b = cluster.node(1).ws(&token).await;
     subscribe(&mut tab_b, sid).await;
@@ -297,9 +303,7 @@ async fn the_last_watcher_leaving_another_node_cancels_after_the_grace() {
 #[tokio::test]
 async fn killing_the_owner_mid_reply_fails_over_within_the_lease() {
     let mut cluster = Cluster::start(2, &[]).await;
-    let token = cluster.register(0, "deedee").await;
-    let sid = cluster.session(0, &token).await;
-    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let (token, sid) = cluster.session_owned_by_a("deedee").await;
     let mut tab_b = cluster.node(1).ws(&token).await;
     subscribe(&mut tab_b, sid).await;
     send(&mut tab_b, sid, "long", "remember me [[mock tokens=2000 tps=40 delay_ms=0]]").await;
@@ -539,9 +543,7 @@ async fn load_generator_measures_both_nodes() {
 #[tokio::test]
 async fn an_owner_shutting_down_hands_its_sessions_over() {
     let mut cluster = Cluster::start(2, &[]).await;
-    let token = cluster.register(0, "ingrid").await;
-    let sid = cluster.session(0, &token).await;
-    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let (token, sid) = cluster.session_owned_by_a("ingrid").await;
     let mut tab_b = cluster.node(1).ws(&token).await;
     subscribe(&mut tab_b, sid).await;
     send(&mut tab_b, sid, "long", "long story [[mock tokens=2000 tps=40 delay_ms=0]]").await;
@@ -615,9 +617,7 @@ async fn regenerate_and_edit_are_forwarded_to_the_owner() {
 #[tokio::test]
 async fn the_cluster_rides_out_redis_going_away() {
     let mut cluster = Cluster::start(2, &[]).await;
-    let token = cluster.register(0, "kasper").await;
-    let sid = cluster.session(0, &token).await;
-    assert_eq!(cluster.rename(0, &token, sid, "owned by a").await.status(), 200);
+    let (token, sid) = cluster.session_owned_by_a("kasper").await;
     let mut tab_a = cluster.node(0).ws(&token).await;
     subscribe(&mut tab_a, sid).await;
     let mut tab_b = cluster.node(1).ws(&token).await;
