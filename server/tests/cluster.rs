@@ -471,19 +471,9 @@ async fn nodes_migrate_once_report_themselves_and_a_restarted_node_keeps_every_s
     let _ = WAIT;
 }
 
-/// The status of a WebSocket upgrade with the token in a header (101 when accepted).
-async fn upgrade_status(node: &Process, token: &str) -> (u16, Option<Ws>) {
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{}/api/v1/ws",
-        node.addr
-    ))
-    .unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((stream, _)) => (101, Some(Ws { stream })),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (response.status().as_u16(), None),
-        Err(e) => panic!("{e}"),
-    }
+/// The status of a WebSocket upgrade to a node with the token in a header (101 when accepted).
+async fn upgrade_status(node: &Process, token: &str) -> u16 {
+    common::ws_upgrade(&node.addr, token).await.0
 }
 
 #[tokio::test]
@@ -495,11 +485,11 @@ async fn per_user_caps_count_every_node() {
     let first = cluster.node(0).ws(&token).await;
     let _second = cluster.node(1).ws(&token).await;
     for node in 0..2 {
-        assert_eq!(upgrade_status(cluster.node(node), &token).await.0, 403, "a third connection on node {node}");
+        assert_eq!(upgrade_status(cluster.node(node), &token).await, 403, "a third connection on node {node}");
     }
     first.close().await;
     common::eventually("the closed connection's place is given back across the cluster", || async {
-        upgrade_status(cluster.node(1), &token).await.0 == 101
+        upgrade_status(cluster.node(1), &token).await == 101
     })
     .await;
 

@@ -301,17 +301,7 @@ async fn registrations_are_limited_per_address() {
 
 /// Status of a WebSocket upgrade authenticated by header (101 when it connects).
 async fn ws_status(server: &TestServer, token: &str) -> u16 {
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{}/api/v1/ws",
-        server.addr
-    ))
-    .unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((_, response)) => response.status().as_u16(),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("{e}"),
-    }
+    common::ws_upgrade(&server.addr.to_string(), token).await.0
 }
 
 /// `FEATURE_CHAT_ENABLED=false`: every chat route and the WebSocket answer 404 with the

@@ -169,6 +169,18 @@ pub async fn ws_at(addr: &str, token: Option<&str>) -> Ws {
     Ws { stream }
 }
 
+/// A WebSocket upgrade to `addr` authenticated by header: its status (101 when it
+/// connects) and, then, the connection (before any frame).
+pub async fn ws_upgrade(addr: &str, token: &str) -> (u16, Option<Ws>) {
+    let mut request = format!("ws://{addr}/api/v1/ws").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((stream, _)) => (101, Some(Ws { stream })),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (response.status().as_u16(), None),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The status and error code of a REST error response (panics if the body is not one).
 pub async fn error_of(response: reqwest::Response) -> (u16, relay_protocol::ErrorCode) {
     let status = response.status().as_u16();
