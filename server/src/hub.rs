@@ -137,9 +137,7 @@ impl UserHub {
                 (Some(echoed), Some(id)) if id == receiver.id => echoed,
                 _ => &plain,
             };
-            if receiver.deliver(out) == Delivery::Overflowed {
-                tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
-            }
+            deliver_to(user, receiver, out);
         }
     }
 
@@ -147,10 +145,15 @@ impl UserHub {
     pub fn deliver(&self, user: Uuid, out: &Outbound) {
         let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
         for receiver in &receivers {
-            if receiver.deliver(out) == Delivery::Overflowed {
-                tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
-            }
+            deliver_to(user, receiver, out);
         }
+    }
+}
+
+/// Queues a user event for one connection (one that overflows is closed by its writer).
+fn deliver_to(user: Uuid, receiver: &Receiver, out: &Outbound) {
+    if receiver.deliver(out) == Delivery::Overflowed {
+        tracing::warn!(user_id = %user, receiver = receiver.id, "connection too slow; closing it");
     }
 }
 

@@ -20,22 +20,23 @@
 //! subscriber in the order they were published, whatever their channels.
 //!
 //! Liveness: each node process (an *instance*: node id and a random incarnation) keeps a
-//! heartbeat key alive for the lease time. A peer whose heartbeat expired is gone: its
+//! heartbeat key alive (three quarters of the lease, renewed every quarter). A peer whose heartbeat expired is gone: its
 //! watchers are forgotten by the owners (so the cancel grace counts without them), and the
 //! sessions it owned fail over: their watchers elsewhere get `done` `error` and are asked to
 //! subscribe again, and the next use claims the session on a live node, which loads it from
-//! the database. No consensus of our own: Redis's `SET NX` and key expiry decide.
+//! the database. No consensus of our own: atomic Redis scripts and key expiry decide.
 
 mod relay;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -46,12 +47,16 @@ use uuid::Uuid;
 use crate::fanout::{Outbound, Receiver, ReceiverId, RemoteSink};
 use crate::metrics::Metrics;
 
-pub use relay::Relays;
+use relay::Relays;
 
 /// Every key and channel starts with this, so relay-chat can share a Redis.
 const PREFIX: &str = "relay:";
 /// The channel of user events, read by every node.
 const USERS_CHANNEL: &str = "relay:users";
+/// Channels of sessions' events: this, then the session id.
+const SESSION_CHANNEL_PREFIX: &str = "relay:session:";
+/// Heartbeat keys: this, then the node id; the value is the live instance.
+const ALIVE_PREFIX: &str = "relay:alive:";
 /// How many publishes go out in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
 /// How many leases one renewal script handles.
@@ -60,7 +65,9 @@ const RENEW_CHUNK: usize = 500;
 /// Renews the leases this instance holds. KEYS: lease keys; ARGV[1] instance; ARGV[2] ttl
 /// (ms). A lease that is missing (Redis restarted empty) is taken again: nobody else holds
 /// it. Returns the 1-based indexes of the keys another instance holds now.
-const RENEW: &str = r#"
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local lost = {}
 for i, key in ipairs(KEYS) do
   local holder = redis.call('GET', key)
@@ -71,23 +78,31 @@ for i, key in ipairs(KEYS) do
   end
 end
 return lost
-"#;
+"#,
+    )
+});
 
 /// Deletes every given lease this instance holds. KEYS: lease keys; ARGV[1] instance.
-const RELEASE_ALL: &str = r#"
+static RELEASE_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local n = 0
 for _, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
 end
 return n
-"#;
+"#,
+    )
+});
 
 /// Claims a session's lease. KEYS[1] lease key; ARGV[1] this instance; ARGV[2] ttl (ms);
 /// ARGV[3] the prefix of heartbeat keys. The lease is taken when free, or when its holder's
 /// heartbeat is gone (the holder died, or restarted as a new instance): a holder stops
 /// its sessions before its heartbeat can expire (see `heartbeat_loop`). Returns the
 /// holder after the claim.
-const CLAIM: &str = r#"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   local node = string.match(holder, '^(.*)#') or holder
@@ -97,20 +112,28 @@ if holder and holder ~= ARGV[1] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
-"#;
+"#,
+    )
+});
 
 /// Deletes a lease if this instance holds it. KEYS[1] key; ARGV[1] instance.
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"#;
+"#,
+    )
+});
 
 /// Counts a WebSocket connection of a user against the cluster-wide cap, unless the user
 /// already holds that many on live instances. KEYS[1] the user's count hash (a field per
 /// instance); ARGV[1] instance; ARGV[2] cap; ARGV[3] prefix of heartbeat keys. Fields of
 /// instances that are gone are dropped (their connections went with them). Returns 1 when
 /// counted, 0 when the cap is reached.
-const TAKE_CONNECTION: &str = r#"
+static TAKE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -126,13 +149,19 @@ if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], 86400)
 return 1
-"#;
+"#,
+    )
+});
 
 /// Gives a counted connection back. KEYS[1] the user's count hash; ARGV[1] instance.
-const GIVE_CONNECTION: &str = r#"
+static GIVE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
-"#;
+"#,
+    )
+});
 
 /// How long a per-user cluster lock lives if its holder dies holding it.
 const USER_LOCK_TTL: Duration = Duration::from_secs(5);
@@ -256,7 +285,7 @@ pub struct Cluster {
     /// Receivers of this node that a remote owner may send frames to, by id.
     direct: DashMap<ReceiverId, Receiver>,
     /// Sessions owned elsewhere that receivers here watch.
-    pub relays: Relays,
+    relays: Relays,
     /// Sessions whose lease this instance holds, with when the lease was last confirmed
     /// (the moment the claim or renewal was sent: Redis counts its time from later).
     owned: DashMap<Uuid, Instant>,
@@ -321,7 +350,6 @@ impl Cluster {
         }
         cluster.heartbeat().await?;
         tokio::spawn(heartbeat_loop(Arc::downgrade(&cluster), shutdown).instrument(span));
-        cluster.metrics.node_info.with_label_values(&[&cluster.node_id]).set(1);
         Ok(cluster)
     }
 
@@ -332,11 +360,6 @@ impl Cluster {
 
     fn handler(&self) -> Option<Arc<dyn ClusterHandler>> {
         self.handler.get().and_then(Weak::upgrade)
-    }
-
-    /// `NODE_ID`.
-    pub fn node_id(&self) -> &Arc<str> {
-        &self.node_id
     }
 
     /// This process: the node id and its incarnation.
@@ -366,11 +389,11 @@ impl Cluster {
     pub async fn claim(&self, session_id: Uuid) -> Result<Claim, ClusterError> {
         let sent = Instant::now();
         let mut redis = self.redis.clone();
-        let holder: String = redis::Script::new(CLAIM)
+        let holder: String = CLAIM
             .key(lease_key(session_id))
             .arg(&*self.instance)
             .arg(self.lease.as_millis() as u64)
-            .arg(format!("{PREFIX}alive:"))
+            .arg(ALIVE_PREFIX)
             .invoke_async(&mut redis)
             .await?;
         match holder {
@@ -389,7 +412,7 @@ impl Cluster {
         self.metrics.cluster_owned_sessions.set(self.owned.len() as i64);
         let mut redis = self.redis.clone();
         let released: Result<i64, _> =
-            redis::Script::new(RELEASE).key(lease_key(session_id)).arg(&*self.instance).invoke_async(&mut redis).await;
+            RELEASE.key(lease_key(session_id)).arg(&*self.instance).invoke_async(&mut redis).await;
         if let Err(e) = released {
             tracing::warn!(%session_id, error = %e, "could not release a session lease; it expires by itself");
         }
@@ -401,11 +424,11 @@ impl Cluster {
     /// already holds `max` on live nodes.
     pub async fn take_connection(&self, user: Uuid, max: usize) -> Result<bool, ClusterError> {
         let mut redis = self.redis.clone();
-        let taken: i64 = redis::Script::new(TAKE_CONNECTION)
+        let taken: i64 = TAKE_CONNECTION
             .key(connections_key(user))
             .arg(&*self.instance)
             .arg(max)
-            .arg(format!("{PREFIX}alive:"))
+            .arg(ALIVE_PREFIX)
             .invoke_async(&mut redis)
             .await?;
         Ok(taken == 1)
@@ -415,11 +438,8 @@ impl Cluster {
     pub fn give_connection(&self, user: Uuid) {
         let (mut redis, instance) = (self.redis.clone(), self.instance.clone());
         tokio::spawn(async move {
-            let given: Result<i64, _> = redis::Script::new(GIVE_CONNECTION)
-                .key(connections_key(user))
-                .arg(&*instance)
-                .invoke_async(&mut redis)
-                .await;
+            let given: Result<i64, _> =
+                GIVE_CONNECTION.key(connections_key(user)).arg(&*instance).invoke_async(&mut redis).await;
             if let Err(e) = given {
                 tracing::warn!(user_id = %user, error = %e, "could not give a connection back to the cluster count");
             }
@@ -524,7 +544,7 @@ impl Cluster {
     // ---- incoming --------------------------------------------------------------------------
 
     fn dispatch(&self, channel: &str, payload: &[u8]) {
-        if let Some(session) = channel.strip_prefix("relay:session:") {
+        if let Some(session) = channel.strip_prefix(SESSION_CHANNEL_PREFIX) {
             if let Ok(session_id) = session.parse::<Uuid>() {
                 match Outbound::decode(payload) {
                     Ok(out) => self.relays.on_event(session_id, out),
@@ -653,9 +673,8 @@ impl Cluster {
     async fn renew(&self) -> Result<(), ClusterError> {
         let owned: Vec<Uuid> = self.owned.iter().map(|e| *e.key()).collect();
         let mut redis = self.redis.clone();
-        let renew = redis::Script::new(RENEW);
         for chunk in owned.chunks(RENEW_CHUNK) {
-            let mut script = self.on_leases(&renew, chunk);
+            let mut script = self.on_leases(&RENEW, chunk);
             script.arg(self.lease.as_millis() as u64);
             let sent = Instant::now();
             let lost: Vec<usize> = script.invoke_async(&mut redis).await?;
@@ -683,7 +702,7 @@ impl Cluster {
     }
 
     /// A lease script over some sessions' leases: their keys, then this instance.
-    fn on_leases<'a>(&self, script: &'a redis::Script, sessions: &[Uuid]) -> redis::ScriptInvocation<'a> {
+    fn on_leases<'a>(&self, script: &'a Script, sessions: &[Uuid]) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
         for session_id in sessions {
             invocation.key(lease_key(*session_id));
@@ -707,9 +726,8 @@ impl Cluster {
     pub async fn leave(&self) {
         let owned: Vec<Uuid> = self.owned.iter().map(|e| *e.key()).collect();
         let mut redis = self.redis.clone();
-        let release = redis::Script::new(RELEASE_ALL);
         for chunk in owned.chunks(RENEW_CHUNK) {
-            let released: Result<i64, _> = self.on_leases(&release, chunk).invoke_async(&mut redis).await;
+            let released: Result<i64, _> = self.on_leases(&RELEASE_ALL, chunk).invoke_async(&mut redis).await;
             if let Err(e) = released {
                 tracing::warn!(error = %e, "could not give leases up; they expire by themselves");
             }
@@ -746,8 +764,7 @@ pub struct UserLock {
 impl UserLock {
     /// Gives the lock back, if it is still this holder's.
     pub async fn release(mut self) {
-        let released: Result<i64, _> =
-            redis::Script::new(RELEASE).key(&self.key).arg(&self.token).invoke_async(&mut self.redis).await;
+        let released: Result<i64, _> = RELEASE.key(&self.key).arg(&self.token).invoke_async(&mut self.redis).await;
         if let Err(e) = released {
             tracing::warn!(error = %e, "could not release a user lock; it expires by itself");
         }
@@ -768,7 +785,7 @@ fn connections_key(user: Uuid) -> String {
 }
 
 fn alive_key(node: &str) -> String {
-    format!("{PREFIX}alive:{node}")
+    format!("{ALIVE_PREFIX}{node}")
 }
 
 fn node_channel(node: &str) -> String {
@@ -776,7 +793,7 @@ fn node_channel(node: &str) -> String {
 }
 
 fn session_channel(session_id: Uuid) -> String {
-    format!("{PREFIX}session:{session_id}")
+    format!("{SESSION_CHANNEL_PREFIX}{session_id}")
 }
 
 /// The node id of an instance (`node#incarnation`).
@@ -832,7 +849,6 @@ async fn subscribe_loop(
         };
         let mut watched: HashSet<Uuid> = HashSet::new();
         if let Some(me) = cluster.upgrade() {
-            me.relays.fail_owners(|_| true, "the node lost its connection to the cluster");
             me.connected.store(true, Ordering::Release);
         }
         if let Some(first) = first.take() {

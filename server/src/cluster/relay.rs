@@ -162,9 +162,4 @@ impl Relays {
     pub fn len(&self) -> usize {
         self.sessions.iter().filter(|r| !r.watchers.is_empty()).count()
     }
-
-    /// Whether no session is relayed here.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -470,13 +470,8 @@ impl SessionState {
                 }
             }
             SessionMsg::LeaseLost => {
-                let moved = ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue");
-                self.end(Ending::Stopping, &moved).await;
-                let out =
-                    Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error: moved });
-                for receiver in self.receivers.drain(..) {
-                    receiver.deliver(&out);
-                }
+                self.end(Ending::Stopping, &moved()).await;
+                self.send_watchers_away(moved());
                 self.stop(myself);
                 return;
             }
@@ -1222,11 +1217,17 @@ impl SessionState {
         if self.current.is_some() {
             self.finish_running(FinishReason::Error, Some(error.clone())).await;
         }
+        self.send_watchers_away(error);
+        self.stop(myself);
+    }
+
+    /// Tells every watcher here that this actor's live state is gone (`error` without a
+    /// request id): they subscribe again, to wherever the session runs next.
+    fn send_watchers_away(&mut self, error: ErrorBody) {
         let out = Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error });
         for receiver in self.receivers.drain(..) {
             receiver.deliver(&out);
         }
-        self.stop(myself);
     }
 
     fn stop(&mut self, myself: &ActorRef<SessionMsg>) {
@@ -1237,8 +1238,7 @@ impl SessionState {
             && !self.remote_watchers.is_empty()
             && let Some(cluster) = &self.deps.cluster
         {
-            let error = ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue");
-            let out = Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error });
+            let out = Outbound::new(ServerFrame::Error { id: None, session_id: Some(self.session.id), error: moved() });
             cluster.publish_event(self.session.id, &out);
         }
         if let Some(registry) = self.registry.upgrade() {
@@ -1246,6 +1246,11 @@ impl SessionState {
         }
         myself.stop(None);
     }
+}
+
+/// What watchers hear when this node stops running a session that goes on elsewhere.
+fn moved() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue")
 }
 
 /// Checks a user message: not blank, and at most `max_chars` characters.

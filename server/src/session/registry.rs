@@ -142,7 +142,9 @@ impl SessionRegistry {
         }
     }
 
-    /// Runs a session operation where the session lives. Here: a message to its actor,
+    /// Runs a session operation where the session lives (`make` builds the message for an
+    /// actor here, `remote` the request for another node; each only when needed). Here: a
+    /// message to its actor,
     /// retried on a fresh actor if the first one stopped before answering (safe: a send
     /// carries its message id from here, and storing a message twice under one id keeps
     /// one row). On another node: the request is forwarded to it, after `watcher` (the
@@ -153,7 +155,7 @@ impl SessionRegistry {
         &self,
         session_id: Uuid,
         make: impl Fn(oneshot::Sender<Result<T, SessionError>>) -> SessionMsg,
-        remote: RemoteOp,
+        remote: impl Fn() -> RemoteOp,
         watcher: Option<&Receiver>,
         forward: bool,
     ) -> Result<T, SessionError> {
@@ -176,7 +178,7 @@ impl SessionRegistry {
                 Place::There(owner) if !forward => return Err(SessionError::Elsewhere(owner)),
                 Place::There(owner) => owner,
             };
-            match self.forward(session_id, &owner, remote.clone(), watcher).await {
+            match self.forward(session_id, &owner, remote(), watcher).await {
                 Err(RemoteError::NotOwner) => continue,
                 Ok(answer) => return T::from_remote(answer),
                 Err(e) => return Err(e.into()),
@@ -235,7 +237,7 @@ impl SessionRegistry {
         request_id: Option<String>,
         forward: bool,
     ) -> Result<(), SessionError> {
-        let op = RemoteOp::Subscribe { user_id, origin: origin_of(&receiver), request_id: request_id.clone() };
+        let op = || RemoteOp::Subscribe { user_id, origin: origin_of(&receiver), request_id: request_id.clone() };
         self.call(
             session_id,
             |reply| SessionMsg::Subscribe {
@@ -307,24 +309,13 @@ impl SessionRegistry {
     ) -> Result<SendAccepted, SessionError> {
         let NewMessage { id: message_id, content, replaces } = message;
         // What the owner node gets when the session runs elsewhere.
-        let (wire_user, wire_origin, wire_content, wire_request_id) =
-            (user.clone(), origin_of(&origin), content.clone(), request_id.clone());
-        let op = match replaces {
-            None => RemoteOp::Send {
-                user: wire_user,
-                message_id,
-                content: wire_content,
-                origin: wire_origin,
-                request_id: wire_request_id,
-            },
-            Some(replaced) => RemoteOp::Edit {
-                user: wire_user,
-                replaced,
-                message_id,
-                content: wire_content,
-                origin: wire_origin,
-                request_id: wire_request_id,
-            },
+        let op = || {
+            let (user, origin, content, request_id) =
+                (user.clone(), origin_of(&origin), content.clone(), request_id.clone());
+            match replaces {
+                None => RemoteOp::Send { user, message_id, content, origin, request_id },
+                Some(replaced) => RemoteOp::Edit { user, replaced, message_id, content, origin, request_id },
+            }
         };
         let make = |reply| {
             let request = SendRequest::new(user, message_id, &content, &origin, &request_id);
@@ -356,7 +347,7 @@ impl SessionRegistry {
         forward: bool,
     ) -> Result<SendAccepted, SessionError> {
         let op =
-            RemoteOp::Regenerate { user: user.clone(), origin: origin_of(&origin), request_id: request_id.clone() };
+            || RemoteOp::Regenerate { user: user.clone(), origin: origin_of(&origin), request_id: request_id.clone() };
         self.call(
             session_id,
             |reply| SessionMsg::Regenerate {
@@ -390,7 +381,7 @@ impl SessionRegistry {
     }
 
     async fn stop_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
-        let op = RemoteOp::Stop { user_id };
+        let op = || RemoteOp::Stop { user_id };
         self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }, op, None, forward).await
     }
 
@@ -406,7 +397,7 @@ impl SessionRegistry {
         title: &str,
         forward: bool,
     ) -> Result<Session, SessionError> {
-        let op = RemoteOp::Rename { user_id, title: title.to_string() };
+        let op = || RemoteOp::Rename { user_id, title: title.to_string() };
         self.call(
             session_id,
             |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply },
@@ -425,7 +416,7 @@ impl SessionRegistry {
     }
 
     async fn delete_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
-        let op = RemoteOp::Delete { user_id };
+        let op = || RemoteOp::Delete { user_id };
         self.call(session_id, |reply| SessionMsg::Delete { user_id, reply }, op, None, forward).await
     }
 
