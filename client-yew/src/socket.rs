@@ -79,6 +79,21 @@ impl Socket {
         format!("r{id}")
     }
 
+    /// A fresh idempotency key for a send, edit or regenerate (`client_message_id`): 128
+    /// random bits, so a request repeated after a lost answer is recognised as a repeat.
+    pub fn new_key() -> String {
+        let mut bytes = [0u8; 16];
+        let filled = web_sys::window()
+            .and_then(|w| w.crypto().ok())
+            .is_some_and(|crypto| crypto.get_random_values_with_u8_array(&mut bytes).is_ok());
+        if !filled {
+            for byte in &mut bytes {
+                *byte = (js_sys::Math::random() * 256.0) as u8;
+            }
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Sends a frame if connected; returns false when it could not be sent now.
     pub fn send(&self, frame: &ClientFrame) -> bool {
         let Ok(text) = serde_json::to_string(frame) else { return false };

@@ -41,6 +41,9 @@ pub enum Retry {
         session_id: Uuid,
         /// The text.
         content: String,
+        /// The idempotency key of the send that failed: sent again with it, a send the
+        /// server did store is answered as before instead of stored twice.
+        key: String,
     },
     /// Load the session list again.
     LoadSessions,
@@ -65,6 +68,8 @@ pub struct InFlight {
     pub session_id: Uuid,
     /// What the user wrote.
     pub content: String,
+    /// Its idempotency key (`client_message_id`).
+    pub key: String,
 }
 
 /// How many unacknowledged sends are remembered (the oldest is forgotten past it).
@@ -530,7 +535,7 @@ mod tests {
     fn a_refused_send_gives_its_text_back_and_an_acked_one_is_forgotten() {
         let sid = Uuid::from_u128(1);
         let sending = |id: &str, text: &str| {
-            Action::Sending(InFlight { request_id: id.into(), session_id: sid, content: text.into() })
+            Action::Sending(InFlight { request_id: id.into(), session_id: sid, content: text.into(), key: id.into() })
         };
         let mut m = logged_in().reduce(sending("1", "kept"), 0.0).reduce(sending("2", "refused"), 0.0);
         m = m.reduce(Action::Frame(ServerFrame::Ack { id: Some("1".into()), message: message(5, 1, Role::User) }), 0.0);

@@ -17,7 +17,7 @@ pub use rest::{
     RegisterRequest, SendMessageRequest, SendMessageResponse, SessionList, SessionWithMessages, SseEvent,
     UpdateSessionRequest, UsageReport,
 };
-pub use ws::{ClientFrame, FinishReason, Generating, ServerFrame};
+pub use ws::{ClientFrame, FinishReason, Generating, MAX_CLIENT_MESSAGE_ID_BYTES, ServerFrame};
 
 /// The protocol version announced in the WebSocket `ready` frame.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -42,6 +42,11 @@ pub enum ClientFrame {
         session_id: Uuid,
         /// The message text.
         content: String,
+        /// The client's idempotency key (any string up to 64 bytes): a repeat with the same
+        /// key from the same user within 24 hours is answered as the first was and does
+        /// nothing more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
     },
     /// Cancels the reply being generated.
     Stop {
@@ -98,6 +103,11 @@ pub enum ClientFrame {
         id: Option<String>,
         /// The session.
         session_id: Uuid,
+        /// The client's idempotency key (any string up to 64 bytes): a repeat with the same
+        /// key from the same user within 24 hours is answered as the first was and does
+        /// nothing more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
     },
     /// Replaces the session's last user message (and its reply) with new text, and answers it.
     Edit {
@@ -110,6 +120,11 @@ pub enum ClientFrame {
         message_id: Uuid,
         /// Its new text.
         content: String,
+        /// The client's idempotency key (any string up to 64 bytes): a repeat with the same
+        /// key from the same user within 24 hours is answered as the first was and does
+        /// nothing more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
     },
     /// Application-level keepalive.
     Ping {
@@ -118,6 +133,9 @@ pub enum ClientFrame {
         id: Option<String>,
     },
 }
+
+/// The longest idempotency key (`client_message_id`, `Idempotency-Key`), in bytes.
+pub const MAX_CLIENT_MESSAGE_ID_BYTES: usize = 64;
 
 impl ClientFrame {
     /// The request id the reply must echo, if any.

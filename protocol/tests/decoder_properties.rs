@@ -72,11 +72,14 @@ fn valid_frame() -> impl Strategy<Value = ClientFrame> {
         ".*".prop_map(|token| ClientFrame::Auth { token }),
         (id.clone(), sid.clone()).prop_map(|(id, session_id)| ClientFrame::Subscribe { id, session_id }),
         (id.clone(), sid.clone()).prop_map(|(id, session_id)| ClientFrame::Unsubscribe { id, session_id }),
-        (id.clone(), sid.clone(), ".*").prop_map(|(id, session_id, content)| ClientFrame::Send {
-            id,
-            session_id,
-            content
-        }),
+        (id.clone(), sid.clone(), ".*", prop::option::of(".{0,64}")).prop_map(
+            |(id, session_id, content, client_message_id)| ClientFrame::Send {
+                id,
+                session_id,
+                content,
+                client_message_id
+            }
+        ),
         (id.clone(), sid.clone()).prop_map(|(id, session_id)| ClientFrame::Stop { id, session_id }),
         (id.clone(), prop::option::of(".*")).prop_map(|(id, title)| ClientFrame::CreateSession { id, title }),
         (id.clone(), sid.clone(), ".*").prop_map(|(id, session_id, title)| ClientFrame::RenameSession {

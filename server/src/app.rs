@@ -44,6 +44,7 @@ impl Server {
             credentials: config.database_credentials.clone(),
             namespace: config.database_ns.clone(),
             database: config.database_db.clone(),
+            timeout: config.database_timeout,
         })
         .await
         .with_context(|| format!("cannot open the database at {}", config.database_url))?;
@@ -118,12 +119,13 @@ impl Server {
             _ => None,
         };
 
-        let writes = WriteBehind::start(store.clone(), WRITE_QUEUE, metrics.clone());
+        let writes = WriteBehind::start(store.clone(), WRITE_QUEUE, config.database_timeout, metrics.clone());
         let hub = Arc::new(UserHub::default());
         if let Some(cluster) = &cluster {
             hub.set_cluster(cluster.clone());
         }
         let limiter = Limiter::new(config.redis_url.as_deref(), metrics.clone())?;
+        let user_locks = Arc::new(UserLocks::default());
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
             writes: writes.clone(),
@@ -131,6 +133,7 @@ impl Server {
             hub: hub.clone(),
             metrics: metrics.clone(),
             limiter: limiter.clone(),
+            user_locks: user_locks.clone(),
             settings: SessionSettings {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
@@ -151,6 +154,13 @@ impl Server {
             let handler: Arc<dyn ClusterHandler> = sessions.clone();
             cluster.set_handler(Arc::downgrade(&handler));
         }
+        // A batch that finds a session's writes stale stops that session's actor here.
+        let fenced = Arc::downgrade(&sessions);
+        writes.on_fenced(Arc::new(move |fence| {
+            if let Some(sessions) = fenced.upgrade() {
+                sessions.fenced(fence);
+            }
+        }));
         let passwords = Arc::new(PasswordHashing::new(config.auth_hash_concurrency, config.auth_hash_queue));
         let retention = Arc::new(Retention {
             store: store.clone(),
@@ -167,7 +177,7 @@ impl Server {
             passwords,
             sessions,
             hub,
-            user_locks: Arc::new(UserLocks::default()),
+            user_locks,
             limiter,
             retention,
             shutdown,
@@ -208,16 +218,23 @@ impl Server {
 
     /// Shuts down gracefully, in an order that loses nothing: first no new work is
     /// accepted (sends answer `unavailable`), then every running reply is stored as it
-    /// stands (its watchers get `done` `cancelled`), then every WebSocket connection is
-    /// closed with 1001 and in-flight requests finish, and only then does this return.
+    /// stands (its watchers get `done` `cancelled`) and everything the sessions queued is
+    /// written, then (in a cluster) the leases are given up, then every WebSocket
+    /// connection is closed with 1001 and in-flight requests finish, and only then does
+    /// this return.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.state.sessions.shutdown().await;
+        // Written before the leases go: a node that takes a session over must find
+        // everything this one stored (and this one's writes would be refused after it).
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.flush()).await.is_err() {
+            tracing::error!(
+                "queued writes were not stored within {SHUTDOWN_GRACE:?}; the sessions' next owners reconcile their counts"
+            );
+        }
         if let Some(cluster) = &self.state.cluster {
             cluster.leave().await;
         }
-        // Everything the sessions queued (checkpoints, counters) is written before exit.
-        self.state.writes.flush().await;
         self.state.shutdown.cancel();
         let connections = self.state.connections.clone();
         connections.close();
@@ -233,7 +250,9 @@ impl Server {
             }
         };
         // Last: requests that were finishing may still have queued writes.
-        self.state.writes.close().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.close()).await.is_err() {
+            tracing::error!("queued writes were not stored within {SHUTDOWN_GRACE:?}");
+        }
         if let Some(mock) = &self.mock {
             mock.shutdown();
         }

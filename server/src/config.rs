@@ -139,6 +139,9 @@ pub struct Config {
     pub database_ns: String,
     /// `DATABASE_DB`: SurrealDB database.
     pub database_db: String,
+    /// `DATABASE_TIMEOUT_MS`: how long a request waits for the database (a query, or the
+    /// commit of a user message or a final reply) before it answers `unavailable`.
+    pub database_timeout: Duration,
     /// JWT settings.
     pub jwt: JwtConfig,
     /// `CHAT_ADMIN_USERS`: usernames that are admins.
@@ -201,6 +204,10 @@ pub struct Config {
     pub ws_outbound_queue_bytes: usize,
     /// `WS_MAX_SUBSCRIPTIONS_PER_CONNECTION`: sessions one connection may watch at once.
     pub ws_max_subscriptions: usize,
+    /// `WS_SUBSCRIBES_PER_MINUTE`: `subscribe` frames one connection may send per minute
+    /// (a burst of that many, refilled evenly): each is answered with a snapshot of up to
+    /// half the outbound queue, so they are bounded like sends.
+    pub ws_subscribes_per_minute: u32,
     /// `WS_MAX_CONNECTIONS_PER_USER`: WebSocket connections one user may hold open.
     pub ws_max_connections_per_user: usize,
     /// `WS_MAX_PENDING_REQUESTS`: requests of one connection being handled at once; the
@@ -261,6 +268,7 @@ impl std::fmt::Debug for Config {
             .field("database_credentials", &self.database_credentials.as_ref().map(|(user, _)| (user, REDACTED)))
             .field("database_ns", &self.database_ns)
             .field("database_db", &self.database_db)
+            .field("database_timeout", &self.database_timeout)
             .field("jwt", &self.jwt)
             .field("admin_users", &self.admin_users)
             .field("model_backend", &self.model_backend)
@@ -291,6 +299,7 @@ impl std::fmt::Debug for Config {
             .field("ws_outbound_queue", &self.ws_outbound_queue)
             .field("ws_outbound_queue_bytes", &self.ws_outbound_queue_bytes)
             .field("ws_max_subscriptions", &self.ws_max_subscriptions)
+            .field("ws_subscribes_per_minute", &self.ws_subscribes_per_minute)
             .field("ws_max_connections_per_user", &self.ws_max_connections_per_user)
             .field("ws_max_pending_requests", &self.ws_max_pending_requests)
             .field("max_sessions_per_user", &self.max_sessions_per_user)
@@ -489,6 +498,7 @@ impl Config {
             database_credentials,
             database_ns: var("DATABASE_NS").unwrap_or_else(|| "relay".into()),
             database_db: var("DATABASE_DB").unwrap_or_else(|| "chat".into()),
+            database_timeout: Duration::from_millis(positive("DATABASE_TIMEOUT_MS", var("DATABASE_TIMEOUT_MS"), 5000)?),
             jwt,
             admin_users: var("CHAT_ADMIN_USERS")
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
@@ -555,6 +565,7 @@ impl Config {
                 var("WS_MAX_SUBSCRIPTIONS_PER_CONNECTION"),
                 256,
             )?,
+            ws_subscribes_per_minute: positive("WS_SUBSCRIBES_PER_MINUTE", var("WS_SUBSCRIBES_PER_MINUTE"), 20)?,
             ws_max_connections_per_user: positive(
                 "WS_MAX_CONNECTIONS_PER_USER",
                 var("WS_MAX_CONNECTIONS_PER_USER"),
@@ -798,6 +809,10 @@ mod tests {
         let (one, two) = (load(&[]).unwrap().node_id, load(&[]).unwrap().node_id);
         assert_ne!(one, two, "a generated NODE_ID is unique per start");
         assert_eq!(load(&[]).unwrap().cluster_lease, Duration::from_secs(5));
+        assert_eq!(load(&[]).unwrap().database_timeout, Duration::from_secs(5));
+        assert_eq!(load(&[("DATABASE_TIMEOUT_MS", "0")]).unwrap_err().var, "DATABASE_TIMEOUT_MS");
+        assert_eq!(load(&[]).unwrap().ws_subscribes_per_minute, 20);
+        assert_eq!(load(&[("WS_SUBSCRIBES_PER_MINUTE", "0")]).unwrap_err().var, "WS_SUBSCRIBES_PER_MINUTE");
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub enum AppError {
         /// When to try again.
         retry_after_ms: u64,
     },
+    /// An idempotency key reused for another session's message.
+    #[error("this client_message_id was used for a message of another session")]
+    KeyReused,
     /// A cap on what one user or connection may hold is reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -116,7 +119,14 @@ impl AppError {
                 (ErrorCode::Unauthorized, "missing, invalid or expired token".into(), None)
             }
             AppError::Store(StoreError::Conflict) => (ErrorCode::Conflict, "already exists".into(), None),
+            AppError::Store(StoreError::Timeout) => {
+                (ErrorCode::Unavailable, "the database is not answering; retry shortly".into(), Some(1000))
+            }
+            AppError::Store(StoreError::Fenced) => {
+                (ErrorCode::Unavailable, "the session moved to another server; retry".into(), Some(100))
+            }
             AppError::Store(_) => (ErrorCode::Internal, "internal error".into(), None),
+            AppError::KeyReused => (ErrorCode::Conflict, self.to_string(), None),
             AppError::Llm(LlmError::Unavailable { retry_after_ms, .. }) => {
                 (ErrorCode::UpstreamUnavailable, "the model provider is unavailable".into(), *retry_after_ms)
             }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod faults;
 pub mod http;
 pub mod hub;
 pub mod limits;

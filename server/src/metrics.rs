@@ -58,8 +58,24 @@ pub struct Metrics {
     pub write_queue: IntGauge,
     /// Writes per write-behind transaction.
     pub write_batch: Histogram,
-    /// Writes given up after retries (logged as errors).
+    /// Failed attempts at a write-behind batch (each batch is retried until stored).
     pub write_failures: IntCounter,
+    /// Durable writes (a user message, a final reply) not confirmed within `DATABASE_TIMEOUT_MS`.
+    pub write_timeouts: IntCounter,
+    /// Sessions whose queued writes a batch refused: another actor holds the session now.
+    pub write_fenced: IntCounter,
+    /// Write-behind writers retrying a batch the database does not take now.
+    pub write_stalled: IntGauge,
+    /// Entries in the session registry: actors started or starting (set when `/metrics` is read).
+    pub session_slots: IntGauge,
+    /// Forwarded requests waiting for their answer (set when `/metrics` is read).
+    pub cluster_pending_calls: IntGauge,
+    /// Receivers here that owner nodes may address (set when `/metrics` is read).
+    pub cluster_direct_receivers: IntGauge,
+    /// Messages between nodes found lost (a numbering gap, or a failed publish), by channel kind (`session`, `node`).
+    pub cluster_gaps: IntCounterVec,
+    /// Sends, edits and regenerates that repeated an earlier idempotency key (answered as the first was; nothing stored or started).
+    pub repeated_requests: IntCounter,
     /// Always 1, labelled with this node's `NODE_ID`.
     pub node_info: IntGaugeVec,
     /// Live node processes in the cluster, this one included (0 when not clustered).
@@ -145,7 +161,39 @@ impl Metrics {
         )
         .expect("valid metric");
         let write_failures =
-            IntCounter::new("write_failures_total", "Writes given up after retries").expect("valid metric");
+            IntCounter::new("write_failures_total", "Failed attempts at a write-behind batch (retried until stored)")
+                .expect("valid metric");
+        let write_timeouts = IntCounter::new(
+            "write_timeouts_total",
+            "Durable writes not confirmed within DATABASE_TIMEOUT_MS (they stay queued)",
+        )
+        .expect("valid metric");
+        let write_fenced = IntCounter::new(
+            "write_fenced_total",
+            "Session write batches refused because another actor holds the session now",
+        )
+        .expect("valid metric");
+        let write_stalled =
+            IntGauge::new("write_stalled_writers", "Write-behind writers retrying a batch the database does not take")
+                .expect("valid metric");
+        let session_slots =
+            IntGauge::new("session_slots", "Entries in the session registry (started or starting actors)")
+                .expect("valid metric");
+        let cluster_pending_calls =
+            IntGauge::new("cluster_pending_calls", "Forwarded requests waiting for their answer")
+                .expect("valid metric");
+        let cluster_direct_receivers =
+            IntGauge::new("cluster_direct_receivers", "Receivers here that other nodes may address")
+                .expect("valid metric");
+        let cluster_gaps = IntCounterVec::new(
+            Opts::new(
+                "cluster_gaps_total",
+                "Messages between nodes found lost (a gap in their numbering, or a failed publish), by channel kind",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
+        let repeated_requests = IntCounter::new("repeated_requests_total", "Sends, edits and regenerates that repeated an earlier idempotency key (answered as the first, nothing done)").expect("valid metric");
         let node_info = IntGaugeVec::new(Opts::new("node_info", "Always 1, labelled with NODE_ID"), &["node_id"])
             .expect("valid metric");
         let cluster_nodes = IntGauge::new("cluster_nodes", "Live node processes in the cluster, this one included")
@@ -184,6 +232,14 @@ impl Metrics {
             write_queue,
             write_batch,
             write_failures,
+            write_timeouts,
+            write_fenced,
+            write_stalled,
+            session_slots,
+            cluster_pending_calls,
+            cluster_direct_receivers,
+            cluster_gaps,
+            repeated_requests,
             node_info,
             cluster_nodes,
             cluster_owned_sessions,
@@ -215,6 +271,14 @@ impl Metrics {
             Box::new(metrics.write_queue.clone()),
             Box::new(metrics.write_batch.clone()),
             Box::new(metrics.write_failures.clone()),
+            Box::new(metrics.write_timeouts.clone()),
+            Box::new(metrics.write_fenced.clone()),
+            Box::new(metrics.write_stalled.clone()),
+            Box::new(metrics.session_slots.clone()),
+            Box::new(metrics.cluster_pending_calls.clone()),
+            Box::new(metrics.cluster_direct_receivers.clone()),
+            Box::new(metrics.cluster_gaps.clone()),
+            Box::new(metrics.repeated_requests.clone()),
             Box::new(metrics.node_info.clone()),
             Box::new(metrics.cluster_nodes.clone()),
             Box::new(metrics.cluster_owned_sessions.clone()),

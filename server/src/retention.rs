@@ -3,6 +3,7 @@
 //! `chat_message_archive`) and purges, with every message, those deleted more than
 //! `CHAT_PURGE_AFTER_DAYS` ago. It runs at start-up and then every
 //! `CHAT_RETENTION_INTERVAL_SECS` (daily), in bounded batches so no transaction grows large.
+//! It also deletes idempotency keys older than 24 hours.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct RetentionReport {
     pub purged_sessions: u64,
     /// Messages purged (live or archived).
     pub purged_messages: u64,
+    /// Idempotency keys past their 24 hours, deleted.
+    pub expired_keys: u64,
 }
 
 /// The job and its settings.
@@ -64,6 +67,9 @@ impl Retention {
                 break;
             }
         }
+        // Idempotency keys hold a day; write-batch markers matter only while their writer
+        // retries (a writer that stopped leaves one behind).
+        report.expired_keys = self.store.expire_keys_and_markers().await?.0;
         let counted = [
             ("archived", report.archived_sessions, report.archived_messages),
             ("purged", report.purged_sessions, report.purged_messages),

@@ -38,6 +38,7 @@ use crate::error::AppError;
 use crate::fanout::{Inbox, Outbound, QueueBounds, Receiver, ReceiverKind};
 use crate::hub::Membership;
 use crate::limits;
+use crate::session::Requester;
 use crate::state::AppState;
 
 /// Close code: not authenticated in time, bad or expired token.
@@ -335,11 +336,17 @@ struct Connection {
     subscribed: Arc<Mutex<HashSet<Uuid>>>,
     tails: HashMap<Uuid, Tail>,
     pending: Arc<Semaphore>,
+    /// `WS_SUBSCRIBES_PER_MINUTE`: each subscribe costs a snapshot of up to half the
+    /// outbound queue, so a 60-byte frame cannot be turned into megabytes at will.
+    subscribes: governor::DefaultDirectRateLimiter,
 }
 
 impl Connection {
     fn new(state: AppState, user: AuthUser, receiver: Receiver) -> Connection {
         let pending = Arc::new(Semaphore::new(state.config.ws_max_pending_requests));
+        let per_minute =
+            std::num::NonZeroU32::new(state.config.ws_subscribes_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        let subscribes = governor::RateLimiter::direct(governor::Quota::per_minute(per_minute));
         Connection {
             state,
             user,
@@ -347,7 +354,25 @@ impl Connection {
             subscribed: Arc::new(Mutex::new(HashSet::new())),
             tails: HashMap::new(),
             pending,
+            subscribes,
         }
+    }
+
+    /// Takes one subscribe from the connection's allowance, or says when the next may come.
+    fn take_subscribe(&self) -> Result<(), AppError> {
+        use governor::clock::Clock;
+        self.subscribes.check().map_err(|not_until| {
+            self.state.metrics.limit_refused("subscribes_per_connection");
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let limit = self.state.config.ws_subscribes_per_minute;
+            AppError::RateLimited(crate::limits::RateDecision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                retry_after: wait,
+                reset_after: Duration::from_secs(60),
+            })
+        })
     }
 
     /// Queues a direct reply behind everything queued before it.
@@ -384,6 +409,10 @@ impl Connection {
             )),
             ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
             ClientFrame::Subscribe { id, session_id } => {
+                if let Err(e) = self.take_subscribe() {
+                    reply_error(&self.state.metrics, &self.receiver, id, Some(session_id), e);
+                    return;
+                }
                 let Some(fresh) = self.watch(session_id, &id) else { return };
                 self.spawn(Some(session_id), permit, async move {
                     let result = state.sessions.subscribe(&user, session_id, receiver.clone(), id.clone()).await;
@@ -393,32 +422,34 @@ impl Connection {
                     }
                 });
             }
-            ClientFrame::Send { id, session_id, content } => {
+            ClientFrame::Send { id, session_id, content, client_message_id } => {
+                let Some(key) = self.checked_key(client_message_id, &id, session_id) else { return };
                 let Some(fresh) = self.watch(session_id, &id) else { return };
                 self.spawn(Some(session_id), permit, async move {
-                    let result = state.sessions.send(&user, session_id, content, receiver.clone(), id.clone()).await;
-                    if let Err(e) = result {
+                    let requester = Requester { user, origin: receiver.clone(), request_id: id.clone(), key };
+                    if let Err(e) = state.sessions.send(requester, session_id, content).await {
                         forget_if(&subscribed, session_id, fresh);
                         reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                     }
                 });
             }
-            ClientFrame::Regenerate { id, session_id } => {
+            ClientFrame::Regenerate { id, session_id, client_message_id } => {
+                let Some(key) = self.checked_key(client_message_id, &id, session_id) else { return };
                 let Some(fresh) = self.watch(session_id, &id) else { return };
                 self.spawn(Some(session_id), permit, async move {
-                    let result = state.sessions.regenerate(&user, session_id, receiver.clone(), id.clone()).await;
-                    if let Err(e) = result {
+                    let requester = Requester { user, origin: receiver.clone(), request_id: id.clone(), key };
+                    if let Err(e) = state.sessions.regenerate(requester, session_id).await {
                         forget_if(&subscribed, session_id, fresh);
                         reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                     }
                 });
             }
-            ClientFrame::Edit { id, session_id, message_id, content } => {
+            ClientFrame::Edit { id, session_id, message_id, content, client_message_id } => {
+                let Some(key) = self.checked_key(client_message_id, &id, session_id) else { return };
                 let Some(fresh) = self.watch(session_id, &id) else { return };
                 self.spawn(Some(session_id), permit, async move {
-                    let result =
-                        state.sessions.edit(&user, session_id, message_id, content, receiver.clone(), id.clone()).await;
-                    if let Err(e) = result {
+                    let requester = Requester { user, origin: receiver.clone(), request_id: id.clone(), key };
+                    if let Err(e) = state.sessions.edit(requester, session_id, message_id, content).await {
                         forget_if(&subscribed, session_id, fresh);
                         reply_error(&state.metrics, &receiver, id, Some(session_id), e.into());
                     }
@@ -476,6 +507,18 @@ impl Connection {
                     Err(e) => reply_error(&state.metrics, &receiver, id, None, e),
                 }
             }),
+        }
+    }
+
+    /// A request's idempotency key, if it is one (at most 64 bytes, not empty): `Some(key)`
+    /// when usable; `None` after answering `bad_request`.
+    fn checked_key(&self, key: Option<String>, id: &Option<String>, session_id: Uuid) -> Option<Option<String>> {
+        match crate::session::check_key(key) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                reply_error(&self.state.metrics, &self.receiver, id.clone(), Some(session_id), e.into());
+                None
+            }
         }
     }
 

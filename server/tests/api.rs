@@ -539,6 +539,7 @@ async fn refuses_a_database_with_a_newer_schema() {
         credentials: None,
         namespace: "relay".into(),
         database: "chat".into(),
+        timeout: std::time::Duration::from_secs(5),
     };
     {
         let store = Store::connect(&config).await.unwrap();

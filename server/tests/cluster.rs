@@ -12,161 +12,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::flow::{self, events_of, started_reply, until_deltas, until_dones};
-use common::{Process, RedisServer, SECRET, SurrealServer, WAIT, Ws, assert_contiguous};
-use relay_mock_llm::{MockLlm, MockSettings};
-use relay_protocol::{ErrorCode, FinishReason, MessageStatus, ServerFrame, SessionWithMessages};
+use common::{Process, WAIT, assert_contiguous};
+use relay_protocol::{ErrorCode, FinishReason, MessageStatus, ServerFrame};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Lease time the test clusters run with: failover happens within it.
-const LEASE_MS: u64 = 2000;
-
-/// A cluster: the shared parts and its nodes (`None` while a node is down).
-struct Cluster {
-    nodes: Vec<Option<Process>>,
-    extra: Vec<(String, String)>,
-    mock: MockLlm,
-    redis: RedisServer,
-    surreal: SurrealServer,
-    dirs: Vec<tempfile::TempDir>,
-    http: reqwest::Client,
-}
-
-impl Cluster {
-    /// `n` nodes (`a`, `b`, `c`), started at the same moment on a fresh database.
-    async fn start(n: usize, extra: &[(&str, &str)]) -> Cluster {
-        let mock = MockLlm::start(
-            MockSettings {
-                first_token_delay: Duration::from_millis(5),
-                tokens_per_second: 1000.0,
-                reply_tokens: 20,
-                ..MockSettings::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .expect("mock starts");
-        let (surreal, redis) = (SurrealServer::start().await, RedisServer::start().await);
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            mock,
-            redis,
-            surreal,
-            dirs: Vec::new(),
-            http: reqwest::Client::new(),
-        };
-        for i in 0..n {
-            cluster.dirs.push(tempfile::tempdir().unwrap());
-            let node = cluster.spawn(i);
-            cluster.nodes.push(Some(node));
-        }
-        for node in cluster.nodes.iter().flatten() {
-            node.ready(&cluster.http).await;
-        }
-        cluster
-    }
-
-    fn spawn(&self, i: usize) -> Process {
-        let node_id = ["a", "b", "c"][i];
-        let db = format!("ws://127.0.0.1:{}", self.surreal.port);
-        let (redis, api_base, lease) = (self.redis.url(), self.mock.base_url(), LEASE_MS.to_string());
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("NODE_ID", node_id),
-            ("DATABASE_URL", &db),
-            ("DATABASE_USER", "root"),
-            ("DATABASE_PASS", "root-pass"),
-            ("DATABASE_NS", "relay_cluster"),
-            ("DATABASE_DB", "chat"),
-            ("REDIS_URL", &redis),
-            ("JWT_SECRET", SECRET),
-            ("SAMBANOVA_API_KEY", "test-key"),
-            ("SAMBANOVA_API_BASE", &api_base),
-            ("CLUSTER_LEASE_MS", &lease),
-            ("CHAT_CHECKPOINT_MS", "100"),
-            ("METRICS_TOKEN", "scrape"),
-        ];
-        vars.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Process::start_with(self.dirs[i].path(), &vars, std::process::Stdio::inherit())
-    }
-
-    fn node(&self, i: usize) -> &Process {
-        self.nodes[i].as_ref().expect("the node is running")
-    }
-
-    async fn register(&self, i: usize, name: &str) -> String {
-        self.node(i).register(&self.http, name).await.token
-    }
-
-    async fn session(&self, i: usize, token: &str) -> Uuid {
-        self.node(i).create_session(&self.http, token, None).await.id
-    }
-
-    /// Renames a session through node `i`, which makes that node its owner when nobody is.
-    async fn rename(&self, i: usize, token: &str, sid: Uuid, title: &str) -> reqwest::Response {
-        self.http
-            .patch(self.node(i).url(&format!("/api/v1/chat/sessions/{sid}")))
-            .bearer_auth(token)
-            .json(&json!({"title": title}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn stored(&self, i: usize, token: &str, sid: Uuid) -> SessionWithMessages {
-        let body = self.node(i).get(&self.http, token, &format!("/api/v1/chat/sessions/{sid}")).await;
-        serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"))
-    }
-
-    /// A new user's session that node `a` owns with nobody watching it there (a rename
-    /// through `a` starts its actor, which takes the lease): the token and the session.
-    async fn session_owned_by_a(&self, name: &str) -> (String, Uuid) {
-        let token = self.register(0, name).await;
-        let sid = self.session(0, &token).await;
-        assert_eq!(self.rename(0, &token, sid, "owned by a").await.status(), 200);
-        assert!(self.owner(sid).await.is_some_and(|o| o.starts_with("a#")));
-        (token, sid)
-    }
-
-    /// Who holds a session's lease now, as Redis says.
-    async fn owner(&self, sid: Uuid) -> Option<String> {
-        let mut redis = self.redis.connection().await;
-        redis::cmd("GET").arg(format!("relay:lease:{sid}")).query_async(&mut redis).await.unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    /// Stops the nodes with SIGTERM, as an operator would (coverage runs also need their
-    /// processes to exit normally to write their profiles); a node that does not stop in
-    /// time is killed when its `Process` drops.
-    fn drop(&mut self) {
-        for node in self.nodes.iter().flatten() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(node.child.id().to_string()).status();
-        }
-        for node in self.nodes.iter_mut().flatten() {
-            for _ in 0..200 {
-                if node.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
-    }
-}
-
-/// Subscribes and returns the snapshot's `seq`.
-async fn subscribe(ws: &mut Ws, sid: Uuid) -> u64 {
-    flow::subscribe(ws, sid).await.0
-}
-
-async fn send(ws: &mut Ws, sid: Uuid, id: &str, content: &str) {
-    flow::send(ws, sid, id, content).await;
-}
-
-/// Frames until `count` replies of the session ended, with the time it took.
-async fn replies(ws: &mut Ws, sid: Uuid, count: usize) -> Vec<ServerFrame> {
-    until_dones(ws, sid, count).await
-}
+use common::cluster::{Cluster, LEASE_MS, replies, send, subscribe};
 
 #[tokio::test]
 async fn tabs_on_two_nodes_see_one_stream_and_sends_from_both_are_answered_in_order() {
@@ -607,8 +458,11 @@ async fn regenerate_and_edit_are_forwarded_to_the_owner() {
     assert_eq!(cluster.mock.stats().requests, 3, "one model request per reply, all at the owner");
 }
 
-/// Redis going away stops the cluster cleanly (not ready, sessions answer `unavailable`
-/// instead of hanging or running twice), and coming back (empty) restores it.
+/// Redis going away for longer than the lease: the relayed tab is told at once (its events
+/// could be lost), the owner stops the session half a lease after its last confirmed
+/// renewal (before any peer may claim it), sends are refused `unavailable`, and nodes are
+/// not ready. When Redis comes back (empty), free leases are claimed again only a lease
+/// later, then everything works again across both nodes.
 #[tokio::test]
 async fn the_cluster_rides_out_redis_going_away() {
     let mut cluster = Cluster::start(2, &[]).await;
@@ -619,18 +473,28 @@ async fn the_cluster_rides_out_redis_going_away() {
     subscribe(&mut tab_b, sid).await;
 
     cluster.redis.stop();
+    let stopped = Instant::now();
+    let frames = tab_b.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
+    assert!(matches!(frames.last(), Some(ServerFrame::Error { session_id: Some(s), .. }) if *s == sid));
+    assert!(
+        stopped.elapsed() < Duration::from_millis(LEASE_MS / 4),
+        "the relayed tab is told at once: {:?}",
+        stopped.elapsed()
+    );
+    let frames = tab_a.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
+    assert!(matches!(frames.last(), Some(ServerFrame::Error { session_id: Some(s), .. }) if *s == sid));
+    // The last renewal was confirmed at most a quarter lease before the stop.
+    let fenced = stopped.elapsed();
+    assert!(
+        fenced <= Duration::from_millis(LEASE_MS / 2 + LEASE_MS / 10 + 200),
+        "the owner stops the session within half a lease of its last renewal: {fenced:?}"
+    );
     for node in 0..2 {
         let url = cluster.node(node).url("/readyz");
         common::eventually("a node without Redis is not ready", || async {
             cluster.http.get(&url).send().await.is_ok_and(|r| r.status() == 503)
         })
         .await;
-    }
-    // The relayed tab is told to subscribe again at once (its events could be lost); the
-    // owner's tab once the owner gives the session up, before its lease could expire.
-    for tab in [&mut tab_b, &mut tab_a] {
-        let frames = tab.recv_until(|f| matches!(f, ServerFrame::Error { id: None, .. })).await;
-        assert!(matches!(frames.last(), Some(ServerFrame::Error { session_id: Some(s), .. }) if *s == sid));
     }
     for (tab, id) in [(&mut tab_a, "lost-a"), (&mut tab_b, "lost-b")] {
         send(tab, sid, id, "anyone there?").await;
@@ -642,8 +506,29 @@ async fn the_cluster_rides_out_redis_going_away() {
         let frames = tab.recv_until(answered).await;
         flow::assert_error(frames.last().unwrap(), ErrorCode::Unavailable, Some(id), Some(sid));
     }
+    tokio::time::sleep(Duration::from_millis(LEASE_MS)).await;
 
     cluster.redis.resume().await;
+    let back = Instant::now();
+    // Nobody claims a free lease for a lease after Redis came back empty.
+    let mut claimed_at = None;
+    while claimed_at.is_none() {
+        tab_b.send(json!({"type": "subscribe", "id": "again", "session_id": sid})).await;
+        let answer =
+            tab_b.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. } | ServerFrame::Error { .. })).await;
+        match answer.last() {
+            Some(ServerFrame::Subscribed { .. }) => claimed_at = Some(back.elapsed()),
+            Some(ServerFrame::Error { error, .. }) => assert_eq!(error.code, ErrorCode::Unavailable),
+            _ => unreachable!(),
+        }
+        assert!(back.elapsed() < Duration::from_secs(15), "the session came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let claimed_at = claimed_at.unwrap();
+    assert!(
+        claimed_at >= Duration::from_millis(LEASE_MS) - Duration::from_millis(100),
+        "not before a lease: {claimed_at:?}"
+    );
     for node in 0..2 {
         let url = cluster.node(node).url("/readyz");
         common::eventually("ready again once Redis is back", || async {
@@ -651,7 +536,6 @@ async fn the_cluster_rides_out_redis_going_away() {
         })
         .await;
     }
-    subscribe(&mut tab_b, sid).await;
     send(&mut tab_b, sid, "back", "and now? [[mock tokens=3]]").await;
     let frames = replies(&mut tab_b, sid, 1).await;
     assert_eq!(flow::done_of(&frames, started_reply(&frames)), FinishReason::Stop);
@@ -660,4 +544,36 @@ async fn the_cluster_rides_out_redis_going_away() {
     let frames_a = replies(&mut tab_a, sid, 1).await;
     let frames_b = replies(&mut tab_b, sid, 1).await;
     assert_eq!(events_of(&frames_a, sid), events_of(&frames_b, sid), "one session across both nodes again");
+}
+
+/// Redis restarting empty for a moment, under a reply: the owner keeps running the session
+/// and takes its lease back; meanwhile no other node may claim it (the lease is missing, but
+/// free leases wait a lease after Redis came back), so at no moment do two nodes run it.
+/// The owner's tab sees its reply end well, gap-free.
+#[tokio::test]
+async fn a_redis_that_restarts_empty_never_lets_a_second_node_take_a_running_session() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let (token, sid) = cluster.session_owned_by_a("blink").await;
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    let seq = subscribe(&mut tab_a, sid).await;
+    send(&mut tab_a, sid, "long", "keep going [[mock tokens=150 tps=50 delay_ms=0]]").await;
+    let mut frames = until_deltas(&mut tab_a, sid, 3).await;
+    cluster.redis.stop();
+    cluster.redis.resume().await;
+    // Node b tries to run the session while its lease is missing.
+    let mut tab_b = cluster.node(1).ws(&token).await;
+    let scrape = cluster.node(1).url("/metrics");
+    for _ in 0..40 {
+        tab_b.send(json!({"type": "subscribe", "id": "try", "session_id": sid})).await;
+        tab_b.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. } | ServerFrame::Error { .. })).await;
+        let metrics = cluster.http.get(&scrape).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("relay_session_actors 0"), "node b never runs the session");
+        if let Some(owner) = cluster.owner(sid).await {
+            assert!(owner.starts_with("a#"), "the lease is a's or nobody's: {owner}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    frames.extend(until_dones(&mut tab_a, sid, 1).await);
+    assert_eq!(flow::done_of(&frames, started_reply(&frames)), FinishReason::Stop);
+    assert_contiguous(&events_of(&frames, sid), sid, seq);
 }

@@ -73,7 +73,12 @@ async fn the_daily_quota_is_enforced_everywhere() {
         let mut ws = server.ws(&token).await;
         for i in 0..3 {
             send(&mut ws, sid, &format!("m{i}"), "hello [[mock tokens=1]]").await;
-            let frames = until_dones(&mut ws, sid, 1).await;
+            let mut frames = until_dones(&mut ws, sid, 1).await;
+            // The quota frame follows the send once its count is stored, which may be
+            // after a one-token reply has ended.
+            if !frames.iter().any(|f| matches!(f, ServerFrame::Quota { .. })) {
+                frames.extend(ws.recv_until(|f| matches!(f, ServerFrame::Quota { .. })).await);
+            }
             let quota = frames.iter().find_map(|f| match f {
                 ServerFrame::Quota { quota } => Some(quota.clone()),
                 _ => None,
@@ -541,4 +546,63 @@ async fn logs_can_be_json() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("LOG_FORMAT"));
+}
+
+/// Sends to many sessions at once cannot overshoot the stored-message cap: each send's
+/// check and the write it guards happen under the user's lock, and the count is stored
+/// with the message.
+#[tokio::test]
+async fn the_storage_cap_holds_against_sends_to_many_sessions_at_once() {
+    let server = TestServer::with(&[("CHAT_MAX_STORED_MESSAGES_PER_USER", "10")]).await;
+    let (token, _) = server.register("hoarder").await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(server.create_session(&token).await.id);
+    }
+    let sends = sessions.iter().map(|sid| {
+        server
+            .http
+            .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"content": "hello [[mock tokens=1]]"}))
+            .send()
+    });
+    let answers = futures::future::join_all(sends).await;
+    let mut accepted = 0;
+    for answer in answers {
+        match answer.unwrap().status().as_u16() {
+            200 => accepted += 1,
+            403 => {}
+            other => panic!("a send either passes or is storage_full, not {other}"),
+        }
+    }
+    let mut user_messages = 0;
+    for sid in &sessions {
+        let (_, body) = server.get(&token, &format!("/api/v1/chat/sessions/{sid}")).await;
+        user_messages += body["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "user").count();
+    }
+    assert_eq!(user_messages, accepted, "every accepted send is stored, no refused one");
+    assert!((1..=10).contains(&accepted), "at most the cap was taken in: {accepted}");
+}
+
+/// A connection's subscribes are bounded (`WS_SUBSCRIBES_PER_MINUTE`): each is answered with
+/// a snapshot of up to half the outbound queue, so re-subscribing to a watched session over
+/// and over is refused `rate_limited` once the allowance is spent, with when to try again.
+#[tokio::test]
+async fn subscribes_of_a_connection_are_bounded() {
+    let server = TestServer::with(&[("WS_SUBSCRIBES_PER_MINUTE", "5")]).await;
+    let (token, _, sid) = user_with_session(&server, "resubscriber").await;
+    let mut ws = server.ws(&token).await;
+    let (mut snapshots, mut refused) = (0, Vec::new());
+    for i in 0..12 {
+        ws.send(json!({"type": "subscribe", "id": format!("s{i}"), "session_id": sid})).await;
+        match ws.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. } | ServerFrame::Error { .. })).await.pop() {
+            Some(ServerFrame::Subscribed { .. }) => snapshots += 1,
+            Some(ServerFrame::Error { error, .. }) => refused.push(error),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(snapshots, 5, "the burst, then no more snapshots");
+    assert_eq!(refused.len(), 7);
+    assert!(refused.iter().all(|e| e.code == ErrorCode::RateLimited && e.retry_after_ms.is_some_and(|ms| ms > 0)));
 }

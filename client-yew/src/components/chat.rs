@@ -117,7 +117,12 @@ pub fn chat_view() -> Html {
         let ctx = ctx.clone();
         Callback::from(move |_| {
             if let Some(socket) = &ctx.socket {
-                socket.send(&ClientFrame::Regenerate { id: Some(socket.request_id()), session_id });
+                let key = Some(crate::socket::Socket::new_key());
+                socket.send(&ClientFrame::Regenerate {
+                    id: Some(socket.request_id()),
+                    session_id,
+                    client_message_id: key,
+                });
             }
         })
     };
@@ -250,7 +255,7 @@ fn composer(props: &ComposerProps) -> Html {
                 } else {
                     ctx.model.dispatch(Action::Toast(
                         "Your message was not sent.".into(),
-                        Some(Retry::Send { session_id, content: returned.content.clone() }),
+                        Some(Retry::Send { session_id, content: returned.content.clone(), key: returned.key.clone() }),
                     ));
                 }
                 ctx.model.dispatch(Action::TookReturned);
@@ -277,11 +282,17 @@ fn composer(props: &ComposerProps) -> Html {
             let Some(socket) = &ctx.socket else { return };
             let request_id = socket.request_id();
             let id = Some(request_id.clone());
+            // Every send carries its own idempotency key, kept for a retry of it.
+            let key = crate::socket::Socket::new_key();
+            let client_message_id = Some(key.clone());
             let frame = match editing {
-                Some(message_id) => ClientFrame::Edit { id, session_id, message_id, content: content.clone() },
+                Some(message_id) => {
+                    ClientFrame::Edit { id, session_id, message_id, content: content.clone(), client_message_id }
+                }
                 None => {
-                    ctx.model.dispatch(Action::Sending(InFlight { request_id, session_id, content: content.clone() }));
-                    ClientFrame::Send { id, session_id, content: content.clone() }
+                    let in_flight = InFlight { request_id, session_id, content: content.clone(), key: key.clone() };
+                    ctx.model.dispatch(Action::Sending(in_flight));
+                    ClientFrame::Send { id, session_id, content: content.clone(), client_message_id }
                 }
             };
             if socket.send(&frame) {
@@ -294,7 +305,7 @@ fn composer(props: &ComposerProps) -> Html {
             } else {
                 ctx.model.dispatch(Action::Toast(
                     "Not connected; your message was not sent.".into(),
-                    Some(Retry::Send { session_id, content }),
+                    Some(Retry::Send { session_id, content, key }),
                 ));
             }
         })

@@ -36,15 +36,21 @@ pub fn toasts() -> Html {
                     let ctx = ctx.clone();
                     Callback::from(move |_| {
                         match &retry {
-                            Retry::Send { session_id, content } => {
+                            Retry::Send { session_id, content, key } => {
                                 if let Some(socket) = &ctx.socket {
                                     let request_id = socket.request_id();
                                     ctx.model.dispatch(Action::Sending(InFlight {
                                         request_id: request_id.clone(),
                                         session_id: *session_id,
                                         content: content.clone(),
+                                        key: key.clone(),
                                     }));
-                                    let frame = ClientFrame::Send { id: Some(request_id), session_id: *session_id, content: content.clone() };
+                                    let frame = ClientFrame::Send {
+                                        id: Some(request_id),
+                                        session_id: *session_id,
+                                        content: content.clone(),
+                                        client_message_id: Some(key.clone()),
+                                    };
                                     socket.send(&frame);
                                 }
                             }

@@ -243,6 +243,7 @@ async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measure
                             id: Some(format!("m{k}")),
                             session_id: run.id,
                             content: config.content.clone(),
+                            client_message_id: None,
                         };
                         conn.send(&frame).await?;
                         run.sent += 1;

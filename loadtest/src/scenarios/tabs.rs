@@ -288,7 +288,12 @@ async fn tab(
                     }
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                    let frame = ClientFrame::Send { id: Some("send".into()), session_id, content: config.content.clone() };
+                    let frame = ClientFrame::Send {
+                        id: Some("send".into()),
+                        session_id,
+                        content: config.content.clone(),
+                        client_message_id: None,
+                    };
                     conn.send(&frame).await?;
                     sent += 1;
                     next_send = None;

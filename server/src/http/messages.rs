@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use relay_protocol::{
     EditMessageRequest, ErrorBody, Message, SendMessageRequest, SendMessageResponse, ServerFrame, SseEvent,
 };
@@ -24,7 +24,7 @@ use crate::auth::AuthUser;
 use crate::error::AppError;
 use crate::fanout::{Inbox, QueueBounds, Receiver, ReceiverKind};
 use crate::limits::RateDecision;
-use crate::session::{SessionError, SubscriptionGuard};
+use crate::session::{Replay, Requester, SessionError, SubscriptionGuard};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),
@@ -137,25 +137,71 @@ async fn start_and_answer(
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
+    let key = idempotency_key(&headers)?;
     let bounds = QueueBounds { frames: state.config.ws_outbound_queue, bytes: state.config.ws_outbound_queue_bytes };
     let (receiver, inbox, _overflowed) = Receiver::channel(ReceiverKind::Request, bounds);
     let guard = SubscriptionGuard { registry: state.sessions.clone(), session_id, receiver: receiver.id };
     let sessions = &state.sessions;
+    let requester = Requester { user, origin: receiver, request_id: None, key };
     let accepted = match ask {
-        Ask::Send(content) => sessions.send(&user, session_id, content, receiver, None).await?,
-        Ask::Regenerate => sessions.regenerate(&user, session_id, receiver, None).await?,
-        Ask::Edit { message_id, content } => {
-            sessions.edit(&user, session_id, message_id, content, receiver, None).await?
-        }
+        Ask::Send(content) => sessions.send(requester, session_id, content).await?,
+        Ask::Regenerate => sessions.regenerate(requester, session_id).await?,
+        Ask::Edit { message_id, content } => sessions.edit(requester, session_id, message_id, content).await?,
     };
     *limit = accepted.rate;
     let reply = ReplyWatch { inbox, _guard: guard, reply_id: accepted.reply_id };
+    // A repeated request (same `Idempotency-Key`) is answered as the first was: with the
+    // stored reply, or by following the reply still being written.
+    let (finished, so_far) = match accepted.replay {
+        Some(Replay::Finished(reply)) => (Some(reply), None),
+        Some(Replay::Missing) => {
+            let error = ErrorBody::new(
+                relay_protocol::ErrorCode::Unavailable,
+                "the reply to this message was not generated; send it again with a new key",
+            );
+            return Err(SessionError::Reported(error).into());
+        }
+        Some(Replay::Running { text }) => (None, Some(text).filter(|t| !t.is_empty())),
+        None => (None, None),
+    };
     if wants_stream {
-        Ok(Sse::new(reply.into_sse()).keep_alive(KeepAlive::default()).into_response())
+        let stream = match finished {
+            Some(reply) => futures::stream::iter(finished_events(reply)).left_stream(),
+            None => futures::stream::iter(so_far.map(|chunk| Ok(sse_event(&SseEvent::Chunk { chunk, done: false }))))
+                .chain(reply.into_sse())
+                .right_stream(),
+        };
+        Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
     } else {
-        let assistant_message = reply.wait().await?;
+        let assistant_message = match finished {
+            Some(reply) => reply,
+            None => reply.wait().await?,
+        };
         Ok(Json(SendMessageResponse { user_message: accepted.user_message, assistant_message }).into_response())
     }
+}
+
+/// The request's `Idempotency-Key` header, if it has a usable one (see [`crate::session::check_key`]).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        value.to_str().map_err(|_| AppError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.to_owned();
+    Ok(crate::session::check_key(Some(key))?)
+}
+
+/// The SSE events of a reply already stored: its text, then its end.
+fn finished_events(reply: Message) -> Vec<Result<Event, Infallible>> {
+    let mut events = Vec::new();
+    if !reply.content.is_empty() {
+        events.push(Ok(sse_event(&SseEvent::Chunk { chunk: reply.content.clone(), done: false })));
+    }
+    let finish_reason = match reply.status {
+        relay_protocol::MessageStatus::Cancelled => relay_protocol::FinishReason::Cancelled,
+        relay_protocol::MessageStatus::Error => relay_protocol::FinishReason::Error,
+        _ => relay_protocol::FinishReason::Stop,
+    };
+    events.push(Ok(sse_event(&SseEvent::Done { done: true, message_id: reply.id, finish_reason, usage: None })));
+    events
 }
 
 /// What became of a reply, as far as one request can tell.

@@ -151,6 +151,10 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
         return Err(AppError::NoRoute);
     }
     state.metrics.active_users.set(state.hub.users() as i64);
+    state.sessions.observe();
+    if let Some(cluster) = &state.cluster {
+        cluster.observe();
+    }
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(Body::from(state.metrics.render()))

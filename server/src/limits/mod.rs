@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate, NaiveTime, Utc};
 use relay_protocol::{Quota, UserRole};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -284,19 +284,28 @@ const STRIPES: usize = 64;
 /// Per-user locks, so that "count, compare with the cap, write" cannot interleave with the
 /// same steps of a concurrent request of the same user (which would let both pass the cap).
 pub struct UserLocks {
-    stripes: Vec<Mutex<()>>,
+    stripes: Vec<Arc<Mutex<()>>>,
 }
 
 impl Default for UserLocks {
     fn default() -> Self {
-        UserLocks { stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+        UserLocks { stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect() }
     }
 }
 
 impl UserLocks {
+    fn stripe(&self, user: Uuid) -> &Arc<Mutex<()>> {
+        &self.stripes[(user.as_u128() % STRIPES as u128) as usize]
+    }
+
     /// Locks the user's stripe until the guard is dropped.
     pub async fn lock(&self, user: Uuid) -> MutexGuard<'_, ()> {
-        let stripe = (user.as_u128() % STRIPES as u128) as usize;
-        self.stripes[stripe].lock().await
+        self.stripe(user).lock().await
+    }
+
+    /// Locks the user's stripe until the guard is dropped; the guard may outlive the
+    /// borrow (it is held across steps of a session actor).
+    pub async fn lock_owned(&self, user: Uuid) -> OwnedMutexGuard<()> {
+        self.stripe(user).clone().lock_owned().await
     }
 }

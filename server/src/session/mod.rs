@@ -12,6 +12,7 @@ mod actor;
 mod registry;
 mod remote;
 mod slots;
+mod text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +27,23 @@ use crate::store::{Store, StoreError};
 
 #[cfg(feature = "fault-injection")]
 pub use actor::Fault;
-pub use actor::{DEFAULT_TITLE, derive_title, estimate_tokens, validate_content};
+pub use actor::Requester;
 pub use registry::{SessionRegistry, SubscriptionGuard};
+pub use text::{DEFAULT_TITLE, derive_title, estimate_tokens, validate_content};
+
+/// Checks a request's idempotency key (`client_message_id`, `Idempotency-Key`): at most
+/// 64 bytes and not empty.
+pub fn check_key(key: Option<String>) -> Result<Option<String>, SessionError> {
+    match key {
+        Some(key) if key.is_empty() => Err(SessionError::Invalid("client_message_id is empty".into())),
+        Some(key) if key.len() > relay_protocol::MAX_CLIENT_MESSAGE_ID_BYTES => Err(SessionError::Invalid(format!(
+            "client_message_id is {} bytes; the limit is {}",
+            key.len(),
+            relay_protocol::MAX_CLIENT_MESSAGE_ID_BYTES
+        ))),
+        key => Ok(key),
+    }
+}
 
 /// Errors of session operations.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +81,10 @@ pub enum SessionError {
     /// Another node instance of the cluster runs the session (it holds the lease).
     #[error("the session runs on {0}")]
     Elsewhere(Arc<str>),
+    /// The request's idempotency key was used, within 24 hours, for a message of another
+    /// session.
+    #[error("this client_message_id was used for a message of another session")]
+    KeyReused,
     /// The request ended with an error the session already shaped for clients (a failed
     /// reply, or a queued send dropped because the session was deleted).
     #[error("{}", .0.message)]
@@ -87,6 +107,7 @@ impl From<SessionError> for AppError {
             SessionError::RateLimited(decision) => AppError::RateLimited(decision),
             SessionError::QuotaExceeded(decision) => AppError::QuotaExceeded(decision),
             SessionError::StorageFull(limit) => AppError::StorageFull { limit },
+            SessionError::KeyReused => AppError::KeyReused,
         }
     }
 }
@@ -134,6 +155,8 @@ pub struct SessionDeps {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limits and quotas.
     pub limiter: Arc<crate::limits::Limiter>,
+    /// Per-user locks of this node (the storage cap's check and write).
+    pub user_locks: Arc<crate::limits::UserLocks>,
     /// Shared settings.
     pub settings: SessionSettings,
     /// The cluster this node belongs to (`None`: a single node owns every session).
@@ -149,4 +172,22 @@ pub struct SendAccepted {
     pub reply_id: Uuid,
     /// The send rate after this send (`None` for admins or without a rate limit).
     pub rate: Option<crate::limits::RateDecision>,
+    /// Set when the request repeated an earlier one (same idempotency key): where that
+    /// request's reply stands. Nothing new was stored or started.
+    pub replay: Option<Replay>,
+}
+
+/// Where the reply of a repeated request stands.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Replay {
+    /// Being generated (or waiting its turn); `text` is what it holds so far.
+    Running {
+        /// The reply's text so far.
+        text: String,
+    },
+    /// Stored, with whatever outcome it had.
+    Finished(Message),
+    /// Never generated (its send was dropped before its turn).
+    Missing,
 }

@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorRef};
-use relay_protocol::{MessageStatus, ServerFrame, Session};
+use relay_protocol::{ServerFrame, Session};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::actor::{self, ReplaceRequest, SendRequest, SessionActor, SessionArgs, SessionMsg};
+use super::actor::{self, Requester, SendRequest, SessionActor, SessionArgs, SessionMsg, Stale};
 use super::remote::{FromRemote, Origin, RemoteAnswer, RemoteCall, RemoteError, RemoteOp, RemoteResult};
 use super::slots::Slots;
 use super::{SendAccepted, SessionDeps, SessionError};
 use crate::auth::AuthUser;
-use crate::cluster::{Claim, ClusterHandler, Peer};
+use crate::cluster::{Claim, ClusterError, ClusterHandler, Peer};
 use crate::fanout::{Outbound, Receiver, ReceiverId, RemoteSink};
+use crate::store::Fence;
 
 /// How often a call is retried when it reached an actor that was just stopping.
 const RETRIES: usize = 3;
@@ -64,47 +65,56 @@ impl SessionRegistry {
         if self.closing.load(Ordering::Acquire) {
             return Err(SessionError::ShuttingDown);
         }
+        let Some(registry) = self.me.upgrade() else { return Err(SessionError::ShuttingDown) };
+        // The start runs to its end in a task of its own (see `Slots`), even if the request
+        // that asked for it goes away: a claimed lease is never left without its actor.
         self.actors
-            .get_or_start(&session_id, || async {
-                let cluster = self.deps.cluster.clone();
-                if let Some(cluster) = &cluster {
-                    match cluster.claim(session_id).await {
-                        Ok(Claim::Mine) => {}
-                        Ok(Claim::Held(owner)) => return Err(SessionError::Elsewhere(owner)),
-                        Err(e) => {
-                            tracing::warn!(%session_id, error = %e, "cannot claim the session's lease");
-                            return Err(SessionError::Unavailable);
-                        }
-                    }
-                }
-                let started = self.start_actor(session_id).await;
-                if let (Err(_), Some(cluster)) = (&started, &cluster) {
-                    cluster.release(session_id).await;
-                }
-                started
+            .get_or_start(&session_id, || {
+                let registry = registry.clone();
+                async move { registry.claim_and_start(session_id).await }
             })
             .await
     }
 
-    /// Loads a session and starts its actor (the lease, in a cluster, is already held).
-    async fn start_actor(&self, session_id: Uuid) -> Result<ActorRef<SessionMsg>, SessionError> {
-        let record = self.deps.store.get_session(session_id).await?.ok_or(SessionError::NotFound)?;
-        let mut history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
-        // No actor runs this session anywhere else, so a reply still marked generating was
-        // cut off with the process that ran it (killed, or a node that died).
-        if history.iter().any(|m| m.status == MessageStatus::Generating) {
-            let failed = self.deps.store.fail_interrupted_replies_of(session_id).await?;
-            tracing::warn!(%session_id, failed, "a reply cut off by a stopped node is stored as error");
-            for message in history.iter_mut().filter(|m| m.status == MessageStatus::Generating) {
-                message.status = MessageStatus::Error;
-            }
+    /// Claims the session's lease (in a cluster), then loads the session and starts its
+    /// actor; a start that fails gives the lease back.
+    async fn claim_and_start(self: Arc<Self>, session_id: Uuid) -> Result<ActorRef<SessionMsg>, SessionError> {
+        let cluster = self.deps.cluster.clone();
+        let lease = match &cluster {
+            Some(cluster) => match cluster.claim(session_id).await {
+                Ok(Claim::Mine(token)) => Some(token),
+                Ok(Claim::Held(owner)) => return Err(SessionError::Elsewhere(owner)),
+                Err(e) => {
+                    tracing::warn!(%session_id, error = %e, "cannot claim the session's lease");
+                    return Err(SessionError::Unavailable);
+                }
+            },
+            None => None,
+        };
+        let started = self.start_actor(session_id, lease).await;
+        if let (Err(_), Some(cluster), Some(token)) = (&started, &cluster, lease) {
+            cluster.release(session_id, token).await;
         }
+        started
+    }
+
+    /// Loads a session and starts its actor (the lease, in a cluster, is already held):
+    /// the session's epoch is raised first, so whatever ran it before writes nothing more.
+    async fn start_actor(&self, session_id: Uuid, lease: Option<u64>) -> Result<ActorRef<SessionMsg>, SessionError> {
+        let claimed = self.deps.store.claim_session(session_id).await?.ok_or(SessionError::NotFound)?;
+        if claimed.failed > 0 {
+            tracing::warn!(%session_id, failed = claimed.failed, "a reply cut off by a stopped actor is stored as error");
+        }
+        let history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
+        let fence = Fence { session_id, epoch: claimed.epoch };
         let args = SessionArgs {
-            record,
+            record: claimed.record,
             history,
             deps: self.deps.clone(),
             registry: self.me.clone(),
             closing: self.closing.clone(),
+            fence,
+            lease,
         };
         let (actor, ended) = Actor::spawn(None, SessionActor, args).await.map_err(|e| {
             tracing::error!(%session_id, error = %e, "session actor failed to start");
@@ -116,8 +126,11 @@ impl SessionRegistry {
             let _ = ended.await;
             if let Some(registry) = registry.upgrade() {
                 registry.forget(session_id, &watched);
-                if let Some(cluster) = &registry.deps.cluster {
-                    cluster.release(session_id).await;
+                if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease) {
+                    if let Some(delay) = crate::faults::release_delay() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    cluster.release(session_id, token).await;
                 }
             }
         });
@@ -144,12 +157,13 @@ impl SessionRegistry {
 
     /// Runs a session operation where the session lives (`make` builds the message for an
     /// actor here, `remote` the request for another node; each only when needed). Here: a
-    /// message to its actor,
-    /// retried on a fresh actor if the first one stopped before answering (safe: a send
-    /// carries its message id from here, and storing a message twice under one id keeps
-    /// one row). On another node: the request is forwarded to it, after `watcher` (the
-    /// receiver the operation subscribes, if any) is set to get the session's events
-    /// here. With `forward` false (a request another node forwarded) a session owned
+    /// message to its actor, retried on a fresh actor if the first one stopped before
+    /// answering (safe: a send carries its message id from here, and storing a message
+    /// twice under one id keeps one row). On another node: the request is forwarded to it,
+    /// after `watcher` (the receiver the operation subscribes, if any) is set to get the
+    /// session's events here; with `repeatable`, a request whose answer was lost is sent
+    /// again (a send then carries an idempotency key, so the owner answers a repeat as the
+    /// first). With `forward` false (a request another node forwarded) a session owned
     /// elsewhere answers [`SessionError::Elsewhere`] instead of forwarding again.
     async fn call<T: FromRemote>(
         &self,
@@ -157,7 +171,7 @@ impl SessionRegistry {
         make: impl Fn(oneshot::Sender<Result<T, SessionError>>) -> SessionMsg,
         remote: impl Fn() -> RemoteOp,
         watcher: Option<&Receiver>,
-        forward: bool,
+        (forward, repeatable): (bool, bool),
     ) -> Result<T, SessionError> {
         for _ in 0..RETRIES {
             let owner = match self.locate(session_id).await? {
@@ -179,9 +193,11 @@ impl SessionRegistry {
                 Place::There(owner) => owner,
             };
             match self.forward(session_id, &owner, remote(), watcher).await {
-                Err(RemoteError::NotOwner) => continue,
-                Ok(answer) => return T::from_remote(answer),
-                Err(e) => return Err(e.into()),
+                Forwarded::Answered(Err(RemoteError::NotOwner)) => continue,
+                Forwarded::Answered(Ok(answer)) => return T::from_remote(answer),
+                Forwarded::Answered(Err(e)) => return Err(e.into()),
+                Forwarded::Lost if repeatable => continue,
+                Forwarded::Lost => return Err(SessionError::Unavailable),
             }
         }
         Err(if self.closing.load(Ordering::Acquire) { SessionError::ShuttingDown } else { SessionError::Unavailable })
@@ -189,30 +205,33 @@ impl SessionRegistry {
 
     /// Forwards an operation to the instance that owns the session. `watcher` is set to
     /// get the session's events here first, and taken out again if the owner refuses.
-    async fn forward(
-        &self,
-        session_id: Uuid,
-        owner: &Arc<str>,
-        op: RemoteOp,
-        watcher: Option<&Receiver>,
-    ) -> RemoteResult {
-        let cluster = self.deps.cluster.as_ref().ok_or(RemoteError::Unavailable)?;
+    async fn forward(&self, session_id: Uuid, owner: &Arc<str>, op: RemoteOp, watcher: Option<&Receiver>) -> Forwarded {
+        let Some(cluster) = self.deps.cluster.as_ref() else {
+            return Forwarded::Answered(Err(RemoteError::Unavailable));
+        };
         let fresh = match watcher {
-            Some(receiver) => cluster.attach(session_id, owner, receiver).await.map_err(|e| {
-                tracing::warn!(%session_id, error = %e, "cannot relay the session");
-                RemoteError::Unavailable
-            })?,
+            Some(receiver) => match cluster.attach(session_id, owner, receiver).await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::warn!(%session_id, error = %e, "cannot relay the session");
+                    return Forwarded::Answered(Err(RemoteError::Unavailable));
+                }
+            },
             None => false,
         };
         let call = serde_json::to_value(RemoteCall { session_id, op }).expect("calls always encode");
         let result = match cluster.request(owner, call).await {
-            Ok(body) => serde_json::from_value(body).unwrap_or(Err(RemoteError::Unavailable)),
+            Ok(body) => Forwarded::Answered(serde_json::from_value(body).unwrap_or(Err(RemoteError::Unavailable))),
+            Err(e @ (ClusterError::Timeout | ClusterError::Lost)) => {
+                tracing::warn!(%session_id, %owner, error = %e, "the answer to a forwarded request was lost");
+                Forwarded::Lost
+            }
             Err(e) => {
                 tracing::warn!(%session_id, %owner, error = %e, "forwarded request failed");
-                Err(RemoteError::Unavailable)
+                Forwarded::Answered(Err(RemoteError::Unavailable))
             }
         };
-        if let (Err(_), true, Some(receiver)) = (&result, fresh, watcher) {
+        if let (Forwarded::Answered(Err(_)), true, Some(receiver)) = (&result, fresh, watcher) {
             cluster.detach(session_id, receiver.id);
         }
         result
@@ -238,19 +257,13 @@ impl SessionRegistry {
         forward: bool,
     ) -> Result<(), SessionError> {
         let op = || RemoteOp::Subscribe { user_id, origin: origin_of(&receiver), request_id: request_id.clone() };
-        self.call(
-            session_id,
-            |reply| SessionMsg::Subscribe {
-                user_id,
-                receiver: receiver.clone(),
-                request_id: request_id.clone(),
-                reply,
-            },
-            op,
-            Some(&receiver),
-            forward,
-        )
-        .await
+        let make = |reply| SessionMsg::Subscribe {
+            user_id,
+            receiver: receiver.clone(),
+            request_id: request_id.clone(),
+            reply,
+        };
+        self.call(session_id, make, op, Some(&receiver), (forward, true)).await
     }
 
     /// Removes a receiver from a session (a no-op if the session has no live actor).
@@ -284,95 +297,79 @@ impl SessionRegistry {
         });
     }
 
-    /// Stores a user message and queues its reply; `origin` is subscribed if it is not yet.
+    /// Stores a user message and queues its reply; the requester's connection or request
+    /// is subscribed if it is not yet.
     pub async fn send(
         &self,
-        user: &AuthUser,
+        requester: Requester,
         session_id: Uuid,
         content: String,
-        origin: Receiver,
-        request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
         let message = NewMessage { id: Uuid::new_v4(), content, replaces: None };
-        self.send_from(user, session_id, message, origin, request_id, true).await
+        self.send_from(requester, session_id, message, true).await
     }
 
     /// Sends a message, or with `replaces` edits the last one (see [`SessionRegistry::edit`]).
     async fn send_from(
         &self,
-        user: &AuthUser,
+        requester: Requester,
         session_id: Uuid,
         message: NewMessage,
-        origin: Receiver,
-        request_id: Option<String>,
         forward: bool,
     ) -> Result<SendAccepted, SessionError> {
         let NewMessage { id: message_id, content, replaces } = message;
-        // What the owner node gets when the session runs elsewhere.
+        // What the owner node gets when the session runs elsewhere: always keyed, so a
+        // request whose answer was lost can be sent again.
         let op = || {
-            let (user, origin, content, request_id) =
-                (user.clone(), origin_of(&origin), content.clone(), request_id.clone());
+            let Requester { user, origin, request_id, key } = requester.clone();
+            let (origin, content) = (origin_of(&origin), content.clone());
+            let key = Some(key.unwrap_or_else(|| forwarding_key(message_id)));
             match replaces {
-                None => RemoteOp::Send { user, message_id, content, origin, request_id },
-                Some(replaced) => RemoteOp::Edit { user, replaced, message_id, content, origin, request_id },
+                None => RemoteOp::Send { user, message_id, content, origin, request_id, key },
+                Some(replaced) => RemoteOp::Edit { user, replaced, message_id, content, origin, request_id, key },
             }
         };
         let make = |reply| {
-            let request = SendRequest::new(user, message_id, &content, &origin, &request_id);
+            let request = SendRequest { requester: requester.clone(), message_id, content: content.clone() };
             match replaces {
                 None => SessionMsg::Send { request, reply },
                 Some(replaced) => SessionMsg::Edit { replaced, request, reply },
             }
         };
-        self.call(session_id, make, op, Some(&origin), forward).await
+        self.call(session_id, make, op, Some(&requester.origin), (forward, true)).await
     }
 
     /// Replaces the session's last reply with a new one (or answers its last message).
-    pub async fn regenerate(
-        &self,
-        user: &AuthUser,
-        session_id: Uuid,
-        origin: Receiver,
-        request_id: Option<String>,
-    ) -> Result<SendAccepted, SessionError> {
-        self.regenerate_from(user, session_id, origin, request_id, true).await
+    pub async fn regenerate(&self, requester: Requester, session_id: Uuid) -> Result<SendAccepted, SessionError> {
+        self.regenerate_from(requester, session_id, true).await
     }
 
     async fn regenerate_from(
         &self,
-        user: &AuthUser,
+        requester: Requester,
         session_id: Uuid,
-        origin: Receiver,
-        request_id: Option<String>,
         forward: bool,
     ) -> Result<SendAccepted, SessionError> {
-        let op =
-            || RemoteOp::Regenerate { user: user.clone(), origin: origin_of(&origin), request_id: request_id.clone() };
-        self.call(
-            session_id,
-            |reply| SessionMsg::Regenerate {
-                request: ReplaceRequest { user: user.clone(), origin: origin.clone(), request_id: request_id.clone() },
-                reply,
-            },
-            op,
-            Some(&origin),
-            forward,
-        )
-        .await
+        let fallback_key = forwarding_key(Uuid::new_v4());
+        let op = || {
+            let Requester { user, origin, request_id, key } = requester.clone();
+            let key = Some(key.unwrap_or_else(|| fallback_key.clone()));
+            RemoteOp::Regenerate { user, origin: origin_of(&origin), request_id, key }
+        };
+        let make = |reply| SessionMsg::Regenerate { request: requester.clone(), reply };
+        self.call(session_id, make, op, Some(&requester.origin), (forward, true)).await
     }
 
     /// Replaces the session's last user message (and its reply) with `content`, and answers it.
     pub async fn edit(
         &self,
-        user: &AuthUser,
+        requester: Requester,
         session_id: Uuid,
         replaced: Uuid,
         content: String,
-        origin: Receiver,
-        request_id: Option<String>,
     ) -> Result<SendAccepted, SessionError> {
         let message = NewMessage { id: Uuid::new_v4(), content, replaces: Some(replaced) };
-        self.send_from(user, session_id, message, origin, request_id, true).await
+        self.send_from(requester, session_id, message, true).await
     }
 
     /// Cancels the running reply of a session, if any.
@@ -382,7 +379,7 @@ impl SessionRegistry {
 
     async fn stop_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
         let op = || RemoteOp::Stop { user_id };
-        self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }, op, None, forward).await
+        self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }, op, None, (forward, true)).await
     }
 
     /// Renames a session through its actor, so its snapshots show the new title at once.
@@ -398,14 +395,8 @@ impl SessionRegistry {
         forward: bool,
     ) -> Result<Session, SessionError> {
         let op = || RemoteOp::Rename { user_id, title: title.to_string() };
-        self.call(
-            session_id,
-            |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply },
-            op,
-            None,
-            forward,
-        )
-        .await
+        let make = |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply };
+        self.call(session_id, make, op, None, (forward, true)).await
     }
 
     /// Deletes a session through its actor: the soft delete is one step in its mailbox, so
@@ -417,7 +408,8 @@ impl SessionRegistry {
 
     async fn delete_from(&self, user_id: Uuid, session_id: Uuid, forward: bool) -> Result<(), SessionError> {
         let op = || RemoteOp::Delete { user_id };
-        self.call(session_id, |reply| SessionMsg::Delete { user_id, reply }, op, None, forward).await
+        // Not sent again when its answer is lost: a repeat would answer `not_found`.
+        self.call(session_id, |reply| SessionMsg::Delete { user_id, reply }, op, None, (forward, false)).await
     }
 
     /// Answers a request another node forwarded: the session must run here (or start
@@ -438,21 +430,19 @@ impl SessionRegistry {
                 }
                 Ok(RemoteAnswer::Done)
             }
-            RemoteOp::Send { user, message_id, content, origin, request_id } => {
+            RemoteOp::Send { user, message_id, content, origin, request_id, key } => {
+                let requester = Requester { user, origin: receiver(origin), request_id, key };
                 let message = NewMessage { id: message_id, content, replaces: None };
-                self.send_from(&user, session_id, message, receiver(origin), request_id, false)
-                    .await
-                    .map(FromRemote::into_remote)
+                self.send_from(requester, session_id, message, false).await.map(FromRemote::into_remote)
             }
-            RemoteOp::Regenerate { user, origin, request_id } => self
-                .regenerate_from(&user, session_id, receiver(origin), request_id, false)
-                .await
-                .map(FromRemote::into_remote),
-            RemoteOp::Edit { user, replaced, message_id, content, origin, request_id } => {
+            RemoteOp::Regenerate { user, origin, request_id, key } => {
+                let requester = Requester { user, origin: receiver(origin), request_id, key };
+                self.regenerate_from(requester, session_id, false).await.map(FromRemote::into_remote)
+            }
+            RemoteOp::Edit { user, replaced, message_id, content, origin, request_id, key } => {
+                let requester = Requester { user, origin: receiver(origin), request_id, key };
                 let message = NewMessage { id: message_id, content, replaces: Some(replaced) };
-                self.send_from(&user, session_id, message, receiver(origin), request_id, false)
-                    .await
-                    .map(FromRemote::into_remote)
+                self.send_from(requester, session_id, message, false).await.map(FromRemote::into_remote)
             }
             RemoteOp::Stop { user_id } => self.stop_from(user_id, session_id, false).await.map(FromRemote::into_remote),
             RemoteOp::Rename { user_id, title } => {
@@ -463,6 +453,19 @@ impl SessionRegistry {
             }
         };
         result.map_err(RemoteError::from)
+    }
+
+    /// Tells the actor of a session that a batch found its writes stale (another actor
+    /// took the session over): it stops without writing or emitting more.
+    pub fn fenced(&self, fence: Fence) {
+        if let Some(actor) = self.actors.get(&fence.session_id) {
+            let _ = actor.send_message(SessionMsg::Lost(Stale::Epoch(fence.epoch)));
+        }
+    }
+
+    /// Sets the gauges of what the registry holds (read by `/metrics`).
+    pub fn observe(&self) {
+        self.deps.metrics.session_slots.set(self.actors.len() as i64);
     }
 
     /// Shuts the sessions down in order: first no new work is accepted (no actor starts,
@@ -504,6 +507,21 @@ struct NewMessage {
     replaces: Option<Uuid>,
 }
 
+/// What became of a forwarded request.
+enum Forwarded {
+    /// The owner answered.
+    Answered(RemoteResult),
+    /// The answer was lost (or never came): the owner may or may not have done it.
+    Lost,
+}
+
+/// The idempotency key a forwarded send carries when its client gave none, so that it can
+/// be sent again when its answer is lost (a client that chose such a key itself could
+/// only collide with its own sends).
+fn forwarding_key(id: Uuid) -> String {
+    format!("~{id}")
+}
+
 /// A receiver as a forwarded request names it.
 fn origin_of(receiver: &Receiver) -> Origin {
     Origin { id: receiver.id, kind: receiver.kind }
@@ -532,9 +550,9 @@ impl ClusterHandler for SessionRegistry {
         }
     }
 
-    fn lease_lost(&self, session_id: Uuid) {
+    fn lease_lost(&self, session_id: Uuid, token: u64) {
         if let Some(actor) = self.actors.get(&session_id) {
-            let _ = actor.send_message(SessionMsg::LeaseLost);
+            let _ = actor.send_message(SessionMsg::Lost(Stale::Lease(token)));
         }
     }
 

@@ -6,7 +6,7 @@ use relay_protocol::{ErrorBody, ErrorCode, Message, Session};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{SendAccepted, SessionError};
+use super::{Replay, SendAccepted, SessionError};
 use crate::auth::AuthUser;
 use crate::fanout::{ReceiverId, ReceiverKind};
 use crate::limits::RateDecision;
@@ -29,9 +29,16 @@ pub enum RemoteOp {
     /// Stop watching it.
     Unsubscribe { receiver: ReceiverId },
     /// Store a message and queue its reply.
-    Send { user: AuthUser, message_id: Uuid, content: String, origin: Origin, request_id: Option<String> },
+    Send {
+        user: AuthUser,
+        message_id: Uuid,
+        content: String,
+        origin: Origin,
+        request_id: Option<String>,
+        key: Option<String>,
+    },
     /// Answer the last message again.
-    Regenerate { user: AuthUser, origin: Origin, request_id: Option<String> },
+    Regenerate { user: AuthUser, origin: Origin, request_id: Option<String>, key: Option<String> },
     /// Replace the last message.
     Edit {
         user: AuthUser,
@@ -40,6 +47,7 @@ pub enum RemoteOp {
         content: String,
         origin: Origin,
         request_id: Option<String>,
+        key: Option<String>,
     },
     /// Cancel the running reply.
     Stop { user_id: Uuid },
@@ -64,8 +72,8 @@ pub struct RemoteCall {
 pub enum RemoteAnswer {
     /// Done, nothing to say.
     Done,
-    /// A send was taken.
-    Accepted { user_message: Message, reply_id: Uuid, rate: Option<RateDecision> },
+    /// A send was taken (or, with `replay`, repeated an earlier one).
+    Accepted { user_message: Message, reply_id: Uuid, rate: Option<RateDecision>, replay: Option<Replay> },
     /// The session as renamed.
     Renamed { session: Session },
 }
@@ -95,6 +103,7 @@ pub enum RemoteError {
     },
     ShuttingDown,
     Unavailable,
+    KeyReused,
     Reported {
         body: ErrorBody,
     },
@@ -113,10 +122,16 @@ impl From<SessionError> for RemoteError {
             SessionError::ShuttingDown => RemoteError::ShuttingDown,
             SessionError::Unavailable => RemoteError::Unavailable,
             SessionError::Elsewhere(_) => RemoteError::NotOwner,
+            SessionError::KeyReused => RemoteError::KeyReused,
             SessionError::Reported(body) => RemoteError::Reported { body },
+            // This node lost the session while answering: the asker looks for its owner again.
+            SessionError::Store(crate::store::StoreError::Fenced) => RemoteError::NotOwner,
             SessionError::Store(e) => {
-                tracing::error!(error = %e, "database error answering a forwarded request");
-                RemoteError::Reported { body: ErrorBody::new(ErrorCode::Internal, "database error") }
+                let body = crate::error::AppError::Store(e).to_body();
+                if body.code == ErrorCode::Internal {
+                    tracing::error!(message = %body.message, "database error answering a forwarded request");
+                }
+                RemoteError::Reported { body }
             }
         }
     }
@@ -134,6 +149,7 @@ impl From<RemoteError> for SessionError {
             RemoteError::StorageFull { limit } => SessionError::StorageFull(limit),
             RemoteError::QuotaExceeded { decision } => SessionError::QuotaExceeded(decision),
             RemoteError::ShuttingDown => SessionError::ShuttingDown,
+            RemoteError::KeyReused => SessionError::KeyReused,
             RemoteError::Reported { body } => SessionError::Reported(body),
         }
     }
@@ -162,14 +178,19 @@ impl FromRemote for () {
 impl FromRemote for SendAccepted {
     fn from_remote(answer: RemoteAnswer) -> Result<SendAccepted, SessionError> {
         match answer {
-            RemoteAnswer::Accepted { user_message, reply_id, rate } => {
-                Ok(SendAccepted { user_message, reply_id, rate })
+            RemoteAnswer::Accepted { user_message, reply_id, rate, replay } => {
+                Ok(SendAccepted { user_message, reply_id, rate, replay })
             }
             _ => Err(SessionError::Unavailable),
         }
     }
     fn into_remote(self) -> RemoteAnswer {
-        RemoteAnswer::Accepted { user_message: self.user_message, reply_id: self.reply_id, rate: self.rate }
+        RemoteAnswer::Accepted {
+            user_message: self.user_message,
+            reply_id: self.reply_id,
+            rate: self.rate,
+            replay: self.replay,
+        }
     }
 }
 

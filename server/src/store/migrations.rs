@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fewer_message_indexes",
         sql: include_str!("../../../schema/0006_fewer_message_indexes.surql"),
     },
+    Migration {
+        version: 7,
+        name: "fencing_and_idempotency",
+        sql: include_str!("../../../schema/0007_fencing_and_idempotency.surql"),
+    },
 ];
 
 const BOOKKEEPING: &str = "
@@ -73,7 +78,7 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
             .query(sql)
             .bind(serde_json::json!({"version": migration.version, "name": migration.name}))
             .await
-            .and_then(|r| r.check());
+            .and_then(|mut r| super::cause_of(r.take_errors()).map_or(Ok(()), Err));
         if let Err(e) = applied {
             // Another node may have committed this migration since the version was read.
             if current_version(db).await? >= migration.version {

@@ -5,6 +5,7 @@
 //! and a remote server (`ws://`). Rows come back as JSON and are decoded into the
 //! protocol's types, which keeps the SDK's own value types out of the rest of the server.
 
+mod batch;
 mod migrations;
 mod write_behind;
 
@@ -18,8 +19,9 @@ use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use uuid::Uuid;
 
+pub use batch::IDEMPOTENCY_WINDOW;
 pub use migrations::{MIGRATIONS, Migration};
-pub use write_behind::{AfterUsage, WriteBehind};
+pub use write_behind::{AfterUsage, Fence, OnFenced, Saved, SendKey, WriteBehind};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,13 @@ pub enum StoreError {
     /// A batched write failed (the message is the database's), or the writer stopped.
     #[error("batched write failed: {0}")]
     Batch(String),
+    /// The database did not answer within `DATABASE_TIMEOUT_MS` (a write stays queued).
+    #[error("the database did not answer in time")]
+    Timeout,
+    /// The write was made under a session epoch that is no longer the session's: another
+    /// actor (on this node or another) has taken the session over. Nothing was written.
+    #[error("the session is run by another actor now")]
+    Fenced,
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
     SchemaTooNew {
@@ -57,6 +66,8 @@ pub struct StoreConfig {
     pub namespace: String,
     /// Database to use.
     pub database: String,
+    /// How long a query may take before it answers [`StoreError::Timeout`].
+    pub timeout: std::time::Duration,
 }
 
 /// A stored user with the password hash (never sent to clients).
@@ -82,6 +93,31 @@ pub struct SessionRecord {
     pub user_id: Uuid,
 }
 
+/// A session taken over for a new actor ([`Store::claim_session`]).
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The session and its owner.
+    pub record: SessionRecord,
+    /// The epoch the new actor holds: its writes carry it.
+    pub epoch: u64,
+    /// Replies left `generating` by whatever ran the session before, now marked `error`.
+    pub failed: usize,
+}
+
+/// What an earlier send with an idempotency key stored.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StoredSend {
+    /// Its session.
+    pub session_id: Uuid,
+    /// Its user message.
+    pub message_id: Uuid,
+    /// Its reply.
+    pub reply_id: Uuid,
+}
+
+/// The marker of a fenced write that finds its session claimed by another actor.
+const FENCED: &str = "relay:fenced";
+
 /// Handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -89,6 +125,7 @@ pub struct Store {
     // maps and a message to the router each way), which cost about 35 KiB of memory per
     // WebSocket connection and work on every request before (see BENCHMARKS.md).
     db: Arc<Surreal<Any>>,
+    timeout: std::time::Duration,
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
@@ -148,7 +185,13 @@ impl Store {
             migrations::apply(&db, MIGRATIONS).await
         })
         .await?;
-        Ok(Store { db })
+        Ok(Store { db, timeout: config.timeout })
+    }
+
+    /// Runs a query future within the query timeout: a database that does not answer (a
+    /// paused or partitioned server) makes a request fail instead of hang.
+    async fn timed<T>(&self, query: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, query).await.unwrap_or(Err(StoreError::Timeout))
     }
 
     /// Applies a given list of migrations (for tests of the migration runner).
@@ -158,39 +201,27 @@ impl Store {
 
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.query("RETURN 1").await?.check()?;
-        Ok(())
+        self.timed(async { Ok(self.db.query("RETURN 1").await?.check().map(|_| ())?) }).await
     }
 
     async fn rows<T: DeserializeOwned>(&self, sql: &str, bind: serde_json::Value) -> Result<Vec<T>, StoreError> {
-        let rows: Vec<serde_json::Value> = retry_conflicts(|| async {
-            let mut response = self.db.query(sql).bind(bind.clone()).await?.check()?;
-            Ok(response.take(response.num_statements() - 1)?)
-        })
-        .await?;
+        let rows: Vec<serde_json::Value> = self
+            .timed(retry_conflicts(|| async {
+                let mut response = self.db.query(sql).bind(bind.clone()).await?.check()?;
+                Ok(response.take(response.num_statements() - 1)?)
+            }))
+            .await?;
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
     }
 
-    /// Runs a script of several statements (a transaction); fails with every statement's
-    /// error, in order, when any fails.
-    async fn execute_all(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
-        let mut response = self.db.query(sql).bind(bind).await?;
-        let mut errors: Vec<(usize, surrealdb::Error)> = response.take_errors().into_iter().collect();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        errors.sort_by_key(|(i, _)| *i);
-        Err(StoreError::Batch(errors.iter().map(|(i, e)| format!("statement {i}: {e}")).collect::<Vec<_>>().join("; ")))
-    }
-
     async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
-        retry_conflicts(|| async {
+        self.timed(retry_conflicts(|| async {
             match self.db.query(sql).bind(bind.clone()).await?.check() {
                 Ok(_) => Ok(()),
                 Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
                 Err(e) => Err(e.into()),
             }
-        })
+        }))
         .await
     }
 
@@ -274,15 +305,19 @@ impl Store {
     ) -> Result<(Vec<Session>, u64), StoreError> {
         let start = u64::from(page.saturating_sub(1)) * u64::from(per_page);
         let mut response = self
-            .db
-            .query(format!(
-                "SELECT {SESSION_FIELDS} FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE \
+            .timed(async {
+                Ok(self
+                    .db
+                    .query(format!(
+                        "SELECT {SESSION_FIELDS} FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE \
                  ORDER BY updated_at DESC LIMIT $limit START $start;
                  SELECT count() AS total FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL;"
-            ))
-            .bind(serde_json::json!({"user_id": user_id, "limit": per_page, "start": start}))
-            .await?
-            .check()?;
+                    ))
+                    .bind(serde_json::json!({"user_id": user_id, "limit": per_page, "start": start}))
+                    .await?
+                    .check()?)
+            })
+            .await?;
         let rows: Vec<serde_json::Value> = response.take(0)?;
         let totals: Vec<serde_json::Value> = response.take(1)?;
         let sessions = rows
@@ -293,36 +328,55 @@ impl Store {
         Ok((sessions, total))
     }
 
-    /// Renames a session the user owns; `None` when it is not theirs or is deleted.
+    /// Renames a session the user owns, under its actor's fence; `None` when it is not
+    /// theirs or is deleted.
     pub async fn rename_session(
         &self,
+        fence: Fence,
         user_id: Uuid,
-        session_id: Uuid,
         title: &str,
     ) -> Result<Option<Session>, StoreError> {
-        self.set_title(session_id, title, "user_id = $user_id", serde_json::json!({"user_id": user_id})).await
-    }
-
-    /// Sets the title of a live session if `condition` (SurrealQL over `bind`) holds.
-    async fn set_title(
-        &self,
-        session_id: Uuid,
-        title: &str,
-        condition: &str,
-        mut bind: serde_json::Value,
-    ) -> Result<Option<Session>, StoreError> {
-        bind["id"] = serde_json::json!(session_id);
-        bind["title"] = serde_json::json!(title);
         let rows: Vec<SessionRecord> = self
-            .rows(
+            .fenced_rows(
+                fence,
                 &format!(
-                    "UPDATE type::record('chat_session', $id) SET title = $title, updated_at = time::now() \
-                     WHERE {condition} AND deleted_at = NONE RETURN {SESSION_FIELDS}"
+                    "UPDATE type::record('chat_session', $fence_session) SET title = $title, updated_at = time::now() \
+                     WHERE user_id = $user_id AND deleted_at = NONE RETURN {SESSION_FIELDS}"
                 ),
-                bind,
+                serde_json::json!({"user_id": user_id, "title": title}),
             )
             .await?;
         Ok(rows.into_iter().next().map(|r| r.session))
+    }
+
+    /// Runs writes of a session in one transaction, only if `fence` is still the session's
+    /// epoch (else [`StoreError::Fenced`], and nothing is written); returns the rows of the
+    /// last statement. The fence is written too, so a claim racing it conflicts with it.
+    async fn fenced_rows<T: DeserializeOwned>(
+        &self,
+        fence: Fence,
+        sql: &str,
+        mut bind: serde_json::Value,
+    ) -> Result<Vec<T>, StoreError> {
+        bind["fence_session"] = serde_json::json!(fence.session_id);
+        bind["fence_epoch"] = serde_json::json!(fence.epoch);
+        let sql = format!(
+            "BEGIN TRANSACTION;
+             IF type::record('chat_session', $fence_session).epoch != $fence_epoch {{ THROW '{FENCED}' }};
+             UPDATE type::record('chat_session', $fence_session) SET epoch = $fence_epoch;
+             {sql};
+             COMMIT TRANSACTION;"
+        );
+        let rows: Vec<serde_json::Value> = self
+            .timed(retry_conflicts(|| async {
+                let mut response = self.db.query(sql.as_str()).bind(bind.clone()).await?;
+                if let Some(e) = cause_of(response.take_errors()) {
+                    return Err(if e.to_string().contains(FENCED) { StoreError::Fenced } else { e.into() });
+                }
+                Ok(response.take(response.num_statements() - 2)?)
+            }))
+            .await?;
+        rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
     }
 
     /// How many live (not deleted) sessions a user has.
@@ -336,13 +390,15 @@ impl Store {
         Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
     }
 
-    /// Marks a session the user owns as deleted; false when it is not theirs or already gone.
-    pub async fn soft_delete_session(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+    /// Marks a session the user owns as deleted, under its actor's fence; false when it is
+    /// not theirs or already gone.
+    pub async fn soft_delete_session(&self, fence: Fence, user_id: Uuid) -> Result<bool, StoreError> {
         let rows: Vec<serde_json::Value> = self
-            .rows(
-                "UPDATE type::record('chat_session', $id) SET deleted_at = time::now() \
+            .fenced_rows(
+                fence,
+                "UPDATE type::record('chat_session', $fence_session) SET deleted_at = time::now() \
                  WHERE user_id = $user_id AND deleted_at = NONE RETURN record::id(id) AS id",
-                serde_json::json!({"id": session_id, "user_id": user_id}),
+                serde_json::json!({"user_id": user_id}),
             )
             .await?;
         Ok(!rows.is_empty())
@@ -395,12 +451,14 @@ impl Store {
 
     /// Runs one retention statement list in a transaction; it returns `{sessions, messages}`.
     async fn retention_step(&self, sql: &str, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64), StoreError> {
-        let mut response = self
-            .db
-            .query(format!("BEGIN TRANSACTION;\n{sql}\nCOMMIT TRANSACTION;"))
-            .bind(serde_json::json!({"cutoff": cutoff, "batch": batch}))
-            .await?
-            .check()?;
+        let sql = format!("BEGIN TRANSACTION;\n{sql}\nCOMMIT TRANSACTION;");
+        let mut response = retry_conflicts(|| async {
+            let mut response =
+                self.db.query(sql.as_str()).bind(serde_json::json!({"cutoff": cutoff, "batch": batch})).await?;
+            transaction_result(&mut response)?;
+            Ok(response)
+        })
+        .await?;
         // The `RETURN` is the statement before `COMMIT`.
         let rows: Vec<serde_json::Value> = response.take(response.num_statements() - 2)?;
         let field = |name: &str| rows.first().and_then(|r| r.get(name)).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -421,12 +479,29 @@ impl Store {
     // ---- messages ----------------------------------------------------------------------
 
     /// Marks messages superseded (a regenerated reply, an edited message): kept, not deleted.
-    pub async fn mark_superseded(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        self.execute(
-            "FOR $id IN $ids { UPDATE type::record('chat_message', $id) SET superseded = true; }",
-            serde_json::json!({"ids": ids}),
-        )
-        .await
+    /// A regenerate's idempotency key (naming the message it answers again) is stored in the
+    /// same transaction.
+    pub async fn mark_superseded(
+        &self,
+        fence: Fence,
+        ids: &[Uuid],
+        key: Option<(&SendKey, Uuid)>,
+    ) -> Result<(), StoreError> {
+        let key = key.map(|(key, message_id)| {
+            serde_json::json!({"id": [key.user_id, key.key], "message_id": message_id, "reply_id": key.reply_id})
+        });
+        let _: Vec<serde_json::Value> = self
+            .fenced_rows(
+                fence,
+                "FOR $id IN $ids { UPDATE type::record('chat_message', $id) SET superseded = true; };
+                 IF $key {
+                     UPSERT type::record('idempotency', $key.id) CONTENT { session_id: $fence_session,
+                         message_id: $key.message_id, reply_id: $key.reply_id, at: time::now() };
+                 }",
+                serde_json::json!({"ids": ids, "key": key}),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Marks replies left `generating` by a server that stopped without storing them (a
@@ -441,17 +516,116 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Marks one session's replies left `generating` as `error` (a node claiming a session
-    /// whose previous owner died); returns how many there were.
-    pub async fn fail_interrupted_replies_of(&self, session_id: Uuid) -> Result<usize, StoreError> {
+    /// Takes a session over for a new actor: raises its epoch (the fencing token every
+    /// write of the actor carries, so whatever ran the session before writes nothing more),
+    /// counts its messages again (a count lost with an earlier owner is mended here), and
+    /// marks replies left `generating` by whatever ran it before as `error`, all in one
+    /// transaction. `None` when the session does not exist or is deleted.
+    pub async fn claim_session(&self, session_id: Uuid) -> Result<Option<Claimed>, StoreError> {
+        let sql = format!(
+            "BEGIN TRANSACTION;
+             LET $s = (UPDATE type::record('chat_session', $id) SET epoch = (epoch ?? 0) + 1,
+                 message_count = (SELECT count() AS n FROM chat_message WHERE session_id = $id GROUP ALL)[0].n ?? 0
+                 WHERE deleted_at = NONE RETURN {SESSION_FIELDS}, epoch)[0];
+             LET $failed = IF $s != NONE {{
+                 (UPDATE chat_message SET status = 'error' WHERE session_id = $id AND status = 'generating'
+                     RETURN VALUE record::id(id))
+             }} ELSE {{ [] }};
+             RETURN IF $s != NONE {{ {{ session: $s, failed: array::len($failed) }} }} ELSE {{ NONE }};
+             COMMIT TRANSACTION;"
+        );
+        let claimed: Option<serde_json::Value> = self
+            .timed(retry_conflicts(|| async {
+                let mut response = self.db.query(sql.as_str()).bind(serde_json::json!({"id": session_id})).await?;
+                transaction_result(&mut response)?;
+                Ok(response.take(response.num_statements() - 2)?)
+            }))
+            .await?;
+        let Some(claimed) = claimed.filter(|c| !c.is_null()) else { return Ok(None) };
+        #[derive(Deserialize)]
+        struct Row {
+            session: SessionRecordWithEpoch,
+            failed: usize,
+        }
+        #[derive(Deserialize)]
+        struct SessionRecordWithEpoch {
+            #[serde(flatten)]
+            record: SessionRecord,
+            epoch: u64,
+        }
+        let row: Row = serde_json::from_value(claimed)?;
+        Ok(Some(Claimed { record: row.session.record, epoch: row.session.epoch, failed: row.failed }))
+    }
+
+    /// The outcome a committed write-behind batch recorded under its marker, if it did commit.
+    async fn batch_outcome(&self, batch: &batch::BatchId) -> Result<Option<batch::Outcome>, StoreError> {
         let rows: Vec<serde_json::Value> = self
             .rows(
-                "UPDATE chat_message SET status = 'error' WHERE session_id = $id AND status = 'generating' \
-                 RETURN record::id(id) AS id",
-                serde_json::json!({"id": session_id}),
+                "SELECT VALUE outcome FROM type::record('write_batch', $batch)",
+                serde_json::json!({"batch": batch.record()}),
             )
             .await?;
-        Ok(rows.len())
+        Ok(rows.into_iter().next().filter(|v| !v.is_null()).map(serde_json::from_value).transpose()?)
+    }
+
+    /// Runs a write-behind batch's transaction; returns what its `RETURN` reported.
+    async fn apply_batch(&self, sql: &str, bind: serde_json::Value) -> Result<batch::Outcome, StoreError> {
+        let mut response = self.db.query(sql).bind(bind).await?;
+        if let Some(e) = cause_of(response.take_errors()) {
+            return Err(StoreError::Batch(e.to_string()));
+        }
+        let outcome: Option<serde_json::Value> = response.take(response.num_statements() - 2)?;
+        Ok(outcome.map(serde_json::from_value).transpose()?.unwrap_or_default())
+    }
+
+    /// What an earlier send with this idempotency key stored, if it was within 24 hours.
+    pub async fn find_send_key(&self, user_id: Uuid, key: &str) -> Result<Option<StoredSend>, StoreError> {
+        let rows: Vec<StoredSend> = self
+            .rows(
+                "SELECT session_id, message_id, reply_id FROM type::record('idempotency', [$user_id, $key]) \
+                 WHERE at > <datetime>$cutoff",
+                serde_json::json!({"user_id": user_id, "key": key, "cutoff": Utc::now() - IDEMPOTENCY_WINDOW}),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Makes an idempotency key look `age` old (for tests of its expiry).
+    #[doc(hidden)]
+    pub async fn age_send_key(&self, user_id: Uuid, key: &str, age: chrono::TimeDelta) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE type::record('idempotency', [$user_id, $key]) SET at = <datetime>$at",
+            serde_json::json!({"user_id": user_id, "key": key, "at": Utc::now() - age}),
+        )
+        .await
+    }
+
+    /// One message of a session, by id.
+    pub async fn get_message(&self, session_id: Uuid, message_id: Uuid) -> Result<Option<Message>, StoreError> {
+        let rows: Vec<Message> = self
+            .rows(
+                &format!(
+                    "SELECT {MESSAGE_FIELDS} FROM type::record('chat_message', $id) WHERE session_id = $session_id"
+                ),
+                serde_json::json!({"id": message_id, "session_id": session_id}),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Deletes idempotency keys past their 24 hours and write-batch markers older than an
+    /// hour (left by writers that stopped); returns how many of each.
+    pub async fn expire_keys_and_markers(&self) -> Result<(u64, u64), StoreError> {
+        let rows: Vec<serde_json::Value> = self
+            .rows(
+                "LET $keys = DELETE idempotency WHERE at < <datetime>$cutoff RETURN BEFORE;
+                 LET $markers = DELETE write_batch WHERE at < time::now() - 1h RETURN BEFORE;
+                 RETURN [{ keys: array::len($keys), markers: array::len($markers) }];",
+                serde_json::json!({"cutoff": Utc::now() - IDEMPOTENCY_WINDOW}),
+            )
+            .await?;
+        let field = |name: &str| rows.first().and_then(|r| r.get(name)).and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((field("keys"), field("markers")))
     }
 
     /// Up to `limit` messages of a session older than message `before` (the newest without
@@ -470,7 +644,7 @@ impl Store {
                     "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
                      ORDER BY created_at DESC LIMIT $limit"
                 );
-                self.db.query(sql).bind(bind).await?.check()?.take(0)?
+                self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?.take(0)?) }).await?
             }
             Some(_) => {
                 let sql = format!(
@@ -480,7 +654,7 @@ impl Store {
                          AND created_at < $at ORDER BY created_at DESC LIMIT $limit;
                      RETURN $at;"
                 );
-                let mut response = self.db.query(sql).bind(bind).await?.check()?;
+                let mut response = self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?) }).await?;
                 let at: Option<serde_json::Value> = response.take(2)?;
                 if at.is_none_or(|v| v.is_null()) {
                     return Ok(None);
@@ -564,6 +738,27 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Fails with the error that made a transaction fail, if it failed.
+fn transaction_result(response: &mut surrealdb::IndexedResults) -> Result<(), StoreError> {
+    match cause_of(response.take_errors()) {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// The error that made a transaction fail, among the errors of its statements: the others
+/// only say they were not executed because of it.
+pub(super) fn cause_of(errors: std::collections::HashMap<usize, surrealdb::Error>) -> Option<surrealdb::Error> {
+    let mut errors: Vec<(usize, surrealdb::Error)> = errors.into_iter().collect();
+    errors.sort_by_key(|(i, _)| *i);
+    let consequence = |e: &surrealdb::Error| {
+        let text = e.to_string();
+        text.contains("was not executed") || text.contains("aborted due to a prior error")
+    };
+    let cause = errors.iter().position(|(_, e)| !consequence(e)).unwrap_or(0);
+    (!errors.is_empty()).then(|| errors.swap_remove(cause).1)
 }
 
 /// Whether a write was refused by a unique index. SurrealDB 3.3 reports that as a query

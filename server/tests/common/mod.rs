@@ -2,6 +2,7 @@
 //! on-disk one), the mock model served over real HTTP, and real HTTP and WebSocket clients.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod flow;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ impl TestServer {
         map.insert("LLM_BREAKER_FAILURES", "1000".into());
         // Tests send quickly; the send rate is tested where it is the point.
         map.insert("CHAT_RATE_LIMIT_PER_MINUTE", "0".into());
+        // Tests subscribe as fast as they like; the allowance is tested where it is the point.
+        map.insert("WS_SUBSCRIBES_PER_MINUTE", "100000".into());
         map.insert("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "10000".into());
         for (k, v) in vars {
             map.insert(k, v.to_string());
@@ -357,6 +360,7 @@ impl Process {
             .env("MOCK_FIRST_TOKEN_MS", "1")
             .env("MOCK_TOKENS_PER_SEC", "0")
             .env("CHAT_RATE_LIMIT_PER_MINUTE", "0")
+            .env("WS_SUBSCRIBES_PER_MINUTE", "100000")
             .env("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "10000");
         // Coverage runs collect a profile from every process they start.
         if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
@@ -554,59 +558,112 @@ pub fn surreal_bin() -> std::path::PathBuf {
     bin
 }
 
-/// A SurrealDB server in memory on a free port; killed when dropped.
+/// A SurrealDB server on a free port, in memory or on disk; killed when dropped. It can be
+/// paused (SIGSTOP), resumed, killed and started again on the same port (on disk, with the
+/// same data), as a fault would.
 pub struct SurrealServer {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     pub port: u16,
+    /// Where it keeps its data (`None`: in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 impl SurrealServer {
-    /// Starts one (root password `root-pass`) and waits until it answers. The free port it
-    /// is given may be taken by another test's process before it binds: then it exits (or
-    /// something else answers there), and it starts again on another port.
+    /// Starts one in memory (root password `root-pass`) and waits until it answers.
     pub async fn start() -> SurrealServer {
-        let http = reqwest::Client::new();
+        SurrealServer::start_with(None).await
+    }
+
+    /// Starts one keeping its data in `dir` (SurrealKV), so a kill and a start lose nothing
+    /// it committed.
+    pub async fn start_on_disk(dir: &std::path::Path) -> SurrealServer {
+        SurrealServer::start_with(Some(dir.join("surreal.db"))).await
+    }
+
+    /// The free port it is given may be taken by another test's process before it binds:
+    /// then it exits (or something else answers there), and it starts again on another port.
+    async fn start_with(path: Option<std::path::PathBuf>) -> SurrealServer {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let child = std::process::Command::new(surreal_bin())
-                .args([
-                    "start",
-                    "--bind",
-                    &format!("127.0.0.1:{port}"),
-                    "--user",
-                    "root",
-                    "--pass",
-                    "root-pass",
-                    "memory",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("surreal starts");
-            let mut server = SurrealServer { child, port };
-            for _ in 0..200 {
-                if server.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                let version = http.get(format!("http://127.0.0.1:{port}/version")).send().await;
-                if let Ok(response) = version
-                    && response.text().await.is_ok_and(|v| v.starts_with("surrealdb"))
-                {
-                    return server;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut server = SurrealServer { child: None, port, path: path.clone() };
+            if server.launch().await {
+                return server;
             }
+            server.kill();
         }
         panic!("surreal did not come up");
     }
 
+    /// Starts the process on its port; true once it answers as SurrealDB.
+    async fn launch(&mut self) -> bool {
+        let storage = match &self.path {
+            Some(path) => format!("surrealkv://{}", path.display()),
+            None => "memory".to_string(),
+        };
+        let child = std::process::Command::new(surreal_bin())
+            .args(["start", "--bind", &format!("127.0.0.1:{}", self.port), "--user", "root", "--pass", "root-pass"])
+            .arg(storage)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("surreal starts");
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        for _ in 0..400 {
+            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+                return false;
+            }
+            let version = http.get(format!("http://127.0.0.1:{}/version", self.port)).send().await;
+            if let Ok(response) = version
+                && response.text().await.is_ok_and(|v| v.starts_with("surrealdb"))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("surreal is running").id()
+    }
+
+    /// Pauses it (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Resumes it after [`SurrealServer::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port after [`SurrealServer::kill`].
+    pub async fn restart(&mut self) {
+        assert!(self.launch().await, "surreal came back on port {}", self.port);
+    }
+
     /// Runs SurrealQL over its HTTP endpoint, in the cluster's namespace and database.
     pub async fn sql(&self, query: &str) -> Value {
+        self.sql_in(NS, DB, query).await
+    }
+
+    /// Runs SurrealQL over its HTTP endpoint in a namespace and database.
+    pub async fn sql_in(&self, ns: &str, db: &str, query: &str) -> Value {
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/sql", self.port))
             .basic_auth("root", Some("root-pass"))
-            .header("surreal-ns", NS)
-            .header("surreal-db", DB)
+            .header("surreal-ns", ns)
+            .header("surreal-db", db)
             .header("Accept", "application/json")
             .body(query.to_string())
             .send()
@@ -620,7 +677,15 @@ impl SurrealServer {
 
 impl Drop for SurrealServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &self.child {
+            // A paused process dies of SIGKILL too, but resume it first so nothing lingers.
+            signal(child.id(), "CONT");
+        }
+        self.kill();
     }
+}
+
+/// Sends a signal (`STOP`, `CONT`, `KILL`, `TERM`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
 }

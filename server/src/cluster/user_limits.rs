@@ -1,0 +1,128 @@
+//! Per-user limits across nodes: connections counted in Redis, and per-user locks.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+use super::keys::*;
+use super::{Cluster, ClusterError};
+
+/// Counts a WebSocket connection of a user against the cluster-wide cap, unless the user
+/// already holds that many on live instances. KEYS[1] the user's count hash (a field per
+/// instance); ARGV[1] instance; ARGV[2] cap; ARGV[3] prefix of heartbeat keys. Fields of
+/// instances that are gone are dropped (their connections went with them). Returns 1 when
+/// counted, 0 when the cap is reached.
+pub(super) static TAKE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local instance = fields[i]
+  local node = string.match(instance, '^(.*)#') or instance
+  if redis.call('GET', ARGV[3] .. node) == instance then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], instance)
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], 86400)
+return 1
+"#,
+    )
+});
+
+/// Gives a counted connection back. KEYS[1] the user's count hash; ARGV[1] instance.
+pub(super) static GIVE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"#,
+    )
+});
+
+/// How long a per-user cluster lock lives if its holder dies holding it.
+pub(super) const USER_LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long taking a per-user cluster lock waits for it.
+pub(super) const USER_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    // ---- per-user limits across nodes ----------------------------------------------------
+
+    /// Counts a connection of `user` against `max` across the cluster; false when the user
+    /// already holds `max` on live nodes.
+    pub async fn take_connection(&self, user: Uuid, max: usize) -> Result<bool, ClusterError> {
+        let mut redis = self.redis.clone();
+        let taken: i64 = TAKE_CONNECTION
+            .key(connections_key(user))
+            .arg(&*self.instance)
+            .arg(max)
+            .arg(ALIVE_PREFIX)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives back a connection counted by [`Cluster::take_connection`] (in the background).
+    pub fn give_connection(&self, user: Uuid) {
+        let (mut redis, instance) = (self.redis.clone(), self.instance.clone());
+        tokio::spawn(async move {
+            let given: Result<i64, _> =
+                GIVE_CONNECTION.key(connections_key(user)).arg(&*instance).invoke_async(&mut redis).await;
+            if let Err(e) = given {
+                tracing::warn!(user_id = %user, error = %e, "could not give a connection back to the cluster count");
+            }
+        });
+    }
+
+    /// Takes a user's cluster-wide lock (for a check and the write it guards, such as the
+    /// sessions-per-user cap); waits up to a few seconds for another node to release it.
+    pub async fn lock_user(&self, user: Uuid, what: &str) -> Result<UserLock, ClusterError> {
+        let key = format!("{PREFIX}lock:{what}:{user}");
+        let token = format!("{}:{}", self.instance, rand::random::<u64>());
+        let deadline = Instant::now() + USER_LOCK_WAIT;
+        let mut redis = self.redis.clone();
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(USER_LOCK_TTL.as_millis() as u64)
+                .query_async(&mut redis)
+                .await?;
+            if taken.is_some() {
+                return Ok(UserLock { redis, key, token });
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A per-user lock held across the cluster; [`UserLock::release`] gives it back (it also
+/// expires by itself if its holder dies).
+pub struct UserLock {
+    redis: ConnectionManager,
+    key: String,
+    token: String,
+}
+
+impl UserLock {
+    /// Gives the lock back, if it is still this holder's.
+    pub async fn release(mut self) {
+        let released: Result<i64, _> =
+            super::lease::RELEASE.key(&self.key).arg(&self.token).invoke_async(&mut self.redis).await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not release a user lock; it expires by itself");
+        }
+    }
+}
