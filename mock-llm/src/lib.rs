@@ -100,6 +100,9 @@ pub struct MockSettings {
     /// Makes every content token [`stamp_token`]: `@<unix micros, 16 digits> `, the time it
     /// was sent, so a load test measures delivery latency ([`parse_stamps`]).
     pub stamp: bool,
+    /// Keeps a [`JournalEntry`] for every chat completion request (tests that check what
+    /// the model was asked, and when; off by default, so a long-lived mock does not grow).
+    pub journal: bool,
 }
 
 impl fmt::Debug for MockSettings {
@@ -114,6 +117,7 @@ impl fmt::Debug for MockSettings {
             .field("choices_null_in_usage_chunk", &self.choices_null_in_usage_chunk)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("stamp", &self.stamp)
+            .field("journal", &self.journal)
             .finish()
     }
 }
@@ -129,8 +133,38 @@ impl Default for MockSettings {
             choices_null_in_usage_chunk: true,
             api_key: None,
             stamp: false,
+            journal: false,
         }
     }
+}
+
+/// One chat completion request as the mock saw it (with [`MockSettings::journal`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct JournalEntry {
+    /// When it arrived.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When its response ended (`None` while it runs).
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How it ended.
+    pub outcome: JournalOutcome,
+    /// The client's `User-Agent` (which node asked).
+    pub user_agent: Option<String>,
+    /// The text of the last user message.
+    pub last_user: String,
+}
+
+/// How a journaled request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalOutcome {
+    /// Still answering.
+    Running,
+    /// The whole reply was sent.
+    Completed,
+    /// The client went away first.
+    ClosedEarly,
+    /// Refused (a bad request, a fault status) before any reply.
+    Refused,
 }
 
 impl MockSettings {
@@ -294,6 +328,8 @@ struct Inner {
     // How many requests carried each last user message with a `fail_first` directive, so
     // the first N of them fail and the rest (a client's retries) succeed.
     attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    // Every request, when `settings.journal` is on.
+    journal: std::sync::Mutex<Vec<JournalEntry>>,
 }
 
 impl MockState {
@@ -305,7 +341,41 @@ impl MockState {
                 stats: watch::Sender::new(MockStats::default()),
                 shutdown: CancellationToken::new(),
                 attempts: Default::default(),
+                journal: Default::default(),
             }),
+        }
+    }
+
+    /// Every request so far, oldest first (empty unless [`MockSettings::journal`] is on).
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.inner.journal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes a request's arrival; returns its place in the journal.
+    fn journal_start(&self, user_agent: Option<String>, last_user: &str) -> Option<usize> {
+        if !self.inner.settings.journal {
+            return None;
+        }
+        let mut journal = self.inner.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.push(JournalEntry {
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            outcome: JournalOutcome::Running,
+            user_agent,
+            last_user: last_user.to_owned(),
+        });
+        Some(journal.len() - 1)
+    }
+
+    /// Notes how a journaled request ended.
+    fn journal_end(&self, entry: Option<usize>, outcome: JournalOutcome) {
+        let Some(i) = entry else { return };
+        let mut journal = self.inner.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = journal.get_mut(i)
+            && entry.ended_at.is_none()
+        {
+            entry.ended_at = Some(chrono::Utc::now());
+            entry.outcome = outcome;
         }
     }
 
@@ -409,6 +479,11 @@ impl MockLlm {
     /// Returns a snapshot of the stats.
     pub fn stats(&self) -> MockStats {
         self.state.stats()
+    }
+
+    /// Every request so far, oldest first (with [`MockSettings::journal`]).
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.state.journal()
     }
 
     /// Waits until `streams_closed_early >= at_least`, returning false if `timeout` passes first.
@@ -758,17 +833,19 @@ struct ResponseGuard {
     state: MockState,
     streaming: bool,
     finished: bool,
+    /// The request's journal entry, if journaled.
+    entry: Option<usize>,
 }
 
 impl ResponseGuard {
-    fn new(state: MockState, streaming: bool) -> Self {
+    fn new(state: MockState, streaming: bool, entry: Option<usize>) -> Self {
         if streaming {
             state.modify(|s| {
                 s.streams_started += 1;
                 s.active_streams += 1;
             });
         }
-        Self { state, streaming, finished: false }
+        Self { state, streaming, finished: false, entry }
     }
 
     /// Marks a normal completion.
@@ -794,6 +871,8 @@ impl ResponseGuard {
                 }
             }
         });
+        let outcome = if completed { JournalOutcome::Completed } else { JournalOutcome::ClosedEarly };
+        self.state.journal_end(self.entry, outcome);
     }
 }
 
@@ -810,6 +889,7 @@ impl Drop for ResponseGuard {
                 s.active_streams = s.active_streams.saturating_sub(1);
             }
         });
+        self.state.journal_end(self.entry, JournalOutcome::ClosedEarly);
         tracing::debug!(streaming, "mock llm: client closed the response early");
     }
 }
@@ -922,9 +1002,15 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .and_then(|m| m.get("content"))
         .map(content_text)
         .unwrap_or_default();
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let entry = state.journal_start(user_agent, &last_user);
+    let refused = |response: Response| {
+        state.journal_end(entry, JournalOutcome::Refused);
+        response
+    };
     let mut directives = match Directives::parse(&last_user) {
         Ok(d) => d,
-        Err(e) => return bad_request(&e),
+        Err(e) => return refused(bad_request(&e)),
     };
     if let Some(n) = directives.fail_first {
         // The fault applies to the first `n` requests with this message; later ones (a
@@ -944,14 +1030,18 @@ async fn chat_completions(State(state): State<MockState>, headers: HeaderMap, bo
         .max(1);
     let plan = Plan::new(&settings, directives, model, max_tokens, prompt_tokens, &last_user);
     if let Err(why) = check_reply_size(plan.tokens, plan.token_size()) {
-        return bad_request(&format!("mock reply too large: {why}"));
+        return refused(bad_request(&format!("mock reply too large: {why}")));
     }
     let timing = Timing { started, started_wall, first_at: None };
 
     if let Some(Fault::Status(code)) = plan.fault {
-        return fault_response(code);
+        return refused(fault_response(code));
     }
-    if stream { streaming_response(state, plan, timing) } else { unary_response(state, plan, timing).await }
+    if stream {
+        streaming_response(state, plan, timing, entry)
+    } else {
+        unary_response(state, plan, timing, entry).await
+    }
 }
 
 fn bad_request(message: &str) -> Response {
@@ -959,8 +1049,8 @@ fn bad_request(message: &str) -> Response {
 }
 
 /// Answers a non-streaming request after the time the whole reply would have taken.
-async fn unary_response(state: MockState, plan: Plan, mut timing: Timing) -> Response {
-    let mut guard = ResponseGuard::new(state.clone(), false);
+async fn unary_response(state: MockState, plan: Plan, mut timing: Timing, entry: Option<usize>) -> Response {
+    let mut guard = ResponseGuard::new(state.clone(), false, entry);
     let cancel = state.inner.shutdown.clone();
     let wait = async {
         tokio::time::sleep(plan.first_token_delay).await;
@@ -1094,9 +1184,10 @@ fn sse(value: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-fn streaming_response(state: MockState, plan: Plan, timing: Timing) -> Response {
+fn streaming_response(state: MockState, plan: Plan, timing: Timing, entry: Option<usize>) -> Response {
     let cancel = state.inner.shutdown.clone();
-    let sse_state = SseStream { guard: ResponseGuard::new(state, true), plan, timing, phase: Phase::Role, sent: 0 };
+    let sse_state =
+        SseStream { guard: ResponseGuard::new(state, true, entry), plan, timing, phase: Phase::Role, sent: 0 };
     let body = futures::stream::unfold((sse_state, cancel), |(mut st, cancel)| async move {
         let item = tokio::select! {
             biased;

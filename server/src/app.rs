@@ -97,6 +97,7 @@ impl Server {
                 retry_backoff: config.llm_retry_backoff,
                 breaker_failures: config.llm_breaker_failures,
                 breaker_cooldown: config.llm_breaker_cooldown,
+                user_agent: format!("relay-chat/{} (node {})", env!("CARGO_PKG_VERSION"), config.node_id),
             },
             metrics.clone(),
         )?;

@@ -6,6 +6,8 @@
 //!
 //! - `RELAY_FAULT_WRITE_DELAY_MS`: every write-behind batch waits this long before it is
 //!   written (writes queue up behind it, as behind a slow database).
+//! - `RELAY_FAULT_WRITE_STALL_FILE=<path>`: while that file exists, no write-behind batch is
+//!   written (a database that stops taking writes, on the test's cue).
 //! - `RELAY_FAULT_RELEASE_DELAY_MS`: a stopped actor's lease is given up this much later
 //!   (the window in which a new actor of the same session claims it).
 //! - `RELAY_FAULT_FAIL_PUBLISH=<text>[*<count>]`: the first `count` (default 1) publish
@@ -21,6 +23,7 @@ mod injected {
 
     pub struct Faults {
         pub write_delay: Option<Duration>,
+        pub write_stall_file: Option<std::path::PathBuf>,
         pub release_delay: Option<Duration>,
         pub fail_publish: Option<(String, AtomicU32)>,
     }
@@ -33,6 +36,7 @@ mod injected {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
         FAULTS.get_or_init(|| Faults {
             write_delay: millis("RELAY_FAULT_WRITE_DELAY_MS"),
+            write_stall_file: std::env::var("RELAY_FAULT_WRITE_STALL_FILE").ok().map(Into::into),
             release_delay: millis("RELAY_FAULT_RELEASE_DELAY_MS"),
             fail_publish: std::env::var("RELAY_FAULT_FAIL_PUBLISH").ok().map(|spec| {
                 let (text, count) =
@@ -58,6 +62,16 @@ pub fn write_delay() -> Option<Duration> {
     return injected::get().write_delay;
     #[cfg(not(feature = "fault-injection"))]
     None
+}
+
+/// Waits while writes are to stall (never, normally).
+pub async fn write_stall() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(file) = &injected::get().write_stall_file {
+        while file.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// How long a stopped actor's lease release waits (`None` normally).

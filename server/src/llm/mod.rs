@@ -119,6 +119,9 @@ pub struct LlmSettings {
     pub breaker_failures: u32,
     /// How long an open breaker refuses requests before it lets one probe through.
     pub breaker_cooldown: Duration,
+    /// The `User-Agent` of every request: the product and this node's id, so a provider's
+    /// (or the mock's) logs tell which node asked.
+    pub user_agent: String,
 }
 
 /// The shared model client; cheap to clone.
@@ -176,6 +179,7 @@ impl LlmClient {
     /// Builds the client; one per server, so connections to the provider are pooled.
     pub fn new(settings: LlmSettings, metrics: Arc<Metrics>) -> Result<LlmClient, LlmError> {
         let http = reqwest::Client::builder()
+            .user_agent(settings.user_agent.clone())
             .connect_timeout(settings.first_token_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
@@ -563,6 +567,7 @@ mod tests {
                 retry_backoff: Duration::from_millis(100),
                 breaker_failures: 5,
                 breaker_cooldown: Duration::from_secs(30),
+                user_agent: "relay-chat/test".into(),
             },
             Arc::new(Metrics::new()),
         )

@@ -126,7 +126,13 @@ impl SessionRegistry {
             let _ = ended.await;
             if let Some(registry) = registry.upgrade() {
                 registry.forget(session_id, &watched);
-                if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease) {
+                // The lease goes once the session's writes are stored (a node that takes the
+                // session over must find them, and would refuse them after its claim); at
+                // shutdown, all leases go together once every write is stored.
+                if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease)
+                    && !registry.closing.load(Ordering::Acquire)
+                {
+                    registry.deps.writes.flush_session(session_id).await;
                     if let Some(delay) = crate::faults::release_delay() {
                         tokio::time::sleep(delay).await;
                     }

@@ -202,6 +202,15 @@ impl WriteBehind {
         }
     }
 
+    /// Returns once every write of a session (its writer's queue) queued before it is
+    /// committed.
+    pub async fn flush_session(&self, session_id: Uuid) {
+        let (done, answered) = oneshot::channel();
+        if self.enqueue(session_id, Op::Flush(done)).await.is_ok() {
+            let _ = answered.await;
+        }
+    }
+
     /// Returns once every write queued before it is committed.
     pub async fn flush(&self) {
         self.to_every_writer(Op::Flush).await;
@@ -312,6 +321,7 @@ impl Writer {
         if let Some(delay) = crate::faults::write_delay() {
             tokio::time::sleep(delay).await;
         }
+        crate::faults::write_stall().await;
         loop {
             match plan.write(&self.store, id, attempt > 1).await {
                 Ok(outcome) => {
