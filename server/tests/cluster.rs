@@ -260,15 +260,27 @@ async fn user_events_reach_the_users_connections_on_every_node() {
 #[tokio::test]
 async fn nodes_migrate_once_report_themselves_and_a_restarted_node_keeps_every_session() {
     let mut cluster = Cluster::start(3, &[]).await;
-    // Three nodes started together on an empty database: each migration applied once.
-    let rows = cluster.surreal.sql("SELECT version FROM schema_migration").await;
-    let versions: Vec<u64> =
-        rows[0]["result"].as_array().unwrap().iter().map(|r| r["version"].as_u64().unwrap()).collect();
-    let mut sorted = versions.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), versions.len(), "no migration recorded twice: {versions:?}");
-    assert_eq!(versions.len(), relay_server::store::MIGRATIONS.len());
+    // Three nodes started together on an empty database (racing to apply the migrations,
+    // the losers retrying) all came up, and the database holds the whole schema: every
+    // migration recorded, and what each one made (or removed) is there (a version record
+    // cannot be duplicated anyway: its id is the version).
+    let rows = cluster.surreal.sql("SELECT VALUE version FROM schema_migration ORDER BY version").await;
+    let versions: Vec<u64> = rows[0]["result"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let known: Vec<u64> = relay_server::store::MIGRATIONS.iter().map(|m| u64::from(m.version)).collect();
+    assert_eq!(versions, known, "every migration recorded");
+    let schema = cluster.surreal.sql("INFO FOR DB; INFO FOR TABLE chat_session; INFO FOR TABLE chat_message;").await;
+    let (db, session, message) = (&schema[0]["result"], &schema[1]["result"], &schema[2]["result"]);
+    for table in
+        ["user", "chat_session", "chat_message", "daily_usage", "chat_message_archive", "idempotency", "write_batch"]
+    {
+        assert!(db["tables"].get(table).is_some(), "table {table} exists: {db}");
+    }
+    for field in ["epoch", "message_count", "archived_at", "deleted_at"] {
+        assert!(session["fields"].get(field).is_some(), "chat_session.{field} exists: {session}");
+    }
+    assert!(message["fields"].get("superseded").is_some(), "{message}");
+    assert!(message["indexes"].get("chat_message_status").is_some(), "{message}");
+    assert!(message["indexes"].get("chat_message_created").is_none(), "migration 6 removed it: {message}");
 
     // Each node says who it is, and sees the others.
     for (i, id) in ["a", "b", "c"].iter().enumerate() {

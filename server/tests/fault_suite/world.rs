@@ -19,7 +19,12 @@ const NODE_PORT: u16 = 18080;
 
 /// Sends a signal (`STOP`, `CONT`, `KILL`, `TERM`) to a process.
 pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn free_port() -> u16 {
