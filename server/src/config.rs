@@ -476,11 +476,11 @@ impl Config {
                 }
             }
         };
-        let cluster_lease = Duration::from_millis(parse("CLUSTER_LEASE_MS", var("CLUSTER_LEASE_MS"), 5000u64)?);
+        let cluster_lease = millis("CLUSTER_LEASE_MS", var("CLUSTER_LEASE_MS"), 5000)?;
         if cluster_lease < Duration::from_millis(400) {
             return Err(ConfigError { var: "CLUSTER_LEASE_MS", reason: "must be at least 400".into() });
         }
-        let llm_timeout = Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?);
+        let llm_timeout = secs("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?;
         let config = Config {
             bind_addr: parse("BIND_ADDR", var("BIND_ADDR"), SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             production,
@@ -497,24 +497,16 @@ impl Config {
             model: var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
             max_tokens: positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), 2048)?,
             llm_timeout,
-            llm_first_token_timeout: Duration::from_secs(positive(
+            llm_first_token_timeout: secs(
                 "LLM_FIRST_TOKEN_TIMEOUT_SECS",
                 var("LLM_FIRST_TOKEN_TIMEOUT_SECS"),
                 llm_timeout.as_secs(),
-            )?),
-            llm_idle_timeout: Duration::from_secs(positive(
-                "LLM_IDLE_TIMEOUT_SECS",
-                var("LLM_IDLE_TIMEOUT_SECS"),
-                llm_timeout.as_secs(),
-            )?),
+            )?,
+            llm_idle_timeout: secs("LLM_IDLE_TIMEOUT_SECS", var("LLM_IDLE_TIMEOUT_SECS"), llm_timeout.as_secs())?,
             llm_attempts: positive("LLM_RETRY_ATTEMPTS", var("LLM_RETRY_ATTEMPTS"), 3)?,
-            llm_retry_backoff: Duration::from_millis(parse("LLM_RETRY_BACKOFF_MS", var("LLM_RETRY_BACKOFF_MS"), 200)?),
+            llm_retry_backoff: millis("LLM_RETRY_BACKOFF_MS", var("LLM_RETRY_BACKOFF_MS"), 200)?,
             llm_breaker_failures: positive("LLM_BREAKER_FAILURES", var("LLM_BREAKER_FAILURES"), 5)?,
-            llm_breaker_cooldown: Duration::from_secs(positive(
-                "LLM_BREAKER_COOLDOWN_SECS",
-                var("LLM_BREAKER_COOLDOWN_SECS"),
-                30,
-            )?),
+            llm_breaker_cooldown: secs("LLM_BREAKER_COOLDOWN_SECS", var("LLM_BREAKER_COOLDOWN_SECS"), 30)?,
             system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
@@ -534,14 +526,15 @@ impl Config {
             node_id,
             cluster,
             cluster_lease,
-            cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
+            cancel_grace: millis("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?,
             max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
-            session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),
-            checkpoint_interval: Duration::from_millis(positive(
-                "CHAT_CHECKPOINT_MS",
-                var("CHAT_CHECKPOINT_MS"),
-                1000,
-            )?),
+            session_idle: secs("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?,
+            checkpoint_interval: match millis("CHAT_CHECKPOINT_MS", var("CHAT_CHECKPOINT_MS"), 1000)? {
+                Duration::ZERO => {
+                    return Err(ConfigError { var: "CHAT_CHECKPOINT_MS", reason: "must be greater than zero".into() });
+                }
+                every => every,
+            },
             max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
             ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
@@ -579,7 +572,7 @@ impl Config {
                 var("AUTH_LOGIN_FAILURES_PER_ADDRESS"),
                 50,
             )?,
-            login_window: Duration::from_secs(positive("AUTH_LOGIN_WINDOW_SECS", var("AUTH_LOGIN_WINDOW_SECS"), 900)?),
+            login_window: secs("AUTH_LOGIN_WINDOW_SECS", var("AUTH_LOGIN_WINDOW_SECS"), 900)?,
             registrations_per_address_per_hour: positive(
                 "AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
                 var("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR"),
@@ -588,11 +581,7 @@ impl Config {
             trusted_proxies: parse_networks("TRUSTED_PROXIES", var("TRUSTED_PROXIES"))?,
             archive_after: days("CHAT_ARCHIVE_AFTER_DAYS", var("CHAT_ARCHIVE_AFTER_DAYS"), 90)?,
             purge_after: days("CHAT_PURGE_AFTER_DAYS", var("CHAT_PURGE_AFTER_DAYS"), 365)?,
-            retention_interval: Duration::from_secs(positive(
-                "CHAT_RETENTION_INTERVAL_SECS",
-                var("CHAT_RETENTION_INTERVAL_SECS"),
-                86_400,
-            )?),
+            retention_interval: secs("CHAT_RETENTION_INTERVAL_SECS", var("CHAT_RETENTION_INTERVAL_SECS"), 86_400)?,
             max_stored_messages_per_user: Some(parse(
                 "CHAT_MAX_STORED_MESSAGES_PER_USER",
                 var("CHAT_MAX_STORED_MESSAGES_PER_USER"),
@@ -621,9 +610,9 @@ impl Config {
                     }
                 },
             },
-            ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
-            ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
-            ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
+            ws_ping_interval: secs("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?,
+            ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?,
+            ws_auth_timeout: secs("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?,
             cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
             metrics_token: var("METRICS_TOKEN"),
             client_dir: var("RELAY_CLIENT_DIR")
@@ -705,10 +694,37 @@ where
     Ok(v)
 }
 
-/// A number of days (0 allowed: at once).
+/// The longest time a setting in seconds or milliseconds may name (ten years): a longer one
+/// would overflow the clock arithmetic done with it (a timer's deadline, a token's expiry)
+/// and panic whatever uses it, long after start-up.
+const MAX_SECS: u64 = 10 * 365 * 86_400;
+
+/// The longest retention age (`CHAT_ARCHIVE_AFTER_DAYS`, `CHAT_PURGE_AFTER_DAYS`): about 273
+/// years, "never" in practice, while the cutoff date (now minus the age) still exists.
+const MAX_DAYS: u64 = 100_000;
+
+/// Refuses `value` (in `unit`) over `max`.
+fn at_most(name: &'static str, value: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    if value > max {
+        return Err(ConfigError { var: name, reason: format!("{value} {unit} is more than the most allowed, {max}") });
+    }
+    Ok(value)
+}
+
+/// A number of seconds, greater than zero and at most [`MAX_SECS`].
+fn secs(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(at_most(name, positive(name, value, default)?, MAX_SECS, "seconds")?))
+}
+
+/// A number of milliseconds (0 allowed), at most [`MAX_SECS`] seconds.
+fn millis(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(at_most(name, parse(name, value, default)?, MAX_SECS * 1000, "milliseconds")?))
+}
+
+/// A number of days (0 allowed: at once), at most [`MAX_DAYS`].
 fn days(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
-    let days: u64 = parse(name, value, default)?;
-    Ok(Duration::from_secs(days.saturating_mul(86_400)))
+    let days = at_most(name, parse(name, value, default)?, MAX_DAYS, "days")?;
+    Ok(Duration::from_secs(days * 86_400))
 }
 
 fn parse_bool(name: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
@@ -729,17 +745,18 @@ fn parse_duration(name: &'static str, value: Option<String>, default: Duration) 
         var: name,
         reason: format!("{v:?} is not a duration like 3600, 90s, 15m, 24h, 7d"),
     })?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(ConfigError { var: name, reason: format!("unknown unit in {v:?} (s, m, h, d)") }),
     };
+    let secs = n.saturating_mul(unit_secs);
     if secs == 0 {
         return Err(ConfigError { var: name, reason: "must be greater than zero".into() });
     }
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_secs(at_most(name, secs, MAX_SECS, "seconds")?))
 }
 
 #[cfg(test)]
@@ -780,6 +797,32 @@ mod tests {
             load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
             ["https://a.example", "http://b.example"]
         );
+    }
+
+    /// Values that would overflow a date or a timer later (and panic the task using them)
+    /// are refused at start, naming the variable.
+    #[test]
+    fn out_of_range_durations_are_refused_at_start() {
+        for var in ["CHAT_ARCHIVE_AFTER_DAYS", "CHAT_PURGE_AFTER_DAYS"] {
+            for huge in ["1000000000000", "18446744073709551615", "213503982334601"] {
+                assert_eq!(load(&[(var, huge)]).map(|_| ()).unwrap_err().var, var, "{var}={huge}");
+            }
+            assert!(load(&[(var, "36500")]).is_ok(), "a century is fine");
+        }
+        for var in [
+            "CHAT_RETENTION_INTERVAL_SECS",
+            "WS_PING_INTERVAL_SECS",
+            "WS_PING_TIMEOUT_SECS",
+            "WS_AUTH_TIMEOUT_SECS",
+            "LLM_TIMEOUT_SECS",
+            "LLM_BREAKER_COOLDOWN_SECS",
+            "AUTH_LOGIN_WINDOW_SECS",
+            "CHAT_SESSION_IDLE_SECS",
+        ] {
+            assert_eq!(load(&[(var, "18446744073709551615")]).map(|_| ()).unwrap_err().var, var, "{var}");
+        }
+        assert_eq!(load(&[("JWT_TTL", "99999999999999999d")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
+        assert_eq!(load(&[("JWT_TTL", "500000000000000000")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
     }
 
     #[test]
