@@ -46,7 +46,7 @@ impl Server {
             database: config.database_db.clone(),
         })
         .await
-        .with_context(|| format!("cannot open the database at {}", config.database_url))?;
+        .with_context(|| format!("cannot open the database at {}", crate::config::redact_url(&config.database_url)))?;
         // Alone, this node ran every session, so whatever it left generating was cut off. In
         // a cluster other nodes may be generating now: a session's leftovers are marked when
         // a node next claims it instead.

@@ -317,8 +317,76 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Splits `ws://user:pass@host:port/...` (or `wss://`) into the URL without its user
+/// part and the (percent-decoded) user and password; other URLs are left whole.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some(rest) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://")) else {
+        return (url.to_string(), None);
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return (url.to_string(), None) };
+    let (user, pass) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    (format!("{scheme}{}", &rest[at + 1..]), Some((percent_decode(user), percent_decode(pass))))
+}
+
+/// Decodes `%XX` escapes (as URLs write reserved characters in a user or password).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Config {
+    /// Every secret the configuration holds, to scrub from text that may have picked one
+    /// up (an error from a library that echoes what it was given).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some((_, pass)) = &self.database_credentials {
+            secrets.push(pass.clone());
+        }
+        let redis_rest = self.redis_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, rest)| rest);
+        if let Some((_, Some((_, pass)))) = redis_rest.map(|rest| split_credentials(&format!("ws://{rest}"))) {
+            secrets.push(pass);
+        }
+        if let Some(secret) = &self.jwt.secret {
+            secrets.push(String::from_utf8_lossy(secret).into_owned());
+        }
+        if let ModelBackend::Remote { api_key, .. } = &self.model_backend {
+            secrets.push(api_key.clone());
+        }
+        secrets.extend(self.metrics_token.clone());
+        // A very short "secret" would blank out ordinary words.
+        secrets.retain(|s| s.len() >= 4);
+        secrets
+    }
+
+    /// `text` with every secret of this configuration replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets().iter().fold(text.to_string(), |text, secret| text.replace(secret.as_str(), REDACTED))
+    }
+}
+
 /// A database URL without the password a `ws://user:pass@host` form may carry.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://{REDACTED}@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_string(),
@@ -369,12 +437,18 @@ impl Config {
         if !["surrealkv://", "mem://", "memory", "ws://", "wss://"].iter().any(|p| database_url.starts_with(p)) {
             return Err(ConfigError {
                 var: "DATABASE_URL",
-                reason: format!("unsupported scheme in {database_url:?} (surrealkv://, mem://, ws://, wss://)"),
+                reason: format!(
+                    "unsupported scheme in {:?} (surrealkv://, mem://, ws://, wss://)",
+                    redact_url(&database_url)
+                ),
             });
         }
+        // Credentials written into the URL move out of it at once, so the URL the server
+        // keeps (and names in its log and errors) never carries a password.
+        let (database_url, url_credentials) = split_credentials(&database_url);
         let database_credentials = match (var("DATABASE_USER"), var("DATABASE_PASS")) {
             (Some(u), Some(p)) => Some((u, p)),
-            (None, None) => None,
+            (None, None) => url_credentials,
             (Some(_), None) => {
                 return Err(ConfigError {
                     var: "DATABASE_PASS",
@@ -876,6 +950,29 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} leaked into {shown}");
         }
         assert!(shown.contains("ws_max_connections_per_user"));
+    }
+
+    /// A user and password written into `DATABASE_URL` move out of it: the URL the server
+    /// keeps, logs and shows in errors has none, and they sign in as `DATABASE_USER` /
+    /// `DATABASE_PASS` would (which win when set).
+    #[test]
+    fn database_credentials_leave_the_url() {
+        let c = load(&[("DATABASE_URL", "ws://root:p%40ss%3Aword@db.internal:8000/rpc")]).unwrap();
+        assert_eq!(c.database_url, "ws://db.internal:8000/rpc");
+        assert_eq!(c.database_credentials, Some(("root".to_string(), "p@ss:word".to_string())));
+        assert!(c.redact("connecting with p@ss:word failed").contains("<redacted>"));
+        let c = load(&[
+            ("DATABASE_URL", "wss://u:url-pass@db:8000"),
+            ("DATABASE_USER", "root"),
+            ("DATABASE_PASS", "env-pass"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url, "wss://db:8000");
+        assert_eq!(c.database_credentials, Some(("root".to_string(), "env-pass".to_string())));
+        let c = load(&[("DATABASE_URL", "ws://db:8000")]).unwrap();
+        assert_eq!((c.database_url.as_str(), c.database_credentials), ("ws://db:8000", None::<(String, String)>));
+        let bad = load(&[("DATABASE_URL", "postgres://u:secret-pw@db")]).map(|_| ()).unwrap_err();
+        assert!(bad.var == "DATABASE_URL" && !bad.to_string().contains("secret-pw"), "{bad}");
     }
 
     #[test]

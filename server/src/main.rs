@@ -48,12 +48,28 @@ async fn main() -> anyhow::Result<()> {
     }
     #[cfg(feature = "profile")]
     let profiler = profile::start();
-    let server = Server::start(config).await?;
+    // Errors are printed here rather than by returning them: a library's error may echo
+    // a secret it was given, and this is the last place that knows them all to scrub.
+    let redact = {
+        let config = config.clone();
+        move |error: &anyhow::Error| config.redact(&format!("{error:#}"))
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %redact(&e), "relay-server could not start");
+            std::process::exit(1);
+        }
+    };
     app::shutdown_signal().await;
     let result = server.shutdown().await;
     #[cfg(feature = "profile")]
     profile::finish(profiler);
-    result
+    if let Err(e) = result {
+        tracing::error!(error = %redact(&e), "shutdown failed");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// CPU profiling in process: `perf` gets no samples on some machines, a SIGPROF sampler does.
