@@ -8,10 +8,20 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::flow::*;
-use common::{Process, SECRET, TestServer};
+use common::{Process, SECRET, TestServer, error_of};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use relay_protocol::ErrorCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+async fn login(server: &TestServer, username: &str, password: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut request =
+        server.http.post(server.url("/api/v1/auth/login")).json(&json!({"username": username, "password": password}));
+    if let Some(addr) = forwarded_for {
+        request = request.header("x-forwarded-for", addr);
+    }
+    request.send().await.unwrap()
+}
 
 fn hs256(claims: Value) -> String {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
@@ -63,4 +73,21 @@ async fn a_database_password_never_reaches_the_log() {
     let logged = std::fs::read_to_string(&log_path).unwrap();
     assert!(logged.contains("database") && logged.contains("127.0.0.1"), "it says what failed: {logged}");
     assert!(!logged.contains("secretpw"), "the password leaked: {logged}");
+}
+
+// ---- 15. X-Forwarded-For fails closed -----------------------------------------------------------
+
+/// An `X-Forwarded-For` entry that does not parse stops the walk from the right: what the
+/// client wrote before it does not count, the last trusted hop (here the proxy itself)
+/// does. Before the fix the walk skipped it and took the client's own entries.
+#[tokio::test]
+async fn an_unparsable_forwarded_entry_stops_the_walk() {
+    let server = TestServer::with(&[("TRUSTED_PROXIES", "127.0.0.1"), ("AUTH_LOGIN_FAILURES_PER_ADDRESS", "2")]).await;
+    server.register("walker").await;
+    for claimed in ["198.51.100.1, not-an-address", "198.51.100.2, not-an-address"] {
+        assert_eq!(login(&server, "nobody", "wrong-password", Some(claimed)).await.status(), 401);
+    }
+    let refused = login(&server, "walker", "password123", Some("198.51.100.3, not-an-address")).await;
+    assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited), "counted against the proxy");
+    assert_eq!(login(&server, "walker", "password123", Some("198.51.100.4")).await.status(), 200);
 }
