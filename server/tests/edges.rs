@@ -8,8 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::flow::*;
-use common::{Process, SECRET, TestServer, error_of};
+use common::{Process, RedisServer, SECRET, TestServer, error_of};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use redis::AsyncCommands;
 use relay_protocol::ErrorCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -17,6 +18,17 @@ use uuid::Uuid;
 async fn login(server: &TestServer, username: &str, password: &str, forwarded_for: Option<&str>) -> reqwest::Response {
     let mut request =
         server.http.post(server.url("/api/v1/auth/login")).json(&json!({"username": username, "password": password}));
+    if let Some(addr) = forwarded_for {
+        request = request.header("x-forwarded-for", addr);
+    }
+    request.send().await.unwrap()
+}
+
+async fn register(server: &TestServer, username: &str, forwarded_for: Option<&str>) -> reqwest::Response {
+    let mut request = server
+        .http
+        .post(server.url("/api/v1/auth/register"))
+        .json(&json!({"username": username, "password": "password123"}));
     if let Some(addr) = forwarded_for {
         request = request.header("x-forwarded-for", addr);
     }
@@ -90,4 +102,59 @@ async fn an_unparsable_forwarded_entry_stops_the_walk() {
     let refused = login(&server, "walker", "password123", Some("198.51.100.3, not-an-address")).await;
     assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited), "counted against the proxy");
     assert_eq!(login(&server, "walker", "password123", Some("198.51.100.4")).await.status(), 200);
+}
+
+// ---- 14. limiter keys: IPv6 per /64, usernames checked first ------------------------------------
+
+/// An IPv6 client holds a whole /64 (any host can pick any address in it), so failed
+/// logins and registrations count per /64; another /64 is another client.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64_prefix() {
+    let server = TestServer::with(&[
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("AUTH_LOGIN_FAILURES_PER_ADDRESS", "2"),
+        ("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "2"),
+    ])
+    .await;
+    server.register("sixer").await;
+    for addr in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+        assert_eq!(login(&server, "nobody", "wrong-password", Some(addr)).await.status(), 401);
+    }
+    let same_prefix = login(&server, "sixer", "password123", Some("2001:db8:1:2::abcd")).await;
+    assert_eq!(error_of(same_prefix).await, (429, ErrorCode::RateLimited), "the same /64 is the same client");
+    assert_eq!(login(&server, "sixer", "password123", Some("2001:db8:1:3::1")).await.status(), 200);
+
+    for (i, addr) in ["2001:db8:9:9::1", "2001:db8:9:9::2"].into_iter().enumerate() {
+        assert_eq!(register(&server, &format!("six{i}"), Some(addr)).await.status(), 201);
+    }
+    let refused = register(&server, "six2", Some("2001:db8:9:9:1:2:3:4")).await;
+    assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited));
+    assert_eq!(register(&server, "six3", Some("2001:db8:9:a::1")).await.status(), 201);
+}
+
+/// A login name that breaks the naming rule (here 60,000 characters, or a space) is
+/// answered 401 at once and never becomes a limiter key: Redis holds no key for it, while
+/// a well-formed unknown name is counted as usual.
+#[tokio::test]
+async fn usernames_are_checked_before_they_become_limiter_keys() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::with(&[("REDIS_URL", &redis.url())]).await;
+    let long = "a".repeat(60_000);
+    for name in [long.as_str(), "bad name", "x"] {
+        let response = login(&server, name, "wrong-password", None).await;
+        assert_eq!(error_of(response).await, (401, ErrorCode::Unauthorized), "{}", &name[..name.len().min(20)]);
+    }
+    let response = login(&server, "wellformed", "wrong-password", None).await;
+    assert_eq!(error_of(response).await, (401, ErrorCode::Unauthorized));
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = conn.keys("relay:login-fail:user:*").await.unwrap();
+    assert_eq!(keys, ["relay:login-fail:user:wellformed"], "only the well-formed name is a key");
+    let registered = server
+        .http
+        .post(server.url("/api/v1/auth/register"))
+        .json(&json!({"username": long, "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(registered).await, (400, ErrorCode::BadRequest));
 }

@@ -23,13 +23,13 @@ use crate::state::AppState;
 /// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR` from one client address.
 pub async fn register(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<AuthResponse>), AppError> {
     auth::validate_username(&body.username)?;
     auth::validate_password(&body.password)?;
     let rate = Rate { limit: state.config.registrations_per_address_per_hour, period: Duration::from_secs(3600) };
-    let decision = state.limiter.rate(&format!("register:ip:{addr}"), rate).await;
+    let decision = state.limiter.rate(&format!("register:ip:{}", addr.limit_key()), rate).await;
     if !decision.allowed {
         state.metrics.limit_refused("registrations_per_address");
         return Err(AppError::TooManyAttempts { retry_after_ms: decision.retry_after.as_millis().max(1) as u64 });
@@ -53,12 +53,15 @@ pub async fn register(
 /// with too many failed logins in the window is refused before any password is checked.
 pub async fn login(
     State(state): State<AppState>,
-    ClientAddr(addr): ClientAddr,
+    addr: ClientAddr,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<AuthResponse>, AppError> {
+    if auth::validate_username(&body.username).is_err() {
+        return Err(AuthError::WrongCredentials.into());
+    }
     let failures = [
         (format!("login-fail:user:{}", body.username.to_lowercase()), state.config.login_failures_per_username),
-        (format!("login-fail:ip:{addr}"), state.config.login_failures_per_address),
+        (format!("login-fail:ip:{}", addr.limit_key()), state.config.login_failures_per_address),
     ];
     for (key, max) in &failures {
         let (count, ends_in) = state.limiter.window(key).await;

@@ -53,6 +53,13 @@ impl FromRequestParts<AppState> for ChatUser {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
+impl ClientAddr {
+    /// The client as per-address limits count it (an IPv6 client by its /64).
+    pub fn limit_key(&self) -> String {
+        crate::limits::address_key(self.0)
+    }
+}
+
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = AppError;
 

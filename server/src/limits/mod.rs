@@ -12,6 +12,7 @@ mod local;
 mod redis;
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -267,6 +268,24 @@ impl Limiter {
     }
 }
 
+/// The address group per-address limits count a client by: an IPv4 address as it is, an
+/// IPv6 address by its /64 prefix (one host is routinely given a whole /64, so counting
+/// single addresses would let it take as many places as it likes).
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        v4 => v4,
+    }
+}
+
+/// The limiter key part naming a client address: `203.0.113.9`, or `2001:db8:1:2::/64`.
+pub fn address_key(ip: IpAddr) -> String {
+    match address_group(ip) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
 /// The key of a user's send rate.
 pub fn send_rate_key(user: Uuid) -> String {
     format!("rate:send:{user}")
@@ -298,5 +317,20 @@ impl UserLocks {
     pub async fn lock(&self, user: Uuid) -> MutexGuard<'_, ()> {
         let stripe = (user.as_u128() % STRIPES as u128) as usize;
         self.stripes[stripe].lock().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_key(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(address_key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(address_key(ip("2001:db8:1:2::ffff")), address_key(ip("2001:db8:1:2:aaaa::1")));
+        assert_ne!(address_key(ip("2001:db8:1:2::1")), address_key(ip("2001:db8:1:3::1")));
+        assert_eq!(address_key(ip("::ffff:203.0.113.9")), "203.0.113.9", "a mapped IPv4 address is IPv4");
     }
 }
