@@ -158,3 +158,48 @@ async fn usernames_are_checked_before_they_become_limiter_keys() {
         .unwrap();
     assert_eq!(error_of(registered).await, (400, ErrorCode::BadRequest));
 }
+
+// ---- 10. failed logins are reserved before the password is checked ----------------------------
+
+/// Sixty wrong passwords for one name at once, with `AUTH_LOGIN_FAILURES_PER_USERNAME=10`:
+/// exactly ten are checked (401), the other fifty are refused (429) without a hash, and
+/// then even the right password is refused until the window ends, in process and in
+/// Redis (before the fix the limit was read before the hash and counted after it, so all
+/// sixty were checked).
+#[tokio::test]
+async fn a_burst_of_wrong_passwords_gets_only_the_allowed_guesses() {
+    let redis = RedisServer::start().await;
+    for redis_url in [None, Some(redis.url())] {
+        let mut vars = vec![
+            ("AUTH_LOGIN_FAILURES_PER_USERNAME", "10".to_string()),
+            ("AUTH_LOGIN_FAILURES_PER_ADDRESS", "1000".into()),
+            ("AUTH_LOGIN_WINDOW_SECS", "6".into()),
+            ("AUTH_HASH_QUEUE", "500".into()),
+        ];
+        if let Some(url) = &redis_url {
+            vars.push(("REDIS_URL", url.clone()));
+        }
+        let vars: Vec<(&'static str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server = TestServer::with(&vars).await;
+        server.register("besieged").await;
+        let started = Instant::now();
+        let passwords: Vec<String> = (0..60).map(|i| format!("wrong-password-{i}")).collect();
+        let guesses = passwords.iter().map(|password| login(&server, "besieged", password, None));
+        let mut statuses = Vec::new();
+        for response in futures::future::join_all(guesses).await {
+            statuses.push(error_of(response).await);
+        }
+        let checked = statuses.iter().filter(|s| **s == (401, ErrorCode::Unauthorized)).count();
+        let refused = statuses.iter().filter(|s| **s == (429, ErrorCode::RateLimited)).count();
+        assert_eq!((checked, refused), (10, 50), "{redis_url:?}: {statuses:?}");
+        let metrics = server.state().metrics.render();
+        assert!(metrics.contains(r#"relay_limits_refused_total{limit="login_failures"} 50"#), "{metrics}");
+
+        let right = login(&server, "besieged", "password123", None).await;
+        assert_eq!(error_of(right).await, (429, ErrorCode::RateLimited), "{redis_url:?}: the right password too");
+        assert!(started.elapsed() < Duration::from_secs(5), "the window has not ended yet");
+        tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_millis(300)).await;
+        let after = login(&server, "besieged", "password123", None).await;
+        assert_eq!(after.status(), 200, "{redis_url:?}: the window ended");
+    }
+}

@@ -472,10 +472,16 @@ async fn one_stuck_session_does_not_stall_the_connection() {
 // ---- 11. login floods ----------------------------------------------------------------------------
 
 /// Password hashes run on a bounded number of threads: a flood of logins past the queue
-/// is answered `unavailable` with `Retry-After` at once; the rest are checked.
+/// is answered `unavailable` with `Retry-After` at once; the rest are checked. (The
+/// failed-login limit is raised out of the way: it would refuse most of the flood first.)
 #[tokio::test]
 async fn login_floods_are_bounded() {
-    let server = TestServer::with(&[("AUTH_HASH_CONCURRENCY", "1"), ("AUTH_HASH_QUEUE", "1")]).await;
+    let server = TestServer::with(&[
+        ("AUTH_HASH_CONCURRENCY", "1"),
+        ("AUTH_HASH_QUEUE", "1"),
+        ("AUTH_LOGIN_FAILURES_PER_USERNAME", "1000"),
+    ])
+    .await;
     server.register("victim").await;
     let logins = (0..24).map(|_| {
         server

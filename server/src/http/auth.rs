@@ -49,8 +49,15 @@ pub async fn register(
         (status = 429, description = "rate_limited: too many failed logins for this name or address", body = relay_protocol::ErrorResponse),
         (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Checks a password and answers a fresh token. The role comes from `CHAT_ADMIN_USERS`
-/// as it is now, not from what was stored at registration. A username or a client address
-/// with too many failed logins in the window is refused before any password is checked.
+/// as it is now, not from what was stored at registration.
+///
+/// Failed logins are limited per username and per client address, and each attempt takes
+/// its place in both counts *before* its password is checked, in one atomic step per
+/// count: attempts racing each other each see their own count, so a burst gets no more
+/// guesses than the limit. A place is given back when the attempt is refused or turns out
+/// not to be a wrong guess (a success, an overloaded hasher). A name that breaks the naming
+/// rule cannot be an account: it is answered like a wrong password at once, and never
+/// becomes a limiter key (which an attacker could otherwise make as long as a body).
 pub async fn login(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -63,22 +70,24 @@ pub async fn login(
         (format!("login-fail:user:{}", body.username.to_lowercase()), state.config.login_failures_per_username),
         (format!("login-fail:ip:{}", addr.limit_key()), state.config.login_failures_per_address),
     ];
-    for (key, max) in &failures {
-        let (count, ends_in) = state.limiter.window(key).await;
-        if count >= *max {
+    let limiter = &state.limiter;
+    for (taken, (key, max)) in failures.iter().enumerate() {
+        let (count, ends_in) = limiter.hit_window(key, state.config.login_window).await;
+        if count > *max {
+            for (key, _) in &failures[..=taken] {
+                limiter.give_back_window(key).await;
+            }
             state.metrics.limit_refused("login_failures");
             return Err(AppError::TooManyAttempts { retry_after_ms: ends_in.as_millis().max(1) as u64 });
         }
     }
-    match check_password(&state, body).await {
-        Err(AppError::Auth(AuthError::WrongCredentials)) => {
-            for (key, _) in &failures {
-                state.limiter.hit_window(key, state.config.login_window).await;
-            }
-            Err(AuthError::WrongCredentials.into())
+    let outcome = check_password(&state, body).await;
+    if !matches!(outcome, Err(AppError::Auth(AuthError::WrongCredentials))) {
+        for (key, _) in &failures {
+            limiter.give_back_window(key).await;
         }
-        outcome => outcome,
     }
+    outcome
 }
 
 /// The password check behind [`login`].

@@ -246,24 +246,25 @@ impl Limiter {
 
     /// Gives back a unit taken for a send that then failed.
     pub async fn give_back_quota(&self, key: &str) {
-        if self.in_redis(self.redis().map(|r| r.give_back_quota(key))).await.is_none() {
+        if self.in_redis(self.redis().map(|r| r.give_back(key))).await.is_none() {
             self.local.give_back_quota(key);
         }
     }
 
-    /// The count of a window and the time until it ends.
-    pub async fn window(&self, key: &str) -> (u32, Duration) {
-        match self.in_redis(self.redis().map(|r| r.window(key))).await {
-            Some(window) => window,
-            None => self.local.window(key),
+    /// Counts one event in a window of `length` that starts at its first event, in one
+    /// atomic step (so events racing each other each see their own count); the count after
+    /// it and the time until the window ends.
+    pub async fn hit_window(&self, key: &str, length: Duration) -> (u32, Duration) {
+        match self.in_redis(self.redis().map(|r| r.hit_window(key, length))).await {
+            Some(hit) => hit,
+            None => self.local.hit_window(key, length),
         }
     }
 
-    /// Counts one event in a window of `length` that starts at its first event.
-    pub async fn hit_window(&self, key: &str, length: Duration) -> u32 {
-        match self.in_redis(self.redis().map(|r| r.hit_window(key, length))).await {
-            Some(count) => count,
-            None => self.local.hit_window(key, length),
+    /// Gives back an event counted by [`Limiter::hit_window`] that turned out not to count.
+    pub async fn give_back_window(&self, key: &str) {
+        if self.in_redis(self.redis().map(|r| r.give_back(key))).await.is_none() {
+            self.local.give_back_window(key);
         }
     }
 }
