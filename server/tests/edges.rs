@@ -35,6 +35,17 @@ async fn register(server: &TestServer, username: &str, forwarded_for: Option<&st
     request.send().await.unwrap()
 }
 
+async fn post_message(server: &TestServer, token: &str, sid: Uuid, content: &str) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+        .bearer_auth(token)
+        .json(&json!({"content": content}))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn hs256(claims: Value) -> String {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
@@ -202,4 +213,43 @@ async fn a_burst_of_wrong_passwords_gets_only_the_allowed_guesses() {
         let after = login(&server, "besieged", "password123", None).await;
         assert_eq!(after.status(), 200, "{redis_url:?}: the window ended");
     }
+}
+
+// ---- 12. a second Redis outage on the same day ---------------------------------------------------
+
+/// Redis goes away twice in a day: each time the in-process quota starts from the day's
+/// count in the database, not from what was left of the first outage (which would let
+/// sends through past the quota).
+#[tokio::test]
+async fn a_second_redis_outage_counts_the_quota_from_the_database() {
+    let mut redis = RedisServer::start().await;
+    let server = TestServer::with(&[("REDIS_URL", &redis.url()), ("CHAT_DAILY_MESSAGE_QUOTA", "6")]).await;
+    let (token, _, sid) = user_with_session(&server, "twice").await;
+    let sent_today = || async {
+        let (_, quota) = server.get(&token, "/api/v1/chat/quota").await;
+        quota["messages_today"].as_u64().unwrap()
+    };
+    let ready = || async {
+        let ready: Value = server.http.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        ready["redis"].as_str().unwrap().to_string()
+    };
+    for _ in 0..2 {
+        assert_eq!(post_message(&server, &token, sid, "a [[mock tokens=1]]").await.status(), 200);
+    }
+
+    redis.stop();
+    assert_eq!(post_message(&server, &token, sid, "b [[mock tokens=1]]").await.status(), 200, "first outage");
+    assert_eq!(ready().await, "down");
+    redis.resume().await;
+    common::eventually("Redis is used again", || async { ready().await == "up" }).await;
+    for _ in 0..2 {
+        assert_eq!(post_message(&server, &token, sid, "c [[mock tokens=1]]").await.status(), 200);
+    }
+    common::eventually("the database counts five", || async { sent_today().await == 5 }).await;
+
+    redis.stop();
+    assert_eq!(post_message(&server, &token, sid, "d [[mock tokens=1]]").await.status(), 200, "the sixth");
+    assert_eq!(ready().await, "down");
+    let over = post_message(&server, &token, sid, "e [[mock tokens=1]]").await;
+    assert_eq!(error_of(over).await, (429, ErrorCode::QuotaExceeded), "the seventh, in the second outage");
 }

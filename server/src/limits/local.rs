@@ -91,6 +91,11 @@ impl LocalLimits {
         }
     }
 
+    /// Forgets every quota counter, so each starts again from its seed.
+    pub fn forget_quotas(&self) {
+        self.quotas.clear();
+    }
+
     /// Every quota counter this process holds (to hand to Redis when it returns).
     pub fn quota_counts(&self) -> Vec<(String, u32)> {
         self.quotas.iter().map(|e| (e.key().clone(), *e.value())).collect()

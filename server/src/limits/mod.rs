@@ -6,7 +6,8 @@
 //! and in this process otherwise ([`local`]). If Redis stops answering, the [`Limiter`]
 //! keeps deciding in process (logged once, shown by `/readyz` and `relay_redis_up`), checks
 //! every second whether Redis is back, hands it the daily counts it kept meanwhile, and
-//! uses it again.
+//! uses it again. Each outage starts its in-process daily counts afresh from the database
+//! (what Redis counted in between is not in this process's old counts).
 
 mod local;
 mod redis;
@@ -195,6 +196,9 @@ impl Limiter {
             Ok(Ok(value)) => Some(value),
             failed => {
                 if self.redis_up.swap(false, Ordering::AcqRel) {
+                    // Counts kept in process during an earlier outage are stale now: Redis
+                    // counted on since. Forgotten, each is read again from the database.
+                    self.local.forget_quotas();
                     let error = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".into(),
