@@ -113,7 +113,7 @@ async fn registration_rules() {
 #[tokio::test]
 async fn admins_are_unlimited() {
     let server = TestServer::with(&[("CHAT_ADMIN_USERS", "root,ops")]).await;
-    let (token, _) = server.register("root").await;
+    let (token, _) = server.admin("root").await;
     let (_, me) = server.get(&token, "/api/v1/auth/me").await;
     assert_eq!(me["user"]["role"], "admin");
     assert_eq!(me["quota"]["limit"], Value::Null);
@@ -705,7 +705,7 @@ async fn metrics_count_what_happened() {
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound), "an ordinary user");
     let r = server.http.get(server.url("/metrics")).bearer_auth("scrape-mf").send().await.unwrap();
     assert_eq!(r.status(), 401, "a wrong scraper token");
-    let (admin, _) = server.register("boss").await;
+    let (admin, _) = server.admin("boss").await;
     let r = server.http.get(server.url("/metrics")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.status(), 200, "an admin");
     let r = server.http.get(server.url("/metrics")).bearer_auth("scrape-me").send().await.unwrap();

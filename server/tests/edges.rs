@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::flow::*;
-use common::{Process, RedisServer, SECRET, TestServer, error_of};
+use common::{Process, RedisServer, SECRET, TestServer, create_admin, error_of};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use redis::AsyncCommands;
-use relay_protocol::ErrorCode;
+use relay_protocol::{ErrorCode, ErrorResponse, UserRole};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -252,4 +252,47 @@ async fn a_second_redis_outage_counts_the_quota_from_the_database() {
     assert_eq!(ready().await, "down");
     let over = post_message(&server, &token, sid, "e [[mock tokens=1]]").await;
     assert_eq!(error_of(over).await, (429, ErrorCode::QuotaExceeded), "the seventh, in the second outage");
+}
+
+// ---- 11. admin names are the operator's ---------------------------------------------------------
+
+/// A name in `CHAT_ADMIN_USERS` cannot be registered over the API, whether or not it
+/// exists: the answer is the one a taken name gets, so it tells nothing more. The operator
+/// creates the account with `relay-server create-admin <name>` (password on stdin), and it
+/// logs in as an admin.
+#[tokio::test]
+async fn admin_names_are_created_by_the_operator_not_by_whoever_registers_first() {
+    let server = TestServer::with(&[("CHAT_ADMIN_USERS", "boss")]).await;
+    server.register("taken").await;
+    let reserved = register(&server, "boss", None).await;
+    assert_eq!(reserved.status(), 409);
+    let reserved: ErrorResponse = reserved.json().await.unwrap();
+    let taken: ErrorResponse = register(&server, "taken", None).await.json().await.unwrap();
+    assert_eq!(reserved, taken, "a reserved name answers exactly like a taken one");
+    assert_eq!(reserved.error.code, ErrorCode::Conflict);
+
+    let dir = tempfile::tempdir().unwrap();
+    let admins = [("CHAT_ADMIN_USERS", "boss,chief")];
+    let out = create_admin(dir.path(), &admins, "boss", "a-strong-password");
+    assert!(out.status.success(), "create-admin: {}", String::from_utf8_lossy(&out.stderr));
+    let again = create_admin(dir.path(), &admins, "boss", "another-password");
+    assert!(!again.status.success(), "an existing account is not replaced");
+    let unlisted = create_admin(dir.path(), &admins, "nobody", "a-strong-password");
+    assert_eq!(unlisted.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unlisted.stderr).contains("CHAT_ADMIN_USERS"));
+    let weak = create_admin(dir.path(), &admins, "chief", "short");
+    assert_eq!(weak.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
+    let out = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.contains("a-strong-password"), "the password is not echoed: {out}");
+
+    let http = reqwest::Client::new();
+    let node = Process::start_with(dir.path(), &admins, std::process::Stdio::inherit());
+    node.ready(&http).await;
+    let login = node.login(&http, "boss", "a-strong-password").await;
+    assert_eq!(login.status(), 200);
+    let login: relay_protocol::AuthResponse = login.json().await.unwrap();
+    assert_eq!(login.user.role, UserRole::Admin);
+    assert_eq!(node.login(&http, "boss", "another-password").await.status(), 401);
+    assert!(node.terminate().success());
 }

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequest, User};
+use relay_protocol::{AuthResponse, LoginRequest, MeResponse, Quota, RegisterRequest, User, UserRole};
 
 use std::time::Duration;
 
@@ -12,15 +12,19 @@ use crate::auth::{self, AuthError, AuthUser};
 use crate::error::AppError;
 use crate::limits::{self, Rate};
 use crate::state::AppState;
+use crate::store::StoreError;
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = relay_protocol::RegisterRequest,
     responses((status = 201, description = "Account created", body = relay_protocol::AuthResponse),
         (status = 400, description = "bad_request: username or password breaks the rules", body = relay_protocol::ErrorResponse),
-        (status = 409, description = "conflict: username taken", body = relay_protocol::ErrorResponse),
+        (status = 409, description = "conflict: the username is not available (taken, or reserved for an admin by CHAT_ADMIN_USERS)", body = relay_protocol::ErrorResponse),
         (status = 429, description = "rate_limited: too many registrations from this address", body = relay_protocol::ErrorResponse),
         (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Creates an account and answers a token for it; at most
-/// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR` from one client address.
+/// `AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR` from one client address. A name listed in
+/// `CHAT_ADMIN_USERS` is the operator's to create (`relay-server create-admin`): whoever
+/// registered it first would be an admin. It is refused exactly like a taken name, after
+/// the same hash, so the answer tells nothing more than "not available".
 pub async fn register(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -36,7 +40,14 @@ pub async fn register(
     }
     let hash = state.passwords.hash(body.password).await.map_err(|e| counted(&state, e))?;
     let role = state.tokens.account_role(&body.username);
-    let record = state.store.create_user(&body.username, &hash, role).await?;
+    if role == UserRole::Admin {
+        tracing::info!(username = %body.username, "registration of a name reserved by CHAT_ADMIN_USERS refused");
+        return Err(AuthError::UsernameUnavailable.into());
+    }
+    let record = state.store.create_user(&body.username, &hash, role).await.map_err(|e| match e {
+        StoreError::Conflict => AppError::from(AuthError::UsernameUnavailable),
+        other => other.into(),
+    })?;
     let user = User { id: record.id, username: record.username, role };
     let token = state.tokens.issue(&user)?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");
