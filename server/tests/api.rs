@@ -700,11 +700,11 @@ async fn metrics_count_what_happened() {
 
     // Only the scraper token or an admin may read them.
     let r = server.http.get(server.url("/metrics")).send().await.unwrap();
-    assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
+    assert_eq!(error_of(r).await, (404, ErrorCode::NotFound), "no token");
     let r = server.http.get(server.url("/metrics")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(error_of(r).await, (404, ErrorCode::NotFound), "an ordinary user");
     let r = server.http.get(server.url("/metrics")).bearer_auth("scrape-mf").send().await.unwrap();
-    assert_eq!(r.status(), 401, "a wrong scraper token");
+    assert_eq!(r.status(), 404, "a wrong scraper token");
     let (admin, _) = server.admin("boss").await;
     let r = server.http.get(server.url("/metrics")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.status(), 200, "an admin");

@@ -296,3 +296,27 @@ async fn admin_names_are_created_by_the_operator_not_by_whoever_registers_first(
     assert_eq!(node.login(&http, "boss", "another-password").await.status(), 401);
     assert!(node.terminate().success());
 }
+
+// ---- 19. what the docs say is what the code does -------------------------------------------------
+
+/// `/metrics` and `/admin/usage` do not exist for anyone but their users: no token, a bad
+/// token, or a user's token all answer `404`, and only an admin learns that a query is bad.
+#[tokio::test]
+async fn admin_endpoints_are_not_found_for_everyone_else() {
+    let server = TestServer::with(&[("CHAT_ADMIN_USERS", "auditor"), ("METRICS_TOKEN", "scrape")]).await;
+    let (user, _) = server.register("plain").await;
+    let (admin, _) = server.admin("auditor").await;
+    for path in ["/metrics", "/api/v1/admin/usage", "/api/v1/admin/usage?day=yesterday"] {
+        let anonymous = server.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(error_of(anonymous).await, (404, ErrorCode::NotFound), "{path} without a token");
+        let forged = server.http.get(server.url(path)).bearer_auth("not.a.token").send().await.unwrap();
+        assert_eq!(error_of(forged).await, (404, ErrorCode::NotFound), "{path} with a bad token");
+        let plain = server.http.get(server.url(path)).bearer_auth(&user).send().await.unwrap();
+        assert_eq!(error_of(plain).await, (404, ErrorCode::NotFound), "{path} for a user");
+    }
+    let bad_day = server.http.get(server.url("/api/v1/admin/usage?day=yesterday")).bearer_auth(&admin).send();
+    assert_eq!(error_of(bad_day.await.unwrap()).await, (400, ErrorCode::BadRequest));
+    assert_eq!(server.get(&admin, "/api/v1/admin/usage").await.0, 200);
+    assert_eq!(server.http.get(server.url("/metrics")).bearer_auth("scrape").send().await.unwrap().status(), 200);
+    assert_eq!(server.http.get(server.url("/metrics")).bearer_auth(&admin).send().await.unwrap().status(), 200);
+}

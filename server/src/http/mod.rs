@@ -140,14 +140,16 @@ async fn json_errors(request: Request, next: axum::middleware::Next) -> Response
     error.into_response()
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    description = "Prometheus text format, for `Authorization: Bearer <METRICS_TOKEN>` or an admin's token. To anyone else the endpoint does not exist: 404, token or not (so no bearer security is declared: a missing token is not a 401 here).",
     responses((status = 200, description = "Prometheus text format (METRICS_TOKEN or an admin's token)", content_type = "text/plain"),
-        (status = 404, description = "not_found: neither", body = relay_protocol::ErrorResponse)))]
+        (status = 404, description = "not_found: neither (no token, a bad one, or not an admin's): to anyone else the endpoint does not exist", body = relay_protocol::ErrorResponse)))]
 /// `GET /metrics`: Prometheus text format, for the `METRICS_TOKEN` bearer or an admin's JWT.
+/// Anyone else (no token, a bad one, a user's) gets `404`, as for a path that does not exist.
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, AppError> {
-    let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
+    let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AppError::NoRoute)?;
     let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| constant_time_eq(expected, token));
-    if !scraper && state.tokens.verify(token)?.role != relay_protocol::UserRole::Admin {
+    if !scraper && !state.tokens.verify(token).is_ok_and(|user| user.role == relay_protocol::UserRole::Admin) {
         return Err(AppError::NoRoute);
     }
     state.metrics.active_users.set(state.hub.users() as i64);
