@@ -193,6 +193,16 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// `HTTP_MAX_BODY_BYTES`: largest REST request body.
     pub max_body_bytes: usize,
+    /// `HTTP_HEADER_TIMEOUT_SECS`: from a request's first byte to the end of its header; a
+    /// client slower than this (trickling a header to hold the socket) is disconnected.
+    pub http_header_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_SECS`: how long a connection may sit with no request in progress
+    /// (WebSockets excepted: they have their own pings).
+    pub http_idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS_PER_ADDRESS`: sockets one client address (an IPv6 client by its
+    /// /64) may hold open; more are closed unanswered. `TRUSTED_PROXIES` are not capped.
+    /// `None` (0): no cap.
+    pub http_max_connections_per_address: Option<usize>,
     /// `WS_MAX_FRAME_BYTES`: largest WebSocket frame; larger closes with 1009.
     pub ws_max_frame_bytes: usize,
     /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
@@ -287,6 +297,9 @@ impl std::fmt::Debug for Config {
             .field("session_idle", &self.session_idle)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_idle_timeout", &self.http_idle_timeout)
+            .field("http_max_connections_per_address", &self.http_max_connections_per_address)
             .field("ws_max_frame_bytes", &self.ws_max_frame_bytes)
             .field("ws_outbound_queue", &self.ws_outbound_queue)
             .field("ws_outbound_queue_bytes", &self.ws_outbound_queue_bytes)
@@ -610,6 +623,14 @@ impl Config {
                 every => every,
             },
             max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
+            http_header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", var("HTTP_HEADER_TIMEOUT_SECS"), 10)?,
+            http_idle_timeout: secs("HTTP_IDLE_TIMEOUT_SECS", var("HTTP_IDLE_TIMEOUT_SECS"), 60)?,
+            http_max_connections_per_address: Some(parse(
+                "HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+                var("HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
+                256usize,
+            )?)
+            .filter(|n| *n > 0),
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
             ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
             ws_outbound_queue_bytes: positive(
@@ -852,6 +873,13 @@ mod tests {
         assert_eq!(c.max_context_messages, 20);
         assert_eq!(c.cancel_grace, Duration::from_millis(3000));
         assert_eq!(c.jwt.ttl, Duration::from_secs(86400));
+        assert_eq!((c.http_header_timeout, c.http_idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(c.http_max_connections_per_address, Some(256));
+        assert_eq!(load(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "0")]).unwrap().http_max_connections_per_address, None);
+        assert_eq!(
+            load(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "many")]).map(|_| ()).unwrap_err().var,
+            "HTTP_MAX_CONNECTIONS_PER_ADDRESS"
+        );
     }
 
     #[test]
@@ -896,6 +924,10 @@ mod tests {
             assert_eq!(load(&[(var, "18446744073709551615")]).map(|_| ()).unwrap_err().var, var, "{var}");
         }
         assert_eq!(load(&[("JWT_TTL", "99999999999999999d")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
+        for var in ["HTTP_HEADER_TIMEOUT_SECS", "HTTP_IDLE_TIMEOUT_SECS"] {
+            assert_eq!(load(&[(var, "0")]).map(|_| ()).unwrap_err().var, var);
+            assert_eq!(load(&[(var, "18446744073709551615")]).map(|_| ()).unwrap_err().var, var);
+        }
         assert_eq!(load(&[("JWT_TTL", "500000000000000000")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
     }
 

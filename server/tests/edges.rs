@@ -11,8 +11,10 @@ use common::flow::*;
 use common::{Process, RedisServer, SECRET, TestServer, create_admin, error_of};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use redis::AsyncCommands;
-use relay_protocol::{ErrorCode, ErrorResponse, UserRole};
+use relay_protocol::{ErrorCode, ErrorResponse, ServerFrame, UserRole};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 async fn login(server: &TestServer, username: &str, password: &str, forwarded_for: Option<&str>) -> reqwest::Response {
@@ -319,4 +321,148 @@ async fn admin_endpoints_are_not_found_for_everyone_else() {
     assert_eq!(server.get(&admin, "/api/v1/admin/usage").await.0, 200);
     assert_eq!(server.http.get(server.url("/metrics")).bearer_auth("scrape").send().await.unwrap().status(), 200);
     assert_eq!(server.http.get(server.url("/metrics")).bearer_auth(&admin).send().await.unwrap().status(), 200);
+}
+
+// ---- 13. slow and idle sockets, and sockets per address ------------------------------------------
+
+/// Reads until the server closes the socket (end of stream or an error); the time it took.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(started.elapsed()), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A client that trickles its request header a line every 200 ms (slowloris) is cut off
+/// after `HTTP_HEADER_TIMEOUT_SECS`, counted from its first byte.
+#[tokio::test]
+async fn a_trickled_header_is_cut_off() {
+    let server = TestServer::with(&[("HTTP_HEADER_TIMEOUT_SECS", "1"), ("HTTP_IDLE_TIMEOUT_SECS", "30")]).await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(format!("X-Slow-{i}: y\r\n").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await;
+    trickle.abort();
+    let took = started.elapsed();
+    match read {
+        Err(_) => panic!("a trickled header held the socket for 10 s"),
+        Ok(Ok(n)) => assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "answered"),
+        Ok(Err(_)) => {}
+    }
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "cut off after {took:?}");
+    let metrics = server.state().metrics.render();
+    assert!(metrics.contains(r#"relay_http_connections_closed_total{reason="header_timeout"} 1"#), "{metrics}");
+}
+
+/// A keep-alive connection with no request in progress is closed after
+/// `HTTP_IDLE_TIMEOUT_SECS`, after a request as well as one that never sent any.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let server = TestServer::with(&[("HTTP_HEADER_TIMEOUT_SECS", "10"), ("HTTP_IDLE_TIMEOUT_SECS", "1")]).await;
+    let mut used = TcpStream::connect(server.addr).await.unwrap();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), used.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"ok\""), "{answer}");
+    let took = until_closed(&mut used, Duration::from_secs(6)).await.expect("an idle keep-alive connection is closed");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{took:?}");
+    assert!(until_closed(&mut silent, Duration::from_secs(4)).await.is_some(), "a silent connection is closed");
+}
+
+/// WebSockets live past the idle timeout (they have their own pings), and so does a
+/// request whose answer takes longer than it (a slow reply, over REST and SSE).
+#[tokio::test]
+async fn websockets_and_slow_answers_outlive_the_idle_timeout() {
+    let server = TestServer::with(&[("HTTP_HEADER_TIMEOUT_SECS", "1"), ("HTTP_IDLE_TIMEOUT_SECS", "1")]).await;
+    let (token, _, sid) = user_with_session(&server, "patient").await;
+    let mut ws = server.ws(&token).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(json!({"type": "ping", "id": "still-here"})).await;
+    assert!(matches!(ws.recv().await, ServerFrame::Pong { id: Some(id) } if id == "still-here"));
+    let slow = format!("slowly {}", directive(25, 10));
+    let response = post_message(&server, &token, sid, &slow).await;
+    assert_eq!(response.status(), 200, "a 2.5 s reply over REST");
+    let streamed = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .json(&json!({"content": format!("slow start [[mock tokens=3 delay_ms=2500]]")}))
+        .send()
+        .await
+        .unwrap();
+    assert!(streamed.text().await.unwrap().contains("\"done\":true"), "a 2.5 s wait over SSE");
+    ws.send(json!({"type": "ping", "id": "and-still"})).await;
+    // The user's `session_updated` and `quota` frames of those sends may come first.
+    ws.recv_until(|f| matches!(f, ServerFrame::Pong { id: Some(id) } if id == "and-still")).await;
+}
+
+/// Sends a request on a raw socket and reads the status line (`None` if the socket closes).
+async fn status_line(stream: &mut TcpStream) -> Option<String> {
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_string),
+        Ok(_) => None,
+        Err(_) => panic!("neither answered nor closed within 5 s"),
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// `HTTP_MAX_CONNECTIONS_PER_ADDRESS`: with that many sockets open from one address, the
+/// next is closed at once, unanswered; closing one makes room. A trusted proxy (which
+/// carries many clients) is not capped.
+#[tokio::test]
+async fn sockets_per_address_are_capped() {
+    let server = TestServer::with(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "3")]).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(server.addr).await;
+        assert_eq!(status_line(&mut stream).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        open.push(stream);
+    }
+    let mut fourth = connect(server.addr).await;
+    assert_eq!(status_line(&mut fourth).await, None, "the fourth socket is closed unanswered");
+    let metrics = server.state().metrics.render();
+    assert!(metrics.contains(r#"relay_limits_refused_total{limit="connections_per_address"} 1"#), "{metrics}");
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut stream = connect(server.addr).await;
+        if status_line(&mut stream).await.is_some() {
+            again = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a closed socket gives its place back");
+
+    let behind_proxy =
+        TestServer::with(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "3"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let mut many = Vec::new();
+    for _ in 0..6 {
+        let mut stream = connect(behind_proxy.addr).await;
+        assert_eq!(status_line(&mut stream).await.as_deref(), Some("HTTP/1.1 200 OK"), "a trusted proxy is not capped");
+        many.push(stream);
+    }
 }

@@ -66,8 +66,8 @@ impl FromRequestParts<AppState> for ClientAddr {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
+            .get::<ConnectInfo<super::listener::Peer>>()
+            .map(|c| c.0.addr.ip().to_canonical())
             .ok_or_else(|| AppError::Internal("no peer address".into()))?;
         let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
         Ok(ClientAddr(client_addr(peer, forwarded, &state.config.trusted_proxies)))

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod client;
 mod extract;
+pub mod listener;
 mod messages;
 mod openapi;
 mod sessions;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost, so every answer (errors of the layers above too) ends its request.
+        .layer(axum::middleware::from_fn(listener::track_requests))
         .with_state(state)
 }
 
