@@ -466,3 +466,109 @@ async fn sockets_per_address_are_capped() {
         many.push(stream);
     }
 }
+
+// ---- 20. the proxy keeps the port the browser used ------------------------------------------------
+
+/// `deploy/nginx.conf` (as `deploy/local-cluster.sh` runs it) in front of a server with
+/// `CORS_ALLOWED_ORIGINS` set: the browser client's own WebSocket, whose `Origin` is the
+/// address it was loaded from, port included, is let through; another origin is not.
+/// Before the fix nginx sent `Host` without the port, and the client's own upgrade was
+/// refused 403.
+#[tokio::test]
+async fn the_proxy_keeps_the_port_so_the_clients_own_origin_is_accepted() {
+    let server =
+        TestServer::with(&[("CORS_ALLOWED_ORIGINS", "https://app.example.com"), ("TRUSTED_PROXIES", "127.0.0.1")])
+            .await;
+    let (token, _) = server.register("proxied").await;
+    let nginx = Nginx::start(server.addr.port());
+    let http = reqwest::Client::new();
+    common::eventually("nginx answers", || async {
+        http.get(format!("http://127.0.0.1:{}/readyz", nginx.port)).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let upgrade = |origin: String| {
+        let (addr, token) = (format!("127.0.0.1:{}", nginx.port), token.clone());
+        async move {
+            let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+                "ws://{addr}/api/v1/ws"
+            ))
+            .unwrap();
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            request.headers_mut().insert("origin", origin.parse().unwrap());
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((_, response)) => response.status().as_u16(),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(upgrade(format!("http://127.0.0.1:{}", nginx.port)).await, 101, "the client's own origin");
+    assert_eq!(upgrade("https://evil.example".into()).await, 403);
+    assert_eq!(upgrade("https://app.example.com".into()).await, 101);
+}
+
+/// nginx with `deploy/nginx.conf`, pointed at one local server the way
+/// `deploy/local-cluster.sh` points it at its nodes; stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstream_port: u16) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        // nginx's workers may run as another user: they must reach their temp paths.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let port = closed_port();
+        let work = dir.path().display().to_string();
+        let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf")).unwrap();
+        let conf: String = conf.lines().filter(|l| !l.contains("resolver 127.0.0.11")).collect::<Vec<_>>().join("\n");
+        let conf = conf
+            .replace(
+                "    server relay:8080 max_fails=2 fail_timeout=5s;",
+                &format!("    server 127.0.0.1:{upstream_port} max_fails=2 fail_timeout=5s;"),
+            )
+            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+            .replace("\nevents {", &format!("\npid {work}/nginx.pid;\nerror_log {work}/nginx-error.log;\nevents {{"))
+            .replace(
+                "\nhttp {",
+                &format!(
+                    "\nhttp {{\n  access_log off;\n  client_body_temp_path {work}/nginx-body;\n  proxy_temp_path {work}/nginx-proxy;"
+                ),
+            );
+        assert!(conf.contains(&format!("127.0.0.1:{upstream_port}")), "deploy/nginx.conf changed shape:\n{conf}");
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let nginx = if std::path::Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" };
+        let child = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("nginx runs (apt-get install nginx; scripts/test.sh installs it)");
+        Nginx { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    /// Stops nginx the way it stops its workers too (a killed master leaves them running).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -225,4 +225,15 @@ mod tests {
         assert!(origin_allowed(&[], Some("https://evil.example"), Some("chat.example.com")));
         assert!(origin_allowed(&["*".into()], Some("https://evil.example"), None));
     }
+
+    /// Behind a proxy that passes the `Host` the browser used (nginx's `$http_host`), the
+    /// port is part of it: the client's own page on a non-default port is same-origin.
+    #[test]
+    fn the_host_with_its_port_is_the_servers_own_origin() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(&allowed, Some("http://localhost:8080"), Some("localhost:8080")));
+        assert!(origin_allowed(&allowed, Some("http://LOCALHOST:8080"), Some("localhost:8080")));
+        assert!(!origin_allowed(&allowed, Some("http://localhost:8080"), Some("localhost")), "the port matters");
+        assert!(!origin_allowed(&allowed, Some("http://localhost:9090"), Some("localhost:8080")));
+    }
 }
