@@ -572,3 +572,97 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+// ---- 21. the OpenAPI document says what the server does -------------------------------------------
+
+/// Page sizes outside what the document allows are refused `400`, not clamped: the
+/// document's `minimum`/`maximum` are the server's.
+#[tokio::test]
+async fn out_of_range_pages_are_refused_as_the_document_says() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "pager").await;
+    for path in [
+        "/api/v1/chat/sessions?per_page=2147483648".to_string(),
+        "/api/v1/chat/sessions?per_page=0".into(),
+        "/api/v1/chat/sessions?per_page=101".into(),
+        "/api/v1/chat/sessions?per_page=-1".into(),
+        "/api/v1/chat/sessions?page=0".into(),
+        "/api/v1/chat/sessions?page=1000001".into(),
+        format!("/api/v1/chat/sessions/{sid}/messages?limit=0"),
+        format!("/api/v1/chat/sessions/{sid}/messages?limit=201"),
+    ] {
+        let response = server.http.get(server.url(&path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(error_of(response).await, (400, ErrorCode::BadRequest), "{path}");
+    }
+    assert_eq!(server.get(&token, "/api/v1/chat/sessions?page=1&per_page=100").await.0, 200);
+    assert_eq!(server.get(&token, &format!("/api/v1/chat/sessions/{sid}/messages?limit=200")).await.0, 200);
+
+    let (_, doc) = server.get(&token, "/api/v1/openapi.json").await;
+    let param = |path: &str, name: &str| -> Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} has no {name}"))["schema"]
+            .clone()
+    };
+    let per_page = param("/api/v1/chat/sessions", "per_page");
+    assert_eq!((per_page["minimum"].as_u64(), per_page["maximum"].as_u64()), (Some(1), Some(100)), "{per_page}");
+    let limit = param("/api/v1/chat/sessions/{id}/messages", "limit");
+    assert_eq!((limit["minimum"].as_u64(), limit["maximum"].as_u64()), (Some(1), Some(200)), "{limit}");
+    let schemas = &doc["components"]["schemas"];
+    let content = &schemas["SendMessageRequest"]["properties"]["content"];
+    assert_eq!((content["minLength"].as_u64(), content["maxLength"].as_u64()), (Some(1), Some(4000)), "{content}");
+    let title = &schemas["UpdateSessionRequest"]["properties"]["title"];
+    assert_eq!((title["minLength"].as_u64(), title["maxLength"].as_u64()), (Some(1), Some(255)), "{title}");
+    assert_eq!(content["pattern"], relay_protocol::NOT_BLANK_PATTERN, "blank is what the server calls blank");
+    assert_eq!(title["pattern"], relay_protocol::NOT_BLANK_PATTERN);
+    let username = &schemas["RegisterRequest"]["properties"]["username"];
+    assert_eq!((username["minLength"].as_u64(), username["maxLength"].as_u64()), (Some(3), Some(32)));
+    // Every route that takes a token lists 401, with the error body.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security").is_some() && path != "/metrics" && path != "/api/v1/admin/usage" {
+                let unauthorized = &operation["responses"]["401"];
+                assert!(unauthorized["content"]["application/json"]["schema"].is_object(), "{method} {path}");
+            }
+        }
+    }
+}
+
+/// Every body of the API is a JSON object (the document says so): an array is refused,
+/// though serde would read a struct from an array of its fields; an optional body may be
+/// empty or `null`, as the document allows.
+#[tokio::test]
+async fn bodies_are_json_objects_as_the_document_says() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("shaped").await;
+    let raw = |path: &str, body: &'static str, token: Option<&str>| {
+        let mut request = server.http.post(server.url(path)).header("content-type", "application/json").body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let array = raw("/api/v1/auth/register", r#"["arrayed", "password123"]"#, None).await.unwrap();
+    assert_eq!(error_of(array).await, (400, ErrorCode::BadRequest), "register from an array");
+    let array = raw("/api/v1/chat/sessions", "[]", Some(&token)).await.unwrap();
+    assert_eq!(error_of(array).await, (400, ErrorCode::BadRequest), "a session from an array");
+    for body in ["null", "", "{}"] {
+        let created = raw("/api/v1/chat/sessions", body, Some(&token)).await.unwrap();
+        assert_eq!(created.status(), 201, "{body:?}");
+        let created: relay_protocol::Session = created.json().await.unwrap();
+        assert_eq!(created.title, "New chat");
+    }
+}
+
+/// A configured message length is what the document says.
+#[tokio::test]
+async fn the_document_follows_the_configured_message_length() {
+    let server = TestServer::with(&[("CHAT_MAX_MESSAGE_LENGTH", "123")]).await;
+    let doc: Value = server.http.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for schema in ["SendMessageRequest", "EditMessageRequest"] {
+        assert_eq!(doc["components"]["schemas"][schema]["properties"]["content"]["maxLength"], 123, "{schema}");
+    }
+}

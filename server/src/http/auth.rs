@@ -16,8 +16,9 @@ use crate::store::StoreError;
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = relay_protocol::RegisterRequest,
     responses((status = 201, description = "Account created", body = relay_protocol::AuthResponse),
-        (status = 400, description = "bad_request: username or password breaks the rules", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "bad_request: malformed body, or a username or password that breaks the rules", body = relay_protocol::ErrorResponse),
         (status = 409, description = "conflict: the username is not available (taken, or reserved for an admin by CHAT_ADMIN_USERS)", body = relay_protocol::ErrorResponse),
+        (status = 413, description = "too_large: body over HTTP_MAX_BODY_BYTES", body = relay_protocol::ErrorResponse),
         (status = 429, description = "rate_limited: too many registrations from this address", body = relay_protocol::ErrorResponse),
         (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Creates an account and answers a token for it; at most
@@ -56,7 +57,9 @@ pub async fn register(
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = relay_protocol::LoginRequest,
     responses((status = 200, description = "Logged in", body = relay_protocol::AuthResponse),
-        (status = 401, description = "unauthorized: wrong username or password", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "bad_request: malformed body", body = relay_protocol::ErrorResponse),
+        (status = 401, description = "unauthorized: wrong username or password (a username no account can have is answered the same)", body = relay_protocol::ErrorResponse),
+        (status = 413, description = "too_large: body over HTTP_MAX_BODY_BYTES", body = relay_protocol::ErrorResponse),
         (status = 429, description = "rate_limited: too many failed logins for this name or address", body = relay_protocol::ErrorResponse),
         (status = 503, description = "unavailable: too many password checks waiting", body = relay_protocol::ErrorResponse)))]
 /// Checks a password and answers a fresh token. The role comes from `CHAT_ADMIN_USERS`
@@ -130,7 +133,7 @@ fn counted(state: &AppState, error: AuthError) -> AuthError {
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, description = "The caller and their quota", body = relay_protocol::MeResponse),
-        (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse)))]
+        (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse)))]
 /// The caller and their quota.
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<MeResponse>, AppError> {
     let quota = limits::quota(&state.store, state.config.daily_message_quota, &user).await?;
@@ -139,7 +142,7 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Me
 
 #[utoipa::path(get, path = "/api/v1/chat/quota", tag = "chat", security(("bearer" = [])),
     responses((status = 200, description = "The caller's quota today", body = relay_protocol::Quota),
-        (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse),
+        (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
         (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
 /// The caller's quota (a chat route: `404` for whoever does not have chat).
 pub async fn quota(State(state): State<AppState>, ChatUser(user): ChatUser) -> Result<Json<Quota>, AppError> {

@@ -104,18 +104,27 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 }
 
 /// A JSON body whose rejections are protocol errors: `too_large` over the body limit,
-/// `bad_request` for anything malformed.
+/// `bad_request` for anything malformed, a body that is not a JSON object included.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(value)) => from_object(value).map(ApiJson),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Reads a body that must be a JSON object. serde would also read a struct from an array
+/// of its fields (`["alice", "password"]`), which no body of the API is.
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
+    if !value.is_object() {
+        return Err(AppError::BadRequest("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn json_rejection(rejection: JsonRejection) -> AppError {
@@ -126,8 +135,8 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
-/// An optional JSON body: an empty body is `T::default()`; the size limit and malformed
-/// JSON answer like [`ApiJson`].
+/// An optional JSON body: an empty body, or JSON `null`, is `T::default()`; the size limit
+/// and malformed JSON answer like [`ApiJson`].
 pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
@@ -144,9 +153,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        serde_json::from_slice(&body)
-            .map(OptionalJson)
-            .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Null) => Ok(OptionalJson(T::default())),
+            Ok(value) => from_object(value).map(OptionalJson),
+            Err(e) => Err(AppError::BadRequest(format!("invalid JSON body: {e}"))),
+        }
     }
 }
 
