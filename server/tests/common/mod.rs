@@ -151,15 +151,7 @@ impl TestServer {
 
     /// A WebSocket whose TCP receive buffer is tiny, for slow-reader tests.
     pub async fn ws_small_buffer(&self, token: &str) -> Ws {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let tcp = socket.connect(self.addr).await.unwrap();
-        let mut request = format!("ws://{}/api/v1/ws", self.addr).into_client_request().unwrap();
-        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
-        let mut ws = Ws { stream };
-        assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
-        ws
+        ws_small_buffer_at(self.addr, token).await
     }
 
     /// Shuts the server down gracefully.
@@ -179,6 +171,33 @@ pub async fn ws_at(addr: &str, token: Option<&str>) -> Ws {
     }
     let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
     Ws { stream }
+}
+
+/// A WebSocket to `addr` whose TCP receive buffer is tiny (for slow-reader tests), after
+/// its `ready` frame.
+pub async fn ws_small_buffer_at(addr: SocketAddr, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/api/v1/ws").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
+    let mut ws = Ws { stream };
+    assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
+    ws
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes (Linux).
+pub fn process_memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A WebSocket upgrade to `addr` authenticated by header: its status (101 when it
