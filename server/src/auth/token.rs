@@ -124,7 +124,8 @@ impl TokenKeys {
     }
 
     /// Verifies a token: algorithm pinned to the key, signature, `exp` (required), `nbf`
-    /// (when present), and the configured issuer and audience (required when configured; `aud` may be an array).
+    /// (when present), and the configured issuer and audience (required when configured;
+    /// `aud` may be an array).
     pub fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let (key, alg) = match header.alg {
