@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of relay-chat once, instrumented for line coverage, and prints the
-# coverage summary (failing under 80% of lines). On a fresh machine it first installs what
-# that needs: redis-server (Debian's; the limits tests run a real one), chromium and
+# coverage summary (failing under 80% of lines), then checks the OpenAPI document against
+# the server (scripts/contract.sh: Schemathesis). On a fresh machine it first installs what
+# that needs: redis-server (Debian's; the limits tests run a real one), nginx (one test
+# runs deploy/nginx.conf in front of the server), chromium and
 # chromedriver (the browser tests drive the real client), the wasm32 target,
 # wasm-bindgen-cli (through `cargo xtask client`, which builds the browser client the
 # browser tests load), the llvm-tools component and cargo-llvm-cov (tools are kept under
@@ -9,7 +11,8 @@
 # $HOME/.cache/surreal-target: about 24 minutes the first time) for the cluster tests.
 #
 #   scripts/test.sh                    # everything, with coverage
-#   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor)
+#   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor,
+#                                      # no contract run)
 #   RELAY_COVERAGE=0 scripts/test.sh   # plain `cargo test`, no instrumentation
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "== installing redis-server (the limits tests run a real one)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server
+fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "== installing nginx (a test runs deploy/nginx.conf in front of the server)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx
 fi
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
   echo "== installing chromium and chromedriver (the browser tests drive the real client)"
@@ -70,4 +78,9 @@ elif [ "$#" -eq 0 ]; then
   cargo llvm-cov --locked --workspace --summary-only --ignore-filename-regex "$NOT_MEASURED" --fail-under-lines 80
 else
   cargo llvm-cov --locked --workspace --summary-only --ignore-filename-regex "$NOT_MEASURED" "$@"
+fi
+
+if [ "$#" -eq 0 ]; then
+  echo "== the OpenAPI document against the server (scripts/contract.sh)"
+  scripts/contract.sh
 fi

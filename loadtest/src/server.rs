@@ -57,6 +57,8 @@ impl SpawnedServer {
             .env("CHAT_DAILY_MESSAGE_QUOTA", "0")
             .env("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "1000000")
             .env("WS_MAX_CONNECTIONS_PER_USER", "1000000")
+            // Every load socket comes from a few loopback addresses.
+            .env("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "0")
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

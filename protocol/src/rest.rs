@@ -10,8 +10,10 @@ use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User, UserU
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The wanted login name: 3 to 32 of `[A-Za-z0-9_.-]`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$"))]
     pub username: String,
-    /// The password: at least 8 characters.
+    /// The password: 8 to 1,024 characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 1024))]
     pub password: String,
 }
 
@@ -49,8 +51,9 @@ pub struct MeResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSessionRequest {
-    /// The title; "New chat" when absent.
+    /// The title, at most 255 characters, trimmed; "New chat" when absent or blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub title: Option<String>,
 }
 
@@ -58,7 +61,15 @@ pub struct CreateSessionRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateSessionRequest {
-    /// The new title.
+    /// The new title: at most 255 characters and not only whitespace (which is trimmed).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub title: String,
 }
 
@@ -100,7 +111,16 @@ pub struct DeletedResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessageRequest {
-    /// The user's message.
+    /// The user's message: not only whitespace, at most `CHAT_MAX_MESSAGE_LENGTH`
+    /// characters (the served document states the configured figure).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4000,
+            pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub content: String,
 }
 
@@ -162,7 +182,15 @@ pub struct UsageReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EditMessageRequest {
-    /// The new text of the session's last user message.
+    /// The new text of the session's last user message, checked like a send's.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4000,
+            pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub content: String,
 }
 

@@ -209,11 +209,61 @@ fn error_codes_have_their_http_status() {
 }
 
 #[test]
-fn pages_are_clamped() {
-    assert_eq!(clamp_page(None, None), (1, 20));
-    assert_eq!(clamp_page(Some(0), Some(0)), (1, 1));
-    assert_eq!(clamp_page(Some(3), Some(1000)), (3, 100));
+fn pages_out_of_range_are_refused() {
+    assert_eq!(check_page(None, None), Ok((1, 20)));
+    assert_eq!(check_page(Some(3), Some(100)), Ok((3, 100)));
+    assert!(check_page(Some(0), None).is_err());
+    assert!(check_page(None, Some(0)).is_err());
+    assert!(check_page(Some(3), Some(101)).is_err());
+    assert!(check_page(Some(MAX_PAGE + 1), None).is_err());
+    assert_eq!(check_page(Some(MAX_PAGE), None), Ok((MAX_PAGE, 20)));
     assert_eq!(total_pages(0, 20), 0);
     assert_eq!(total_pages(41, 20), 3);
     assert_eq!(PROTOCOL_VERSION, 1);
+}
+
+/// The OpenAPI document's "not blank" pattern lists exactly the characters `str::trim`
+/// removes (Unicode `White_Space`), so what the document calls blank is what the server
+/// refuses as blank.
+#[test]
+fn the_not_blank_pattern_is_what_trim_removes() {
+    let class: Vec<char> = NOT_BLANK_PATTERN
+        .strip_prefix("[^")
+        .and_then(|p| p.strip_suffix(']'))
+        .expect("a negated class")
+        .chars()
+        .collect();
+    let atom = |i: &mut usize| -> char {
+        if class[*i] != '\\' {
+            *i += 1;
+            return class[*i - 1];
+        }
+        let c = match class[*i + 1] {
+            't' => '\t',
+            'r' => '\r',
+            'u' => {
+                let hex: String = class[*i + 2..*i + 6].iter().collect();
+                *i += 4;
+                char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap()
+            }
+            other => panic!("unexpected escape \\{other}"),
+        };
+        *i += 2;
+        c
+    };
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < class.len() {
+        let start = atom(&mut i);
+        if class.get(i) == Some(&'-') {
+            i += 1;
+            ranges.push((start, atom(&mut i)));
+        } else {
+            ranges.push((start, start));
+        }
+    }
+    for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+        let listed = ranges.iter().any(|(a, b)| (*a..=*b).contains(&c));
+        assert_eq!(listed, c.is_whitespace(), "{c:?} (U+{:04X})", c as u32);
+    }
 }

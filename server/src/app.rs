@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, PasswordHashing, TokenKeys};
 use crate::cluster::{Cluster, ClusterHandler, ClusterSettings};
 use crate::config::{Config, ModelBackend};
+use crate::http::listener::{GuardedListener, Peer, SocketLimits};
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
 use crate::llm::{LlmClient, LlmSettings};
@@ -47,7 +47,7 @@ impl Server {
             timeout: config.database_timeout,
         })
         .await
-        .with_context(|| format!("cannot open the database at {}", config.database_url))?;
+        .with_context(|| format!("cannot open the database at {}", crate::config::redact_url(&config.database_url)))?;
         // Alone, this node ran every session, so whatever it left generating was cut off. In
         // a cluster other nodes may be generating now: a session's leftovers are marked when
         // a node next claims it instead.
@@ -194,17 +194,18 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", state.config.bind_addr))?;
         let addr = listener.local_addr()?;
-        // Frames are small and each is worth sending at once: without this, Nagle's
-        // algorithm holds a delta back until the client acknowledges the frame before it.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
+        let config = &state.config;
+        let limits = SocketLimits {
+            header_timeout: config.http_header_timeout,
+            idle_timeout: config.http_idle_timeout,
+            max_per_address: config.http_max_connections_per_address,
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
+        let listener = GuardedListener::new(listener, limits, state.metrics.clone());
         let router = crate::http::router(state.clone());
         let shutdown = state.shutdown.clone();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
                 .context("HTTP server failed")

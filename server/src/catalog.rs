@@ -4,7 +4,7 @@
 //! Renames and deletes go through the session's actor (see [`crate::session`]), so they
 //! take their place among the session's sends; creating checks the per-user session cap.
 
-use relay_protocol::{ServerFrame, Session, SessionList, clamp_page, total_pages};
+use relay_protocol::{ServerFrame, Session, SessionList, check_page, total_pages};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -19,16 +19,19 @@ pub const MAX_TITLE_CHARS: usize = 255;
 /// The connection that asked, and its request id, so its copy of the announcement echoes it.
 pub type Origin = Option<(ReceiverId, Option<String>)>;
 
+/// A title as given, trimmed; the default when absent or blank. At most
+/// [`MAX_TITLE_CHARS`] as given (before trimming, as the OpenAPI document's `maxLength`
+/// counts them).
 fn clean_title(title: Option<&str>, default: Option<&str>) -> Result<String, AppError> {
+    if title.is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
+        return Err(AppError::BadRequest(format!("title is longer than {MAX_TITLE_CHARS} characters")));
+    }
     let title = title.map(str::trim).filter(|t| !t.is_empty());
     let title = match (title, default) {
         (Some(t), _) => t,
         (None, Some(d)) => d,
         (None, None) => return Err(AppError::BadRequest("title must not be empty".into())),
     };
-    if title.chars().count() > MAX_TITLE_CHARS {
-        return Err(AppError::BadRequest(format!("title is longer than {MAX_TITLE_CHARS} characters")));
-    }
     Ok(title.to_string())
 }
 
@@ -71,14 +74,15 @@ pub async fn create(
     Ok(session)
 }
 
-/// One page of the user's sessions, most recently active first.
+/// One page of the user's sessions, most recently active first; a page or page size out
+/// of range is `bad_request`.
 pub async fn list(
     state: &AppState,
     user_id: Uuid,
     page: Option<u32>,
     per_page: Option<u32>,
 ) -> Result<SessionList, AppError> {
-    let (page, per_page) = clamp_page(page, per_page);
+    let (page, per_page) = check_page(page, per_page).map_err(AppError::BadRequest)?;
     let (sessions, total) = state.store.list_sessions(user_id, page, per_page).await?;
     Ok(SessionList { sessions, total, page, per_page, total_pages: total_pages(total, per_page) })
 }

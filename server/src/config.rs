@@ -196,6 +196,16 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// `HTTP_MAX_BODY_BYTES`: largest REST request body.
     pub max_body_bytes: usize,
+    /// `HTTP_HEADER_TIMEOUT_SECS`: from a request's first byte to the end of its header; a
+    /// client slower than this (trickling a header to hold the socket) is disconnected.
+    pub http_header_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_SECS`: how long a connection may sit with no request in progress
+    /// (WebSockets excepted: they have their own pings).
+    pub http_idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS_PER_ADDRESS`: sockets one client address (an IPv6 client by its
+    /// /64) may hold open; more are closed unanswered. `TRUSTED_PROXIES` are not capped.
+    /// `None` (0): no cap.
+    pub http_max_connections_per_address: Option<usize>,
     /// `WS_MAX_FRAME_BYTES`: largest WebSocket frame; larger closes with 1009.
     pub ws_max_frame_bytes: usize,
     /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
@@ -295,6 +305,9 @@ impl std::fmt::Debug for Config {
             .field("session_idle", &self.session_idle)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("http_idle_timeout", &self.http_idle_timeout)
+            .field("http_max_connections_per_address", &self.http_max_connections_per_address)
             .field("ws_max_frame_bytes", &self.ws_max_frame_bytes)
             .field("ws_outbound_queue", &self.ws_outbound_queue)
             .field("ws_outbound_queue_bytes", &self.ws_outbound_queue_bytes)
@@ -326,8 +339,76 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Splits `ws://user:pass@host:port/...` (or `wss://`) into the URL without its user
+/// part and the (percent-decoded) user and password; other URLs are left whole.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some(rest) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://")) else {
+        return (url.to_string(), None);
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return (url.to_string(), None) };
+    let (user, pass) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    (format!("{scheme}{}", &rest[at + 1..]), Some((percent_decode(user), percent_decode(pass))))
+}
+
+/// Decodes `%XX` escapes (as URLs write reserved characters in a user or password).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Config {
+    /// Every secret the configuration holds, to scrub from text that may have picked one
+    /// up (an error from a library that echoes what it was given).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some((_, pass)) = &self.database_credentials {
+            secrets.push(pass.clone());
+        }
+        let redis_rest = self.redis_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, rest)| rest);
+        if let Some((_, Some((_, pass)))) = redis_rest.map(|rest| split_credentials(&format!("ws://{rest}"))) {
+            secrets.push(pass);
+        }
+        if let Some(secret) = &self.jwt.secret {
+            secrets.push(String::from_utf8_lossy(secret).into_owned());
+        }
+        if let ModelBackend::Remote { api_key, .. } = &self.model_backend {
+            secrets.push(api_key.clone());
+        }
+        secrets.extend(self.metrics_token.clone());
+        // A very short "secret" would blank out ordinary words.
+        secrets.retain(|s| s.len() >= 4);
+        secrets
+    }
+
+    /// `text` with every secret of this configuration replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets().iter().fold(text.to_string(), |text, secret| text.replace(secret.as_str(), REDACTED))
+    }
+}
+
 /// A database URL without the password a `ws://user:pass@host` form may carry.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://{REDACTED}@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_string(),
@@ -378,12 +459,18 @@ impl Config {
         if !["surrealkv://", "mem://", "memory", "ws://", "wss://"].iter().any(|p| database_url.starts_with(p)) {
             return Err(ConfigError {
                 var: "DATABASE_URL",
-                reason: format!("unsupported scheme in {database_url:?} (surrealkv://, mem://, ws://, wss://)"),
+                reason: format!(
+                    "unsupported scheme in {:?} (surrealkv://, mem://, ws://, wss://)",
+                    redact_url(&database_url)
+                ),
             });
         }
+        // Credentials written into the URL move out of it at once, so the URL the server
+        // keeps (and names in its log and errors) never carries a password.
+        let (database_url, url_credentials) = split_credentials(&database_url);
         let database_credentials = match (var("DATABASE_USER"), var("DATABASE_PASS")) {
             (Some(u), Some(p)) => Some((u, p)),
-            (None, None) => None,
+            (None, None) => url_credentials,
             (Some(_), None) => {
                 return Err(ConfigError {
                     var: "DATABASE_PASS",
@@ -485,11 +572,11 @@ impl Config {
                 }
             }
         };
-        let cluster_lease = Duration::from_millis(parse("CLUSTER_LEASE_MS", var("CLUSTER_LEASE_MS"), 5000u64)?);
+        let cluster_lease = millis("CLUSTER_LEASE_MS", var("CLUSTER_LEASE_MS"), 5000)?;
         if cluster_lease < Duration::from_millis(400) {
             return Err(ConfigError { var: "CLUSTER_LEASE_MS", reason: "must be at least 400".into() });
         }
-        let llm_timeout = Duration::from_secs(positive("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?);
+        let llm_timeout = secs("LLM_TIMEOUT_SECS", var("LLM_TIMEOUT_SECS"), 30)?;
         let config = Config {
             bind_addr: parse("BIND_ADDR", var("BIND_ADDR"), SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             production,
@@ -498,7 +585,12 @@ impl Config {
             database_credentials,
             database_ns: var("DATABASE_NS").unwrap_or_else(|| "relay".into()),
             database_db: var("DATABASE_DB").unwrap_or_else(|| "chat".into()),
-            database_timeout: Duration::from_millis(positive("DATABASE_TIMEOUT_MS", var("DATABASE_TIMEOUT_MS"), 5000)?),
+            database_timeout: Duration::from_millis(at_most(
+                "DATABASE_TIMEOUT_MS",
+                positive("DATABASE_TIMEOUT_MS", var("DATABASE_TIMEOUT_MS"), 5000)?,
+                MAX_SECS * 1000,
+                "milliseconds",
+            )?),
             jwt,
             admin_users: var("CHAT_ADMIN_USERS")
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
@@ -507,24 +599,16 @@ impl Config {
             model: var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
             max_tokens: positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), 2048)?,
             llm_timeout,
-            llm_first_token_timeout: Duration::from_secs(positive(
+            llm_first_token_timeout: secs(
                 "LLM_FIRST_TOKEN_TIMEOUT_SECS",
                 var("LLM_FIRST_TOKEN_TIMEOUT_SECS"),
                 llm_timeout.as_secs(),
-            )?),
-            llm_idle_timeout: Duration::from_secs(positive(
-                "LLM_IDLE_TIMEOUT_SECS",
-                var("LLM_IDLE_TIMEOUT_SECS"),
-                llm_timeout.as_secs(),
-            )?),
+            )?,
+            llm_idle_timeout: secs("LLM_IDLE_TIMEOUT_SECS", var("LLM_IDLE_TIMEOUT_SECS"), llm_timeout.as_secs())?,
             llm_attempts: positive("LLM_RETRY_ATTEMPTS", var("LLM_RETRY_ATTEMPTS"), 3)?,
-            llm_retry_backoff: Duration::from_millis(parse("LLM_RETRY_BACKOFF_MS", var("LLM_RETRY_BACKOFF_MS"), 200)?),
+            llm_retry_backoff: millis("LLM_RETRY_BACKOFF_MS", var("LLM_RETRY_BACKOFF_MS"), 200)?,
             llm_breaker_failures: positive("LLM_BREAKER_FAILURES", var("LLM_BREAKER_FAILURES"), 5)?,
-            llm_breaker_cooldown: Duration::from_secs(positive(
-                "LLM_BREAKER_COOLDOWN_SECS",
-                var("LLM_BREAKER_COOLDOWN_SECS"),
-                30,
-            )?),
+            llm_breaker_cooldown: secs("LLM_BREAKER_COOLDOWN_SECS", var("LLM_BREAKER_COOLDOWN_SECS"), 30)?,
             system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
@@ -544,15 +628,24 @@ impl Config {
             node_id,
             cluster,
             cluster_lease,
-            cancel_grace: Duration::from_millis(parse("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?),
+            cancel_grace: millis("CHAT_CANCEL_GRACE_MS", var("CHAT_CANCEL_GRACE_MS"), 3000)?,
             max_queued_sends: positive("CHAT_MAX_QUEUED_SENDS", var("CHAT_MAX_QUEUED_SENDS"), 4)?,
-            session_idle: Duration::from_secs(positive("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?),
-            checkpoint_interval: Duration::from_millis(positive(
-                "CHAT_CHECKPOINT_MS",
-                var("CHAT_CHECKPOINT_MS"),
-                1000,
-            )?),
+            session_idle: secs("CHAT_SESSION_IDLE_SECS", var("CHAT_SESSION_IDLE_SECS"), 60)?,
+            checkpoint_interval: match millis("CHAT_CHECKPOINT_MS", var("CHAT_CHECKPOINT_MS"), 1000)? {
+                Duration::ZERO => {
+                    return Err(ConfigError { var: "CHAT_CHECKPOINT_MS", reason: "must be greater than zero".into() });
+                }
+                every => every,
+            },
             max_body_bytes: positive("HTTP_MAX_BODY_BYTES", var("HTTP_MAX_BODY_BYTES"), 64 * 1024)?,
+            http_header_timeout: secs("HTTP_HEADER_TIMEOUT_SECS", var("HTTP_HEADER_TIMEOUT_SECS"), 10)?,
+            http_idle_timeout: secs("HTTP_IDLE_TIMEOUT_SECS", var("HTTP_IDLE_TIMEOUT_SECS"), 60)?,
+            http_max_connections_per_address: Some(parse(
+                "HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+                var("HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
+                256usize,
+            )?)
+            .filter(|n| *n > 0),
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
             ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
             ws_outbound_queue_bytes: positive(
@@ -590,7 +683,7 @@ impl Config {
                 var("AUTH_LOGIN_FAILURES_PER_ADDRESS"),
                 50,
             )?,
-            login_window: Duration::from_secs(positive("AUTH_LOGIN_WINDOW_SECS", var("AUTH_LOGIN_WINDOW_SECS"), 900)?),
+            login_window: secs("AUTH_LOGIN_WINDOW_SECS", var("AUTH_LOGIN_WINDOW_SECS"), 900)?,
             registrations_per_address_per_hour: positive(
                 "AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
                 var("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR"),
@@ -599,11 +692,7 @@ impl Config {
             trusted_proxies: parse_networks("TRUSTED_PROXIES", var("TRUSTED_PROXIES"))?,
             archive_after: days("CHAT_ARCHIVE_AFTER_DAYS", var("CHAT_ARCHIVE_AFTER_DAYS"), 90)?,
             purge_after: days("CHAT_PURGE_AFTER_DAYS", var("CHAT_PURGE_AFTER_DAYS"), 365)?,
-            retention_interval: Duration::from_secs(positive(
-                "CHAT_RETENTION_INTERVAL_SECS",
-                var("CHAT_RETENTION_INTERVAL_SECS"),
-                86_400,
-            )?),
+            retention_interval: secs("CHAT_RETENTION_INTERVAL_SECS", var("CHAT_RETENTION_INTERVAL_SECS"), 86_400)?,
             max_stored_messages_per_user: Some(parse(
                 "CHAT_MAX_STORED_MESSAGES_PER_USER",
                 var("CHAT_MAX_STORED_MESSAGES_PER_USER"),
@@ -632,9 +721,9 @@ impl Config {
                     }
                 },
             },
-            ws_ping_interval: Duration::from_secs(positive("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?),
-            ws_ping_timeout: Duration::from_secs(positive("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?),
-            ws_auth_timeout: Duration::from_secs(positive("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?),
+            ws_ping_interval: secs("WS_PING_INTERVAL_SECS", var("WS_PING_INTERVAL_SECS"), 20)?,
+            ws_ping_timeout: secs("WS_PING_TIMEOUT_SECS", var("WS_PING_TIMEOUT_SECS"), 60)?,
+            ws_auth_timeout: secs("WS_AUTH_TIMEOUT_SECS", var("WS_AUTH_TIMEOUT_SECS"), 10)?,
             cors_allowed_origins: parse_origins(var("CORS_ALLOWED_ORIGINS"))?,
             metrics_token: var("METRICS_TOKEN"),
             client_dir: var("RELAY_CLIENT_DIR")
@@ -716,10 +805,37 @@ where
     Ok(v)
 }
 
-/// A number of days (0 allowed: at once).
+/// The longest time a setting in seconds or milliseconds may name (ten years): a longer one
+/// would overflow the clock arithmetic done with it (a timer's deadline, a token's expiry)
+/// and panic whatever uses it, long after start-up.
+const MAX_SECS: u64 = 10 * 365 * 86_400;
+
+/// The longest retention age (`CHAT_ARCHIVE_AFTER_DAYS`, `CHAT_PURGE_AFTER_DAYS`): about 273
+/// years, "never" in practice, while the cutoff date (now minus the age) still exists.
+const MAX_DAYS: u64 = 100_000;
+
+/// Refuses `value` (in `unit`) over `max`.
+fn at_most(name: &'static str, value: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    if value > max {
+        return Err(ConfigError { var: name, reason: format!("{value} {unit} is more than the most allowed, {max}") });
+    }
+    Ok(value)
+}
+
+/// A number of seconds, greater than zero and at most [`MAX_SECS`].
+fn secs(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(at_most(name, positive(name, value, default)?, MAX_SECS, "seconds")?))
+}
+
+/// A number of milliseconds (0 allowed), at most [`MAX_SECS`] seconds.
+fn millis(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(at_most(name, parse(name, value, default)?, MAX_SECS * 1000, "milliseconds")?))
+}
+
+/// A number of days (0 allowed: at once), at most [`MAX_DAYS`].
 fn days(name: &'static str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
-    let days: u64 = parse(name, value, default)?;
-    Ok(Duration::from_secs(days.saturating_mul(86_400)))
+    let days = at_most(name, parse(name, value, default)?, MAX_DAYS, "days")?;
+    Ok(Duration::from_secs(days * 86_400))
 }
 
 fn parse_bool(name: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
@@ -740,17 +856,18 @@ fn parse_duration(name: &'static str, value: Option<String>, default: Duration) 
         var: name,
         reason: format!("{v:?} is not a duration like 3600, 90s, 15m, 24h, 7d"),
     })?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(ConfigError { var: name, reason: format!("unknown unit in {v:?} (s, m, h, d)") }),
     };
+    let secs = n.saturating_mul(unit_secs);
     if secs == 0 {
         return Err(ConfigError { var: name, reason: "must be greater than zero".into() });
     }
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_secs(at_most(name, secs, MAX_SECS, "seconds")?))
 }
 
 #[cfg(test)]
@@ -772,6 +889,13 @@ mod tests {
         assert_eq!(c.max_context_messages, 20);
         assert_eq!(c.cancel_grace, Duration::from_millis(3000));
         assert_eq!(c.jwt.ttl, Duration::from_secs(86400));
+        assert_eq!((c.http_header_timeout, c.http_idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(c.http_max_connections_per_address, Some(256));
+        assert_eq!(load(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "0")]).unwrap().http_max_connections_per_address, None);
+        assert_eq!(
+            load(&[("HTTP_MAX_CONNECTIONS_PER_ADDRESS", "many")]).map(|_| ()).unwrap_err().var,
+            "HTTP_MAX_CONNECTIONS_PER_ADDRESS"
+        );
     }
 
     #[test]
@@ -791,6 +915,36 @@ mod tests {
             load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
             ["https://a.example", "http://b.example"]
         );
+    }
+
+    /// Values that would overflow a date or a timer later (and panic the task using them)
+    /// are refused at start, naming the variable.
+    #[test]
+    fn out_of_range_durations_are_refused_at_start() {
+        for var in ["CHAT_ARCHIVE_AFTER_DAYS", "CHAT_PURGE_AFTER_DAYS"] {
+            for huge in ["1000000000000", "18446744073709551615", "213503982334601"] {
+                assert_eq!(load(&[(var, huge)]).map(|_| ()).unwrap_err().var, var, "{var}={huge}");
+            }
+            assert!(load(&[(var, "36500")]).is_ok(), "a century is fine");
+        }
+        for var in [
+            "CHAT_RETENTION_INTERVAL_SECS",
+            "WS_PING_INTERVAL_SECS",
+            "WS_PING_TIMEOUT_SECS",
+            "WS_AUTH_TIMEOUT_SECS",
+            "LLM_TIMEOUT_SECS",
+            "LLM_BREAKER_COOLDOWN_SECS",
+            "AUTH_LOGIN_WINDOW_SECS",
+            "CHAT_SESSION_IDLE_SECS",
+        ] {
+            assert_eq!(load(&[(var, "18446744073709551615")]).map(|_| ()).unwrap_err().var, var, "{var}");
+        }
+        assert_eq!(load(&[("JWT_TTL", "99999999999999999d")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
+        for var in ["HTTP_HEADER_TIMEOUT_SECS", "HTTP_IDLE_TIMEOUT_SECS"] {
+            assert_eq!(load(&[(var, "0")]).map(|_| ()).unwrap_err().var, var);
+            assert_eq!(load(&[(var, "18446744073709551615")]).map(|_| ()).unwrap_err().var, var);
+        }
+        assert_eq!(load(&[("JWT_TTL", "500000000000000000")]).map(|_| ()).unwrap_err().var, "JWT_TTL");
     }
 
     #[test]
@@ -848,6 +1002,29 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} leaked into {shown}");
         }
         assert!(shown.contains("ws_max_connections_per_user"));
+    }
+
+    /// A user and password written into `DATABASE_URL` move out of it: the URL the server
+    /// keeps, logs and shows in errors has none, and they sign in as `DATABASE_USER` /
+    /// `DATABASE_PASS` would (which win when set).
+    #[test]
+    fn database_credentials_leave_the_url() {
+        let c = load(&[("DATABASE_URL", "ws://root:p%40ss%3Aword@db.internal:8000/rpc")]).unwrap();
+        assert_eq!(c.database_url, "ws://db.internal:8000/rpc");
+        assert_eq!(c.database_credentials, Some(("root".to_string(), "p@ss:word".to_string())));
+        assert!(c.redact("connecting with p@ss:word failed").contains("<redacted>"));
+        let c = load(&[
+            ("DATABASE_URL", "wss://u:url-pass@db:8000"),
+            ("DATABASE_USER", "root"),
+            ("DATABASE_PASS", "env-pass"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url, "wss://db:8000");
+        assert_eq!(c.database_credentials, Some(("root".to_string(), "env-pass".to_string())));
+        let c = load(&[("DATABASE_URL", "ws://db:8000")]).unwrap();
+        assert_eq!((c.database_url.as_str(), c.database_credentials), ("ws://db:8000", None::<(String, String)>));
+        let bad = load(&[("DATABASE_URL", "postgres://u:secret-pw@db")]).map(|_| ()).unwrap_err();
+        assert!(bad.var == "DATABASE_URL" && !bad.to_string().contains("secret-pw"), "{bad}");
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl AppError {
                 (ErrorCode::Unavailable, "too many logins at once; retry shortly".into(), Some(1000))
             }
             AppError::Auth(AuthError::WrongCredentials) => (ErrorCode::Unauthorized, self.to_string(), None),
+            AppError::Auth(AuthError::UsernameUnavailable) => (ErrorCode::Conflict, self.to_string(), None),
             AppError::Auth(AuthError::MissingToken | AuthError::InvalidToken(_)) => {
                 // The reason stays in the log: telling a caller why a forged token failed helps only the forger.
                 (ErrorCode::Unauthorized, "missing, invalid or expired token".into(), None)

@@ -1,11 +1,13 @@
 //! relay-chat server: a self-hosted, real-time LLM chat backend.
 //!
-//! Layout, one module per idea: [`config`] (environment), [`store`] (SurrealDB),
+//! Layout, one module per idea: [`config`] (environment), [`accounts`] (accounts the
+//! operator creates: `relay-server create-admin`), [`store`] (SurrealDB),
 //! [`auth`] (passwords and tokens), [`llm`] (the model client: retries, circuit breaker),
 //! [`session`] (one actor per live chat session), [`fanout`] and [`hub`] (delivering
 //! frames), [`catalog`] (a user's session list), [`http`] and [`ws`] (the wire), [`limits`]
 //! (quotas), [`metrics`] (Prometheus), [`retention`] (archiving and purging deleted sessions), [`error`] (the one mapping to protocol error codes), [`app`] (start and stop).
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod catalog;

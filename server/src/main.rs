@@ -42,18 +42,107 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => {}
+        ["create-admin", name] => std::process::exit(create_admin(&config, name).await),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
     match raise_open_files_limit() {
         Some(limit) => tracing::info!(limit, "open files limit"),
         None => tracing::warn!("could not read or raise the open files limit"),
     }
     #[cfg(feature = "profile")]
     let profiler = profile::start();
-    let server = Server::start(config).await?;
+    // Errors are printed here rather than by returning them: a library's error may echo
+    // a secret it was given, and this is the last place that knows them all to scrub.
+    let redact = {
+        let config = config.clone();
+        move |error: &anyhow::Error| config.redact(&format!("{error:#}"))
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %redact(&e), "relay-server could not start");
+            std::process::exit(1);
+        }
+    };
     app::shutdown_signal().await;
     let result = server.shutdown().await;
     #[cfg(feature = "profile")]
     profile::finish(profiler);
-    result
+    if let Err(e) = result {
+        tracing::error!(error = %redact(&e), "shutdown failed");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// What the binary takes.
+const USAGE: &str = "usage: relay-server                     serve (configured by environment variables; see README)
+       relay-server create-admin <name>  create the account <name>, listed in CHAT_ADMIN_USERS,
+                                         with the password read from stdin";
+
+/// `relay-server create-admin <name>`: creates the admin account, its password read from
+/// the first line of stdin (not echoed on a terminal). Returns the exit code: 0 when
+/// created, 2 for a usage error (a name not listed in `CHAT_ADMIN_USERS`, a name or
+/// password breaking the rules), 1 when the database fails or the account exists already.
+async fn create_admin(config: &Config, name: &str) -> i32 {
+    let password = match read_password() {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("relay-server: create-admin: cannot read the password from stdin: {e}");
+            return 2;
+        }
+    };
+    match relay_server::accounts::create_admin(config, name, password).await {
+        Ok(()) => {
+            eprintln!("relay-server: created the admin account {name:?}");
+            0
+        }
+        Err(e) => {
+            eprintln!("relay-server: create-admin: {}", config.redact(&e.to_string()));
+            if e.is_usage() { 2 } else { 1 }
+        }
+    }
+}
+
+/// The first line of stdin, without its line ending; on a terminal, asked for and read
+/// without echo.
+fn read_password() -> std::io::Result<String> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let mut saved = None;
+    if terminal {
+        eprint!("Password for the admin account: ");
+        saved = echo_off();
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(saved) = saved {
+        // SAFETY: restores the terminal settings read from the same descriptor by echo_off.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Turns the terminal's echo off; the settings before, to restore.
+fn echo_off() -> Option<libc::termios> {
+    // SAFETY: tcgetattr and tcsetattr only read and write the struct passed to them.
+    unsafe {
+        let mut settings: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) != 0 {
+            return None;
+        }
+        let saved = settings;
+        settings.c_lflag &= !libc::ECHO;
+        (libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings) == 0).then_some(saved)
+    }
 }
 
 /// CPU profiling in process: `perf` gets no samples on some machines, a SIGPROF sampler does.

@@ -13,6 +13,9 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP responses by status class (`2xx`, `4xx`, ...).
     pub http_responses: IntCounterVec,
+    /// Connections the server closed for their slowness, by reason (`header_timeout`,
+    /// `idle_timeout`).
+    pub http_connections_closed: IntCounterVec,
     /// Open WebSocket connections.
     pub ws_connections: IntGauge,
     /// WebSocket connections closed because they read too slowly (4429).
@@ -20,7 +23,7 @@ pub struct Metrics {
     /// WebSocket connections the server closed, by close code.
     pub ws_closes: IntCounterVec,
     /// Requests refused by a cap, by limit (`sessions_per_user`, `connections_per_user`,
-    /// `subscriptions_per_connection`, `password_queue`).
+    /// `subscriptions_per_connection`, `password_queue`, `connections_per_address`, ...).
     pub limits_refused: IntCounterVec,
     /// Live session actors.
     pub session_actors: IntGauge,
@@ -95,6 +98,11 @@ impl Metrics {
         let http_responses =
             IntCounterVec::new(Opts::new("http_responses_total", "HTTP responses by status class"), &["class"])
                 .expect("valid metric");
+        let http_connections_closed = IntCounterVec::new(
+            Opts::new("http_connections_closed_total", "Connections closed for their slowness, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
         let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections").expect("valid metric");
         let ws_slow_closed =
             IntCounter::new("ws_slow_closed_total", "WebSocket connections closed for reading too slowly (4429)")
@@ -209,6 +217,7 @@ impl Metrics {
         let metrics = Metrics {
             registry,
             http_responses,
+            http_connections_closed,
             ws_connections,
             ws_slow_closed,
             ws_closes,
@@ -248,6 +257,7 @@ impl Metrics {
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
+            Box::new(metrics.http_connections_closed.clone()),
             Box::new(metrics.ws_connections.clone()),
             Box::new(metrics.ws_slow_closed.clone()),
             Box::new(metrics.ws_closes.clone()),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -16,6 +16,12 @@ use crate::store::{Store, StoreError};
 
 /// Sessions handled per transaction.
 const BATCH: usize = 500;
+
+/// The time `age` before `now`, or the earliest time there is when that lies further back
+/// (the configuration bounds ages, so that is only a guard: subtracting must never panic).
+fn cutoff(now: DateTime<Utc>, age: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(age).ok().and_then(|age| now.checked_sub_signed(age)).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
 
 /// What one run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,7 +56,7 @@ impl Retention {
     /// Runs once: archives, then purges, batch by batch until nothing is left to do.
     pub async fn run(&self) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
-        let cutoff = |age: Duration| Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let cutoff = |age: Duration| cutoff(Utc::now(), age);
         loop {
             let (sessions, messages) = self.store.archive_deleted_before(cutoff(self.archive_after), BATCH).await?;
             report.archived_sessions += sessions;
@@ -99,5 +105,18 @@ impl Retention {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_age_has_a_cutoff() {
+        let now = Utc::now();
+        assert_eq!(cutoff(now, Duration::from_secs(86_400)), now - chrono::Duration::days(1));
+        assert_eq!(cutoff(now, Duration::MAX), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(cutoff(now, Duration::from_secs(u64::MAX / 2)), DateTime::<Utc>::MIN_UTC);
     }
 }

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::flow::{self, events_of, started_reply, until_deltas, until_dones};
+use common::flow::{self, events_of, started_reply, until_deltas};
 use common::{Process, WAIT, assert_contiguous};
 use relay_protocol::{ErrorCode, FinishReason, MessageStatus, ServerFrame};
 use serde_json::{Value, json};

@@ -129,7 +129,8 @@ async fn admins_are_unlimited() {
         ("CHAT_RATE_LIMIT_PER_MINUTE", "2"),
     ])
     .await;
-    let (token, _, sid) = user_with_session(&server, "boss").await;
+    let (token, _) = server.admin("boss").await;
+    let sid = server.create_session(&token).await.id;
     let url = server.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
     for _ in 0..5 {
         let response = post_message(&server.http, url.clone(), &token, "unlimited [[mock tokens=1]]").await;
@@ -332,7 +333,7 @@ async fn chat_can_be_switched_off() {
 #[tokio::test]
 async fn chat_can_be_for_admins_only() {
     let server = TestServer::with(&[("FEATURE_CHAT_ENABLED", "admins"), ("CHAT_ADMIN_USERS", "staff")]).await;
-    let (admin, _) = server.register("staff").await;
+    let (admin, _) = server.admin("staff").await;
     let (user, _) = server.register("public").await;
     assert_eq!(server.get(&admin, "/api/v1/chat/sessions").await.0, 200);
     assert_eq!(server.get(&user, "/api/v1/chat/sessions").await.0, 404);
@@ -359,7 +360,7 @@ async fn chat_rolls_out_to_a_stable_share_of_users() {
     assert!(inside > 0 && outside > 0, "{inside} inside, {outside} outside");
     let none = TestServer::with(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "0"), ("CHAT_ADMIN_USERS", "root")]).await;
     let (user, _) = none.register("someone").await;
-    let (admin, _) = none.register("root").await;
+    let (admin, _) = none.admin("root").await;
     assert_eq!(none.get(&user, "/api/v1/chat/sessions").await.0, 404);
     assert_eq!(none.get(&admin, "/api/v1/chat/sessions").await.0, 200, "admins always have chat");
 }
@@ -373,7 +374,7 @@ async fn the_usage_ledger_counts_tokens_in_and_out() {
     let server = TestServer::with(&[("CHAT_ADMIN_USERS", "auditor")]).await;
     let (token, user_id, sid) = user_with_session(&server, "spender").await;
     let (other, other_id, other_sid) = user_with_session(&server, "saver").await;
-    let (admin, _) = server.register("auditor").await;
+    let (admin, _) = server.admin("auditor").await;
     let mut ws = server.ws(&token).await;
     let (mut prompt, mut completion) = (0u64, 0u64);
     for (i, tokens) in [7, 11].into_iter().enumerate() {

@@ -1152,9 +1152,11 @@ async fn rename_and_list_over_the_websocket() {
         other => panic!("{other:?}"),
     }
     ws.send(json!({"type": "list_sessions", "id": "l2", "per_page": 500})).await;
+    assert_error(&ws.recv().await, ErrorCode::BadRequest, Some("l2"), None);
+    ws.send(json!({"type": "list_sessions", "id": "l3", "per_page": 100})).await;
     match ws.recv().await {
         ServerFrame::Sessions { id, per_page, sessions, .. } => {
-            assert_eq!((id.as_deref(), per_page, sessions.len()), (Some("l2"), 100, 3));
+            assert_eq!((id.as_deref(), per_page, sessions.len()), (Some("l3"), 100, 3));
             assert!(sessions.iter().all(|s| s.id != theirs.id), "only the caller's sessions");
         }
         other => panic!("{other:?}"),

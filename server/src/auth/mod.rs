@@ -30,6 +30,10 @@ pub enum AuthError {
     /// The username breaks the naming rule.
     #[error("username must be 3 to 32 characters of A-Z, a-z, 0-9, '_', '.', '-'")]
     InvalidUsername,
+    /// The username cannot be registered: it is taken, or reserved for an admin account
+    /// (`CHAT_ADMIN_USERS`); which of the two is not said.
+    #[error("this username is not available")]
+    UsernameUnavailable,
     /// The password is too short or too long.
     #[error("password must be 8 to {} characters", password::MAX_PASSWORD_CHARS)]
     WeakPassword,

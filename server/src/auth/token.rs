@@ -123,8 +123,9 @@ impl TokenKeys {
             .map_err(|e| AuthError::InvalidToken(e.to_string()))
     }
 
-    /// Verifies a token: algorithm pinned to the key, signature, `exp` (required), and the
-    /// configured issuer and audience (required when configured; `aud` may be an array).
+    /// Verifies a token: algorithm pinned to the key, signature, `exp` (required), `nbf`
+    /// (when present), and the configured issuer and audience (required when configured;
+    /// `aud` may be an array).
     pub fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let (key, alg) = match header.alg {
@@ -137,6 +138,9 @@ impl TokenKeys {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = self.config.leeway.as_secs();
+        // `Validation::new` leaves `nbf` unchecked; a token that says it is not valid yet
+        // (beyond the leeway) must not be.
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         match &self.config.audience {
             Some(aud) => {

@@ -1,5 +1,7 @@
 //! `GET /api/v1/admin/usage?day=&user_id=`: the usage ledger of one day, for admins. To
-//! anyone else the endpoint does not exist (`404`), like `/metrics`.
+//! anyone else (no token, a bad one, a user's) the endpoint does not exist (`404`), like
+//! `/metrics`: the token is checked before the query, so only an admin learns that a
+//! query is malformed.
 
 use axum::Json;
 use axum::extract::State;
@@ -22,21 +24,23 @@ pub struct UsageParams {
     user_id: Option<Uuid>,
 }
 
-#[utoipa::path(get, path = "/api/v1/admin/usage", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/usage", tag = "admin",
+    description = "For an admin's `Authorization: Bearer` token. To anyone else the endpoint does not exist: 404, token or not (so no bearer security is declared: a missing token is not a 401 here).",
     params(("day" = Option<String>, Query, description = "The day, YYYY-MM-DD (UTC); today by default"),
         ("user_id" = Option<uuid::Uuid>, Query, description = "One user only")),
     responses((status = 200, description = "Every user's messages and tokens that day", body = relay_protocol::UsageReport),
-        (status = 400, description = "bad_request: not a day", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found: not an admin", body = relay_protocol::ErrorResponse)))]
+        (status = 400, description = "bad_request: not a day or not a user id (told to admins only)", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: not an admin's token (or none): to anyone else the endpoint does not exist", body = relay_protocol::ErrorResponse)))]
 /// Every user's (or one user's) messages and tokens on a day, the most tokens first.
 pub async fn usage(
     State(state): State<AppState>,
-    user: AuthUser,
-    ApiQuery(params): ApiQuery<UsageParams>,
+    user: Result<AuthUser, AppError>,
+    params: Result<ApiQuery<UsageParams>, AppError>,
 ) -> Result<Json<UsageReport>, AppError> {
-    if user.role != UserRole::Admin {
+    if !user.is_ok_and(|user| user.role == UserRole::Admin) {
         return Err(AppError::NoRoute);
     }
+    let ApiQuery(params) = params?;
     let day = params.day.unwrap_or_else(|| Utc::now().date_naive());
     let users = state.store.usage_report(day, params.user_id).await?;
     Ok(Json(UsageReport { day, users }))

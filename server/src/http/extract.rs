@@ -53,43 +53,78 @@ impl FromRequestParts<AppState> for ChatUser {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
+impl ClientAddr {
+    /// The client as per-address limits count it (an IPv6 client by its /64).
+    pub fn limit_key(&self) -> String {
+        crate::limits::address_key(self.0)
+    }
+}
+
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
+            .get::<ConnectInfo<super::listener::Peer>>()
+            .map(|c| c.0.addr.ip().to_canonical())
             .ok_or_else(|| AppError::Internal("no peer address".into()))?;
         let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
         Ok(ClientAddr(client_addr(peer, forwarded, &state.config.trusted_proxies)))
     }
 }
 
-/// Walks `X-Forwarded-For` from the right while the hop is a trusted proxy.
+/// Walks `X-Forwarded-For` from the right while the hop is a trusted proxy; the first hop
+/// that is not one is the client. An entry that does not parse stops the walk (fail
+/// closed): whoever wrote it may have written everything left of it too, so the last
+/// trusted hop seen counts as the client instead.
 fn client_addr<'a>(peer: IpAddr, forwarded: impl Iterator<Item = &'a str>, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = forwarded.flat_map(|v| v.split(',')).filter_map(|h| h.trim().parse().ok()).collect();
-    hops.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+    let entries: Vec<&str> = forwarded.flat_map(|v| v.split(',')).collect();
+    let mut last_trusted = peer;
+    for entry in entries.into_iter().rev() {
+        match parse_hop(entry) {
+            Some(ip) if is_trusted(&ip) => last_trusted = ip,
+            Some(ip) => return ip,
+            None => return last_trusted,
+        }
+    }
+    last_trusted
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (`1.2.3.4:80`,
+/// `[2001:db8::1]:80`) as some proxies write it.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))?;
+    Some(ip.to_canonical())
 }
 
 /// A JSON body whose rejections are protocol errors: `too_large` over the body limit,
-/// `bad_request` for anything malformed.
+/// `bad_request` for anything malformed, a body that is not a JSON object included.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(value)) => from_object(value).map(ApiJson),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Reads a body that must be a JSON object. serde would also read a struct from an array
+/// of its fields (`["alice", "password"]`), which no body of the API is.
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
+    if !value.is_object() {
+        return Err(AppError::BadRequest("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn json_rejection(rejection: JsonRejection) -> AppError {
@@ -100,8 +135,8 @@ fn json_rejection(rejection: JsonRejection) -> AppError {
     }
 }
 
-/// An optional JSON body: an empty body is `T::default()`; the size limit and malformed
-/// JSON answer like [`ApiJson`].
+/// An optional JSON body: an empty body, or JSON `null`, is `T::default()`; the size limit
+/// and malformed JSON answer like [`ApiJson`].
 pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
@@ -118,9 +153,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
-        serde_json::from_slice(&body)
-            .map(OptionalJson)
-            .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Null) => Ok(OptionalJson(T::default())),
+            Ok(value) => from_object(value).map(OptionalJson),
+            Err(e) => Err(AppError::BadRequest(format!("invalid JSON body: {e}"))),
+        }
     }
 }
 
@@ -181,5 +218,23 @@ mod tests {
         assert_eq!(client_addr(ip("10.0.0.2"), ["1.2.3.4, 198.51.100.7"].into_iter(), &trusted), ip("198.51.100.7"));
         assert_eq!(client_addr(ip("10.0.0.2"), ["198.51.100.7", "10.0.0.3"].into_iter(), &trusted), ip("198.51.100.7"));
         assert_eq!(client_addr(ip("10.0.0.2"), std::iter::empty(), &trusted), ip("10.0.0.2"));
+    }
+
+    /// An entry that does not parse stops the walk: what lies left of it was written by
+    /// whoever sent it, so the last trusted hop counts instead (fail closed).
+    #[test]
+    fn an_unparsable_forwarded_entry_stops_the_walk() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let walk = |peer: &str, header: &str| client_addr(ip(peer), [header].into_iter(), &trusted);
+        assert_eq!(walk("10.0.0.2", "198.51.100.7, garbage"), ip("10.0.0.2"), "the peer, the last trusted hop");
+        assert_eq!(walk("10.0.0.2", "198.51.100.7, garbage, 10.0.0.3"), ip("10.0.0.3"), "the last trusted hop");
+        assert_eq!(walk("10.0.0.2", "198.51.100.7, unknown, 10.0.0.3"), ip("10.0.0.3"));
+        assert_eq!(walk("10.0.0.2", "198.51.100.7,, 10.0.0.3"), ip("10.0.0.3"), "an empty entry too");
+        assert_eq!(walk("10.0.0.2", "garbage, 198.51.100.7"), ip("198.51.100.7"), "the walk stops before it");
+        // Address forms a proxy may write with a port still name the address.
+        assert_eq!(walk("10.0.0.2", "198.51.100.7:4711"), ip("198.51.100.7"));
+        assert_eq!(walk("10.0.0.2", "[2001:db8::7]:4711"), ip("2001:db8::7"));
+        assert_eq!(walk("10.0.0.2", " 2001:db8::7 "), ip("2001:db8::7"));
     }
 }

@@ -31,13 +31,15 @@ use crate::state::AppState;
     request_body = relay_protocol::SendMessageRequest,
     responses((status = 200, description = "The stored messages once the reply is complete; with `Accept: text/event-stream`, an SSE stream of `SseEvent`s", body = relay_protocol::SendMessageResponse,
             headers(("X-RateLimit-Limit" = u32, description = "Sends allowed per minute"), ("X-RateLimit-Remaining" = u32), ("X-RateLimit-Reset" = u64, description = "Seconds until the limit is whole"))),
-        (status = 400, description = "invalid_content: empty or too long", body = relay_protocol::ErrorResponse),
-        (status = 403, description = "storage_full", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "invalid_content: blank or over CHAT_MAX_MESSAGE_LENGTH characters; bad_request: malformed body or Idempotency-Key", body = relay_protocol::ErrorResponse),
+        (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
+        (status = 403, description = "storage_full: CHAT_MAX_STORED_MESSAGES_PER_USER reached", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: no such session, deleted, or not the caller's (or chat is not available to the caller)", body = relay_protocol::ErrorResponse),
+        (status = 413, description = "too_large: body over HTTP_MAX_BODY_BYTES", body = relay_protocol::ErrorResponse),
         (status = 409, description = "conflict: the Idempotency-Key was used for a message of another session", body = relay_protocol::ErrorResponse),
         (status = 429, description = "rate_limited, quota_exceeded or busy, with Retry-After", body = relay_protocol::ErrorResponse),
         (status = 502, description = "upstream_error", body = relay_protocol::ErrorResponse),
-        (status = 503, description = "upstream_unavailable, or unavailable (shutting down, the database did not answer in time, the reply could not be stored)", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "upstream_unavailable, or unavailable (shutting down, the session's node cannot be reached, the database did not answer within DATABASE_TIMEOUT_MS)", body = relay_protocol::ErrorResponse),
         (status = 504, description = "upstream_timeout", body = relay_protocol::ErrorResponse)))]
 /// Sends a message and answers its reply, streamed or whole. Every answer that passed the
 /// send rate or was refused by a limit carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
@@ -54,10 +56,15 @@ pub async fn send(
 
 #[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/regenerate", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session"), ("Idempotency-Key" = Option<String>, Header, description = "Any 1 to 64 bytes: a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was")),
     responses((status = 200, description = "The message answered again and its new reply (the old reply stays, superseded); SSE with `Accept: text/event-stream`", body = relay_protocol::SendMessageResponse),
-        (status = 400, description = "bad_request: nothing to answer again", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "bad_request: nothing to answer again, or a malformed Idempotency-Key", body = relay_protocol::ErrorResponse),
+        (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
+        (status = 403, description = "storage_full: CHAT_MAX_STORED_MESSAGES_PER_USER reached", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: no such session, deleted, or not the caller's (or chat is not available to the caller)", body = relay_protocol::ErrorResponse),
         (status = 409, description = "conflict: the Idempotency-Key was used for a message of another session", body = relay_protocol::ErrorResponse),
-        (status = 429, description = "busy (a reply is running or waiting), rate_limited or quota_exceeded", body = relay_protocol::ErrorResponse)))]
+        (status = 429, description = "busy (a reply is running or waiting), rate_limited or quota_exceeded, with Retry-After", body = relay_protocol::ErrorResponse),
+        (status = 502, description = "upstream_error", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "upstream_unavailable, or unavailable (shutting down, the session's node cannot be reached, the database did not answer within DATABASE_TIMEOUT_MS)", body = relay_protocol::ErrorResponse),
+        (status = 504, description = "upstream_timeout", body = relay_protocol::ErrorResponse)))]
 /// Replaces the session's last reply with a new one (or answers its last message if it has
 /// none), answered like a send.
 pub async fn regenerate(
@@ -73,10 +80,16 @@ pub async fn regenerate(
     params(("id" = uuid::Uuid, Path, description = "The session"), ("message_id" = uuid::Uuid, Path, description = "The session's last user message"), ("Idempotency-Key" = Option<String>, Header, description = "Any 1 to 64 bytes: a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was")),
     request_body = relay_protocol::EditMessageRequest,
     responses((status = 200, description = "The new message and its reply (the old ones stay, superseded); SSE with `Accept: text/event-stream`", body = relay_protocol::SendMessageResponse),
-        (status = 400, description = "invalid_content, or bad_request: not the last user message", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "invalid_content: blank or too long; bad_request: malformed body or Idempotency-Key, or not the last user message", body = relay_protocol::ErrorResponse),
+        (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
+        (status = 403, description = "storage_full: CHAT_MAX_STORED_MESSAGES_PER_USER reached", body = relay_protocol::ErrorResponse),
+        (status = 404, description = "not_found: no such session or message (or chat is not available to the caller)", body = relay_protocol::ErrorResponse),
+        (status = 413, description = "too_large: body over HTTP_MAX_BODY_BYTES", body = relay_protocol::ErrorResponse),
         (status = 409, description = "conflict: the Idempotency-Key was used for a message of another session", body = relay_protocol::ErrorResponse),
-        (status = 429, description = "busy, rate_limited or quota_exceeded", body = relay_protocol::ErrorResponse)))]
+        (status = 429, description = "busy, rate_limited or quota_exceeded, with Retry-After", body = relay_protocol::ErrorResponse),
+        (status = 502, description = "upstream_error", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "upstream_unavailable, or unavailable (shutting down, the session's node cannot be reached, the database did not answer within DATABASE_TIMEOUT_MS)", body = relay_protocol::ErrorResponse),
+        (status = 504, description = "upstream_timeout", body = relay_protocol::ErrorResponse)))]
 /// Replaces the session's last user message (and its reply) with new text, and answers it
 /// like a send.
 pub async fn edit(

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod client;
 mod extract;
+pub mod listener;
 mod messages;
 mod openapi;
 mod sessions;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost, so every answer (errors of the layers above too) ends its request.
+        .layer(axum::middleware::from_fn(listener::track_requests))
         .with_state(state)
 }
 
@@ -140,14 +143,16 @@ async fn json_errors(request: Request, next: axum::middleware::Next) -> Response
     error.into_response()
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    description = "Prometheus text format, for `Authorization: Bearer <METRICS_TOKEN>` or an admin's token. To anyone else the endpoint does not exist: 404, token or not (so no bearer security is declared: a missing token is not a 401 here).",
     responses((status = 200, description = "Prometheus text format (METRICS_TOKEN or an admin's token)", content_type = "text/plain"),
-        (status = 404, description = "not_found: neither", body = relay_protocol::ErrorResponse)))]
+        (status = 404, description = "not_found: neither (no token, a bad one, or not an admin's): to anyone else the endpoint does not exist", body = relay_protocol::ErrorResponse)))]
 /// `GET /metrics`: Prometheus text format, for the `METRICS_TOKEN` bearer or an admin's JWT.
+/// Anyone else (no token, a bad one, a user's) gets `404`, as for a path that does not exist.
 async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<Response, AppError> {
-    let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AuthError::MissingToken)?;
+    let token = bearer_token(headers.get(header::AUTHORIZATION)).ok_or(AppError::NoRoute)?;
     let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| constant_time_eq(expected, token));
-    if !scraper && state.tokens.verify(token)?.role != relay_protocol::UserRole::Admin {
+    if !scraper && !state.tokens.verify(token).is_ok_and(|user| user.role == relay_protocol::UserRole::Admin) {
         return Err(AppError::NoRoute);
     }
     state.metrics.active_users.set(state.hub.users() as i64);
@@ -223,5 +228,16 @@ mod tests {
         assert!(!origin_allowed(&allowed, Some("https://evil.example"), Some("chat.example.com")));
         assert!(origin_allowed(&[], Some("https://evil.example"), Some("chat.example.com")));
         assert!(origin_allowed(&["*".into()], Some("https://evil.example"), None));
+    }
+
+    /// Behind a proxy that passes the `Host` the browser used (nginx's `$http_host`), the
+    /// port is part of it: the client's own page on a non-default port is same-origin.
+    #[test]
+    fn the_host_with_its_port_is_the_servers_own_origin() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(&allowed, Some("http://localhost:8080"), Some("localhost:8080")));
+        assert!(origin_allowed(&allowed, Some("http://LOCALHOST:8080"), Some("localhost:8080")));
+        assert!(!origin_allowed(&allowed, Some("http://localhost:8080"), Some("localhost")), "the port matters");
+        assert!(!origin_allowed(&allowed, Some("http://localhost:9090"), Some("localhost:8080")));
     }
 }

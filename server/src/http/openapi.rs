@@ -4,8 +4,12 @@
 //! in `docs/PROTOCOL.md`.
 
 use axum::Json;
+use axum::extract::State;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use crate::config::Config;
+use crate::state::AppState;
 
 /// The document.
 #[derive(OpenApi)]
@@ -52,17 +56,35 @@ impl Modify for BearerAuth {
 
 /// The WebSocket endpoint, documented here (its handler is the upgrade in `ws`).
 #[utoipa::path(get, path = "/api/v1/ws", tag = "chat",
-    description = "Upgrades to the WebSocket protocol of docs/PROTOCOL.md: authenticate with the Authorization header or a first `auth` frame.",
+    description = "Upgrades to the WebSocket protocol of docs/PROTOCOL.md (RFC 6455): authenticate with the Authorization header or a first `auth` frame.",
+    params(("Connection" = String, Header, description = "Includes `upgrade`", pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]"),
+        ("Upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes in base64", pattern = "^[A-Za-z0-9+/]{22}==$")),
     responses((status = 101, description = "Switching protocols"),
+        (status = 400, description = "bad_request: not a WebSocket upgrade request", body = relay_protocol::ErrorResponse),
         (status = 401, description = "unauthorized: a bad token in the header", body = relay_protocol::ErrorResponse),
         (status = 403, description = "forbidden (origin) or limit_exceeded (connections per user)", body = relay_protocol::ErrorResponse),
         (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
 #[allow(dead_code)]
 fn websocket() {}
 
-/// Serves the document.
+/// Serves the document, with the limits this server is configured with.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
     responses((status = 200, description = "This document", content_type = "application/json")))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(document(&state.config))
+}
+
+/// The document as this server answers it: the generated one, with configured limits in
+/// place of their defaults (a message's `maxLength` is `CHAT_MAX_MESSAGE_LENGTH`).
+pub fn document(config: &Config) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document always encodes");
+    for schema in ["SendMessageRequest", "EditMessageRequest"] {
+        let pointer = format!("/components/schemas/{schema}/properties/content/maxLength");
+        if let Some(max) = doc.pointer_mut(&pointer) {
+            *max = serde_json::json!(config.max_message_length);
+        }
+    }
+    doc
 }

@@ -91,28 +91,35 @@ impl LocalLimits {
         }
     }
 
+    /// Forgets every quota counter, so each starts again from its seed.
+    pub fn forget_quotas(&self) {
+        self.quotas.clear();
+    }
+
     /// Every quota counter this process holds (to hand to Redis when it returns).
     pub fn quota_counts(&self) -> Vec<(String, u32)> {
         self.quotas.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 
-    /// The count of a window and the time until it ends (zero counts for none).
-    pub fn window(&self, key: &str) -> (u32, Duration) {
-        match self.windows.get(key) {
-            Some(entry) if entry.1 > Instant::now() => (entry.0, entry.1 - Instant::now()),
-            _ => (0, Duration::ZERO),
-        }
-    }
-
-    /// Counts one event in a window of `length` that starts at its first event.
-    pub fn hit_window(&self, key: &str, length: Duration) -> u32 {
+    /// Counts one event in a window of `length` that starts at its first event; the count
+    /// after it and the time until the window ends.
+    pub fn hit_window(&self, key: &str, length: Duration) -> (u32, Duration) {
         let now = Instant::now();
         let mut entry = self.windows.entry(key.to_string()).or_insert((0, now + length));
         if entry.1 <= now {
             *entry = (0, now + length);
         }
         entry.0 += 1;
-        entry.0
+        (entry.0, entry.1 - now)
+    }
+
+    /// Gives back an event counted in a window (while the window lasts).
+    pub fn give_back_window(&self, key: &str) {
+        if let Some(mut entry) = self.windows.get_mut(key)
+            && entry.1 > Instant::now()
+        {
+            entry.0 = entry.0.saturating_sub(1);
+        }
     }
 
     /// Forgets what no longer matters: idle rate keys, ended windows, other days.
@@ -157,11 +164,13 @@ mod tests {
     #[test]
     fn windows_count_until_they_end() {
         let local = LocalLimits::default();
-        assert_eq!(local.hit_window("w", Duration::from_millis(50)), 1);
-        assert_eq!(local.hit_window("w", Duration::from_millis(50)), 2);
-        assert_eq!(local.window("w").0, 2);
+        let (count, ends_in) = local.hit_window("w", Duration::from_millis(50));
+        assert_eq!(count, 1);
+        assert!(ends_in <= Duration::from_millis(50) && ends_in > Duration::from_millis(30));
+        assert_eq!(local.hit_window("w", Duration::from_millis(50)).0, 2);
+        local.give_back_window("w");
+        assert_eq!(local.hit_window("w", Duration::from_millis(50)).0, 2, "a unit given back is taken again");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(local.window("w"), (0, Duration::ZERO));
-        assert_eq!(local.hit_window("w", Duration::from_millis(50)), 1);
+        assert_eq!(local.hit_window("w", Duration::from_millis(50)).0, 1, "a new window");
     }
 }

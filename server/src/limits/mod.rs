@@ -6,12 +6,14 @@
 //! and in this process otherwise ([`local`]). If Redis stops answering, the [`Limiter`]
 //! keeps deciding in process (logged once, shown by `/readyz` and `relay_redis_up`), checks
 //! every second whether Redis is back, hands it the daily counts it kept meanwhile, and
-//! uses it again.
+//! uses it again. Each outage starts its in-process daily counts afresh from the database
+//! (what Redis counted in between is not in this process's old counts).
 
 mod local;
 mod redis;
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -194,6 +196,9 @@ impl Limiter {
             Ok(Ok(value)) => Some(value),
             failed => {
                 if self.redis_up.swap(false, Ordering::AcqRel) {
+                    // Counts kept in process during an earlier outage are stale now: Redis
+                    // counted on since. Forgotten, each is read again from the database.
+                    self.local.forget_quotas();
                     let error = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".into(),
@@ -245,25 +250,44 @@ impl Limiter {
 
     /// Gives back a unit taken for a send that then failed.
     pub async fn give_back_quota(&self, key: &str) {
-        if self.in_redis(self.redis().map(|r| r.give_back_quota(key))).await.is_none() {
+        if self.in_redis(self.redis().map(|r| r.give_back(key))).await.is_none() {
             self.local.give_back_quota(key);
         }
     }
 
-    /// The count of a window and the time until it ends.
-    pub async fn window(&self, key: &str) -> (u32, Duration) {
-        match self.in_redis(self.redis().map(|r| r.window(key))).await {
-            Some(window) => window,
-            None => self.local.window(key),
+    /// Counts one event in a window of `length` that starts at its first event, in one
+    /// atomic step (so events racing each other each see their own count); the count after
+    /// it and the time until the window ends.
+    pub async fn hit_window(&self, key: &str, length: Duration) -> (u32, Duration) {
+        match self.in_redis(self.redis().map(|r| r.hit_window(key, length))).await {
+            Some(hit) => hit,
+            None => self.local.hit_window(key, length),
         }
     }
 
-    /// Counts one event in a window of `length` that starts at its first event.
-    pub async fn hit_window(&self, key: &str, length: Duration) -> u32 {
-        match self.in_redis(self.redis().map(|r| r.hit_window(key, length))).await {
-            Some(count) => count,
-            None => self.local.hit_window(key, length),
+    /// Gives back an event counted by [`Limiter::hit_window`] that turned out not to count.
+    pub async fn give_back_window(&self, key: &str) {
+        if self.in_redis(self.redis().map(|r| r.give_back(key))).await.is_none() {
+            self.local.give_back_window(key);
         }
+    }
+}
+
+/// The address group per-address limits count a client by: an IPv4 address as it is, an
+/// IPv6 address by its /64 prefix (one host is routinely given a whole /64, so counting
+/// single addresses would let it take as many places as it likes).
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        v4 => v4,
+    }
+}
+
+/// The limiter key part naming a client address: `203.0.113.9`, or `2001:db8:1:2::/64`.
+pub fn address_key(ip: IpAddr) -> String {
+    match address_group(ip) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+        v4 => v4.to_string(),
     }
 }
 
@@ -307,5 +331,20 @@ impl UserLocks {
     /// borrow (it is held across steps of a session actor).
     pub async fn lock_owned(&self, user: Uuid) -> OwnedMutexGuard<()> {
         self.stripe(user).clone().lock_owned().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_key(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(address_key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(address_key(ip("2001:db8:1:2::ffff")), address_key(ip("2001:db8:1:2:aaaa::1")));
+        assert_ne!(address_key(ip("2001:db8:1:2::1")), address_key(ip("2001:db8:1:3::1")));
+        assert_eq!(address_key(ip("::ffff:203.0.113.9")), "203.0.113.9", "a mapped IPv4 address is IPv4");
     }
 }

@@ -45,7 +45,7 @@ if v >= tonumber(ARGV[1]) then return {0, v} end
 return {1, redis.call('INCR', KEYS[1])}
 "#;
 
-/// Gives a unit back. KEYS[1] key.
+/// Gives a unit back (of a daily count or a window). KEYS[1] key.
 const GIVE_BACK: &str = r#"
 local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 0 then redis.call('DECR', KEYS[1]) end
@@ -61,16 +61,10 @@ return 0
 "#;
 
 /// Counts an event in a window that starts at its first event. KEYS[1] key; ARGV[1]
-/// window (ms). Returns the count.
+/// window (ms). Returns the count and the ms until the window ends.
 const HIT: &str = r#"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
-"#;
-
-/// The count of a window and the ms until it ends. KEYS[1] key.
-const WINDOW: &str = r#"
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 return {n, math.max(0, redis.call('PTTL', KEYS[1]))}
 "#;
 
@@ -85,7 +79,6 @@ pub struct RedisLimits {
     give_back: Script,
     raise: Script,
     hit: Script,
-    window: Script,
 }
 
 impl RedisLimits {
@@ -106,7 +99,6 @@ impl RedisLimits {
             give_back: Script::new(GIVE_BACK),
             raise: Script::new(RAISE),
             hit: Script::new(HIT),
-            window: Script::new(WINDOW),
         })
     }
 
@@ -154,8 +146,9 @@ impl RedisLimits {
         Ok((taken >= 0).then_some((taken == 1, count.max(0) as u32)))
     }
 
-    /// Gives back a unit taken for a send that then failed.
-    pub async fn give_back_quota(&self, key: &str) -> RedisResult<()> {
+    /// Gives back a unit of a daily count or a window, taken for something that then did
+    /// not count.
+    pub async fn give_back(&self, key: &str) -> RedisResult<()> {
         self.give_back.key(format!("{PREFIX}{key}")).invoke_async::<i64>(&mut self.connection.clone()).await.map(|_| ())
     }
 
@@ -170,21 +163,15 @@ impl RedisLimits {
             .map(|_| ())
     }
 
-    /// The count of a window and the time until it ends.
-    pub async fn window(&self, key: &str) -> RedisResult<(u32, Duration)> {
-        let (count, ttl_ms): (i64, i64) =
-            self.window.key(format!("{PREFIX}{key}")).invoke_async(&mut self.connection.clone()).await?;
-        Ok((count.max(0) as u32, Duration::from_millis(ttl_ms.max(0) as u64)))
-    }
-
-    /// Counts one event in a window of `length` that starts at its first event.
-    pub async fn hit_window(&self, key: &str, length: Duration) -> RedisResult<u32> {
-        let count: i64 = self
+    /// Counts one event in a window of `length` that starts at its first event; the count
+    /// after it and the time until the window ends.
+    pub async fn hit_window(&self, key: &str, length: Duration) -> RedisResult<(u32, Duration)> {
+        let (count, ttl_ms): (i64, i64) = self
             .hit
             .key(format!("{PREFIX}{key}"))
             .arg(length.as_millis().max(1) as u64)
             .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(count.max(0) as u32)
+        Ok((count.max(0) as u32, Duration::from_millis(ttl_ms.max(0) as u64)))
     }
 }

@@ -100,6 +100,18 @@ impl TestServer {
         (body.token, body.user.id)
     }
 
+    /// Creates an account directly in the store (as `relay-server create-admin` does: a
+    /// name in `CHAT_ADMIN_USERS` cannot be registered over the API) and returns a token
+    /// for it and its id; listed in `CHAT_ADMIN_USERS`, it is an admin.
+    pub async fn admin(&self, username: &str) -> (String, uuid::Uuid) {
+        let state = self.state();
+        let hash = state.passwords.hash("password123".into()).await.unwrap();
+        let role = state.tokens.account_role(username);
+        let record = state.store.create_user(username, &hash, role).await.unwrap();
+        let user = relay_protocol::User { id: record.id, username: record.username, role };
+        (state.tokens.issue(&user).unwrap(), user.id)
+    }
+
     /// Creates a session for the token's user.
     pub async fn create_session(&self, token: &str) -> Session {
         let response =
@@ -142,15 +154,7 @@ impl TestServer {
 
     /// A WebSocket whose TCP receive buffer is tiny, for slow-reader tests.
     pub async fn ws_small_buffer(&self, token: &str) -> Ws {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let tcp = socket.connect(self.addr).await.unwrap();
-        let mut request = format!("ws://{}/api/v1/ws", self.addr).into_client_request().unwrap();
-        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
-        let mut ws = Ws { stream };
-        assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
-        ws
+        ws_small_buffer_at(self.addr, token).await
     }
 
     /// Shuts the server down gracefully.
@@ -170,6 +174,33 @@ pub async fn ws_at(addr: &str, token: Option<&str>) -> Ws {
     }
     let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
     Ws { stream }
+}
+
+/// A WebSocket to `addr` whose TCP receive buffer is tiny (for slow-reader tests), after
+/// its `ready` frame.
+pub async fn ws_small_buffer_at(addr: SocketAddr, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/api/v1/ws").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
+    let mut ws = Ws { stream };
+    assert!(matches!(ws.recv().await, ServerFrame::Ready { .. }));
+    ws
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes (Linux).
+pub fn process_memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A WebSocket upgrade to `addr` authenticated by header: its status (101 when it
@@ -330,6 +361,44 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Runs `relay-server create-admin <name>` with a clean environment plus `vars`, its data in
+/// `data_dir` and the password on stdin; its output once it has exited.
+pub fn create_admin(
+    data_dir: &std::path::Path,
+    vars: &[(&str, &str)],
+    name: &str,
+    password: &str,
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relay-server"));
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("RELAY_DATA_DIR", data_dir);
+    if let Ok(profile) = std::env::var("LLVM_PROFILE_FILE") {
+        command.env("LLVM_PROFILE_FILE", profile);
+    }
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    let mut child = command
+        .args(["create-admin", name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the relay-server binary starts");
+    // A binary that does not read its stdin may have exited already.
+    let _ = child.stdin.take().expect("stdin is piped").write_all(format!("{password}\n").as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("create-admin did not finish within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A server process of the real binary, for restart, signal and log tests. It runs with a

@@ -1,0 +1,75 @@
+//! Accounts the operator creates from the command line: `relay-server create-admin <name>`.
+//!
+//! A name listed in `CHAT_ADMIN_USERS` cannot be registered over the API (whoever got
+//! there first would be an admin), so this is how its account comes to exist: by someone
+//! who can run the server binary against its database, with the password on stdin (never
+//! in the arguments, where other users of the machine could read it).
+
+use relay_protocol::UserRole;
+
+use crate::auth::{self, AuthError, PasswordHashing};
+use crate::config::{Config, redact_url};
+use crate::store::{Store, StoreConfig, StoreError};
+
+/// Why an admin account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAdminError {
+    /// The name is not in `CHAT_ADMIN_USERS`, so the account would not be an admin.
+    #[error(
+        "{0:?} is not listed in CHAT_ADMIN_USERS: list it there first (an account is an admin only while its name is listed)"
+    )]
+    NotListed(String),
+    /// The name or the password breaks the rules registration enforces.
+    #[error(transparent)]
+    Rule(AuthError),
+    /// An account with that name exists already (it is not replaced).
+    #[error("an account named {0:?} exists already")]
+    Exists(String),
+    /// The database could not be opened.
+    #[error("cannot open the database at {url}: {source}")]
+    Database {
+        /// `DATABASE_URL`, without credentials.
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// Hashing the password failed (should not happen).
+    #[error(transparent)]
+    Hashing(AuthError),
+    /// The database failed while creating the account.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl CreateAdminError {
+    /// Whether the operator asked for something impossible (a usage error, exit code 2)
+    /// rather than something failing (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, CreateAdminError::NotListed(_) | CreateAdminError::Rule(_))
+    }
+}
+
+/// Creates the account `username`, listed in `CHAT_ADMIN_USERS`, with `password`, in the
+/// configured database. With the embedded database, run it while the server is stopped.
+pub async fn create_admin(config: &Config, username: &str, password: String) -> Result<(), CreateAdminError> {
+    if !config.admin_users.iter().any(|a| a == username) {
+        return Err(CreateAdminError::NotListed(username.to_string()));
+    }
+    auth::validate_username(username).map_err(CreateAdminError::Rule)?;
+    auth::validate_password(&password).map_err(CreateAdminError::Rule)?;
+    let store = Store::connect(&StoreConfig {
+        url: config.database_url.clone(),
+        credentials: config.database_credentials.clone(),
+        namespace: config.database_ns.clone(),
+        database: config.database_db.clone(),
+        timeout: config.database_timeout,
+    })
+    .await
+    .map_err(|source| CreateAdminError::Database { url: redact_url(&config.database_url), source })?;
+    let hash = PasswordHashing::new(1, 0).hash(password).await.map_err(CreateAdminError::Hashing)?;
+    match store.create_user(username, &hash, UserRole::Admin).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict) => Err(CreateAdminError::Exists(username.to_string())),
+        Err(e) => Err(CreateAdminError::Store(e)),
+    }
+}
