@@ -468,6 +468,10 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             assert_eq!(store.len(), 4);
             assert_eq!(store[3].1, "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone.");
             assert_eq!(store[3].2, "complete");
+            // Every send of the client carried an idempotency key of its own.
+            let (_, me) = h.server.get(&token, "/api/v1/auth/me").await;
+            let user_id: uuid::Uuid = me["user"]["id"].as_str().unwrap().parse().unwrap();
+            assert_eq!(h.server.state().store.count_send_keys(user_id).await.unwrap(), 2, "one key per send");
 
             // A second tab of the same login opens the chat from its address: the history is there.
             let b = h.open("b").await?;
