@@ -98,9 +98,10 @@ async fn replies_follow_the_messages_they_answer_everywhere() {
 /// `WS_OUTBOUND_QUEUE_BYTES` (4 MiB), instead of growing the server by hundreds of MiB.
 /// The server is its own process, so its peak memory is its alone (tests running beside
 /// this one would blur a measure of the test process): the peak may pass the memory it
-/// had before by at most 24 MiB, the bounded queue and the snapshots in the making, where
-/// 300 unbounded snapshots would take 350 MB and a queue bound of even 8 times the
-/// setting more than 32 MiB.
+/// had before by at most 40 MiB, the bounded queue, the snapshots in the making and the
+/// allocator's noise (measured here: 4 to 22 MiB in debug builds, 26 under coverage on a
+/// loaded machine), where 300 unbounded snapshots would take 350 MB and a queue bound of
+/// 8 times the setting grew the server by 74 to 86 MiB.
 #[tokio::test]
 async fn a_client_that_never_reads_cannot_pin_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +129,8 @@ async fn a_client_that_never_reads_cannot_pin_memory() {
     assert_eq!(code, Some(4429), "a client that does not read is closed for it");
     let (_, peak) = common::process_memory(server.child.id());
     let grown = peak.saturating_sub(before);
-    assert!(grown < 24 << 20, "the server grew by {} MiB for one client", grown >> 20);
+    eprintln!("the server grew by {} KiB (peak {} KiB)", grown >> 10, peak >> 10);
+    assert!(grown < 40 << 20, "the server grew by {} MiB for one client", grown >> 20);
     let metrics = http.get(server.url("/metrics")).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("relay_ws_slow_closed_total 1"), "{metrics}");
     assert!(metrics.contains(r#"relay_ws_closes_total{code="4429"} 1"#), "{metrics}");
