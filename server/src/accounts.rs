@@ -9,7 +9,7 @@ use relay_protocol::UserRole;
 
 use crate::auth::{self, AuthError, PasswordHashing};
 use crate::config::{Config, redact_url};
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why an admin account could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +57,9 @@ pub async fn create_admin(config: &Config, username: &str, password: String) -> 
     }
     auth::validate_username(username).map_err(CreateAdminError::Rule)?;
     auth::validate_password(&password).map_err(CreateAdminError::Rule)?;
-    let store = Store::connect(&StoreConfig {
-        url: config.database_url.clone(),
-        credentials: config.database_credentials.clone(),
-        namespace: config.database_ns.clone(),
-        database: config.database_db.clone(),
-        timeout: config.database_timeout,
-    })
-    .await
-    .map_err(|source| CreateAdminError::Database { url: redact_url(&config.database_url), source })?;
+    let store = Store::connect(&config.store_config())
+        .await
+        .map_err(|source| CreateAdminError::Database { url: redact_url(&config.database_url), source })?;
     let hash = PasswordHashing::new(1, 0).hash(password).await.map_err(CreateAdminError::Hashing)?;
     match store.create_user(username, &hash, UserRole::Admin).await {
         Ok(_) => Ok(()),

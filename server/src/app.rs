@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
 use crate::state::AppState;
-use crate::store::{Store, StoreConfig, WriteBehind};
+use crate::store::{Store, WriteBehind};
 use relay_mock_llm::MockLlm;
 
 /// A running server.
@@ -39,15 +39,9 @@ impl Server {
     /// Connects the database, starts the model client (or the mock), binds the listener
     /// and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let store = Store::connect(&StoreConfig {
-            url: config.database_url.clone(),
-            credentials: config.database_credentials.clone(),
-            namespace: config.database_ns.clone(),
-            database: config.database_db.clone(),
-            timeout: config.database_timeout,
-        })
-        .await
-        .with_context(|| format!("cannot open the database at {}", crate::config::redact_url(&config.database_url)))?;
+        let store = Store::connect(&config.store_config()).await.with_context(|| {
+            format!("cannot open the database at {}", crate::config::redact_url(&config.database_url))
+        })?;
         // Alone, this node ran every session, so whatever it left generating was cut off. In
         // a cluster other nodes may be generating now: a session's leftovers are marked when
         // a node next claims it instead.
@@ -110,6 +104,10 @@ impl Server {
                     redis_url: redis_url.clone(),
                     node_id: config.node_id.clone(),
                     lease: config.cluster_lease,
+                    // The owner may start the session's actor (a lease claim, a flush, two
+                    // queries), then check and store the send (two more): each within the
+                    // database timeout.
+                    request_timeout: config.cluster_lease + 5 * config.database_timeout,
                 };
                 let cluster = Cluster::join(&settings, metrics.clone(), shutdown.clone())
                     .await
@@ -229,13 +227,17 @@ impl Server {
         self.state.sessions.shutdown().await;
         // Written before the leases go: a node that takes a session over must find
         // everything this one stored (and this one's writes would be refused after it).
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.flush()).await.is_err() {
-            tracing::error!(
-                "queued writes were not stored within {SHUTDOWN_GRACE:?}; the sessions' next owners reconcile their counts"
-            );
-        }
-        if let Some(cluster) = &self.state.cluster {
-            cluster.leave().await;
+        let flushed = tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.flush()).await.is_ok();
+        match (&self.state.cluster, flushed) {
+            (Some(cluster), true) => cluster.leave().await,
+            // Given up now, the leases would let another node claim the sessions and
+            // refuse what is still queued here; kept, they expire by themselves, and the
+            // writes go on until the last moment of shutdown.
+            (Some(_), false) => tracing::error!(
+                "queued writes were not stored within {SHUTDOWN_GRACE:?}; leaving the sessions' leases to expire"
+            ),
+            (None, false) => tracing::error!("queued writes were not stored within {SHUTDOWN_GRACE:?}"),
+            (None, true) => {}
         }
         self.state.shutdown.cancel();
         let connections = self.state.connections.clone();

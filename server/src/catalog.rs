@@ -8,6 +8,7 @@ use relay_protocol::{ServerFrame, Session, SessionList, check_page, total_pages}
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::cluster::ClusterError;
 use crate::error::AppError;
 use crate::fanout::ReceiverId;
 use crate::session::DEFAULT_TITLE;
@@ -48,11 +49,23 @@ pub async fn create(
     let session = {
         let _serialised = state.user_locks.lock(user.id).await;
         // Other nodes create sessions too: the cap's count and the write it guards hold the
-        // user's cluster-wide lock (without Redis answering, the node's lock alone).
+        // user's cluster-wide lock (without Redis answering, the node's lock alone; while
+        // another node holds it, the create waits, then is refused rather than racing it).
+        let hold = 2 * state.config.database_timeout;
         let cluster_lock = match &state.cluster {
-            Some(cluster) => cluster.lock_user(user.id, "sessions").await.map_err(|e| {
-                tracing::warn!(user_id = %user.id, error = %e, "no cluster lock for the sessions cap; checking on this node only");
-            }).ok(),
+            Some(cluster) => match cluster.lock_user(user.id, "sessions", hold).await {
+                Ok(lock) => Some(lock),
+                Err(ClusterError::Timeout) => {
+                    return Err(AppError::Unavailable {
+                        reason: "another session is being created; retry",
+                        retry_after_ms: 500,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(user_id = %user.id, error = %e, "no cluster lock for the sessions cap; checking on this node only");
+                    None
+                }
+            },
             None => None,
         };
         let created = async {

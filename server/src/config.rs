@@ -378,6 +378,17 @@ fn percent_decode(text: &str) -> String {
 }
 
 impl Config {
+    /// How to reach the database (`DATABASE_*`).
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            url: self.database_url.clone(),
+            credentials: self.database_credentials.clone(),
+            namespace: self.database_ns.clone(),
+            database: self.database_db.clone(),
+            timeout: self.database_timeout,
+        }
+    }
+
     /// Every secret the configuration holds, to scrub from text that may have picked one
     /// up (an error from a library that echoes what it was given).
     pub fn secrets(&self) -> Vec<String> {

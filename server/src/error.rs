@@ -126,6 +126,14 @@ impl AppError {
             AppError::Store(StoreError::Fenced) => {
                 (ErrorCode::Unavailable, "the session moved to another server; retry".into(), Some(100))
             }
+            // A database that cannot be reached, and writers that stopped (the server is
+            // shutting down), are passing conditions: the client retries.
+            AppError::Store(StoreError::Database(e)) if e.is_connection() => {
+                (ErrorCode::Unavailable, "the database is not answering; retry shortly".into(), Some(1000))
+            }
+            AppError::Store(StoreError::Batch(_)) => {
+                (ErrorCode::Unavailable, "the server is not taking writes now; retry shortly".into(), Some(1000))
+            }
             AppError::Store(_) => (ErrorCode::Internal, "internal error".into(), None),
             AppError::KeyReused => (ErrorCode::Conflict, self.to_string(), None),
             AppError::Llm(LlmError::Unavailable { retry_after_ms, .. }) => {

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub write_fenced: IntCounter,
     /// Write-behind writers retrying a batch the database does not take now.
     pub write_stalled: IntGauge,
+    /// Checkpoints of replies in progress not queued because the write queue was full.
+    pub checkpoints_skipped: IntCounter,
     /// Entries in the session registry: actors started or starting (set when `/metrics` is read).
     pub session_slots: IntGauge,
     /// Forwarded requests waiting for their answer (set when `/metrics` is read).
@@ -184,6 +186,11 @@ impl Metrics {
         let write_stalled =
             IntGauge::new("write_stalled_writers", "Write-behind writers retrying a batch the database does not take")
                 .expect("valid metric");
+        let checkpoints_skipped = IntCounter::new(
+            "checkpoints_skipped_total",
+            "Checkpoints of replies in progress not queued because the write queue was full",
+        )
+        .expect("valid metric");
         let session_slots =
             IntGauge::new("session_slots", "Entries in the session registry (started or starting actors)")
                 .expect("valid metric");
@@ -244,6 +251,7 @@ impl Metrics {
             write_timeouts,
             write_fenced,
             write_stalled,
+            checkpoints_skipped,
             session_slots,
             cluster_pending_calls,
             cluster_direct_receivers,
@@ -284,6 +292,7 @@ impl Metrics {
             Box::new(metrics.write_timeouts.clone()),
             Box::new(metrics.write_fenced.clone()),
             Box::new(metrics.write_stalled.clone()),
+            Box::new(metrics.checkpoints_skipped.clone()),
             Box::new(metrics.session_slots.clone()),
             Box::new(metrics.cluster_pending_calls.clone()),
             Box::new(metrics.cluster_direct_receivers.clone()),

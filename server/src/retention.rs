@@ -75,7 +75,13 @@ impl Retention {
         }
         // Idempotency keys hold a day; write-batch markers matter only while their writer
         // retries (a writer that stopped leaves one behind).
-        report.expired_keys = self.store.expire_keys_and_markers().await?.0;
+        loop {
+            let (keys, markers) = self.store.expire_keys_and_markers(BATCH).await?;
+            report.expired_keys += keys;
+            if (keys.max(markers) as usize) < BATCH {
+                break;
+            }
+        }
         let counted = [
             ("archived", report.archived_sessions, report.archived_messages),
             ("purged", report.purged_sessions, report.purged_messages),

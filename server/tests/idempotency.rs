@@ -162,3 +162,134 @@ async fn a_repeat_after_a_restart_is_still_recognised() {
     let stored = node.get(&http, &token, &format!("/api/v1/chat/sessions/{sid}")).await;
     assert_eq!(stored["messages"].as_array().unwrap().len(), 2, "nothing new stored");
 }
+
+/// The answer to a request over the WebSocket: its `ack`, or its `error`.
+async fn answer_to(ws: &mut common::Ws, id: &str) -> ServerFrame {
+    let frames = ws
+        .recv_until(|f| match f {
+            ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. } => i == id,
+            _ => false,
+        })
+        .await;
+    frames.last().unwrap().clone()
+}
+
+/// A send the database does not take in time answers `unavailable` without an `ack`, and
+/// its message is stored once the database takes it. Meanwhile the session's tabs are told
+/// to subscribe again (the actor, unsure of what is stored, reloads) and sends answer
+/// `unavailable` while the write is still queued. Sent again with the same key once it is
+/// stored, the send is answered as stored and its reply, never generated, is generated
+/// then, once: over the WebSocket and over REST alike.
+#[tokio::test]
+async fn a_send_that_timed_out_is_answered_when_sent_again_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = dir.path().join("stall-writes");
+    let stall_var = stall.to_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let vars = [
+        ("JWT_SECRET", common::SECRET),
+        ("DATABASE_TIMEOUT_MS", "500"),
+        ("RELAY_FAULT_WRITE_STALL_FILE", stall_var.as_str()),
+    ];
+    let node = Process::start_with(dir.path(), &vars, std::process::Stdio::inherit());
+    node.ready(&http).await;
+    let token = node.register(&http, "late-writes").await.token;
+    let sid = node.create_session(&http, &token, None).await.id;
+    let stored = || async {
+        let session = node.get(&http, &token, &format!("/api/v1/chat/sessions/{sid}")).await;
+        serde_json::from_value::<Vec<Message>>(session["messages"].clone()).unwrap()
+    };
+    let mut ws = node.ws(&token).await;
+    subscribe(&mut ws, sid).await;
+    let send = |id: &str| json!({"type": "send", "id": id, "session_id": sid, "content": "late question", "client_message_id": "late"});
+
+    std::fs::write(&stall, "").unwrap();
+    ws.send(send("first")).await;
+    // The answer and the word to the session's tabs travel apart: either may come first.
+    let (mut answered, mut told) = (None, None);
+    let _ = ws
+        .recv_until(|f| {
+            match f {
+                ServerFrame::Error { id: Some(i), .. } | ServerFrame::Ack { id: Some(i), .. } if i == "first" => {
+                    answered = Some(f.clone())
+                }
+                ServerFrame::Error { id: None, session_id, error } => told = Some((*session_id, error.code)),
+                _ => {}
+            }
+            answered.is_some() && told.is_some()
+        })
+        .await;
+    match answered {
+        Some(ServerFrame::Error { error, .. }) => assert_eq!(error.code, ErrorCode::Unavailable),
+        other => panic!("a send the database did not take in time is not acknowledged: {other:?}"),
+    }
+    assert_eq!(told, Some((Some(sid), ErrorCode::Unavailable)), "told to subscribe again");
+    ws.send(send("meanwhile")).await;
+    match answer_to(&mut ws, "meanwhile").await {
+        ServerFrame::Error { error, .. } => assert_eq!(error.code, ErrorCode::Unavailable),
+        other => panic!("refused while the first write is queued: {other:?}"),
+    }
+
+    std::fs::remove_file(&stall).unwrap();
+    let landed = {
+        let mut landed = Vec::new();
+        for _ in 0..100 {
+            landed = stored().await;
+            if !landed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        landed
+    };
+    assert_eq!(landed.len(), 1, "the message is stored once the database takes it, once: {landed:?}");
+
+    subscribe(&mut ws, sid).await;
+    ws.send(send("again")).await;
+    let frames = until_dones(&mut ws, sid, 1).await;
+    let acked = acked(&frames, "again").expect("the repeat is acknowledged");
+    assert_eq!(acked.id, landed[0].id, "as the message the first attempt stored");
+    let done = frames.iter().find_map(|f| match f {
+        ServerFrame::Done { message_id, finish_reason, .. } => Some((*message_id, *finish_reason)),
+        _ => None,
+    });
+    let (reply_id, finish) = done.expect("its reply is generated");
+    assert_eq!(finish, relay_protocol::FinishReason::Stop);
+    let messages = stored().await;
+    assert_eq!(messages.len(), 2, "one message, one reply: {messages:?}");
+    assert_eq!((messages[0].id, messages[1].id), (landed[0].id, reply_id));
+    assert_eq!(messages[1].status, relay_protocol::MessageStatus::Complete);
+    // A third repeat is answered as stored, and starts nothing.
+    ws.send(send("third")).await;
+    assert!(matches!(answer_to(&mut ws, "third").await, ServerFrame::Ack { .. }));
+    assert_eq!(stored().await.len(), 2);
+
+    // Over REST: the same, with the reply in the answer.
+    let url = node.url(&format!("/api/v1/chat/sessions/{sid}/messages"));
+    let post = || {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "late-rest")
+            .json(&json!({"content": "rest"}))
+            .send()
+    };
+    std::fs::write(&stall, "").unwrap();
+    assert_eq!(error_of(post().await.unwrap()).await, (503, ErrorCode::Unavailable));
+    std::fs::remove_file(&stall).unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        let response = post().await.unwrap();
+        if response.status() == 200 {
+            answered = Some(response.json::<SendMessageResponse>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let answered = answered.expect("answered once the write is stored");
+    assert_eq!(answered.assistant_message.status, relay_protocol::MessageStatus::Complete);
+    let messages = stored().await;
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages.iter().filter(|m| m.content == "rest").count(), 1, "stored once");
+    assert_eq!(messages[2].id, answered.user_message.id);
+    assert_eq!(messages[3].id, answered.assistant_message.id);
+}

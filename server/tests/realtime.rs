@@ -446,8 +446,15 @@ async fn delta_text_is_the_reply_however_tokens_are_grouped() {
 /// is contiguous.
 #[tokio::test]
 async fn one_connection_streams_fifty_sessions() {
-    // 50 sends by one user: keep any daily quota or per-minute rate limit out of the way.
-    let server = TestServer::with(&[("CHAT_DAILY_MESSAGE_QUOTA", "0"), ("CHAT_RATE_LIMIT_PER_MINUTE", "10000")]).await;
+    // 50 sends by one user: keep any daily quota or per-minute rate limit out of the way,
+    // and the slow-reader close too (this test reads every frame, but on a loaded machine
+    // may fall more than the default 1,024 frames behind 50 streams; 4429 is tested apart).
+    let server = TestServer::with(&[
+        ("CHAT_DAILY_MESSAGE_QUOTA", "0"),
+        ("CHAT_RATE_LIMIT_PER_MINUTE", "10000"),
+        ("WS_OUTBOUND_QUEUE", "65536"),
+    ])
+    .await;
     let (token, _) = server.register("fifty").await;
     let mut sessions = Vec::new();
     for _ in 0..50 {

@@ -55,8 +55,8 @@ impl Cluster {
     // ---- requests --------------------------------------------------------------------------
 
     /// Sends a request to the instance that owns a session and waits for its answer (at
-    /// most the lease time: an owner that does not answer by then may be dead; sooner
-    /// when the answer is known to be lost).
+    /// most the request timeout, longer than a live owner takes: one that does not answer
+    /// by then may be dead; sooner when the answer is known to be lost).
     pub async fn request(&self, owner: &str, body: serde_json::Value) -> Result<serde_json::Value, ClusterError> {
         if !self.is_connected() {
             return Err(ClusterError::Disconnected);
@@ -67,7 +67,7 @@ impl Cluster {
         let envelope = Envelope::Call { to: owner.to_owned(), call, body };
         self.publish(node_channel(node_of(owner)), &envelope);
         self.metrics.cluster_forwarded.inc();
-        let answer = tokio::time::timeout(self.lease, rx).await;
+        let answer = tokio::time::timeout(self.request_timeout, rx).await;
         self.calls.remove(&call);
         match answer {
             Ok(Ok(answer)) => answer,

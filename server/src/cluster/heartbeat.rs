@@ -74,6 +74,11 @@ impl Cluster {
                 handler.instance_gone(instance);
             }
         }
+        if !gone.is_empty() {
+            // What a gone instance published is never heard again: forget its numbers.
+            let mut numbering = self.numbering.lock().expect("numbering lock");
+            numbering.forget(|instance| gone.iter().any(|g| g == instance));
+        }
         // Only owners seen alive before: an owner that joined after the list was read is not gone.
         self.relays.fail_owners(|owner| gone.iter().any(|g| g == owner), "the node running this session went away");
         self.renew(beat).await?;

@@ -210,8 +210,10 @@ impl Cluster {
     }
 
     /// Renews every lease held, as of a heartbeat sent at `beat`; a lease held by another
-    /// claim now is lost.
+    /// claim now is lost. Leases this node can no longer vouch for are lost first, never
+    /// renewed: their actors are stopping, and another node may have claimed them.
     pub(super) async fn renew(&self, beat: Instant) -> Result<(), ClusterError> {
+        self.fence();
         let owned: Vec<(Uuid, u64)> = self.owned.iter().map(|e| (*e.key(), e.token)).collect();
         let mut redis = self.redis.clone();
         for chunk in owned.chunks(RENEW_CHUNK) {

@@ -74,6 +74,9 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// `CLUSTER_LEASE_MS`: how long a session lease and a node heartbeat live unrenewed.
     pub lease: Duration,
+    /// How long a forwarded request waits for the owner's answer: longer than the owner
+    /// may take (starting the session's actor, admitting and storing the send).
+    pub request_timeout: Duration,
 }
 
 /// Errors of the cluster transport.
@@ -121,6 +124,7 @@ pub struct Cluster {
     node_id: Arc<str>,
     instance: Arc<str>,
     lease: Duration,
+    request_timeout: Duration,
     redis: ConnectionManager,
     outbox: mpsc::UnboundedSender<Outgoing>,
     subscriber: mpsc::UnboundedSender<SubscriberCommand>,
@@ -171,6 +175,7 @@ impl Cluster {
             node_id: settings.node_id.clone().into(),
             instance,
             lease: settings.lease,
+            request_timeout: settings.request_timeout,
             redis,
             outbox,
             subscriber,

@@ -44,6 +44,17 @@ struct Watcher {
     active: bool,
 }
 
+/// What a receiver's snapshot from another node does to its relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// The receiver gets the session's events from now on.
+    Active,
+    /// Watchers already active missed events: the relay ends, its watchers are told.
+    Gap,
+    /// The session is not relayed here from the snapshot's sender: the snapshot is stale.
+    Stale,
+}
+
 impl Relays {
     /// Adds a receiver to a session's relay (the owner as the lease named it); returns
     /// whether it was not there yet. A relay whose owner changed starts afresh: its old
@@ -77,23 +88,24 @@ impl Relays {
     }
 
     /// The receiver's snapshot (numbered `seq`, from `from`) arrived: events from now on are
-    /// its. Returns false when the snapshot shows that watchers already active missed
-    /// events (the relay then ends).
-    pub fn activate(&self, session_id: Uuid, receiver: ReceiverId, from: &str, seq: u64) -> bool {
-        let Some(mut relay) = self.sessions.get_mut(&session_id) else { return true };
+    /// its. [`Activation::Gap`] when the snapshot shows that watchers already active
+    /// missed events (the relay then ends); [`Activation::Stale`] when the session is not
+    /// relayed from `from` (a late snapshot of an earlier owner: not to be delivered).
+    pub fn activate(&self, session_id: Uuid, receiver: ReceiverId, from: &str, seq: u64) -> Activation {
+        let Some(mut relay) = self.sessions.get_mut(&session_id) else { return Activation::Stale };
         if *relay.owner != *from {
-            return true;
+            return Activation::Stale;
         }
         let others_active = relay.watchers.iter().any(|w| w.active && w.receiver.kind == ReceiverKind::Connection);
         if others_active && relay.last_seq.is_some_and(|last| last != seq) {
             fail(session_id, &mut relay, "events of this session were lost between servers");
-            return false;
+            return Activation::Gap;
         }
         relay.last_seq = Some(seq);
         if let Some(watcher) = relay.watchers.iter_mut().find(|w| w.receiver.id == receiver) {
             watcher.active = true;
         }
-        true
+        Activation::Active
     }
 
     /// An event published on the session's channel by `from`: from the owner, the same
@@ -237,19 +249,24 @@ impl Cluster {
     /// is subscribed (confirmed before this returns, so no event published after it is
     /// missed) and the receiver is added to the session's relay. A connection gets events
     /// once its snapshot arrives; a request at once. Returns whether the receiver is new
-    /// there (so a refused request can take it out again).
+    /// there (so a refused request can take it out again). A subscription Redis does not
+    /// confirm within a lease fails the attach (and a fresh receiver is taken out again).
     pub async fn attach(&self, session_id: Uuid, owner: &Arc<str>, receiver: &Receiver) -> Result<bool, ClusterError> {
         self.direct.insert(receiver.id, receiver.clone());
         let fresh = self.relays.attach(session_id, owner, receiver);
         let (tx, rx) = oneshot::channel();
-        if self.subscriber.send(SubscriberCommand::Watch(session_id, tx)).is_err() {
-            return Err(ClusterError::Disconnected);
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(fresh),
-            Ok(Err(e)) => Err(e),
+        let subscribed = match self.subscriber.send(SubscriberCommand::Watch(session_id, tx)) {
             Err(_) => Err(ClusterError::Disconnected),
+            Ok(()) => match tokio::time::timeout(self.lease, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ClusterError::Disconnected),
+                Err(_) => Err(ClusterError::Timeout),
+            },
+        };
+        if subscribed.is_err() && fresh {
+            self.relays.detach(session_id, receiver.id);
         }
+        subscribed.map(|()| fresh)
     }
 
     /// Takes a receiver out of a session's relay; returns the owner it was relayed from.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::*;
+use super::relay::Activation;
 use super::{Cluster, ClusterError};
 use crate::fanout::{Outbound, ReceiverId};
 
@@ -110,6 +111,13 @@ fn unframe(bytes: &[u8]) -> Option<Framed<'_>> {
 pub(super) struct Numbering {
     sent: HashMap<String, u64>,
     heard: HashMap<(bool, Arc<str>), u64>,
+}
+
+impl Numbering {
+    /// Forgets what was heard from the publishers `gone` names (instances that left).
+    pub(super) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        self.heard.retain(|(_, from), _| !gone(from));
+    }
 }
 
 impl Cluster {
@@ -238,10 +246,14 @@ impl Cluster {
                 let Some(target) = self.direct.get(&receiver).map(|r| r.clone()) else { return };
                 match Outbound::decode(text.as_bytes()) {
                     Ok(out) => {
-                        if let Some((session_id, seq)) = activates
-                            && !self.relays.activate(session_id, receiver, from, seq)
-                        {
-                            self.metrics.cluster_gaps.with_label_values(&["session"]).inc();
+                        if let Some((session_id, seq)) = activates {
+                            match self.relays.activate(session_id, receiver, from, seq) {
+                                Activation::Active => {}
+                                Activation::Gap => self.metrics.cluster_gaps.with_label_values(&["session"]).inc(),
+                                // A snapshot from an instance this node no longer relays the
+                                // session from: its events would not follow it.
+                                Activation::Stale => return,
+                            }
                         }
                         target.deliver(&out);
                     }

@@ -47,10 +47,9 @@ return 0
     )
 });
 
-/// How long a per-user cluster lock lives if its holder dies holding it.
-pub(super) const USER_LOCK_TTL: Duration = Duration::from_secs(5);
-/// How long taking a per-user cluster lock waits for it.
-pub(super) const USER_LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How much longer than its holder means to hold it a per-user cluster lock lives (it
+/// expires by itself only if its holder dies holding it).
+const USER_LOCK_MARGIN: Duration = Duration::from_secs(2);
 
 impl Cluster {
     // ---- per-user limits across nodes ----------------------------------------------------
@@ -82,11 +81,14 @@ impl Cluster {
     }
 
     /// Takes a user's cluster-wide lock (for a check and the write it guards, such as the
-    /// sessions-per-user cap); waits up to a few seconds for another node to release it.
-    pub async fn lock_user(&self, user: Uuid, what: &str) -> Result<UserLock, ClusterError> {
+    /// sessions-per-user cap) for at most `hold`: it lives a little longer, so it cannot
+    /// expire under a holder that keeps to that. Waits up to `hold` for another holder to
+    /// release it, then answers [`ClusterError::Timeout`] (the check must not go ahead
+    /// without it: that holder may be writing).
+    pub async fn lock_user(&self, user: Uuid, what: &str, hold: Duration) -> Result<UserLock, ClusterError> {
         let key = format!("{PREFIX}lock:{what}:{user}");
         let token = format!("{}:{}", self.instance, rand::random::<u64>());
-        let deadline = Instant::now() + USER_LOCK_WAIT;
+        let deadline = Instant::now() + hold;
         let mut redis = self.redis.clone();
         loop {
             let taken: Option<String> = redis::cmd("SET")
@@ -94,7 +96,7 @@ impl Cluster {
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
-                .arg(USER_LOCK_TTL.as_millis() as u64)
+                .arg((hold + USER_LOCK_MARGIN).as_millis() as u64)
                 .query_async(&mut redis)
                 .await?;
             if taken.is_some() {

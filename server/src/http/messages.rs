@@ -165,9 +165,13 @@ async fn start_and_answer(
         Ask::Edit { message_id, content } => sessions.edit(requester, session_id, message_id, content).await?,
     };
     *limit = accepted.rate;
-    let reply = ReplyWatch { inbox, _guard: guard, reply_id: accepted.reply_id };
     // A repeated request (same `Idempotency-Key`) is answered as the first was: with the
-    // stored reply, or by following the reply still being written.
+    // stored reply, or by following the reply still being written (from its text so far).
+    let after = match &accepted.replay {
+        Some(Replay::Running { seq, .. }) => Some(*seq),
+        _ => None,
+    };
+    let reply = ReplyWatch { inbox, _guard: guard, reply_id: accepted.reply_id, after };
     let (finished, so_far) = match accepted.replay {
         Some(Replay::Finished(reply)) => (Some(reply), None),
         Some(Replay::Missing) => {
@@ -177,7 +181,7 @@ async fn start_and_answer(
             );
             return Err(SessionError::Reported(error).into());
         }
-        Some(Replay::Running { text }) => (None, Some(text).filter(|t| !t.is_empty())),
+        Some(Replay::Running { text, .. }) => (None, Some(text).filter(|t| !t.is_empty())),
         None => (None, None),
     };
     if wants_stream {
@@ -237,6 +241,9 @@ struct ReplyWatch {
     inbox: Inbox,
     _guard: SubscriptionGuard,
     reply_id: Uuid,
+    /// For a repeated request that follows a reply from its text so far: the `seq` that
+    /// text was taken at (deltas up to it are in the text already).
+    after: Option<u64>,
 }
 
 impl ReplyWatch {
@@ -245,7 +252,9 @@ impl ReplyWatch {
         loop {
             let out = self.inbox.recv().await?;
             match &*out.frame {
-                ServerFrame::Delta { message_id, text, .. } if *message_id == self.reply_id => {
+                ServerFrame::Delta { message_id, text, seq, .. }
+                    if *message_id == self.reply_id && self.after.is_none_or(|after| *seq > after) =>
+                {
                     return Some(Outcome::Text(text.clone()));
                 }
                 ServerFrame::Message { message, .. } if message.id == self.reply_id => {

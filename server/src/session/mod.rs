@@ -35,9 +35,11 @@ pub use text::{DEFAULT_TITLE, derive_title, estimate_tokens, validate_content};
 /// 64 bytes and not empty.
 pub fn check_key(key: Option<String>) -> Result<Option<String>, SessionError> {
     match key {
-        Some(key) if key.is_empty() => Err(SessionError::Invalid("client_message_id is empty".into())),
+        Some(key) if key.is_empty() => {
+            Err(SessionError::Invalid("the idempotency key (client_message_id, Idempotency-Key) is empty".into()))
+        }
         Some(key) if key.len() > relay_protocol::MAX_CLIENT_MESSAGE_ID_BYTES => Err(SessionError::Invalid(format!(
-            "client_message_id is {} bytes; the limit is {}",
+            "the idempotency key (client_message_id, Idempotency-Key) is {} bytes; the limit is {}",
             key.len(),
             relay_protocol::MAX_CLIENT_MESSAGE_ID_BYTES
         ))),
@@ -185,6 +187,9 @@ pub enum Replay {
     Running {
         /// The reply's text so far.
         text: String,
+        /// The session's `seq` when `text` was taken: later deltas have a higher one (a
+        /// receiver on another node may get earlier ones too, already in `text`).
+        seq: u64,
     },
     /// Stored, with whatever outcome it had.
     Finished(Message),

@@ -1,12 +1,13 @@
 //! The session registry: finds or starts a session's actor, forgets it when it stops or
 //! dies, and refuses new work once shutdown begins.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorId, ActorRef};
 use relay_protocol::{ServerFrame, Session};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -32,6 +33,10 @@ pub struct SessionRegistry {
     /// Set when shutdown begins: no actor starts and no actor accepts a send after it.
     closing: Arc<AtomicBool>,
     started: AtomicU64,
+    /// Actors that stopped and whose writes may still be queued, by session: a new actor
+    /// of the session waits for those writes before it claims the session (the claim
+    /// raises the epoch, which would refuse them) and loads it.
+    settling: Mutex<HashMap<Uuid, HashSet<ActorId>>>,
     me: Weak<SessionRegistry>,
 }
 
@@ -43,6 +48,7 @@ impl SessionRegistry {
             deps: Arc::new(deps),
             closing: Arc::new(AtomicBool::new(false)),
             started: AtomicU64::new(0),
+            settling: Mutex::default(),
             me: me.clone(),
         })
     }
@@ -99,8 +105,17 @@ impl SessionRegistry {
     }
 
     /// Loads a session and starts its actor (the lease, in a cluster, is already held):
-    /// the session's epoch is raised first, so whatever ran it before writes nothing more.
+    /// the writes of the session's previous actor here are stored first (within the
+    /// database timeout, else the start fails `unavailable`), then the session's epoch is
+    /// raised, so whatever ran it before writes nothing more.
     async fn start_actor(&self, session_id: Uuid, lease: Option<u64>) -> Result<ActorRef<SessionMsg>, SessionError> {
+        if self.is_settling(session_id) {
+            let writes = &self.deps.writes;
+            if tokio::time::timeout(writes.deadline(), writes.flush_session(session_id)).await.is_err() {
+                tracing::warn!(%session_id, "the session's earlier writes are not stored yet; not starting it");
+                return Err(SessionError::Unavailable);
+            }
+        }
         let claimed = self.deps.store.claim_session(session_id).await?.ok_or(SessionError::NotFound)?;
         if claimed.failed > 0 {
             tracing::warn!(%session_id, failed = claimed.failed, "a reply cut off by a stopped actor is stored as error");
@@ -124,23 +139,47 @@ impl SessionRegistry {
         let (registry, watched) = (self.me.clone(), actor.clone());
         tokio::spawn(async move {
             let _ = ended.await;
-            if let Some(registry) = registry.upgrade() {
-                registry.forget(session_id, &watched);
-                // The lease goes once the session's writes are stored (a node that takes the
-                // session over must find them, and would refuse them after its claim); at
-                // shutdown, all leases go together once every write is stored.
-                if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease)
-                    && !registry.closing.load(Ordering::Acquire)
-                {
-                    registry.deps.writes.flush_session(session_id).await;
-                    if let Some(delay) = crate::faults::release_delay() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    cluster.release(session_id, token).await;
+            let Some(registry) = registry.upgrade() else { return };
+            registry.stopping(session_id, &watched);
+            // At shutdown, every write is stored and every lease given up together.
+            if registry.closing.load(Ordering::Acquire) {
+                return;
+            }
+            // The lease goes once the session's writes are stored: a node that takes the
+            // session over must find them, and would refuse them after its claim.
+            registry.deps.writes.flush_session(session_id).await;
+            registry.settled(session_id, watched.get_id());
+            if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease) {
+                if let Some(delay) = crate::faults::release_delay() {
+                    tokio::time::sleep(delay).await;
                 }
+                cluster.release(session_id, token).await;
             }
         });
         Ok(actor)
+    }
+
+    /// An actor of a session stops (or has stopped): its writes may still be queued, and
+    /// the next use of the session starts a fresh actor.
+    pub(super) fn stopping(&self, session_id: Uuid, actor: &ActorRef<SessionMsg>) {
+        self.settling.lock().expect("settling lock").entry(session_id).or_default().insert(actor.get_id());
+        self.forget(session_id, actor);
+    }
+
+    /// The writes of a stopped actor of a session are stored.
+    fn settled(&self, session_id: Uuid, actor: ActorId) {
+        let mut settling = self.settling.lock().expect("settling lock");
+        if let Some(actors) = settling.get_mut(&session_id) {
+            actors.remove(&actor);
+            if actors.is_empty() {
+                settling.remove(&session_id);
+            }
+        }
+    }
+
+    /// Whether a stopped actor of a session may still have writes queued.
+    fn is_settling(&self, session_id: Uuid) -> bool {
+        self.settling.lock().expect("settling lock").contains_key(&session_id)
     }
 
     /// Forgets a session's actor (if it is still the registered one), so the next use
@@ -514,6 +553,8 @@ struct NewMessage {
 }
 
 /// What became of a forwarded request.
+// One lives per request, briefly, on the stack: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Forwarded {
     /// The owner answered.
     Answered(RemoteResult),

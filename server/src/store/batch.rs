@@ -9,68 +9,48 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
-use relay_protocol::Message;
+use chrono::NaiveDate;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::write_behind::{AfterUsage, Fence, Saved, SendKey};
-use super::{Store, StoreError};
+use super::ops::{AfterUsage, Fence, Op, Save, SaveAnswer, Saved};
+use super::{DayUsage, Store, StoreError};
 
 /// How long an idempotency key holds: a repeat within it stores nothing new.
 pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
-/// One queued write.
-pub enum Op {
-    /// Create or replace a message (a user message, a checkpoint, a final reply); a user
-    /// message may carry its send's idempotency key, stored with it in one transaction.
-    Save {
-        fence: Fence,
-        message: Message,
-        key: Option<SendKey>,
-        done: Option<oneshot::Sender<Result<Saved, StoreError>>>,
-    },
-    /// Count messages of a session and move its `updated_at` forward.
-    Touch { fence: Fence, at: DateTime<Utc>, messages: i32 },
-    /// Set a session's title if it is still `from` (the automatic title of a new chat).
-    Retitle { fence: Fence, from: String, to: String },
-    /// Add to a user's usage of a day; `then` gets the day's usage once committed. Not
-    /// fenced: it counts what was stored and what the provider billed, whichever actor did.
-    Usage { user_id: Uuid, day: NaiveDate, messages: u32, prompt: u32, completion: u32, then: Option<AfterUsage> },
-    /// Answer once everything queued before it is written.
-    Flush(oneshot::Sender<()>),
-    /// Write everything queued before it, let go of the store, answer, and stop.
-    Stop(oneshot::Sender<()>),
-}
-
 /// A fence's index in a batch: writes name the fence they were made under.
 type FenceIx = usize;
 
-/// One batch, merged: the last version of each message, one session update per fence, one
-/// usage row per user, day and fence.
+/// One batch, merged: the last version of each message, one fence check per session
+/// epoch, one usage row per user and day.
 #[derive(Default)]
 pub struct Plan {
-    /// Each fence with the session's touch (latest time, messages counted).
-    fences: Vec<(Fence, Option<DateTime<Utc>>, i32)>,
+    /// The fences the batch's writes were made under.
+    fences: Vec<Fence>,
     fence_at: HashMap<Fence, FenceIx>,
-    messages: Vec<(FenceIx, Message)>,
+    /// The last version of each message (with what goes with it), under its fence.
+    messages: Vec<(FenceIx, Save)>,
     message_at: HashMap<Uuid, usize>,
-    /// Keys of sends, by the index of their message.
-    keys: HashMap<usize, SendKey>,
-    /// Keys already in this batch: a second send with one is a repeat of the first.
-    key_owner: HashMap<(Uuid, String), usize>,
+    /// The idempotency keys the batch's saves carry (user, key): one use of each per batch.
+    keys: HashSet<(Uuid, String)>,
+    /// Titles to set: (fence, from, to).
     retitles: Vec<(FenceIx, String, String)>,
+    /// Additions to users' days: (messages, prompt tokens, completion tokens).
     usage: HashMap<(Uuid, NaiveDate), (u32, u32, u32)>,
-    waiting: Vec<(FenceIx, usize, oneshot::Sender<Result<Saved, StoreError>>)>,
+    /// Durable saves waiting for the commit: (fence, message index, answer).
+    waiting: Vec<(FenceIx, usize, SaveAnswer)>,
+    /// What to do with a user's day once committed.
     after_usage: Vec<((Uuid, NaiveDate), AfterUsage)>,
     flushes: Vec<oneshot::Sender<()>>,
     ops: usize,
 }
 
 /// What a committed batch reports: the fences it found stale (their writes were not
-/// applied) and the sends whose key was already used (their messages were not stored).
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+/// applied), the sends whose key was already used (their messages were not stored), and
+/// the usage of the days it counted on that someone waits for.
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct Outcome {
     /// Indexes of stale fences.
     #[serde(default)]
@@ -78,10 +58,13 @@ pub struct Outcome {
     /// Messages (by index) that repeat an earlier send, with what that send stored.
     #[serde(default)]
     pub repeats: Vec<Repeat>,
+    /// Users' days after the batch's counts.
+    #[serde(default)]
+    pub days: Vec<Day>,
 }
 
 /// A send that repeats an earlier one with the same key.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct Repeat {
     /// The repeating message's index in the batch.
     pub i: usize,
@@ -93,61 +76,87 @@ pub struct Repeat {
     pub reply_id: Uuid,
 }
 
+/// A user's day as the batch left it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Day {
+    /// The user.
+    pub user_id: Uuid,
+    /// The day.
+    pub day: NaiveDate,
+    /// Its counts.
+    #[serde(default)]
+    pub usage: Option<DayUsage>,
+}
+
 impl Plan {
     fn fence(&mut self, fence: Fence) -> FenceIx {
         if let Some(&i) = self.fence_at.get(&fence) {
             return i;
         }
-        self.fences.push((fence, None, 0));
+        self.fences.push(fence);
         self.fence_at.insert(fence, self.fences.len() - 1);
         self.fences.len() - 1
     }
 
-    /// Adds a write; `Stop` must be handled by the caller.
+    /// Whether `op` can join this batch. A save with a key or with messages to replace
+    /// cannot share a batch with another use of its key or another version of its message:
+    /// it waits for the next batch, where what this one stores decides it.
+    pub fn takes(&self, op: &Op) -> bool {
+        let Op::Save { save, .. } = op else { return true };
+        if save.key.is_none() && save.supersedes.is_empty() {
+            return true;
+        }
+        let key_used = save.key.as_ref().is_some_and(|k| self.keys.contains(&(k.user_id, k.key.clone())));
+        !key_used && !self.message_at.contains_key(&save.message.id)
+    }
+
+    /// Adds a write (one [`Plan::takes`]); `Stop` must be handled by the caller.
     pub fn add(&mut self, op: Op) {
         self.ops += 1;
         match op {
-            Op::Save { fence, message, key, done } => {
+            Op::Save { fence, save, done } => {
                 let f = self.fence(fence);
-                let i = match self.message_at.get(&message.id) {
+                if let Some(tokens) = save.tokens {
+                    let entry = self.usage.entry((tokens.user_id, tokens.day)).or_default();
+                    entry.1 += tokens.prompt;
+                    entry.2 += tokens.completion;
+                }
+                if let Some(key) = &save.key {
+                    self.keys.insert((key.user_id, key.key.clone()));
+                }
+                let i = match self.message_at.get(&save.message.id) {
                     Some(&i) => {
-                        self.messages[i] = (f, message);
+                        let (earlier_fence, earlier) = &mut self.messages[i];
+                        if *earlier_fence == f {
+                            // A newer version: the latest text, every count, the first's key.
+                            earlier.counts += save.counts;
+                            earlier.at = earlier.at.max(save.at);
+                            earlier.message = save.message;
+                        } else {
+                            self.messages[i] = (f, *save);
+                        }
                         i
                     }
                     None => {
-                        self.message_at.insert(message.id, self.messages.len());
-                        self.messages.push((f, message));
+                        self.message_at.insert(save.message.id, self.messages.len());
+                        self.messages.push((f, *save));
                         self.messages.len() - 1
                     }
                 };
-                if let Some(key) = key {
-                    self.key_owner.entry((key.user_id, key.key.clone())).or_insert(i);
-                    self.keys.entry(i).or_insert(key);
-                }
                 if let Some(done) = done {
                     self.waiting.push((f, i, done));
                 }
-            }
-            Op::Touch { fence, at, messages } => {
-                let f = self.fence(fence);
-                let entry = &mut self.fences[f];
-                entry.1 = Some(entry.1.map_or(at, |a| a.max(at)));
-                entry.2 += messages;
             }
             Op::Retitle { fence, from, to } => {
                 let f = self.fence(fence);
                 self.retitles.push((f, from, to));
             }
-            Op::Usage { user_id, day, messages, prompt, completion, then } => {
-                let entry = self.usage.entry((user_id, day)).or_default();
-                entry.0 += messages;
-                entry.1 += prompt;
-                entry.2 += completion;
-                if let Some(then) = then {
-                    self.after_usage.push(((user_id, day), then));
-                }
+            Op::CountMessage { user_id, day, then } => {
+                self.usage.entry((user_id, day)).or_default().0 += 1;
+                self.after_usage.push(((user_id, day), then));
             }
-            Op::Flush(done) | Op::Stop(done) => self.flushes.push(done),
+            Op::Flush(done) => self.flushes.push(done),
+            Op::Stop(_) => unreachable!("a writer stops on `Stop` before it reaches a batch"),
         }
     }
 
@@ -173,11 +182,14 @@ impl Plan {
             .messages
             .iter()
             .enumerate()
-            .map(|(i, (f, m))| {
-                let mut row = serde_json::to_value(m)?;
-                row["superseded"] = serde_json::json!(m.superseded);
+            .map(|(i, (f, save))| {
+                let mut row = serde_json::to_value(&save.message)?;
+                row["superseded"] = serde_json::json!(save.message.superseded);
                 row["i"] = serde_json::json!(i);
                 row["fence"] = serde_json::json!(f);
+                row["counts"] = serde_json::json!(save.counts);
+                row["at"] = serde_json::json!(save.at);
+                row["supersedes"] = serde_json::json!(save.supersedes);
                 // A missing field reads as NONE, which `option<int>` takes; null it does not.
                 if let Some(fields) = row.as_object_mut()
                     && fields.get("token_count").is_some_and(serde_json::Value::is_null)
@@ -191,38 +203,22 @@ impl Plan {
             .fences
             .iter()
             .enumerate()
-            .map(|(i, (fence, at, count))| {
-                serde_json::json!({"i": i, "session": fence.session_id, "epoch": fence.epoch, "at": at, "count": count})
-            })
-            .collect();
-        // A key used twice in this batch: the later sends repeat the first.
-        let in_batch: Vec<serde_json::Value> = self
-            .keys
-            .iter()
-            .filter(|(i, key)| self.key_owner.get(&(key.user_id, key.key.clone())) != Some(i))
-            .map(|(i, key)| {
-                let first = self.key_owner[&(key.user_id, key.key.clone())];
-                let (_, original) = &self.messages[first];
-                serde_json::json!({"i": i, "session_id": original.session_id, "message_id": original.id,
-                    "reply_id": self.keys[&first].reply_id})
-            })
+            .map(|(i, fence)| serde_json::json!({"i": i, "session": fence.session_id, "epoch": fence.epoch}))
             .collect();
         let keys: Vec<serde_json::Value> = self
-            .keys
+            .messages
             .iter()
-            .filter(|(i, key)| self.key_owner.get(&(key.user_id, key.key.clone())) == Some(i))
-            .map(|(i, key)| {
-                let (f, message) = &self.messages[*i];
-                serde_json::json!({"i": i, "fence": f, "id": [key.user_id, key.key], "session_id": message.session_id,
-                    "message_id": message.id, "reply_id": key.reply_id})
+            .enumerate()
+            .filter_map(|(i, (f, save))| {
+                let key = save.key.as_ref()?;
+                Some(serde_json::json!({"i": i, "fence": f, "id": [key.user_id, key.key],
+                    "session_id": save.message.session_id, "message_id": save.message.id, "reply_id": key.reply_id}))
             })
             .collect();
         let retitles: Vec<serde_json::Value> = self
             .retitles
             .iter()
-            .map(|(f, from, to)| {
-                serde_json::json!({"fence": f, "id": self.fences[*f].0.session_id, "from": from, "to": to})
-            })
+            .map(|(f, from, to)| serde_json::json!({"fence": f, "id": self.fences[*f].session_id, "from": from, "to": to}))
             .collect();
         let usage: Vec<serde_json::Value> = self
             .usage
@@ -232,10 +228,15 @@ impl Plan {
                     "prompt": prompt, "completion": completion})
             })
             .collect();
-        let cutoff = Utc::now() - IDEMPOTENCY_WINDOW;
+        let wanted: HashSet<&(Uuid, NaiveDate)> = self.after_usage.iter().map(|(day, _)| day).collect();
+        let wanted: Vec<serde_json::Value> = wanted
+            .into_iter()
+            .map(|(user_id, day)| serde_json::json!({"user_id": user_id, "day": day.to_string()}))
+            .collect();
+        let cutoff = chrono::Utc::now() - IDEMPOTENCY_WINDOW;
         let bind = serde_json::json!({
             "batch": batch.record(), "previous": batch.previous(), "messages": messages, "fences": fences,
-            "keys": keys, "in_batch": in_batch, "retitles": retitles, "usage": usage, "cutoff": cutoff,
+            "keys": keys, "retitles": retitles, "usage": usage, "wanted": wanted, "cutoff": cutoff,
         });
         store.apply_batch(BATCH_SQL, bind).await
     }
@@ -263,17 +264,30 @@ impl Plan {
                 (done, answer)
             })
             .collect();
-        let stale = stale.into_iter().map(|f| self.fences[f].0).collect();
-        Answered { answers, follow_ups: self.after_usage, stale, flushes: self.flushes }
+        let days: HashMap<(Uuid, NaiveDate), DayUsage> =
+            outcome.days.iter().map(|d| ((d.user_id, d.day), d.usage.unwrap_or_default())).collect();
+        let follow_ups = self
+            .after_usage
+            .into_iter()
+            .filter_map(|(day, then)| match days.get(&day) {
+                Some(usage) => Some((then, *usage)),
+                None => {
+                    tracing::warn!(user_id = %day.0, "a committed batch did not report the day it counted on");
+                    None
+                }
+            })
+            .collect();
+        let stale = stale.into_iter().map(|f| self.fences[f]).collect();
+        Answered { answers, follow_ups, stale, flushes: self.flushes }
     }
 }
 
 /// What answering a batch leaves to do.
 pub struct Answered {
     /// Each durable save's waiter, with its answer.
-    pub answers: Vec<(oneshot::Sender<Result<Saved, StoreError>>, Result<Saved, StoreError>)>,
-    /// Each user and day whose usage is to be read back, with what to do with it.
-    pub follow_ups: Vec<((Uuid, NaiveDate), AfterUsage)>,
+    pub answers: Vec<(SaveAnswer, Result<Saved, StoreError>)>,
+    /// What to do with users' days, and each day's usage after the batch.
+    pub follow_ups: Vec<(AfterUsage, DayUsage)>,
     /// Fences the batch found stale: those sessions run elsewhere now.
     pub stale: Vec<Fence>,
     /// Flushes to answer.
@@ -305,27 +319,23 @@ impl BatchId {
 
 /// The batch transaction. Fences are checked first: a session whose epoch in the database
 /// is not the fence's (another actor claimed it since) gets none of its writes. Then keys:
-/// a send whose key holds a send from the last 24 hours is a repeat and is not stored.
-/// Each session's fence is written too (its epoch, unchanged), so a claim that raises the
-/// epoch at the same moment conflicts with this transaction instead of slipping past it.
-/// Usage is not fenced (it counts what was stored and billed).
+/// a send whose key holds a send from the last 24 hours is a repeat, and nothing of it is
+/// stored (its message, its count, what it replaces). Each session's fence is written too
+/// (its epoch, unchanged), so a claim that raises the epoch at the same moment conflicts
+/// with this transaction instead of slipping past it. A message once superseded stays so,
+/// whatever later version of it lands. Usage is not fenced (it counts what was stored and
+/// billed); the days someone waits for are read back in the same transaction.
 const BATCH_SQL: &str = "BEGIN TRANSACTION;
 CREATE type::record('write_batch', $batch) SET at = time::now();
 DELETE type::record('write_batch', $previous);
 LET $stale = SELECT VALUE i FROM $fences WHERE type::record('chat_session', session).epoch != epoch;
-LET $used = SELECT VALUE { i: i, session_id: type::record('idempotency', id).session_id,
+LET $repeats = SELECT VALUE { i: i, session_id: type::record('idempotency', id).session_id,
     message_id: type::record('idempotency', id).message_id, reply_id: type::record('idempotency', id).reply_id }
     FROM $keys WHERE fence NOTINSIDE $stale AND type::record('idempotency', id).at > <datetime>$cutoff;
-LET $repeats = array::concat($used, $in_batch);
 LET $skip = $repeats.map(|$r| $r.i);
 FOR $f IN $fences {
     IF $f.i NOTINSIDE $stale {
-        IF $f.at {
-            UPDATE type::record('chat_session', $f.session)
-                SET epoch = $f.epoch, updated_at = <datetime>$f.at, message_count += $f.count;
-        } ELSE {
-            UPDATE type::record('chat_session', $f.session) SET epoch = $f.epoch;
-        };
+        UPDATE type::record('chat_session', $f.session) SET epoch = $f.epoch;
     };
 };
 FOR $k IN $keys {
@@ -336,9 +346,20 @@ FOR $k IN $keys {
 };
 FOR $m IN $messages {
     IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
-        UPSERT type::record('chat_message', $m.id) CONTENT { session_id: $m.session_id, role: $m.role,
-            content: $m.content, token_count: $m.token_count, status: $m.status,
-            created_at: <datetime>$m.created_at, superseded: $m.superseded };
+        UPSERT type::record('chat_message', $m.id) SET session_id = $m.session_id, role = $m.role,
+            content = $m.content, token_count = $m.token_count, status = $m.status,
+            created_at = <datetime>$m.created_at, superseded = (superseded ?? false) OR $m.superseded;
+        IF $m.counts != 0 {
+            UPDATE type::record('chat_session', $m.session_id) SET message_count += $m.counts,
+                updated_at = time::max([updated_at, <datetime>$m.at]);
+        };
+    };
+};
+FOR $m IN $messages {
+    IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
+        FOR $id IN $m.supersedes {
+            UPDATE type::record('chat_message', $id) SET superseded = true WHERE session_id = $m.session_id;
+        };
     };
 };
 FOR $r IN $retitles {
@@ -352,16 +373,44 @@ FOR $u IN $usage {
         messages += $u.messages, prompt_tokens += $u.prompt, completion_tokens += $u.completion,
         tokens += $u.prompt + $u.completion;
 };
-UPDATE type::record('write_batch', $batch) SET outcome = { stale: $stale, repeats: $repeats };
-RETURN { stale: $stale, repeats: $repeats };
+LET $days = $wanted.map(|$w| { user_id: $w.user_id, day: $w.day,
+    usage: (SELECT messages, prompt_tokens, completion_tokens FROM type::record('daily_usage', [$w.user_id, $w.day]))[0] });
+LET $outcome = { stale: $stale, repeats: $repeats, days: $days };
+UPDATE type::record('write_batch', $batch) SET outcome = $outcome;
+RETURN $outcome;
 COMMIT TRANSACTION;";
 
 #[cfg(test)]
 mod tests {
-    use relay_protocol::{MessageStatus, Role};
+    use chrono::Utc;
+    use relay_protocol::{Message, MessageStatus, Role};
 
     use super::*;
+    use crate::store::ops::{SendKey, Tokens};
     use crate::store::write_behind::tests::store;
+
+    fn message(session_id: Uuid, role: Role, content: &str) -> Message {
+        Message {
+            id: Uuid::new_v4(),
+            session_id,
+            role,
+            content: content.into(),
+            token_count: Some(1),
+            status: MessageStatus::Complete,
+            created_at: Utc::now(),
+            superseded: false,
+        }
+    }
+
+    async fn claimed(store: &Store, user: Uuid) -> Fence {
+        let session = store.create_session(user, "t").await.unwrap();
+        let epoch = store.claim_session(session.id).await.unwrap().unwrap().epoch;
+        Fence { session_id: session.id, epoch }
+    }
+
+    fn save(fence: Fence, save: Save) -> Op {
+        Op::Save { fence, save: Box::new(save), done: None }
+    }
 
     /// A batch whose commit was not confirmed is tried again: the retry finds the marker
     /// of the attempt that did commit and applies nothing twice (counters are additions).
@@ -369,37 +418,89 @@ mod tests {
     async fn a_retried_batch_is_applied_once() {
         let store = store().await;
         let user = Uuid::new_v4();
-        let session = store.create_session(user, "t").await.unwrap();
-        let epoch = store.claim_session(session.id).await.unwrap().unwrap().epoch;
-        let fence = Fence { session_id: session.id, epoch };
-        let mut plan = Plan::default();
-        plan.add(Op::Touch { fence, at: Utc::now(), messages: 3 });
+        let fence = claimed(&store, user).await;
         let day = Utc::now().date_naive();
-        plan.add(Op::Usage { user_id: user, day, messages: 2, prompt: 5, completion: 7, then: None });
-        let message = Message {
-            id: Uuid::new_v4(),
-            session_id: session.id,
-            role: Role::User,
-            content: "hi".into(),
-            token_count: Some(1),
-            status: MessageStatus::Complete,
-            created_at: Utc::now(),
-            superseded: false,
-        };
-        plan.add(Op::Save { fence, message, key: None, done: None });
+        let mut plan = Plan::default();
+        for _ in 0..3 {
+            plan.add(save(fence, Save::of(message(fence.session_id, Role::User, "hi")).counted()));
+        }
+        let tokens = Tokens { user_id: user, day, prompt: 5, completion: 7 };
+        plan.add(save(fence, Save::of(message(fence.session_id, Role::Assistant, "a")).with_tokens(Some(tokens))));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for _ in 0..2 {
+            let seen = seen.clone();
+            let then: AfterUsage = Box::new(move |usage| seen.lock().unwrap().push(usage));
+            plan.add(Op::CountMessage { user_id: user, day, then });
+        }
         let id = BatchId { run: 42, writer: 0, n: 1 };
         plan.write(&store, &id, false).await.unwrap();
         // The answer was lost; the writer tries again, twice.
         plan.write(&store, &id, true).await.unwrap();
-        plan.write(&store, &id, true).await.unwrap();
+        let outcome = plan.write(&store, &id, true).await.unwrap();
         assert_eq!(store.stored_messages(user).await.unwrap(), 3, "the count added once");
         let usage = store.usage_on(user, day).await.unwrap();
         assert_eq!((usage.messages, usage.prompt_tokens, usage.completion_tokens), (2, 5, 7));
+        // The retry's outcome still carries the day, read in the transaction that counted.
+        let answered = plan.answer(outcome);
+        for (then, usage) in answered.follow_ups {
+            then(usage);
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![usage, usage]);
         // The next batch of the writer takes the marker away.
         let mut next = Plan::default();
-        next.add(Op::Touch { fence, at: Utc::now(), messages: 1 });
+        next.add(save(fence, Save::of(message(fence.session_id, Role::User, "again")).counted()));
         next.write(&store, &BatchId { run: 42, writer: 0, n: 2 }, false).await.unwrap();
         assert!(store.batch_outcome(&id).await.unwrap().is_none(), "one marker per writer is left");
         assert!(store.batch_outcome(&BatchId { run: 42, writer: 0, n: 2 }).await.unwrap().is_some());
+    }
+
+    /// What a save replaces is marked superseded only if the save is stored: a repeated key
+    /// stores neither the message, nor its count, nor the supersede. A later version of a
+    /// superseded message (a checkpoint landing late) never makes it live again.
+    #[tokio::test]
+    async fn a_save_and_what_it_replaces_land_together() {
+        let store = store().await;
+        let user = Uuid::new_v4();
+        let fence = claimed(&store, user).await;
+        let question = message(fence.session_id, Role::User, "q");
+        let answer = message(fence.session_id, Role::Assistant, "a");
+        let mut plan = Plan::default();
+        plan.add(save(fence, Save::of(question.clone()).counted()));
+        plan.add(save(fence, Save::of(answer.clone()).counted()));
+        plan.write(&store, &BatchId { run: 7, writer: 0, n: 1 }, false).await.unwrap();
+
+        let key = |key: &str| Some(SendKey { user_id: user, key: key.into(), reply_id: Uuid::new_v4() });
+        let regenerate = || save(fence, Save::of(question.clone()).keyed(key("r-1")).superseding(vec![answer.id]));
+        let mut plan = Plan::default();
+        plan.add(regenerate());
+        assert!(!plan.takes(&regenerate()), "a second use of a key waits for the next batch");
+        plan.write(&store, &BatchId { run: 7, writer: 0, n: 2 }, false).await.unwrap();
+        let stored = store.get_message(fence.session_id, answer.id).await.unwrap().unwrap();
+        assert!(stored.superseded, "the regenerate superseded the reply");
+
+        // A late version of the superseded reply keeps it superseded.
+        let mut plan = Plan::default();
+        plan.add(save(fence, Save::of(Message { content: "late".into(), ..answer.clone() })));
+        // A repeat of the key supersedes nothing, counts nothing.
+        let other = message(fence.session_id, Role::User, "other");
+        plan.add(save(fence, Save::of(other.clone()).counted().keyed(key("r-1")).superseding(vec![question.id])));
+        let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 3 }, false).await.unwrap();
+        assert_eq!(outcome.repeats.len(), 1, "{outcome:?}");
+        let stored = store.get_message(fence.session_id, answer.id).await.unwrap().unwrap();
+        assert!(stored.superseded && stored.content == "late", "{stored:?}");
+        assert!(store.get_message(fence.session_id, other.id).await.unwrap().is_none());
+        assert!(!store.get_message(fence.session_id, question.id).await.unwrap().unwrap().superseded);
+        assert_eq!(store.stored_messages(user).await.unwrap(), 2, "the repeat was not counted");
+
+        // Under a stale fence (another actor claimed the session), an edit stores neither
+        // its message nor the supersede of the old one.
+        store.claim_session(fence.session_id).await.unwrap().unwrap();
+        let edit = message(fence.session_id, Role::User, "edited");
+        let mut plan = Plan::default();
+        plan.add(save(fence, Save::of(edit.clone()).counted().superseding(vec![question.id])));
+        let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 4 }, false).await.unwrap();
+        assert_eq!(outcome.stale, vec![0]);
+        assert!(store.get_message(fence.session_id, edit.id).await.unwrap().is_none());
+        assert!(!store.get_message(fence.session_id, question.id).await.unwrap().unwrap().superseded);
     }
 }

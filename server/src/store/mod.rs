@@ -7,6 +7,7 @@
 
 mod batch;
 mod migrations;
+mod ops;
 mod write_behind;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -21,7 +22,8 @@ use uuid::Uuid;
 
 pub use batch::IDEMPOTENCY_WINDOW;
 pub use migrations::{MIGRATIONS, Migration};
-pub use write_behind::{AfterUsage, Fence, OnFenced, Saved, SendKey, WriteBehind};
+pub use ops::{AfterUsage, Fence, Save, Saved, SendKey, Tokens};
+pub use write_behind::{OnFenced, WriteBehind};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -478,32 +480,6 @@ impl Store {
 
     // ---- messages ----------------------------------------------------------------------
 
-    /// Marks messages superseded (a regenerated reply, an edited message): kept, not deleted.
-    /// A regenerate's idempotency key (naming the message it answers again) is stored in the
-    /// same transaction.
-    pub async fn mark_superseded(
-        &self,
-        fence: Fence,
-        ids: &[Uuid],
-        key: Option<(&SendKey, Uuid)>,
-    ) -> Result<(), StoreError> {
-        let key = key.map(|(key, message_id)| {
-            serde_json::json!({"id": [key.user_id, key.key], "message_id": message_id, "reply_id": key.reply_id})
-        });
-        let _: Vec<serde_json::Value> = self
-            .fenced_rows(
-                fence,
-                "FOR $id IN $ids { UPDATE type::record('chat_message', $id) SET superseded = true; };
-                 IF $key {
-                     UPSERT type::record('idempotency', $key.id) CONTENT { session_id: $fence_session,
-                         message_id: $key.message_id, reply_id: $key.reply_id, at: time::now() };
-                 }",
-                serde_json::json!({"ids": ids, "key": key}),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Marks replies left `generating` by a server that stopped without storing them (a
     /// crash, a kill) as `error`; returns how many. Run at start-up, before any actor runs.
     pub async fn fail_interrupted_replies(&self) -> Result<usize, StoreError> {
@@ -569,13 +545,18 @@ impl Store {
     }
 
     /// Runs a write-behind batch's transaction; returns what its `RETURN` reported.
+    /// Within the query timeout, like every query: a connection that hangs fails the
+    /// attempt, and the writer tries again (its marker keeps a retry from applying twice).
     async fn apply_batch(&self, sql: &str, bind: serde_json::Value) -> Result<batch::Outcome, StoreError> {
-        let mut response = self.db.query(sql).bind(bind).await?;
-        if let Some(e) = cause_of(response.take_errors()) {
-            return Err(StoreError::Batch(e.to_string()));
-        }
-        let outcome: Option<serde_json::Value> = response.take(response.num_statements() - 2)?;
-        Ok(outcome.map(serde_json::from_value).transpose()?.unwrap_or_default())
+        self.timed(async {
+            let mut response = self.db.query(sql).bind(bind).await?;
+            if let Some(e) = cause_of(response.take_errors()) {
+                return Err(StoreError::Batch(e.to_string()));
+            }
+            let outcome: Option<serde_json::Value> = response.take(response.num_statements() - 2)?;
+            Ok(outcome.map(serde_json::from_value).transpose()?.unwrap_or_default())
+        })
+        .await
     }
 
     /// What an earlier send with this idempotency key stored, if it was within 24 hours.
@@ -591,7 +572,7 @@ impl Store {
     }
 
     /// How many idempotency keys a user's sends stored (for tests of clients that key them).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "fault-injection"))]
     pub async fn count_send_keys(&self, user_id: Uuid) -> Result<u64, StoreError> {
         let rows: Vec<serde_json::Value> = self
             .rows(
@@ -603,7 +584,7 @@ impl Store {
     }
 
     /// Makes an idempotency key look `age` old (for tests of its expiry).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "fault-injection"))]
     pub async fn age_send_key(&self, user_id: Uuid, key: &str, age: chrono::TimeDelta) -> Result<(), StoreError> {
         self.execute(
             "UPDATE type::record('idempotency', [$user_id, $key]) SET at = <datetime>$at",
@@ -625,15 +606,18 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
-    /// Deletes idempotency keys past their 24 hours and write-batch markers older than an
-    /// hour (left by writers that stopped); returns how many of each.
-    pub async fn expire_keys_and_markers(&self) -> Result<(u64, u64), StoreError> {
+    /// Deletes up to `batch` idempotency keys past their 24 hours and up to `batch`
+    /// write-batch markers older than an hour (left by writers that stopped), each in a
+    /// transaction of its own size; returns how many of each.
+    pub async fn expire_keys_and_markers(&self, batch: usize) -> Result<(u64, u64), StoreError> {
         let rows: Vec<serde_json::Value> = self
             .rows(
-                "LET $keys = DELETE idempotency WHERE at < <datetime>$cutoff RETURN BEFORE;
-                 LET $markers = DELETE write_batch WHERE at < time::now() - 1h RETURN BEFORE;
+                "LET $keys = SELECT VALUE id FROM idempotency WHERE at < <datetime>$cutoff LIMIT $batch;
+                 DELETE $keys;
+                 LET $markers = SELECT VALUE id FROM write_batch WHERE at < time::now() - 1h LIMIT $batch;
+                 DELETE $markers;
                  RETURN [{ keys: array::len($keys), markers: array::len($markers) }];",
-                serde_json::json!({"cutoff": Utc::now() - IDEMPOTENCY_WINDOW}),
+                serde_json::json!({"cutoff": Utc::now() - IDEMPOTENCY_WINDOW, "batch": batch}),
             )
             .await?;
         let field = |name: &str| rows.first().and_then(|r| r.get(name)).and_then(|v| v.as_u64()).unwrap_or(0);

@@ -1,8 +1,8 @@
-//! Writes batched behind the stream: every message save, checkpoint, session touch and
-//! usage count goes into a bounded queue, and a writer applies whatever has gathered as
-//! one transaction (one round trip, one fsync), so a thousand concurrent replies cost a
-//! handful of commits a second instead of thousands, and database latency stays off the
-//! path of the stream. There is one writer per core, each on a thread of its own with its own
+//! Writes batched behind the stream: every message save, checkpoint, title and usage count
+//! goes into a bounded queue, and a writer applies whatever has gathered as one
+//! transaction (one round trip, one fsync), so a thousand concurrent replies cost a handful
+//! of commits a second instead of thousands, and database latency stays off the path of
+//! the stream. There is one writer per core, each on a thread of its own with its own
 //! queue, so batches are applied in parallel with each other and with the streams; a
 //! session's writes (and a user's message counts, whose quota frames must not go back)
 //! always go to the same one.
@@ -12,28 +12,33 @@
 //! writes (a user message before its `ack`, a reply's final save before its `done`) wait
 //! for the commit that carries them, but no longer than the write deadline: past it the
 //! caller hears [`StoreError::Timeout`] and decides what its clients are told, while the
-//! write stays queued. Bookkeeping (checkpoints, session touches, usage counts) waits only
-//! for room in the queue. A full queue is back-pressure on the writers, never a dropped
-//! write. Writes of one session apply in the order they were queued, and within a batch
-//! later versions of a message replace earlier ones, so an old checkpoint can never land
-//! over a final save.
+//! write stays queued. Bookkeeping never holds up the session that makes it, even while
+//! the database is down and the queue full: titles, usage counts and a failed reply's
+//! last version are queued at once, beyond the queue's room if need be; a checkpoint that
+//! finds no room is left out (the final save replaces it). What goes with a message (its session's count, the
+//! tokens it cost, its idempotency key, the messages it replaces) travels in its save, so
+//! it lands with it or not at all. Writes of one session apply in the order they were
+//! queued, and within a batch later versions of a message replace earlier ones, so an old
+//! checkpoint can never land over a final save.
 //!
 //! Every write carries its session's [`Fence`]: the epoch the session's actor claimed.
 //! The batch checks it in the transaction that applies the write, so an actor that lost
 //! its session (a paused node, a replaced actor) writes nothing more; the fences found
 //! stale are reported to [`WriteBehind::on_fenced`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use relay_protocol::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::batch::{BatchId, Op, Plan};
-use super::{DayUsage, Store, StoreError};
+use super::batch::{BatchId, Plan};
+use super::ops::{AfterUsage, Fence, Op, Save, Saved};
+use super::{Store, StoreError};
 use crate::metrics::Metrics;
 
 /// Most writers (threads applying batches in parallel), whatever the core count.
@@ -43,47 +48,6 @@ const MAX_BATCH: usize = 128;
 /// The longest pause between two attempts at a batch the database refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A session's fencing token: the epoch its actor claimed. A write made under an epoch
-/// that is no longer the session's is not applied (another actor took the session over).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Fence {
-    /// The session.
-    pub session_id: Uuid,
-    /// The epoch its actor holds.
-    pub epoch: u64,
-}
-
-/// A send's idempotency key, stored with its user message: a repeat of the key by the same
-/// user within 24 hours stores nothing new.
-#[derive(Clone, Debug)]
-pub struct SendKey {
-    /// The sender.
-    pub user_id: Uuid,
-    /// The client's key (`client_message_id`, `Idempotency-Key`).
-    pub key: String,
-    /// The reply the send asked for.
-    pub reply_id: Uuid,
-}
-
-/// What became of a durable save.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Saved {
-    /// Committed.
-    Stored,
-    /// Not stored: its key was used by an earlier send, which stored these.
-    Repeat {
-        /// The earlier send's session.
-        session_id: Uuid,
-        /// The earlier send's user message.
-        message_id: Uuid,
-        /// The earlier send's reply.
-        reply_id: Uuid,
-    },
-}
-
-/// What to do with a user's usage of the day once a count is committed (tell their tabs).
-pub type AfterUsage = Box<dyn FnOnce(DayUsage) + Send + Sync>;
-
 /// Told of every fence a batch found stale.
 pub type OnFenced = Arc<dyn Fn(Fence) + Send + Sync>;
 
@@ -91,11 +55,32 @@ pub type OnFenced = Arc<dyn Fn(Fence) + Send + Sync>;
 #[derive(Clone)]
 pub struct WriteBehind {
     /// One queue per writer; a key's writes always go to the same one.
-    queues: Arc<[mpsc::Sender<Op>]>,
+    queues: Arc<[Lane]>,
     /// How long a durable write is waited for.
     deadline: Duration,
     on_fenced: Arc<OnceLock<OnFenced>>,
     metrics: Arc<Metrics>,
+}
+
+/// One writer's queue. The channel itself is unbounded so that everything sent on it keeps
+/// the order it was sent in; room is a count of permits: a write that may wait takes one
+/// first (so a full queue holds its sender up), bookkeeping that must neither wait nor be
+/// lost goes in without one, and a checkpoint goes in only if it gets one. The writer
+/// gives the permit back as it takes the write.
+struct Lane {
+    ops: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+}
+
+/// A write in a queue, with the room it takes, if any.
+struct Queued {
+    op: Op,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// The error a write gets once the writers have stopped (the server is shutting down).
+fn writer_stopped() -> StoreError {
+    StoreError::Batch("the writer has stopped".into())
 }
 
 impl WriteBehind {
@@ -107,11 +92,11 @@ impl WriteBehind {
         let on_fenced: Arc<OnceLock<OnFenced>> = Arc::new(OnceLock::new());
         let queues = (0..writers)
             .map(|k| {
-                let (queue, ops) = mpsc::channel((capacity / writers).max(1));
+                let (queue, ops) = mpsc::unbounded_channel();
                 let writer =
                     Writer { store: store.clone(), metrics: metrics.clone(), on_fenced: on_fenced.clone(), run, k };
                 spawn_writer(k, writer.run(ops));
-                queue
+                Lane { ops: queue, room: Arc::new(Semaphore::new((capacity / writers).max(1))) }
             })
             .collect();
         WriteBehind { queues, deadline, on_fenced, metrics }
@@ -122,91 +107,94 @@ impl WriteBehind {
         let _ = self.on_fenced.set(listener);
     }
 
+    /// How long a durable write is waited for (`DATABASE_TIMEOUT_MS`).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// The queue of the writer that owns `key` (a session, or a user for usage counts), so
     /// one key's writes are applied in the order they were queued.
-    fn queue(&self, key: Uuid) -> &mpsc::Sender<Op> {
+    fn lane(&self, key: Uuid) -> &Lane {
         &self.queues[(key.as_u128() % self.queues.len() as u128) as usize]
     }
 
-    async fn enqueue(&self, key: Uuid, op: Op) -> Result<(), StoreError> {
+    /// Puts `op` in `lane`, holding `room` (if any) until the writer takes it.
+    fn put(&self, lane: &Lane, op: Op, room: Option<OwnedSemaphorePermit>) -> Result<(), StoreError> {
+        lane.ops.send(Queued { op, _room: room }).map_err(|_| writer_stopped())?;
         self.metrics.write_queue.inc();
-        self.queue(key).send(op).await.map_err(|_| {
-            self.metrics.write_queue.dec();
-            StoreError::Batch("the writer has stopped".into())
+        Ok(())
+    }
+
+    /// Queues `op`, waiting for room (given up with the caller, if it stops waiting).
+    async fn enqueue(&self, key: Uuid, op: Op) -> Result<(), StoreError> {
+        let lane = self.lane(key);
+        let room = lane.room.clone().acquire_owned().await.map_err(|_| writer_stopped())?;
+        self.put(lane, op, Some(room))
+    }
+
+    /// Queues `op` at once, with room or beyond it: bookkeeping that must not be lost, and
+    /// must not hold up the session that made it while the database is down. It keeps its
+    /// place after everything its caller queued before.
+    fn enqueue_soon(&self, key: Uuid, op: Op) {
+        let lane = self.lane(key);
+        let room = lane.room.clone().try_acquire_owned().ok();
+        if self.put(lane, op, room).is_err() {
+            tracing::warn!("a write was not queued: the writers have stopped");
+        }
+    }
+
+    /// Stores a message (with what goes with it) and returns once it is committed
+    /// ([`Saved::Repeat`] when its key was used before), or fails with
+    /// [`StoreError::Timeout`] after the write deadline (the write stays queued, unless the
+    /// queue had no room for it in time, and is stored when the database takes it).
+    pub async fn save(&self, fence: Fence, save: Save) -> Result<Saved, StoreError> {
+        let (done, committed) = oneshot::channel();
+        let op = Op::Save { fence, save: Box::new(save), done: Some(done) };
+        let answer = tokio::time::timeout(self.deadline, async {
+            self.enqueue(fence.session_id, op).await?;
+            committed.await.unwrap_or_else(|_| Err(writer_stopped()))
+        })
+        .await;
+        answer.unwrap_or_else(|_| {
+            self.metrics.write_timeouts.inc();
+            Err(StoreError::Timeout)
         })
     }
 
-    /// Stores a message and returns once it is committed ([`Saved::Repeat`] when its key
-    /// was used before), or fails with [`StoreError::Timeout`] after the write deadline
-    /// (the write stays queued and is stored when the database takes it).
-    pub async fn save(&self, fence: Fence, message: &Message, key: Option<SendKey>) -> Result<Saved, StoreError> {
-        let (done, committed) = oneshot::channel();
-        let op = Op::Save { fence, message: message.clone(), key, done: Some(done) };
-        let queued = tokio::time::timeout(self.deadline, self.enqueue(fence.session_id, op)).await;
-        queued.map_err(|_| StoreError::Timeout)??;
-        match tokio::time::timeout(self.deadline, committed).await {
-            Ok(answer) => answer.unwrap_or_else(|_| Err(StoreError::Batch("the writer has stopped".into()))),
-            Err(_) => {
-                self.metrics.write_timeouts.inc();
-                Err(StoreError::Timeout)
-            }
-        }
+    /// Queues a save without waiting for it; never dropped.
+    pub fn save_soon(&self, fence: Fence, save: Save) {
+        self.enqueue_soon(fence.session_id, Op::Save { fence, save: Box::new(save), done: None });
     }
 
-    /// Queues a message save (a checkpoint) without waiting for it.
-    pub async fn save_later(&self, fence: Fence, message: Message) {
-        if let Err(e) = self.enqueue(fence.session_id, Op::Save { fence, message, key: None, done: None }).await {
-            tracing::warn!(error = %e, "checkpoint not queued");
-        }
-    }
-
-    /// Queues counting `messages` more messages in a session, last active at `at`.
-    pub async fn touch_session_later(&self, fence: Fence, at: DateTime<Utc>, messages: i32) {
-        if let Err(e) = self.enqueue(fence.session_id, Op::Touch { fence, at, messages }).await {
-            tracing::warn!(session_id = %fence.session_id, error = %e, "session touch not queued");
-        }
+    /// Queues a checkpoint of a reply in progress, if there is room: a checkpoint only
+    /// narrows what a crash can lose, and the reply's final save replaces it anyway.
+    pub fn checkpoint(&self, fence: Fence, message: Message) {
+        let lane = self.lane(fence.session_id);
+        let Ok(room) = lane.room.clone().try_acquire_owned() else {
+            self.metrics.checkpoints_skipped.inc();
+            return;
+        };
+        let op = Op::Save { fence, save: Box::new(Save::of(message)), done: None };
+        let _ = self.put(lane, op, Some(room));
     }
 
     /// Queues naming a session `to` if its title is still `from`: a rename that came first
     /// is never overwritten.
-    pub async fn retitle_later(&self, fence: Fence, from: &str, to: &str) {
-        let op = Op::Retitle { fence, from: from.into(), to: to.into() };
-        if let Err(e) = self.enqueue(fence.session_id, op).await {
-            tracing::warn!(session_id = %fence.session_id, error = %e, "title not queued");
-        }
+    pub fn retitle_soon(&self, fence: Fence, from: &str, to: &str) {
+        self.enqueue_soon(fence.session_id, Op::Retitle { fence, from: from.into(), to: to.into() });
     }
 
     /// Queues adding one message to the user's day; once committed, `then` gets the day's
     /// usage (called by the writer, in commit order, so a user's tabs never see it go back).
-    pub async fn count_message_later(&self, user_id: Uuid, day: NaiveDate, then: AfterUsage) {
-        let op = Op::Usage { user_id, day, messages: 1, prompt: 0, completion: 0, then: Some(then) };
-        if let Err(e) = self.enqueue(user_id, op).await {
-            tracing::warn!(%user_id, error = %e, "usage count not queued");
-        }
-    }
-
-    /// Queues adding a reply's tokens to the user's day, on the writer of the reply's
-    /// session: queued before the reply's final save, it is committed with or before it.
-    /// (Counts are additions, so their order across writers does not matter.)
-    pub async fn add_tokens_later(
-        &self,
-        session_id: Uuid,
-        user_id: Uuid,
-        day: NaiveDate,
-        prompt: u32,
-        completion: u32,
-    ) {
-        let op = Op::Usage { user_id, day, messages: 0, prompt, completion, then: None };
-        if let Err(e) = self.enqueue(session_id, op).await {
-            tracing::warn!(%user_id, error = %e, "token usage not queued");
-        }
+    pub fn count_message_soon(&self, user_id: Uuid, day: NaiveDate, then: AfterUsage) {
+        self.enqueue_soon(user_id, Op::CountMessage { user_id, day, then });
     }
 
     /// Returns once every write of a session (its writer's queue) queued before it is
     /// committed.
     pub async fn flush_session(&self, session_id: Uuid) {
         let (done, answered) = oneshot::channel();
-        if self.enqueue(session_id, Op::Flush(done)).await.is_ok() {
+        if self.put(self.lane(session_id), Op::Flush(done), None).is_ok() {
             let _ = answered.await;
         }
     }
@@ -225,13 +213,10 @@ impl WriteBehind {
 
     /// Queues `op` (a flush or a stop) on every writer and waits until each has answered.
     async fn to_every_writer(&self, op: fn(oneshot::Sender<()>) -> Op) {
-        let answers = self.queues.iter().map(|queue| async move {
+        let answers = self.queues.iter().map(|lane| async move {
             let (done, answered) = oneshot::channel();
-            self.metrics.write_queue.inc();
-            if queue.send(op(done)).await.is_ok() {
+            if self.put(lane, op(done), None).is_ok() {
                 let _ = answered.await;
-            } else {
-                self.metrics.write_queue.dec();
             }
         });
         futures::future::join_all(answers).await;
@@ -263,33 +248,50 @@ struct Writer {
 
 impl Writer {
     /// Takes what has gathered, writes it as one transaction (until it is stored), repeats.
-    async fn run(self, mut ops: mpsc::Receiver<Op>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+    /// An op that cannot join the batch at hand (see [`Plan::takes`]) starts the next one,
+    /// and so does everything after it: a session's writes keep their order.
+    async fn run(self, mut ops: mpsc::UnboundedReceiver<Queued>) {
+        let mut received = Vec::with_capacity(MAX_BATCH);
+        let mut waiting: VecDeque<Op> = VecDeque::with_capacity(MAX_BATCH);
         let next = AtomicU64::new(1);
-        while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.metrics.write_queue.sub(batch.len() as i64);
-            self.metrics.write_batch.observe(batch.len() as f64);
+        loop {
+            if waiting.is_empty() {
+                if ops.recv_many(&mut received, MAX_BATCH).await == 0 {
+                    return;
+                }
+            } else {
+                while waiting.len() + received.len() < MAX_BATCH
+                    && let Ok(op) = ops.try_recv()
+                {
+                    received.push(op);
+                }
+            }
+            self.metrics.write_queue.sub(received.len() as i64);
+            // Taken: the room each held is free again.
+            waiting.extend(received.drain(..).map(|queued| queued.op));
             let mut plan = Plan::default();
             let mut stop = None;
-            for op in batch.drain(..) {
+            while let Some(op) = waiting.pop_front() {
                 match op {
                     Op::Stop(done) => {
                         stop = Some(done);
                         break;
                     }
+                    op if !plan.takes(&op) => {
+                        waiting.push_front(op);
+                        break;
+                    }
                     op => plan.add(op),
                 }
             }
+            self.metrics.write_batch.observe(plan.len() as f64);
             let id = BatchId { run: self.run, writer: self.k, n: next.fetch_add(1, Ordering::Relaxed) };
             let outcome = self.write_until_stored(&plan, &id).await;
             let answered = plan.answer(outcome);
             // Usage first: a user's quota frame goes out before the `done` of a reply stored
             // in the same batch.
-            for ((user_id, day), then) in answered.follow_ups {
-                match self.store.usage_on(user_id, day).await {
-                    Ok(usage) => then(usage),
-                    Err(e) => tracing::warn!(%user_id, error = %e, "could not read usage back"),
-                }
+            for (then, usage) in answered.follow_ups {
+                then(usage);
             }
             for (waiting, answer) in answered.answers {
                 let _ = waiting.send(answer);
@@ -307,6 +309,12 @@ impl Writer {
                 let _ = flushed.send(());
             }
             if let Some(done) = stop {
+                // Closed before the answer, so no write sent after it waits in vain (each
+                // hears that the writer has stopped as its answer is dropped).
+                ops.close();
+                while ops.try_recv().is_ok() {
+                    self.metrics.write_queue.dec();
+                }
                 let _ = done.send(());
                 return;
             }
@@ -355,10 +363,12 @@ impl Writer {
 pub(crate) mod tests {
     use std::sync::Mutex;
 
+    use chrono::Utc;
     use relay_protocol::{MessageStatus, Role};
 
     use super::*;
     use crate::store::StoreConfig;
+    use crate::store::ops::{SendKey, Tokens};
 
     pub(crate) async fn store() -> Store {
         let config = StoreConfig {
@@ -395,6 +405,10 @@ pub(crate) mod tests {
         }
     }
 
+    fn user_message(session_id: Uuid, content: &str) -> Message {
+        Message { role: Role::User, ..reply(session_id, Uuid::new_v4(), content, MessageStatus::Complete) }
+    }
+
     /// A direct write (a rename) racing the writers' batches on the same session never
     /// fails: a transaction conflict is retried, on both sides, and nothing is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,13 +417,13 @@ pub(crate) mod tests {
         let writes = writes(&store, 64, Arc::new(Metrics::new()));
         let user = Uuid::new_v4();
         let fence = claimed(&store, user, "t").await;
-        let touches = tokio::spawn({
+        let saves = tokio::spawn({
             let writes = writes.clone();
             async move {
-                // One transaction per touch: as many chances to collide as there are renames.
-                for _ in 0..300 {
-                    writes.touch_session_later(fence, Utc::now(), 1).await;
-                    writes.flush().await;
+                // One transaction per save: as many chances to collide as there are renames.
+                for i in 0..300 {
+                    let message = user_message(fence.session_id, &format!("m{i}"));
+                    writes.save(fence, Save::of(message).counted()).await.unwrap();
                 }
             }
         });
@@ -424,17 +438,18 @@ pub(crate) mod tests {
                 })
             })
             .collect();
-        touches.await.unwrap();
+        saves.await.unwrap();
         for rename in renames {
             rename.await.unwrap();
         }
         let stored = store.stored_messages(user).await.unwrap();
-        assert_eq!(stored, 300, "every touch counted");
+        assert_eq!(stored, 300, "every save counted");
     }
 
     /// Checkpoints queued before a final save never land over it, whether they share its
     /// batch or not; counters add up; the title is set once, only while still the default;
-    /// usage follow-ups run in commit order; a queue of one still takes every write.
+    /// usage follow-ups run in commit order; a queue of one still takes every write that
+    /// must not be lost (checkpoints that find it full are left out and counted).
     #[tokio::test]
     async fn writes_land_in_order_merged_and_none_is_lost() {
         let store = store().await;
@@ -445,25 +460,27 @@ pub(crate) mod tests {
         let id = Uuid::new_v4();
         let seen = Arc::new(Mutex::new(Vec::new()));
         for i in 0..50 {
-            writes.save_later(fence, reply(fence.session_id, id, &"x".repeat(i), MessageStatus::Generating)).await;
-            writes.touch_session_later(fence, Utc::now(), 1).await;
+            writes.checkpoint(fence, reply(fence.session_id, id, &"x".repeat(i), MessageStatus::Generating));
+            writes.save_soon(fence, Save::of(user_message(fence.session_id, "q")).counted());
             let seen = seen.clone();
             let then: AfterUsage = Box::new(move |usage| seen.lock().unwrap().push(usage.messages));
-            writes.count_message_later(user, Utc::now().date_naive(), then).await;
+            writes.count_message_soon(user, Utc::now().date_naive(), then);
         }
-        writes.retitle_later(fence, "New chat", "First").await;
-        writes.retitle_later(fence, "New chat", "Second").await;
-        writes.add_tokens_later(fence.session_id, user, Utc::now().date_naive(), 7, 11).await;
-        let saved = writes.save(fence, &reply(fence.session_id, id, "final", MessageStatus::Complete), None).await;
+        writes.retitle_soon(fence, "New chat", "First");
+        writes.retitle_soon(fence, "New chat", "Second");
+        let tokens = Tokens { user_id: user, day: Utc::now().date_naive(), prompt: 7, completion: 11 };
+        let last = reply(fence.session_id, id, "final", MessageStatus::Complete);
+        let saved = writes.save(fence, Save::of(last).counted().with_tokens(Some(tokens))).await;
         assert_eq!(saved.unwrap(), Saved::Stored);
         writes.flush().await;
 
-        let stored = store.recent_messages(fence.session_id, 10).await.unwrap();
-        assert_eq!(stored.len(), 1);
-        assert_eq!((stored[0].content.as_str(), stored[0].status), ("final", MessageStatus::Complete));
+        let stored = store.recent_messages(fence.session_id, 100).await.unwrap();
+        assert_eq!(stored.len(), 51);
+        let final_reply = stored.iter().find(|m| m.id == id).unwrap();
+        assert_eq!((final_reply.content.as_str(), final_reply.status), ("final", MessageStatus::Complete));
         let sessions = store.list_sessions(user, 1, 10).await.unwrap();
         assert_eq!(sessions.0[0].title, "First");
-        assert_eq!(store.stored_messages(user).await.unwrap(), 50);
+        assert_eq!(store.stored_messages(user).await.unwrap(), 51);
         let usage = store.usage_on(user, Utc::now().date_naive()).await.unwrap();
         assert_eq!((usage.messages, usage.prompt_tokens, usage.completion_tokens), (50, 7, 11));
         let seen = seen.lock().unwrap().clone();
@@ -472,6 +489,7 @@ pub(crate) mod tests {
         assert_eq!(seen.last(), Some(&50));
         assert_eq!(metrics.write_queue.get(), 0);
         assert_eq!(metrics.write_failures.get(), 0);
+        assert!(metrics.checkpoints_skipped.get() > 0, "a queue of one had no room for some checkpoints");
     }
 
     /// Many writers at once share transactions (group commit) and every durable save
@@ -486,7 +504,7 @@ pub(crate) mod tests {
             let (writes, store) = (writes.clone(), store.clone());
             tokio::spawn(async move {
                 let message = reply(fence.session_id, Uuid::new_v4(), &format!("m{i}"), MessageStatus::Complete);
-                writes.save(fence, &message, None).await.unwrap();
+                writes.save(fence, Save::of(message.clone())).await.unwrap();
                 let page = store.messages_before(fence.session_id, None, 200).await.unwrap().unwrap().0;
                 assert!(page.iter().any(|m| m.id == message.id), "saved but not readable: {} rows", page.len());
             })
@@ -496,6 +514,32 @@ pub(crate) mod tests {
         }
         let batches = metrics.write_batch.get_sample_count();
         assert!(batches < 200, "200 saves took {batches} transactions");
+    }
+
+    /// A durable save that cannot be queued in time answers `Timeout`, and the queue
+    /// gauge does not keep the count of a save given up before it was queued; once the
+    /// writers have stopped, a save fails at once, counting nothing either.
+    #[tokio::test]
+    async fn a_save_past_its_deadline_times_out_and_leaks_no_count() {
+        let store = store().await;
+        let metrics = Arc::new(Metrics::new());
+        let writes = WriteBehind::start(store.clone(), 1, Duration::from_millis(100), metrics.clone());
+        let fence = claimed(&store, Uuid::new_v4(), "t").await;
+        // A follow-up runs on its writer's thread: one that sleeps holds the writer. Keyed
+        // by the session, the counts go to the session's writer.
+        let day = Utc::now().date_naive();
+        writes.count_message_soon(fence.session_id, day, Box::new(|_| std::thread::sleep(Duration::from_millis(600))));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writes.count_message_soon(fence.session_id, day, Box::new(|_| ()));
+        let saved = writes.save(fence, Save::of(user_message(fence.session_id, "q"))).await;
+        assert!(matches!(saved, Err(StoreError::Timeout)), "{saved:?}");
+        assert_eq!(metrics.write_queue.get(), 1, "the counts are queued; the save that found no room in time is not");
+        writes.flush().await;
+        assert_eq!(metrics.write_queue.get(), 0);
+        writes.close().await;
+        let saved = writes.save(fence, Save::of(user_message(fence.session_id, "q"))).await;
+        assert!(matches!(saved, Err(StoreError::Batch(_))), "{saved:?}");
+        assert_eq!(metrics.write_queue.get(), 0, "a refused enqueue is not counted");
     }
 
     /// Once a session is claimed again (a new actor, here or on another node), every write
@@ -521,13 +565,14 @@ pub(crate) mod tests {
         assert_eq!(new.epoch, old.epoch + 1, "each claim raises the epoch");
 
         let (stale, fresh) = (Uuid::new_v4(), Uuid::new_v4());
-        writes.save_later(old, reply(old.session_id, stale, "checkpoint", MessageStatus::Generating)).await;
-        writes.touch_session_later(old, Utc::now(), 5).await;
-        writes.retitle_later(old, "New chat", "Stale title").await;
+        writes.checkpoint(old, reply(old.session_id, stale, "checkpoint", MessageStatus::Generating));
+        writes.save_soon(old, Save::of(user_message(old.session_id, "q")).counted());
+        writes.retitle_soon(old, "New chat", "Stale title");
 
-        let refused = writes.save(old, &reply(old.session_id, stale, "final", MessageStatus::Complete), None).await;
+        let refused = writes.save(old, Save::of(reply(old.session_id, stale, "final", MessageStatus::Complete))).await;
         assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
-        let saved = writes.save(new, &reply(new.session_id, fresh, "new owner", MessageStatus::Complete), None).await;
+        let saved =
+            writes.save(new, Save::of(reply(new.session_id, fresh, "new owner", MessageStatus::Complete))).await;
         assert_eq!(saved.unwrap(), Saved::Stored);
         writes.flush().await;
 
@@ -540,7 +585,6 @@ pub(crate) mod tests {
         assert!(metrics.write_fenced.get() >= 1);
         // Direct writes are fenced too.
         assert!(matches!(store.rename_session(old, user, "x").await, Err(StoreError::Fenced)));
-        assert!(matches!(store.mark_superseded(old, &[fresh], None).await, Err(StoreError::Fenced)));
         assert!(matches!(store.soft_delete_session(old, user).await, Err(StoreError::Fenced)));
         assert!(store.get_session(old.session_id).await.unwrap().is_some(), "not deleted by the stale actor");
     }
@@ -556,22 +600,26 @@ pub(crate) mod tests {
         let key = |reply_id| Some(SendKey { user_id: user, key: "k-1".into(), reply_id });
         let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let (reply_1, reply_2) = (Uuid::new_v4(), Uuid::new_v4());
-        let saved =
-            writes.save(fence, &reply(fence.session_id, first, "one", MessageStatus::Complete), key(reply_1)).await;
+        let save = |id, content: &str, key| {
+            Save::of(reply(fence.session_id, id, content, MessageStatus::Complete)).counted().keyed(key)
+        };
+        // Both in one batch, most likely: the second waits for the next and is a repeat there.
+        let (saved, repeat) = tokio::join!(writes.save(fence, save(first, "one", key(reply_1))), async {
+            tokio::task::yield_now().await;
+            writes.save(fence, save(second, "two", key(reply_2))).await
+        });
         assert_eq!(saved.unwrap(), Saved::Stored);
-        let repeat =
-            writes.save(fence, &reply(fence.session_id, second, "two", MessageStatus::Complete), key(reply_2)).await;
         assert_eq!(
             repeat.unwrap(),
             Saved::Repeat { session_id: fence.session_id, message_id: first, reply_id: reply_1 }
         );
         // Another user's identical key is theirs alone.
         let other = SendKey { user_id: Uuid::new_v4(), key: "k-1".into(), reply_id: reply_2 };
-        let saved =
-            writes.save(fence, &reply(fence.session_id, third, "three", MessageStatus::Complete), Some(other)).await;
+        let saved = writes.save(fence, save(third, "three", Some(other))).await;
         assert_eq!(saved.unwrap(), Saved::Stored);
         let ids: Vec<Uuid> = store.recent_messages(fence.session_id, 10).await.unwrap().iter().map(|m| m.id).collect();
         assert!(ids.contains(&first) && ids.contains(&third) && !ids.contains(&second), "{ids:?}");
+        assert_eq!(store.stored_messages(user).await.unwrap(), 2, "the repeat is not counted");
         let found = store.find_send_key(user, "k-1").await.unwrap().expect("the key is stored");
         assert_eq!((found.message_id, found.reply_id), (first, reply_1));
         assert!(store.find_send_key(user, "k-2").await.unwrap().is_none());
@@ -587,14 +635,17 @@ pub(crate) mod tests {
         let fence = claimed(&store, user, "t").await;
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         let key = Some(SendKey { user_id: user, key: "old".into(), reply_id: Uuid::new_v4() });
-        writes.save(fence, &reply(fence.session_id, first, "one", MessageStatus::Complete), key.clone()).await.unwrap();
+        let save = |id, content: &str| {
+            Save::of(reply(fence.session_id, id, content, MessageStatus::Complete)).keyed(key.clone())
+        };
+        writes.save(fence, save(first, "one")).await.unwrap();
         store.age_send_key(user, "old", chrono::TimeDelta::hours(25)).await.unwrap();
         assert!(store.find_send_key(user, "old").await.unwrap().is_none(), "expired");
-        let saved = writes.save(fence, &reply(fence.session_id, second, "two", MessageStatus::Complete), key).await;
+        let saved = writes.save(fence, save(second, "two")).await;
         assert_eq!(saved.unwrap(), Saved::Stored, "not a repeat any more");
         assert_eq!(store.find_send_key(user, "old").await.unwrap().unwrap().message_id, second);
-        assert_eq!(store.expire_keys_and_markers().await.unwrap().0, 0, "the new key is fresh");
+        assert_eq!(store.expire_keys_and_markers(100).await.unwrap().0, 0, "the new key is fresh");
         store.age_send_key(user, "old", chrono::TimeDelta::hours(25)).await.unwrap();
-        assert_eq!(store.expire_keys_and_markers().await.unwrap().0, 1, "retention deletes expired keys");
+        assert_eq!(store.expire_keys_and_markers(100).await.unwrap().0, 1, "retention deletes expired keys");
     }
 }

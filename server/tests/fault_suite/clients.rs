@@ -261,10 +261,10 @@ pub async fn run_sender(
             let key = format!("g-{}-{n}", session.marker);
             let frame = json!({"type": "regenerate", "session_id": session.id, "client_message_id": key});
             (OpKind::Regenerate, frame, Some(key), None)
-        } else if roll < 20 && last_user.is_some() {
+        } else if let Some(message_id) = last_user.filter(|_| roll < 20) {
             let key = format!("e-{}-{n}", session.marker);
             let content = format!("{} edit{n} {directive}", session.marker);
-            let frame = json!({"type": "edit", "session_id": session.id, "message_id": last_user.unwrap(),
+            let frame = json!({"type": "edit", "session_id": session.id, "message_id": message_id,
                 "content": content, "client_message_id": key});
             (OpKind::Edit, frame, Some(key), Some(content))
         } else {

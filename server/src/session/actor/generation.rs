@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::*;
 use crate::auth::AuthUser;
 use crate::llm::{ContextMessage, LlmEvent, UpstreamFinish};
-use crate::store::StoreError;
+use crate::store::{Save, StoreError, Tokens};
 
 /// Model text already waiting when a token is handled joins its delta, up to about this
 /// many bytes: under load, fewer and larger frames for every watcher, never a delay.
@@ -65,7 +65,7 @@ impl SessionState {
         let Some(next) = self.queue.pop_front() else { return };
         let Prepared { generation, task, started } = match next.prepared {
             Some(prepared) => prepared,
-            None => self.spawn_generation(&next.user_message, myself),
+            None => self.spawn_generation(&next.user_message, &[], myself),
         };
         let (session_id, reply_id) = (self.session.id, next.reply_id);
         self.deps.metrics.generations_active.inc();
@@ -87,8 +87,13 @@ impl SessionState {
 
     /// Asks the model to answer `answering`: a task streams the reply's events to this
     /// actor, tagged with a new generation number (events of any other are ignored).
-    pub(super) fn spawn_generation(&mut self, answering: &Message, myself: &ActorRef<SessionMsg>) -> Prepared {
-        let context = self.context_for(answering);
+    pub(super) fn spawn_generation(
+        &mut self,
+        answering: &Message,
+        leaving_out: &[Uuid],
+        myself: &ActorRef<SessionMsg>,
+    ) -> Prepared {
+        let context = self.context_for(answering, leaving_out);
         self.next_generation += 1;
         let generation = self.next_generation;
         let llm = self.deps.llm.clone();
@@ -119,9 +124,10 @@ impl SessionState {
     }
 
     /// The model's context for a reply: the system prompt, then recent messages oldest
-    /// first (without replies that failed and without other sends still waiting), ending
-    /// with the message being answered.
-    pub(super) fn context_for(&self, answering: &Message) -> Vec<ContextMessage> {
+    /// first (without replies that failed, other sends still waiting, and the messages
+    /// `leaving_out`: those an edit replaces, not yet marked while it is being stored),
+    /// ending with the message being answered.
+    pub(super) fn context_for(&self, answering: &Message, leaving_out: &[Uuid]) -> Vec<ContextMessage> {
         let settings = &self.deps.settings;
         let waiting: HashSet<Uuid> = self.queue.iter().map(|q| q.user_message.id).collect();
         let earlier: Vec<&Message> = self
@@ -132,6 +138,7 @@ impl SessionState {
                     && !waiting.contains(&m.id)
                     && m.role != Role::System
                     && !m.superseded
+                    && !leaving_out.contains(&m.id)
                     && counts_as_context(m)
             })
             .collect();
@@ -197,12 +204,12 @@ impl SessionState {
             tracing::warn!(%session_id, max, "reply reached the size limit; cutting it");
             self.finish_running(FinishReason::Length, None).await;
         } else {
-            self.checkpoint_if_due().await;
+            self.checkpoint_if_due();
         }
     }
 
     /// Saves the reply in progress if the last save is older than the checkpoint interval.
-    pub(super) async fn checkpoint_if_due(&mut self) {
+    pub(super) fn checkpoint_if_due(&mut self) {
         let interval = self.deps.settings.checkpoint_interval;
         let Some(running) = self.current.as_mut() else { return };
         if running.last_checkpoint.elapsed() < interval || running.content.len() == running.checkpointed_len {
@@ -220,7 +227,7 @@ impl SessionState {
             created_at: running.created_at,
             superseded: false,
         };
-        self.deps.writes.save_later(self.fence, message).await;
+        self.deps.writes.checkpoint(self.fence, message);
     }
 
     /// Cancels the running reply: the upstream request is dropped at once (the task is
@@ -275,18 +282,18 @@ impl SessionState {
             metrics.tokens.with_label_values(&["completion"]).inc_by(u64::from(usage.completion_tokens));
         }
         let now = Utc::now();
-        let writes = &self.deps.writes;
-        // Queued before the reply's save on the session's writer, so the session's message
-        // count and the tokens are committed by the time `done` goes out.
-        if let Some(usage) = running.usage {
-            let (user_id, day) = (running.user.id, now.date_naive());
-            writes.add_tokens_later(self.session.id, user_id, day, usage.prompt_tokens, usage.completion_tokens).await;
-        }
-        self.touch(now, 1).await;
+        let tokens = running.usage.map(|usage| Tokens {
+            user_id: running.user.id,
+            day: now.date_naive(),
+            prompt: usage.prompt_tokens,
+            completion: usage.completion_tokens,
+        });
+        self.session.updated_at = self.session.updated_at.max(now);
         // `done` says what is stored: a reply that cannot be stored in time is not shown as
         // finished well. It ends `error`, and its stored version says so too (the write
         // that timed out stays queued; the `error` version queued after it lands last).
-        let (reason, error, message) = match self.deps.writes.save(self.fence, &message, None).await {
+        let save = Save::of(message.clone()).counted().with_tokens(tokens);
+        let (reason, error, message) = match self.deps.writes.save(self.fence, save).await {
             Ok(_) => (reason, error, message),
             Err(StoreError::Fenced) => {
                 // Another actor runs the session now: nothing more is said or written here.
@@ -297,7 +304,7 @@ impl SessionState {
                 tracing::error!(session_id = %self.session.id, message_id = %message.id, error = %e, "could not store the reply in time; it ends as error");
                 self.deps.metrics.error(ErrorCode::Unavailable);
                 let failed = Message { status: MessageStatus::Error, ..message };
-                self.deps.writes.save_later(self.fence, failed.clone()).await;
+                self.deps.writes.save_soon(self.fence, Save::of(failed.clone()));
                 let body =
                     ErrorBody::new(ErrorCode::Unavailable, "the reply could not be stored; it is kept as failed");
                 (FinishReason::Error, Some(body), failed)

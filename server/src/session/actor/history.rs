@@ -1,7 +1,7 @@
 //! The conversation as the actor keeps it: stored messages in memory, and the bookkeeping
-//! each new message brings (session touch, title, usage).
+//! each new message brings (title, usage).
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use relay_protocol::{Message, Role, ServerFrame};
 
 use super::*;
@@ -10,17 +10,10 @@ use crate::limits;
 use crate::session::text::{DEFAULT_TITLE, derive_title};
 
 impl SessionState {
-    /// Counts `messages` more (or fewer) messages in the session and moves its
-    /// `updated_at` forward (written behind: nobody waits for it).
-    pub(super) async fn touch(&mut self, at: DateTime<Utc>, messages: i32) {
-        self.deps.writes.touch_session_later(self.fence, at, messages).await;
-        self.session.updated_at = self.session.updated_at.max(at);
-    }
-
     /// Names a "New chat" after its first message and tells the user's tabs. The store
     /// renames only while the title is still the default, so a rename that raced this one
     /// (from another node, say) is never overwritten; that write runs behind the send.
-    pub(super) async fn name_after_first_message(&mut self, message: &Message) {
+    pub(super) fn name_after_first_message(&mut self, message: &Message) {
         let first = !self.history.iter().any(|m| m.role == Role::User);
         if !first || self.session.title != DEFAULT_TITLE {
             return;
@@ -29,19 +22,19 @@ impl SessionState {
         self.session.title = title.clone();
         let session = self.session.clone();
         self.deps.hub.publish(self.owner, None, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
-        self.deps.writes.retitle_later(self.fence, DEFAULT_TITLE, &title).await;
+        self.deps.writes.retitle_soon(self.fence, DEFAULT_TITLE, &title);
     }
 
     /// Counts the message against the user's day; once that is written, the user's tabs
     /// get the new quota.
-    pub(super) async fn count_usage(&self, user: &AuthUser) {
+    pub(super) fn count_usage(&self, user: &AuthUser) {
         let (hub, daily_quota, role, user_id) =
             (self.deps.hub.clone(), self.deps.settings.daily_quota, user.role, user.id);
         let then = Box::new(move |used| {
             let quota = limits::quota_from(used, daily_quota, role);
             hub.publish(user_id, None, |_| ServerFrame::Quota { quota: quota.clone() });
         });
-        self.deps.writes.count_message_later(user.id, Utc::now().date_naive(), then).await;
+        self.deps.writes.count_message_soon(user.id, Utc::now().date_naive(), then);
     }
 
     /// Keeps a stored message in memory and tells every watcher.

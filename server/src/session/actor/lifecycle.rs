@@ -148,6 +148,15 @@ impl SessionState {
         self.stop(myself);
     }
 
+    /// What this actor holds may differ from what is stored (a write was not confirmed in
+    /// time): every watcher is told to subscribe again, and the actor stops, so the next
+    /// use starts a fresh one that loads the session as stored.
+    pub(super) fn reload(&mut self, myself: &ActorRef<SessionMsg>) {
+        tracing::warn!(session_id = %self.session.id, "reloading the session from the database");
+        self.send_watchers_away(reloading());
+        self.stop(myself);
+    }
+
     pub(super) fn stop(&mut self, myself: &ActorRef<SessionMsg>) {
         let ending = *self.ending.get_or_insert(Ending::Stopping);
         // Watchers on other nodes keep their connections: tell them to subscribe again
@@ -160,7 +169,7 @@ impl SessionState {
             cluster.publish_event(self.session.id, &out);
         }
         if let Some(registry) = self.registry.upgrade() {
-            registry.forget(self.session.id, myself);
+            registry.stopping(self.session.id, myself);
         }
         myself.stop(None);
     }

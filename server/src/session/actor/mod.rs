@@ -17,14 +17,19 @@
 //!   there to read them, and nobody should pay for them.
 //! - A reply in progress is checkpointed with status `generating`; the final save replaces
 //!   it, and a server that crashed marks its leftovers `error` when it starts again.
+//! - A request whose write is not confirmed in time leaves the actor unsure of what is
+//!   stored: it takes no new requests, finishes its replies, and stops; the next use
+//!   starts a fresh actor that loads the session as stored (see `store_durably`).
 //! - A panic while handling a message is caught here: the running reply is stored as
 //!   `error`, watchers get `done` `error` and an `error` telling them to resubscribe, and
 //!   the actor stops so the next use starts a fresh one.
 
+mod admission;
 mod generation;
 mod history;
 mod lifecycle;
 mod messages;
+mod repeats;
 mod sending;
 mod watchers;
 
@@ -47,8 +52,8 @@ use crate::store::{Fence, SessionRecord};
 use super::text::{estimate_tokens, validate_content};
 use generation::{Queued, Running};
 pub use messages::*;
-use sending::SentKeys;
-use watchers::{RemoteWatchers, moved};
+use repeats::SentKeys;
+use watchers::{RemoteWatchers, moved, reloading};
 
 /// How many recent messages the actor keeps in memory (context and snapshots).
 pub(super) const HISTORY_CAP: usize = 200;
@@ -118,9 +123,12 @@ pub struct SessionState {
     /// Set once the actor finds it no longer holds the session: it emits and writes
     /// nothing more, and stops after the message at hand.
     lost: bool,
-    /// Recent idempotency keys of requests this actor took, and keys whose first request
-    /// timed out (its write may still land).
+    /// Recent idempotency keys of requests this actor took.
     keys: SentKeys,
+    /// Set when a request's write was not confirmed in time (it may land later): what this
+    /// actor holds may differ from what is stored, so it takes no new requests and stops
+    /// once its replies are done, for a fresh actor to load the session again.
+    out_of_sync: bool,
     /// Whether a look at the remote watchers is due (see `reconcile`).
     check_armed: bool,
 }
@@ -158,6 +166,7 @@ impl Actor for SessionActor {
             lease: args.lease,
             lost: false,
             keys: SentKeys::default(),
+            out_of_sync: false,
             check_armed: false,
         })
     }
@@ -300,6 +309,10 @@ impl SessionState {
         }
         if self.lost {
             self.lose(myself);
+            return;
+        }
+        if self.out_of_sync && self.current.is_none() && self.queue.is_empty() {
+            self.reload(myself);
             return;
         }
         self.reconcile(myself).await;

@@ -196,3 +196,8 @@ impl SessionState {
 pub(super) fn moved() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "the session moved; subscribe again to continue")
 }
+
+/// What watchers hear when this actor stops so that a fresh one loads the session again.
+pub(super) fn reloading() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, "the session is reloading; subscribe again to continue")
+}
