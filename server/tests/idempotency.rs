@@ -190,6 +190,7 @@ async fn a_send_that_timed_out_is_answered_when_sent_again_with_its_key() {
         ("JWT_SECRET", common::SECRET),
         ("DATABASE_TIMEOUT_MS", "500"),
         ("RELAY_FAULT_WRITE_STALL_FILE", stall_var.as_str()),
+        ("CHAT_DAILY_MESSAGE_QUOTA", "10"),
     ];
     let node = Process::start_with(dir.path(), &vars, std::process::Stdio::inherit());
     node.ready(&http).await;
@@ -243,6 +244,21 @@ async fn a_send_that_timed_out_is_answered_when_sent_again_with_its_key() {
         landed
     };
     assert_eq!(landed.len(), 1, "the message is stored once the database takes it, once: {landed:?}");
+    // Charged as sent, once, though its send answered `unavailable`; the refused send
+    // meanwhile costs nothing, and the repeat below nothing more.
+    let quota = || async {
+        let mut quota = (None, None);
+        for _ in 0..40 {
+            let me = node.get(&http, &token, "/api/v1/auth/me").await;
+            quota = (me["quota"]["messages_today"].as_u64(), me["quota"]["remaining"].as_u64());
+            if quota.0 != Some(0) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        quota
+    };
+    assert_eq!(quota().await, (Some(1), Some(9)), "a send that timed out is charged once");
 
     subscribe(&mut ws, sid).await;
     ws.send(send("again")).await;
@@ -263,6 +279,7 @@ async fn a_send_that_timed_out_is_answered_when_sent_again_with_its_key() {
     ws.send(send("third")).await;
     assert!(matches!(answer_to(&mut ws, "third").await, ServerFrame::Ack { .. }));
     assert_eq!(stored().await.len(), 2);
+    assert_eq!(quota().await, (Some(1), Some(9)), "its reply, generated on the repeat, costs nothing more");
 
     // Over REST: the same, with the reply in the answer.
     let url = node.url(&format!("/api/v1/chat/sessions/{sid}/messages"));

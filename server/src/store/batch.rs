@@ -99,10 +99,17 @@ impl Plan {
     }
 
     /// Whether `op` can join this batch. A save with a key or with messages to replace
-    /// cannot share a batch with another use of its key or another version of its message:
-    /// it waits for the next batch, where what this one stores decides it.
+    /// cannot share a batch with another use of its key or another version of its message,
+    /// nor can a version of a message saved under another fence (each fence's writes are
+    /// answered by that fence's check): it waits for the next batch, where what this one
+    /// stores decides it.
     pub fn takes(&self, op: &Op) -> bool {
-        let Op::Save { save, .. } = op else { return true };
+        let Op::Save { fence, save, .. } = op else { return true };
+        let other_fence =
+            self.message_at.get(&save.message.id).is_some_and(|&i| self.fences[self.messages[i].0] != *fence);
+        if other_fence {
+            return false;
+        }
         if save.key.is_none() && save.supersedes.is_empty() {
             return true;
         }
@@ -126,15 +133,12 @@ impl Plan {
                 }
                 let i = match self.message_at.get(&save.message.id) {
                     Some(&i) => {
-                        let (earlier_fence, earlier) = &mut self.messages[i];
-                        if *earlier_fence == f {
-                            // A newer version: the latest text, every count, the first's key.
-                            earlier.counts += save.counts;
-                            earlier.at = earlier.at.max(save.at);
-                            earlier.message = save.message;
-                        } else {
-                            self.messages[i] = (f, *save);
-                        }
+                        // Under the same fence ([`Plan::takes`]): a newer version, with the
+                        // latest text, every count, the first's key.
+                        let (_, earlier) = &mut self.messages[i];
+                        earlier.counts += save.counts;
+                        earlier.at = earlier.at.max(save.at);
+                        earlier.message = save.message;
                         i
                     }
                     None => {
@@ -502,5 +506,31 @@ mod tests {
         assert_eq!(outcome.stale, vec![0]);
         assert!(store.get_message(fence.session_id, edit.id).await.unwrap().is_none());
         assert!(!store.get_message(fence.session_id, question.id).await.unwrap().unwrap().superseded);
+    }
+    /// A version of a message saved under another fence (the actor that replaced a stale
+    /// one) never merges with the batch's version: each waits for its own fence's check, so
+    /// the current actor is never told `Stored` for a write the stale fence kept out.
+    #[tokio::test]
+    async fn versions_under_two_fences_never_share_a_batch() {
+        let store = store().await;
+        let old = claimed(&store, Uuid::new_v4()).await;
+        let new = Fence { epoch: store.claim_session(old.session_id).await.unwrap().unwrap().epoch, ..old };
+        let reply = message(old.session_id, Role::Assistant, "current");
+        let (done, answered) = oneshot::channel();
+        let mut plan = Plan::default();
+        plan.add(Op::Save { fence: new, save: Box::new(Save::of(reply.clone())), done: Some(done) });
+        let stale = save(old, Save::of(Message { content: "stale".into(), ..reply.clone() }));
+        assert!(!plan.takes(&stale), "a stale version waits for the next batch");
+        let outcome = plan.write(&store, &BatchId { run: 8, writer: 0, n: 1 }, false).await.unwrap();
+        for (waiting, answer) in plan.answer(outcome).answers {
+            let _ = waiting.send(answer);
+        }
+        assert_eq!(answered.await.unwrap().unwrap(), Saved::Stored);
+        let mut next = Plan::default();
+        next.add(stale);
+        let outcome = next.write(&store, &BatchId { run: 8, writer: 0, n: 2 }, false).await.unwrap();
+        assert_eq!(outcome.stale, vec![0]);
+        let stored = store.get_message(old.session_id, reply.id).await.unwrap().unwrap();
+        assert_eq!(stored.content, "current");
     }
 }

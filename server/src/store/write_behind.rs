@@ -125,13 +125,6 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// Queues `op`, waiting for room (given up with the caller, if it stops waiting).
-    async fn enqueue(&self, key: Uuid, op: Op) -> Result<(), StoreError> {
-        let lane = self.lane(key);
-        let room = lane.room.clone().acquire_owned().await.map_err(|_| writer_stopped())?;
-        self.put(lane, op, Some(room))
-    }
-
     /// Queues `op` at once, with room or beyond it: bookkeeping that must not be lost, and
     /// must not hold up the session that made it while the database is down. It keeps its
     /// place after everything its caller queued before.
@@ -145,20 +138,23 @@ impl WriteBehind {
 
     /// Stores a message (with what goes with it) and returns once it is committed
     /// ([`Saved::Repeat`] when its key was used before), or fails with
-    /// [`StoreError::Timeout`] after the write deadline (the write stays queued, unless the
-    /// queue had no room for it in time, and is stored when the database takes it).
+    /// [`StoreError::Timeout`] after the write deadline. It waits for room in the queue
+    /// within that deadline, and past it is queued all the same: a save is never dropped, so
+    /// one that timed out is stored when the database takes it (with its counts and tokens).
     pub async fn save(&self, fence: Fence, save: Save) -> Result<Saved, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let (done, committed) = oneshot::channel();
         let op = Op::Save { fence, save: Box::new(save), done: Some(done) };
-        let answer = tokio::time::timeout(self.deadline, async {
-            self.enqueue(fence.session_id, op).await?;
-            committed.await.unwrap_or_else(|_| Err(writer_stopped()))
-        })
-        .await;
-        answer.unwrap_or_else(|_| {
-            self.metrics.write_timeouts.inc();
-            Err(StoreError::Timeout)
-        })
+        let lane = self.lane(fence.session_id);
+        let room = tokio::time::timeout_at(deadline, lane.room.clone().acquire_owned()).await.ok().and_then(Result::ok);
+        self.put(lane, op, room)?;
+        match tokio::time::timeout_at(deadline, committed).await {
+            Ok(answer) => answer.unwrap_or_else(|_| Err(writer_stopped())),
+            Err(_) => {
+                self.metrics.write_timeouts.inc();
+                Err(StoreError::Timeout)
+            }
+        }
     }
 
     /// Queues a save without waiting for it; never dropped.
@@ -516,26 +512,36 @@ pub(crate) mod tests {
         assert!(batches < 200, "200 saves took {batches} transactions");
     }
 
-    /// A durable save that cannot be queued in time answers `Timeout`, and the queue
-    /// gauge does not keep the count of a save given up before it was queued; once the
-    /// writers have stopped, a save fails at once, counting nothing either.
+    /// A durable save that finds no room in the queue in time answers `Timeout` and is
+    /// queued all the same, so it is stored (with its count) once the writer takes it; the
+    /// queue gauge counts what is queued; once the writers have stopped, a save fails at
+    /// once, counting nothing.
     #[tokio::test]
-    async fn a_save_past_its_deadline_times_out_and_leaks_no_count() {
+    async fn a_save_past_its_deadline_times_out_and_is_stored_later() {
         let store = store().await;
         let metrics = Arc::new(Metrics::new());
         let writes = WriteBehind::start(store.clone(), 1, Duration::from_millis(100), metrics.clone());
-        let fence = claimed(&store, Uuid::new_v4(), "t").await;
+        let user = Uuid::new_v4();
+        let fence = claimed(&store, user, "t").await;
         // A follow-up runs on its writer's thread: one that sleeps holds the writer. Keyed
         // by the session, the counts go to the session's writer.
         let day = Utc::now().date_naive();
         writes.count_message_soon(fence.session_id, day, Box::new(|_| std::thread::sleep(Duration::from_millis(600))));
         tokio::time::sleep(Duration::from_millis(100)).await;
         writes.count_message_soon(fence.session_id, day, Box::new(|_| ()));
-        let saved = writes.save(fence, Save::of(user_message(fence.session_id, "q"))).await;
+        let question = user_message(fence.session_id, "q");
+        let saved = writes.save(fence, Save::of(question.clone()).counted()).await;
         assert!(matches!(saved, Err(StoreError::Timeout)), "{saved:?}");
-        assert_eq!(metrics.write_queue.get(), 1, "the counts are queued; the save that found no room in time is not");
+        assert_eq!(metrics.write_queue.get(), 2, "the count, and the save that found no room in time, are queued");
         writes.flush().await;
         assert_eq!(metrics.write_queue.get(), 0);
+        let stored = store.recent_messages(fence.session_id, 10).await.unwrap();
+        assert_eq!(
+            stored.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![question.id],
+            "stored once the writer takes it"
+        );
+        assert_eq!(store.stored_messages(user).await.unwrap(), 1, "with its count");
         writes.close().await;
         let saved = writes.save(fence, Save::of(user_message(fence.session_id, "q"))).await;
         assert!(matches!(saved, Err(StoreError::Batch(_))), "{saved:?}");

@@ -13,6 +13,10 @@ use crate::auth::AuthUser;
 use crate::cluster::{ClusterError, UserLock};
 use crate::limits::{self, Rate, RateDecision};
 
+/// How many write deadlines the storage cap's lock is held at most: a check, a durable
+/// save, and the wait for a save that timed out.
+const STORAGE_LOCK_DEADLINES: u32 = 3;
+
 /// What letting a send through took from the user's limits.
 pub(super) struct Admission {
     /// The daily counter a unit was taken from, to give back if the send fails after all.
@@ -47,6 +51,18 @@ impl Admission {
             deps.limiter.give_back_quota(key).await;
         }
         self.release().await;
+    }
+
+    /// Keeps what the send took (its message is queued, and is stored once the database
+    /// takes it) and lets the user's next send check the storage cap only once the
+    /// session's queued writes are stored, or the lock's time is up.
+    pub(super) fn keep_until_stored(self, deps: &SessionDeps, session_id: Uuid) {
+        let writes = deps.writes.clone();
+        let hold = STORAGE_LOCK_DEADLINES * writes.deadline();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(hold, writes.flush_session(session_id)).await;
+            self.release().await;
+        });
     }
 
     /// Lets the user's next send check the storage cap.
@@ -130,7 +146,7 @@ impl SessionState {
     async fn storage_lock(&self, user: Uuid) -> Result<StorageLock, SessionError> {
         let local = self.deps.user_locks.lock_owned(user).await;
         let Some(cluster) = &self.deps.cluster else { return Ok(StorageLock { _local: local, cluster: None }) };
-        let hold = 3 * self.deps.writes.deadline();
+        let hold = STORAGE_LOCK_DEADLINES * self.deps.writes.deadline();
         let cluster = match cluster.lock_user(user, "stored", hold).await {
             Ok(lock) => Some(lock),
             Err(ClusterError::Timeout) => {

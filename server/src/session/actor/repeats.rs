@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 
 use relay_protocol::{MessageStatus, Role};
 
-use super::admission::Storing;
 use super::*;
 use crate::session::{Replay, SendAccepted};
 use crate::store::StoredSend;
@@ -77,15 +76,14 @@ impl SessionState {
                 .ok_or(SessionError::Unavailable)?,
         };
         let mut replay = self.reply_state(stored.reply_id).await?;
-        let mut rate = None;
         if replay == Replay::Missing && self.awaits_reply(&user_message) {
-            rate = self.answer_again(requester, &user_message, stored.reply_id).await?;
+            self.answer_again(requester, &user_message, stored.reply_id);
             replay = Replay::Running { text: String::new(), seq: self.seq };
         }
         self.deps.metrics.repeated_requests.inc();
         self.watch(&requester.origin)?;
         self.ack(&requester.origin, requester.request_id.clone(), &user_message);
-        Ok(SendAccepted { user_message, reply_id: stored.reply_id, rate, replay: Some(replay) })
+        Ok(SendAccepted { user_message, reply_id: stored.reply_id, rate: None, replay: Some(replay) })
     }
 
     /// Whether `message` is a user message that is the conversation's last live word, with
@@ -96,20 +94,11 @@ impl SessionState {
     }
 
     /// Queues the reply to `message` under `reply_id` (the send that stored the message
-    /// never got it): it counts as a send again, against the quota and rate (the first
-    /// attempt gave back what it took), but not against the storage cap (nothing new is
-    /// stored but the reply).
-    async fn answer_again(
-        &mut self,
-        requester: &Requester,
-        message: &Message,
-        reply_id: Uuid,
-    ) -> Result<Option<crate::limits::RateDecision>, SessionError> {
-        let admission = self.admit(&requester.user, Storing::Stored).await?;
-        let rate = admission.rate;
-        admission.release().await;
+    /// never got it: it timed out storing, or its reply was dropped before its turn). It
+    /// costs nothing more: the first attempt was charged and counted, even when it timed
+    /// out (see `settle_failed`).
+    fn answer_again(&mut self, requester: &Requester, message: &Message, reply_id: Uuid) {
         tracing::info!(session_id = %self.session.id, message_id = %message.id, %reply_id, "a repeated send gets the reply its first attempt never got");
-        self.count_usage(&requester.user);
         let reply_at =
             self.history.back().map_or(message.created_at, |m| m.created_at.max(message.created_at)) + REPLY_SLOT;
         self.queue.push_back(Queued {
@@ -121,7 +110,6 @@ impl SessionState {
             request_id: requester.request_id.clone(),
             prepared: None,
         });
-        Ok(rate)
     }
 
     /// Where a reply stands: running or waiting here, stored, or never generated.

@@ -67,8 +67,8 @@ impl SessionState {
                     return self.replay(&requester, StoredSend { session_id, message_id, reply_id }).await;
                 }
                 Err(e) => {
-                    admission.give_back(&self.deps).await;
-                    return Err(e);
+                    self.settle_failed(admission, &requester.user, &e).await;
+                    return Err(e.into());
                 }
             }
         }
@@ -150,7 +150,7 @@ impl SessionState {
     /// be what is stored: it takes nothing more, and once its running and waiting replies
     /// are done it stops, for a fresh actor to load the session again (its start waits for
     /// this one's writes). A stale fence means another actor runs the session now.
-    pub(super) async fn store_durably(&mut self, save: Save) -> Result<Saved, SessionError> {
+    pub(super) async fn store_durably(&mut self, save: Save) -> Result<Saved, StoreError> {
         let saved = self.deps.writes.save(self.fence, save).await;
         match &saved {
             Err(StoreError::Timeout) => {
@@ -160,7 +160,22 @@ impl SessionState {
             Err(StoreError::Fenced) => self.lost = true,
             _ => {}
         }
-        Ok(saved?)
+        saved
+    }
+
+    /// Settles what a request whose save failed took from the user's limits. A save that
+    /// timed out is still queued and will be stored (see [`WriteBehind::save`]): the request
+    /// stays charged and counted (sent again with its key, its reply is generated at no new
+    /// charge), and the storage cap's lock is held until the session's writes are stored,
+    /// so no other send passes the cap before this message counts. Any other failure
+    /// stored nothing: what it took is given back.
+    async fn settle_failed(&self, admission: Admission, user: &AuthUser, error: &StoreError) {
+        if matches!(error, StoreError::Timeout) {
+            self.count_usage(user);
+            admission.keep_until_stored(&self.deps, self.session.id);
+        } else {
+            admission.give_back(&self.deps).await;
+        }
     }
 
     /// Marks stored messages superseded in memory and tells every watcher.
@@ -201,8 +216,8 @@ impl SessionState {
                 if let Some(prepared) = prepared {
                     prepared.task.abort();
                 }
-                admission.give_back(&self.deps).await;
-                return Err(e);
+                self.settle_failed(admission, &requester.user, &e).await;
+                return Err(e.into());
             }
         };
         if let Saved::Repeat { session_id, message_id, reply_id } = saved {
