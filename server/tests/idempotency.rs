@@ -112,11 +112,15 @@ async fn a_repeated_rest_request_answers_the_stored_messages() {
     assert_eq!(server.mock.stats().requests, 3, "one reply each");
     assert_eq!(stored_messages(&server, &token, sid).await.len(), 5, "2 + a regenerated reply + an edit and its reply");
 
-    // Bad keys are refused; a key of another session's message is a conflict.
-    assert_eq!(
-        error_of(post(messages.clone(), &"x".repeat(65), json!({"content": "hi"}), false).await.unwrap()).await,
-        (400, ErrorCode::BadRequest)
-    );
+    // Bad keys are refused (too long, or with a space: the OpenAPI document's pattern); a
+    // key of another session's message is a conflict.
+    for bad in ["x".repeat(65), "two words".to_string()] {
+        assert_eq!(
+            error_of(post(messages.clone(), &bad, json!({"content": "hi"}), false).await.unwrap()).await,
+            (400, ErrorCode::BadRequest),
+            "{bad}"
+        );
+    }
     let other = server.create_session(&token).await;
     let response = post(format!("/api/v1/chat/sessions/{}/messages", other.id), "r1", json!({"content": "hi"}), false);
     assert_eq!(error_of(response.await.unwrap()).await, (409, ErrorCode::Conflict));

@@ -27,7 +27,7 @@ use crate::limits::RateDecision;
 use crate::session::{Replay, Requester, SessionError, SubscriptionGuard};
 use crate::state::AppState;
 
-#[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session"), ("Idempotency-Key" = Option<String>, Header, description = "Any 1 to 64 bytes: a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was")),
+#[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters (no spaces): a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was", min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
     request_body = relay_protocol::SendMessageRequest,
     responses((status = 200, description = "The stored messages once the reply is complete; with `Accept: text/event-stream`, an SSE stream of `SseEvent`s", body = relay_protocol::SendMessageResponse,
             headers(("X-RateLimit-Limit" = u32, description = "Sends allowed per minute"), ("X-RateLimit-Remaining" = u32), ("X-RateLimit-Reset" = u64, description = "Seconds until the limit is whole"))),
@@ -54,7 +54,7 @@ pub async fn send(
     answer(state, user, session_id, headers, Ask::Send(body.content)).await
 }
 
-#[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/regenerate", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session"), ("Idempotency-Key" = Option<String>, Header, description = "Any 1 to 64 bytes: a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was")),
+#[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/regenerate", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters (no spaces): a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was", min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
     responses((status = 200, description = "The message answered again and its new reply (the old reply stays, superseded); SSE with `Accept: text/event-stream`", body = relay_protocol::SendMessageResponse),
         (status = 400, description = "bad_request: nothing to answer again, or a malformed Idempotency-Key", body = relay_protocol::ErrorResponse),
         (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
@@ -77,7 +77,7 @@ pub async fn regenerate(
 }
 
 #[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages/{message_id}/edit", tag = "chat", security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The session"), ("message_id" = uuid::Uuid, Path, description = "The session's last user message"), ("Idempotency-Key" = Option<String>, Header, description = "Any 1 to 64 bytes: a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was")),
+    params(("id" = uuid::Uuid, Path, description = "The session"), ("message_id" = uuid::Uuid, Path, description = "The session's last user message"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters (no spaces): a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was", min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
     request_body = relay_protocol::EditMessageRequest,
     responses((status = 200, description = "The new message and its reply (the old ones stay, superseded); SSE with `Accept: text/event-stream`", body = relay_protocol::SendMessageResponse),
         (status = 400, description = "invalid_content: blank or too long; bad_request: malformed body or Idempotency-Key, or not the last user message", body = relay_protocol::ErrorResponse),
@@ -204,8 +204,12 @@ async fn start_and_answer(
 /// The request's `Idempotency-Key` header, if it has a usable one (see [`crate::session::check_key`]).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key =
-        value.to_str().map_err(|_| AppError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.to_owned();
+    // Visible ASCII without spaces, as the OpenAPI document's pattern says (a header
+    // cannot carry a client_message_id's every string anyway).
+    if !value.as_bytes().iter().all(|b| (b'!'..=b'~').contains(b)) {
+        return Err(AppError::BadRequest("Idempotency-Key must be visible ASCII characters, without spaces".into()));
+    }
+    let key = String::from_utf8_lossy(value.as_bytes()).into_owned();
     Ok(crate::session::check_key(Some(key))?)
 }
 
