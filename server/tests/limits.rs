@@ -607,3 +607,57 @@ async fn subscribes_of_a_connection_are_bounded() {
     assert_eq!(refused.len(), 7);
     assert!(refused.iter().all(|e| e.code == ErrorCode::RateLimited && e.retry_after_ms.is_some_and(|ms| ms > 0)));
 }
+
+/// A send whose write timed out is still queued and is stored once the database takes it,
+/// so the user's next send checks the stored-message cap only once it is (or three write
+/// deadlines have passed): a database slow to write cannot let sends past the cap.
+#[tokio::test]
+async fn a_send_that_timed_out_still_counts_against_the_storage_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall = dir.path().join("stall-writes");
+    let stall_var = stall.to_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let vars = [
+        ("JWT_SECRET", common::SECRET),
+        ("DATABASE_TIMEOUT_MS", "1000"),
+        ("RELAY_FAULT_WRITE_STALL_FILE", stall_var.as_str()),
+        ("CHAT_MAX_STORED_MESSAGES_PER_USER", "1"),
+    ];
+    let node = Process::start_with(dir.path(), &vars, std::process::Stdio::inherit());
+    node.ready(&http).await;
+    let token = node.register(&http, "slow-writes").await.token;
+    let (a, b) = (node.create_session(&http, &token, None).await.id, node.create_session(&http, &token, None).await.id);
+    let send = |sid: Uuid| {
+        http.post(node.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+            .bearer_auth(&token)
+            .json(&json!({"content": "hello [[mock tokens=1]]"}))
+            .send()
+    };
+
+    std::fs::write(&stall, "").unwrap();
+    assert_eq!(error_of(send(a).await.unwrap()).await, (503, ErrorCode::Unavailable), "not stored in time");
+    let second = tokio::spawn(send(b));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_file(&stall).unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(error_of(second).await, (403, ErrorCode::StorageFull), "the first message counts, though it timed out");
+
+    let user_messages = || async {
+        let mut count = 0;
+        for sid in [a, b] {
+            let session = node.get(&http, &token, &format!("/api/v1/chat/sessions/{sid}")).await;
+            count += session["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "user").count();
+        }
+        count
+    };
+    let mut stored = 0;
+    for _ in 0..40 {
+        stored = user_messages().await;
+        if stored > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((stored, user_messages().await), (1, 1), "the first message is stored, the second never");
+}
