@@ -3,15 +3,16 @@
 //!
 //! - Raw HTML, block or inline, is shown as text: `<script>` and `<img onerror=...>` are
 //!   escaped like any other characters.
-//! - Links keep only `http:`, `https:` and `mailto:` targets; anything else (`javascript:`,
-//!   `data:`) loses its link and keeps its text. Images are shown as links (no request is
-//!   made to a place the model chose).
+//! - Links keep only `http:`, `https:` and `mailto:` targets (and open in a new tab, with
+//!   `rel="noopener noreferrer"`); anything else (`javascript:`, `data:`) loses its link and
+//!   keeps its text. Images are shown as links (no request is made to a place the model
+//!   chose).
 //! - Fenced code blocks get syntax highlighting (synoptic) and a copy button.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use pulldown_cmark::{CodeBlockKind, CowStr, Event, LinkType, Options, Parser, Tag, TagEnd, html};
+use pulldown_cmark::{CodeBlockKind, CowStr, Event, Options, Parser, Tag, TagEnd, html};
 
 /// Renders markdown to safe HTML; `highlight` colours code blocks (off while a reply
 /// streams, since the text is re-rendered with every piece).
@@ -39,16 +40,8 @@ pub fn render(markdown: &str, highlight: bool) -> String {
                     events.push(Event::Html(CowStr::from(code_block(&language, &body, highlight))));
                 }
             }
-            Event::Start(Tag::Link { link_type, dest_url, title, id }) => {
-                events.push(if safe_url(&dest_url) {
-                    Event::Start(Tag::Link { link_type, dest_url, title, id })
-                } else {
-                    Event::Start(Tag::Link { link_type: LinkType::Inline, dest_url: "".into(), title, id })
-                });
-            }
-            Event::Start(Tag::Image { dest_url, title, id, .. }) => {
-                let dest_url = if safe_url(&dest_url) { dest_url } else { "".into() };
-                events.push(Event::Start(Tag::Link { link_type: LinkType::Inline, dest_url, title, id }));
+            Event::Start(Tag::Link { dest_url, title, .. } | Tag::Image { dest_url, title, .. }) => {
+                events.push(Event::InlineHtml(CowStr::from(link_start(&dest_url, &title))));
             }
             Event::End(TagEnd::Image) => events.push(Event::End(TagEnd::Link)),
             other => events.push(other),
@@ -56,8 +49,26 @@ pub fn render(markdown: &str, highlight: bool) -> String {
     }
     let mut out = String::with_capacity(markdown.len() * 2);
     html::push_html(&mut out, events.into_iter());
-    // A link whose target was dropped renders as `<a href="">`: make it plain text.
-    out.replace("<a href=\"\">", "<a>")
+    out
+}
+
+/// A link's opening tag: one the browser may follow opens in a new tab, telling the page
+/// it opens neither who opened it (`noopener`) nor where from (`noreferrer`); any other
+/// target is dropped (`<a>`, plain text).
+fn link_start(url: &str, title: &str) -> String {
+    if !safe_url(url) {
+        return "<a>".into();
+    }
+    let mut tag = String::from("<a href=\"");
+    escape_into(&mut tag, url);
+    tag.push('"');
+    if !title.is_empty() {
+        tag.push_str(" title=\"");
+        escape_into(&mut tag, title);
+        tag.push('"');
+    }
+    tag.push_str(r#" target="_blank" rel="noopener noreferrer">"#);
+    tag
 }
 
 /// Whether a link target is one the browser may follow safely.
@@ -196,7 +207,10 @@ mod tests {
         assert!(html.contains(r#"href="/x:y""#), "{html}");
         let html = render("![pic](https://example.com/p.png) ![bad](data:text/html,x)", false);
         assert!(!html.contains("<img"), "images become links: {html}");
-        assert!(html.contains(r#"<a href="https://example.com/p.png">pic</a>"#), "{html}");
+        assert!(
+            html.contains(r#"<a href="https://example.com/p.png" target="_blank" rel="noopener noreferrer">pic</a>"#),
+            "{html}"
+        );
         assert!(!html.contains("data:"), "{html}");
     }
 

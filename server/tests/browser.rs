@@ -451,8 +451,7 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
 
             // Markdown streams in with the typing indicator, then settles rendered, with the
             // code block highlighted and copyable.
-            let markdown =
-                "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone. [[mock echo tps=25]]";
+            let markdown = "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone, see [the docs](https://example.com/docs). [[mock echo tps=25]]";
             h.tab(a).send(markdown).await?;
             h.tab(a).element("#streaming #typing").await?;
             h.tab(a).wait_settled(4).await?;
@@ -460,13 +459,20 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             h.tab(a).wait_text(&format!("{last} strong"), "bold").await?;
             h.tab(a).element(&format!("{last} .code .copy")).await?;
             h.tab(a).wait_text(&format!("{last} pre code .tok-keyword"), "fn").await?;
+            // A link opens in a new tab and tells the page it opens nothing of this one.
+            let link = h.tab(a).element(&format!("{last} a[href='https://example.com/docs']")).await?;
+            assert_eq!(link.attr("target").await?.as_deref(), Some("_blank"));
+            assert_eq!(link.attr("rel").await?.as_deref(), Some("noopener noreferrer"));
             h.tab(a).keep_screenshot("chat").await?;
 
             // The store holds what the tab shows.
             let token = token_of(h.tab(a)).await?;
             let store = stored(&h.server, &token, session).await;
             assert_eq!(store.len(), 4);
-            assert_eq!(store[3].1, "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone.");
+            assert_eq!(
+                store[3].1,
+                "Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone, see [the docs](https://example.com/docs)."
+            );
             assert_eq!(store[3].2, "complete");
             // Every send of the client carried an idempotency key of its own.
             let (_, me) = h.server.get(&token, "/api/v1/auth/me").await;
@@ -500,6 +506,15 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
                 assert_eq!(&h.tab(tab).messages().await?.last().unwrap().1, partial);
             }
 
+            // Esc stops a streaming reply as the Stop button does.
+            h.tab(a).send(&slow(60, 10)).await?;
+            h.tab(a).wait_text("#streaming", "word2").await?;
+            h.tab(a).element("#composer").await?.send_keys(Key::Escape).await?;
+            h.tab(a).wait_gone("#streaming").await?;
+            h.tab(a).element("#messages article.message.assistant:last-of-type .badge.stopped").await?;
+            assert_eq!(stored(&h.server, &token, session).await.last().unwrap().2, "cancelled");
+            h.tab(b).wait_gone("#streaming").await?;
+
             // Reloading mid-reply shows what came so far, then the rest; nothing is lost.
             h.tab(a).send(&slow(40, 10)).await?;
             h.tab(a).wait_text("#streaming", "word2").await?;
@@ -508,10 +523,10 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             h.tab(a).wait_text("#streaming", "word").await?;
             let during = h.tab(a).text("#streaming").await?;
             assert!(!during.contains("word40"), "the reply was already over after the reload: {during}");
-            h.tab(a).wait_settled(8).await?;
+            h.tab(a).wait_settled(10).await?;
             let full = (1..=40).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
             assert_eq!(h.tab(a).messages().await?.last().unwrap().1, full);
-            h.tab(b).wait_settled(8).await?;
+            h.tab(b).wait_settled(10).await?;
             assert_eq!(h.tab(b).messages().await?.last().unwrap().1, full);
             assert_eq!(stored(&h.server, &token, session).await.last().unwrap().1, full);
 

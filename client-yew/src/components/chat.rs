@@ -1,9 +1,10 @@
 //! The open session: its messages (markdown, code highlighted, copyable), the reply
-//! streaming in with a typing indicator, Stop, regenerate and edit, and the composer.
+//! streaming in with a typing indicator, Stop (or Esc), regenerate and edit, and the composer.
 
 use relay_protocol::{ClientFrame, Message, MessageStatus, Role};
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
 use web_sys::{Element, HtmlTextAreaElement};
 use yew::prelude::*;
 
@@ -113,6 +114,32 @@ pub fn chat_view() -> Html {
             }
         })
     };
+    // Esc anywhere in the page stops the reply streaming in (as the Stop button does).
+    {
+        let ctx = ctx.clone();
+        use_effect_with((settled, session_id), move |&(settled, session_id)| {
+            let listener = (!settled).then(|| {
+                let on_key = Closure::<dyn Fn(KeyboardEvent)>::new(move |e: KeyboardEvent| {
+                    if e.key() == "Escape"
+                        && !e.default_prevented()
+                        && let Some(socket) = &ctx.socket
+                    {
+                        socket.send(&ClientFrame::Stop { id: None, session_id });
+                    }
+                });
+                let document = web_sys::window().and_then(|w| w.document());
+                if let Some(document) = &document {
+                    let _ = document.add_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+                (document, on_key)
+            });
+            move || {
+                if let Some((Some(document), on_key)) = listener {
+                    let _ = document.remove_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+            }
+        });
+    }
     let regenerate = {
         let ctx = ctx.clone();
         Callback::from(move |_| {
