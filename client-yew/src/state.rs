@@ -119,6 +119,8 @@ pub struct Model {
     pub in_flight: Vec<InFlight>,
     /// A send the server refused: its text goes back into that session's composer.
     pub returned: Option<InFlight>,
+    /// Whether the session list is open over the chat (phone width).
+    pub menu_open: bool,
     next_toast: u32,
 }
 
@@ -151,6 +153,8 @@ pub enum Action {
     Open(Session),
     /// The user closed the open session (e.g. a new chat is being made).
     Close,
+    /// The session list was opened or closed over the chat (phone width).
+    Menu(bool),
     /// Older messages of the open session arrived.
     Older {
         /// The session.
@@ -201,12 +205,18 @@ impl Model {
                 self.sessions_pages = self.sessions_pages.max(page);
             }
             Action::Open(session) => {
+                // Choosing a session, even the one open, closes the list over the chat.
+                self.menu_open = false;
                 if self.chat.as_ref().is_none_or(|c| c.session.id != session.id) {
                     self.chat =
                         Some(Chat { session, messages: Vec::new(), generating: None, has_older: false, loaded: false });
                 }
             }
-            Action::Close => self.chat = None,
+            Action::Close => {
+                self.chat = None;
+                self.menu_open = false;
+            }
+            Action::Menu(open) => self.menu_open = open,
             Action::Older { session_id, messages, has_more } => {
                 if let Some(chat) = self.chat.as_mut().filter(|c| c.session.id == session_id) {
                     let mut older: Vec<Message> =
@@ -422,6 +432,18 @@ mod tests {
     fn logged_in() -> Rc<Model> {
         let user = User { id: Uuid::from_u128(9), username: "u".into(), role: UserRole::User };
         Rc::new(Model::default()).reduce(Action::LoggedIn { user, token: "t".into() }, 0.0)
+    }
+
+    #[test]
+    fn choosing_a_session_closes_the_list_over_the_chat() {
+        let m = logged_in().reduce(Action::Open(session(1)), 0.0).reduce(Action::Menu(true), 0.0);
+        assert!(m.menu_open);
+        let m = m.reduce(Action::Open(session(1)), 0.0);
+        assert!(!m.menu_open, "the session already open, chosen again");
+        let m = m.reduce(Action::Menu(true), 0.0).reduce(Action::Open(session(2)), 0.0);
+        assert!(!m.menu_open, "another session");
+        let m = m.reduce(Action::Menu(true), 0.0).reduce(Action::Close, 0.0);
+        assert!(!m.menu_open, "a new chat");
     }
 
     #[test]

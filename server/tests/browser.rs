@@ -708,6 +708,24 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
             assert_eq!(h.tab(a).js(overflow).await?, json!(false), "the page scrolls sideways at phone width");
             h.tab(a).keep_screenshot("chat-phone").await?;
 
+            // The list closes on Esc, on a tap beside it, and on choosing a session (even the
+            // one already open).
+            let slid_away = sidebar_in_view.replace(">= 0", "< 0");
+            h.tab(a).click(".chat-head .menu").await?;
+            h.tab(a).wait("the list to slide in", sidebar_in_view).await?;
+            h.tab(a).element("#new-chat").await?.send_keys(Key::Escape).await?;
+            h.tab(a).wait("Esc to close the list", &slid_away).await?;
+            h.tab(a).click(".chat-head .menu").await?;
+            h.tab(a).wait("the list to slide in", sidebar_in_view).await?;
+            let beside = "return document.elementFromPoint(window.innerWidth - 10, window.innerHeight / 2).id";
+            assert_eq!(h.tab(a).js(beside).await?, json!("backdrop"), "beside the list is the backdrop");
+            h.tab(a).js("document.elementFromPoint(window.innerWidth - 10, window.innerHeight / 2).click(); return true").await?;
+            h.tab(a).wait("a tap beside the list to close it", &slid_away).await?;
+            h.tab(a).click(".chat-head .menu").await?;
+            h.tab(a).wait("the list to slide in", sidebar_in_view).await?;
+            h.tab(a).click("#sidebar li.active").await?;
+            h.tab(a).wait("choosing the open session to close the list", &slid_away).await?;
+
             // The composer and its button fit on the screen under the (wrapped) banner.
             let fits = "return document.querySelector('#send').getBoundingClientRect().bottom <= window.innerHeight";
             assert_eq!(h.tab(a).js(fits).await?, json!(true), "the send button is off the screen");

@@ -25,7 +25,6 @@ pub fn chat_view() -> Html {
     let height_before_older = use_mut_ref(|| None::<i32>);
     let loading_older = use_state(|| false);
     let editing = use_state(|| None::<Uuid>);
-    let menu_open = use_state(|| false);
 
     let chat = ctx.model.chat.clone();
     let generating_len = chat.as_ref().and_then(|c| c.generating.as_ref()).map_or(0, |g| g.content.len());
@@ -43,18 +42,52 @@ pub fn chat_view() -> Html {
             }
         });
     }
+    let menu_open = ctx.model.menu_open;
+    let streaming_in = chat.as_ref().filter(|c| c.generating.is_some()).map(|c| c.session.id);
+    // Esc anywhere in the page closes the session list when it is open over the chat (phone
+    // width), else stops the reply streaming in (as the Stop button does).
     {
-        let menu_open = menu_open.clone();
-        use_effect_with(chat.as_ref().map(|c| c.session.id), move |_| menu_open.set(false));
+        let ctx = ctx.clone();
+        use_effect_with((streaming_in, menu_open), move |&(streaming_in, menu_open)| {
+            let listener = (menu_open || streaming_in.is_some()).then(|| {
+                let on_key = Closure::<dyn Fn(KeyboardEvent)>::new(move |e: KeyboardEvent| {
+                    if e.key() != "Escape" || e.default_prevented() {
+                        return;
+                    }
+                    if menu_open {
+                        ctx.model.dispatch(Action::Menu(false));
+                    } else if let (Some(session_id), Some(socket)) = (streaming_in, &ctx.socket) {
+                        socket.send(&ClientFrame::Stop { id: None, session_id });
+                    }
+                });
+                let document = web_sys::window().and_then(|w| w.document());
+                if let Some(document) = &document {
+                    let _ = document.add_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+                (document, on_key)
+            });
+            move || {
+                if let Some((Some(document), on_key)) = listener {
+                    let _ = document.remove_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+            }
+        });
     }
     let toggle_menu = {
-        let menu_open = menu_open.clone();
-        Callback::from(move |_| menu_open.set(!*menu_open))
+        let ctx = ctx.clone();
+        Callback::from(move |_| ctx.model.dispatch(Action::Menu(!menu_open)))
     };
-    let body_class = classes!("chat", (*menu_open).then_some("menu-open"));
+    let close_menu = {
+        let ctx = ctx.clone();
+        Callback::from(move |_| ctx.model.dispatch(Action::Menu(false)))
+    };
+    // At phone width the list slides over the chat; a tap beside it closes it.
+    let backdrop = menu_open.then(|| html! { <div class="backdrop" id="backdrop" onclick={close_menu}></div> });
+    let body_class = classes!("chat", menu_open.then_some("menu-open"));
     let Some(chat) = chat else {
         return html! {
             <section class={body_class}>
+                { backdrop }
                 <header class="chat-head"><button class="icon menu" onclick={toggle_menu}>{ "☰" }</button></header>
                 <p class="empty">{ "Pick a chat on the left, or start a new one." }</p>
             </section>
@@ -114,32 +147,6 @@ pub fn chat_view() -> Html {
             }
         })
     };
-    // Esc anywhere in the page stops the reply streaming in (as the Stop button does).
-    {
-        let ctx = ctx.clone();
-        use_effect_with((settled, session_id), move |&(settled, session_id)| {
-            let listener = (!settled).then(|| {
-                let on_key = Closure::<dyn Fn(KeyboardEvent)>::new(move |e: KeyboardEvent| {
-                    if e.key() == "Escape"
-                        && !e.default_prevented()
-                        && let Some(socket) = &ctx.socket
-                    {
-                        socket.send(&ClientFrame::Stop { id: None, session_id });
-                    }
-                });
-                let document = web_sys::window().and_then(|w| w.document());
-                if let Some(document) = &document {
-                    let _ = document.add_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
-                }
-                (document, on_key)
-            });
-            move || {
-                if let Some((Some(document), on_key)) = listener {
-                    let _ = document.remove_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
-                }
-            }
-        });
-    }
     let regenerate = {
         let ctx = ctx.clone();
         Callback::from(move |_| {
@@ -161,6 +168,7 @@ pub fn chat_view() -> Html {
 
     html! {
         <section class={body_class}>
+            { backdrop }
             <header class="chat-head">
                 <button class="icon menu" onclick={toggle_menu}>{ "☰" }</button>
                 <h1 id="chat-title">{ &chat.session.title }</h1>
