@@ -10,8 +10,10 @@ pub mod sequence;
 pub mod socket;
 pub mod state;
 pub mod storage;
+pub mod theme;
 
-/// Mounts the app on the page's `<body>`.
+/// Mounts the app on the page's `<body>`, in the theme the user chose.
 pub fn start() {
+    theme::apply(theme::current());
     yew::Renderer::<components::app::App>::new().render();
 }

@@ -1,10 +1,12 @@
-//! What the tab keeps in `localStorage`: the login (token and user) and a draft per session.
+//! What the tab keeps in `localStorage`: the login (token and user), a draft per session
+//! and the colour theme.
 
 use gloo_storage::{LocalStorage, Storage};
 use relay_protocol::User;
 use uuid::Uuid;
 
 const AUTH: &str = "relay.auth";
+const THEME: &str = "relay.theme";
 
 /// The saved login, if any.
 pub fn load_auth() -> Option<(User, String)> {
@@ -37,4 +39,14 @@ pub fn save_draft(session: Uuid, text: &str) {
     } else {
         let _ = LocalStorage::set(draft_key(session), text);
     }
+}
+
+/// The name of the theme the user chose (empty when none was).
+pub fn load_theme() -> String {
+    LocalStorage::get(THEME).unwrap_or_default()
+}
+
+/// Keeps the name of the theme the user chose.
+pub fn save_theme(name: &str) {
+    let _ = LocalStorage::set(THEME, name);
 }

@@ -167,6 +167,12 @@ impl Harness {
 }
 
 impl Tab {
+    /// Chooses the option of value `value` in the `<select>` at `selector`, as a user does.
+    async fn choose(&self, selector: &str, value: &str) -> Result<()> {
+        let select = thirtyfour::components::SelectElement::new(&self.element(selector).await?).await?;
+        Ok(select.select_by_value(value).await?)
+    }
+
     /// Runs a script in the page and returns what it returns.
     async fn js(&self, script: &str) -> Result<Value> {
         Ok(self.driver.execute(script, Vec::new()).await?.json().clone())
@@ -529,6 +535,23 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             h.tab(b).wait_settled(10).await?;
             assert_eq!(h.tab(b).messages().await?.last().unwrap().1, full);
             assert_eq!(stored(&h.server, &token, session).await.last().unwrap().1, full);
+
+            // The theme: dark when chosen, kept over a reload, light when chosen, and the
+            // system's (light in headless Chromium) when that is chosen.
+            let background = "return getComputedStyle(document.body).backgroundColor";
+            let (dark, light) = (json!("rgb(17, 19, 24)"), json!("rgb(247, 247, 248)"));
+            assert_eq!(h.tab(a).js(background).await?, light);
+            h.tab(a).choose("#theme", "dark").await?;
+            assert_eq!(h.tab(a).js(background).await?, dark);
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_online().await?;
+            assert_eq!(h.tab(a).js(background).await?, dark, "the chosen theme outlives a reload");
+            assert_eq!(h.tab(a).js("return document.querySelector('#theme').value").await?, json!("dark"));
+            h.tab(a).choose("#theme", "light").await?;
+            assert_eq!(h.tab(a).js(background).await?, light);
+            h.tab(a).choose("#theme", "system").await?;
+            assert_eq!(h.tab(a).js("return document.documentElement.hasAttribute('data-theme')").await?, json!(false));
+            assert_eq!(h.tab(a).js(background).await?, light);
 
             // The wrong password's 401 is the only error either console saw.
             h.tab(a).assert_clean_console(&["/api/v1/auth/login"]).await?;

@@ -10,6 +10,7 @@ use yew::prelude::*;
 use super::app::Ctx;
 use crate::api;
 use crate::state::{Action, Connection};
+use crate::theme::{self, Theme};
 
 /// The sidebar.
 #[function_component(Sidebar)]
@@ -62,6 +63,16 @@ pub fn sidebar() -> Html {
         None => "No daily limit".to_string(),
     });
     let user = model.auth.as_ref().map(|(u, _)| u.username.clone()).unwrap_or_default();
+    let chosen = use_state(theme::current);
+    let on_theme = {
+        let chosen = chosen.clone();
+        Callback::from(move |event: Event| {
+            let Some(select) = event.target_dyn_into::<web_sys::HtmlSelectElement>() else { return };
+            let theme = Theme::from_name(&select.value());
+            theme::choose(theme);
+            chosen.set(theme);
+        })
+    };
     html! {
         <nav class="sidebar" id="sidebar">
             <div class="sidebar-head">
@@ -81,6 +92,11 @@ pub fn sidebar() -> Html {
                     <span id="quota" class="quota">{ quota }</span>
                 }
                 <span class="user">{ user }</span>
+                <select id="theme" class="theme" aria-label="Colour theme" onchange={on_theme}>
+                    { for Theme::ALL.into_iter().map(|t| html! {
+                        <option value={t.name()} selected={*chosen == t}>{ t.label() }</option>
+                    }) }
+                </select>
                 <button id="logout" class="link" onclick={logout}>{ "Log out" }</button>
             </div>
         </nav>
