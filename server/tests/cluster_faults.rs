@@ -352,7 +352,20 @@ const HELD: [&str; 7] = [
 
 async fn held(cluster: &Cluster, i: usize) -> Vec<(String, i64)> {
     let url = cluster.node(i).url("/metrics");
-    let text = cluster.http.get(url).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
+    // Right after the load, the sockets it dropped may still count against this address's
+    // cap on the server (HTTP_MAX_CONNECTIONS_PER_ADDRESS), so a scrape may be refused a
+    // few times; a node that never answers fails the test.
+    let mut scraped = None;
+    for _ in 0..20 {
+        match cluster.http.get(&url).bearer_auth("scrape").send().await {
+            Ok(response) => {
+                scraped = Some(response.text().await.unwrap());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let text = scraped.unwrap_or_else(|| panic!("node {i} answers no scrape"));
     HELD.iter()
         .map(|name| {
             let value = text

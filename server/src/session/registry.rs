@@ -221,6 +221,9 @@ impl SessionRegistry {
         for _ in 0..RETRIES {
             let owner = match self.locate(session_id).await? {
                 Place::Here(actor) => {
+                    if let Some(receiver) = watcher {
+                        self.leave_relay(session_id, receiver.id);
+                    }
                     let (tx, rx) = oneshot::channel();
                     if actor.send_message(make(tx)).is_err() {
                         self.forget(session_id, &actor);
@@ -332,6 +335,18 @@ impl SessionRegistry {
             to.deliver(&Outbound::new(ServerFrame::Unsubscribed { id, session_id }));
         }
         true
+    }
+
+    /// Takes a receiver out of the session's relay here, if it is in one (an earlier attempt
+    /// forwarded to an owner that then went away): it watches the session's actor here
+    /// now, and the relay's frames (numbered by the old owner, such as the `done` `error`
+    /// that ends the old owner's reply) must not reach it after the actor's snapshot.
+    fn leave_relay(&self, session_id: Uuid, receiver: ReceiverId) {
+        if let Some(cluster) = &self.deps.cluster
+            && let Some(owner) = cluster.detach(session_id, receiver)
+        {
+            self.unsubscribe_at(session_id, owner, receiver);
+        }
     }
 
     /// Tells a session's owner that a receiver here no longer watches it (in the background).
