@@ -183,7 +183,9 @@ async fn run_schedule(seed: u64, run: Duration, use_net: bool) -> Report {
         }
         for (t, transcript) in transcripts.iter().enumerate() {
             if anomalies.iter().any(|a| a.starts_with(&format!("tab {t}:"))) {
-                let tail = &transcript.events[transcript.events.len().saturating_sub(60)..];
+                // RELAY_FAULT_TAIL: how many of the tab's last events to print (60).
+                let shown = std::env::var("RELAY_FAULT_TAIL").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+                let tail = &transcript.events[transcript.events.len().saturating_sub(shown)..];
                 eprintln!("--- tab {t} (session {}) last events ---", sessions[transcript.session].marker);
                 for (at, event) in tail {
                     eprintln!("{at} {event:?}");
