@@ -66,7 +66,8 @@ impl Socket {
         socket
     }
 
-    /// Closes for good (logout).
+    /// Closes for good (logout): the connection is closed at once, and no frame that
+    /// arrives after this reaches the state.
     pub fn stop(&self) {
         self.inner.stopped.set(true);
         self.inner.outbox.borrow_mut().take();
@@ -142,8 +143,15 @@ impl Socket {
                             break;
                         }
                     }
+                    // The outbox is gone: the connection ended, or the user logged out and
+                    // the server must let it go now, not at its next frame.
+                    let _ = sink.close().await;
                 });
                 while let Some(next) = stream.next().await {
+                    // After a logout nothing that arrives is the next user's business.
+                    if self.inner.stopped.get() {
+                        break;
+                    }
                     match next {
                         Ok(Message::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
                             Ok(frame) => {

@@ -23,8 +23,20 @@ pub fn clear_auth() {
     LocalStorage::delete(AUTH);
 }
 
+const DRAFT_PREFIX: &str = "relay.draft.";
+
 fn draft_key(session: Uuid) -> String {
-    format!("relay.draft.{session}")
+    format!("{DRAFT_PREFIX}{session}")
+}
+
+/// Forgets every session's unsent text (at logout: the next user of this browser must not
+/// find it).
+pub fn clear_drafts() {
+    let storage = LocalStorage::raw();
+    let keys: Vec<String> = (0..storage.length().unwrap_or(0)).filter_map(|i| storage.key(i).ok().flatten()).collect();
+    for key in keys.into_iter().filter(|k| k.starts_with(DRAFT_PREFIX)) {
+        LocalStorage::delete(key);
+    }
 }
 
 /// The unsent text of a session.

@@ -788,6 +788,56 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
         .await;
 }
 
+/// Logging out while a reply streams closes the WebSocket at once, forgets the drafts,
+/// and nothing of the first user (a frame of the reply still running, a session, a draft)
+/// reaches the next user of the same tab.
+#[tokio::test]
+async fn logout_leaves_nothing_for_the_next_user() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("logout", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("ann").await?;
+            h.tab(a).click("#new-chat").await?;
+            h.tab(a).element("#chat-title").await?;
+            h.tab(a).send(&slow(200, 10)).await?;
+            h.tab(a).wait_text("#streaming", "word2").await?;
+            h.tab(a).element("#composer").await?.send_keys("ann's unsent draft").await?;
+            let drafts = "return Object.keys(localStorage).filter(k => k.startsWith('relay.draft.')).length";
+            assert_eq!(h.tab(a).js(drafts).await?, json!(1), "the draft is kept while logged in");
+            assert_eq!(h.server.state().metrics.ws_connections.get(), 1);
+
+            h.tab(a).click("#logout").await?;
+            h.tab(a).wait_text("#login-submit", "Log in").await?;
+            assert_eq!(h.tab(a).js(drafts).await?, json!(0), "drafts are forgotten at logout");
+            let mut open = 1;
+            for _ in 0..20 {
+                open = h.server.state().metrics.ws_connections.get();
+                if open == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(open, 0, "the WebSocket closes at logout, not at its next frame");
+
+            // The next user of the tab, while ann's reply is still being written.
+            h.tab(a).register("bob").await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let page = h.tab(a).text("body").await?;
+            assert!(!page.contains("word1") && !page.contains("unsent draft"), "ann's things reached bob: {page}");
+            assert_eq!(h.tab(a).js("return document.querySelectorAll('#sessions li.session').length").await?, json!(0));
+            assert_eq!(
+                h.tab(a)
+                    .js("return document.querySelector('#composer') ? document.querySelector('#composer').value : ''")
+                    .await?,
+                json!("")
+            );
+            Ok(())
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn a_refused_send_gives_its_text_back() {
     let _one = ONE_AT_A_TIME.lock().await;

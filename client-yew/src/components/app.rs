@@ -65,9 +65,10 @@ impl Ctx {
         });
     }
 
-    /// Logs out: forgets the token and closes the connection.
+    /// Logs out: forgets the token and the drafts, and closes the connection.
     pub fn logout(&self, notice: Option<String>) {
         storage::clear_auth();
+        storage::clear_drafts();
         if let Some(socket) = &self.socket {
             socket.stop();
         }
