@@ -3,7 +3,7 @@
 use gloo_net::http::{Request, RequestBuilder, Response};
 use relay_protocol::{
     AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
-    Session, SessionList, UpdateSessionRequest,
+    Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -59,6 +59,12 @@ pub async fn register(username: &str, password: &str) -> Result<AuthResponse, Ap
 pub async fn sessions(token: &str, page: u32) -> Result<SessionList, ApiError> {
     let url = format!("/api/v1/chat/sessions?page={page}&per_page=30");
     answer(authed(Request::get(&url), token).send().await).await
+}
+
+/// One of the user's sessions, with its latest messages (`404` for an unknown session or
+/// another user's).
+pub async fn session(token: &str, id: Uuid) -> Result<SessionWithMessages, ApiError> {
+    answer(authed(Request::get(&format!("/api/v1/chat/sessions/{id}")), token).send().await).await
 }
 
 /// Creates a session.

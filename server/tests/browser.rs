@@ -788,6 +788,66 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
         .await;
 }
 
+/// The address is the navigation: Back and Forward move between the sessions opened; a
+/// link `/c/<id>` opens any session of the user, even one far past the list's first page;
+/// an unknown id, or another user's, says "not found" and leads back to the start.
+#[tokio::test]
+async fn back_forward_and_links_open_any_session_of_the_user() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("navigation", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("walker").await?;
+            let token = token_of(h.tab(a)).await?;
+            // 32 sessions: the first is past the list's first page (30, newest first).
+            let mut ids = Vec::new();
+            for i in 0..32 {
+                let id = h.server.create_session(&token).await.id;
+                assert_eq!(h.server.rename(&token, id, &format!("chat {i}")).await.status(), 200);
+                ids.push(id);
+            }
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).wait_online().await?;
+            let title = |i: usize| format!("chat {i}");
+            let item = |i: usize| format!("#sessions li.session[data-id='{}']", ids[i]);
+            h.tab(a).click(&item(31)).await?;
+            h.tab(a).wait_text("#chat-title", &title(31)).await?;
+            h.tab(a).click(&item(30)).await?;
+            h.tab(a).wait_text("#chat-title", &title(30)).await?;
+            assert_eq!(h.tab(a).session_id().await?, ids[30]);
+
+            h.tab(a).driver.back().await?;
+            h.tab(a).wait_text("#chat-title", &title(31)).await?;
+            assert_eq!(h.tab(a).session_id().await?, ids[31]);
+            h.tab(a).driver.back().await?;
+            h.tab(a).wait_gone("#chat-title").await?;
+            h.tab(a).driver.forward().await?;
+            h.tab(a).wait_text("#chat-title", &title(31)).await?;
+            h.tab(a).driver.forward().await?;
+            h.tab(a).wait_text("#chat-title", &title(30)).await?;
+
+            // A link to the oldest session, which the list has not loaded.
+            assert_eq!(h.tab(a).js(&format!("return !!document.querySelector(\"{}\")", item(0))).await?, json!(false));
+            h.tab(a).driver.goto(h.server.url(&format!("/c/{}", ids[0]))).await?;
+            h.tab(a).wait_online().await?;
+            h.tab(a).wait_text("#chat-title", &title(0)).await?;
+
+            // Unknown, and another user's: not found, back at the start.
+            let (other, _) = h.server.register("stranger").await;
+            let theirs = h.server.create_session(&other).await.id;
+            for id in [uuid::Uuid::new_v4(), theirs] {
+                h.tab(a).driver.goto(h.server.url(&format!("/c/{id}"))).await?;
+                h.tab(a).wait_online().await?;
+                h.tab(a).wait_text(".toasts", "not found").await?;
+                h.tab(a).wait("the address to go back to the start", "return location.pathname === '/'").await?;
+                assert_eq!(h.tab(a).js("return !!document.querySelector('#chat-title')").await?, json!(false));
+            }
+            Ok(())
+        })
+        .await;
+}
+
 /// Logging out while a reply streams closes the WebSocket at once, forgets the drafts,
 /// and nothing of the first user (a frame of the reply still running, a session, a draft)
 /// reaches the next user of the same tab.

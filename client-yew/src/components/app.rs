@@ -3,6 +3,8 @@
 use std::rc::Rc;
 
 use uuid::Uuid;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
 use yew::prelude::*;
 
 use super::chat::ChatView;
@@ -36,18 +38,29 @@ impl Ctx {
         self.model.auth.as_ref().map(|(_, token)| token.clone())
     }
 
-    /// Opens a session in this tab (and in the address bar).
+    /// Opens a session in this tab, as a new entry of the browser's history.
     pub fn open(&self, session: relay_protocol::Session) {
         set_path(&format!("/c/{}", session.id));
-        self.model.dispatch(Action::Open(session.clone()));
+        self.show(session);
+    }
+
+    /// Shows a session (the address already names it: Back, Forward, a link).
+    fn show(&self, session: relay_protocol::Session) {
+        let id = session.id;
+        self.model.dispatch(Action::Open(session));
         if let Some(socket) = &self.socket {
-            socket.watch(Some(session.id));
+            socket.watch(Some(id));
         }
     }
 
-    /// Closes the open session.
+    /// Closes the open session, as a new entry of the browser's history.
     pub fn close(&self) {
         set_path("/");
+        self.hide();
+    }
+
+    /// Shows no session (the address names none).
+    fn hide(&self) {
         self.model.dispatch(Action::Close);
         if let Some(socket) = &self.socket {
             socket.watch(None);
@@ -83,7 +96,15 @@ fn set_path(path: &str) {
     }
 }
 
-/// The session in the address (`/c/<id>`), opened once the session list has it.
+/// Changes the address without a new history entry (an address that led nowhere).
+fn replace_path(path: &str) {
+    if let Some(history) = web_sys::window().and_then(|w| w.history().ok()) {
+        let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(path));
+    }
+}
+
+/// The session in the address (`/c/<id>`): the app shows it, whether the session list has
+/// loaded it or not.
 fn session_in_path() -> Option<Uuid> {
     let path = web_sys::window()?.location().pathname().ok()?;
     path.strip_prefix("/c/").and_then(|id| Uuid::parse_str(id.trim_end_matches('/')).ok())
@@ -127,14 +148,63 @@ pub fn app() -> Html {
             }
         });
     }
+    // Back and Forward change the address without the app: render again to follow it.
+    {
+        let update = use_force_update();
+        use_effect_with((), move |_| {
+            let on_pop = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| update.force_update());
+            let window = web_sys::window();
+            if let Some(window) = &window {
+                let _ = window.add_event_listener_with_callback("popstate", on_pop.as_ref().unchecked_ref());
+            }
+            move || {
+                if let Some(window) = window {
+                    let _ = window.remove_event_listener_with_callback("popstate", on_pop.as_ref().unchecked_ref());
+                }
+            }
+        });
+    }
+    // The app shows the session the address names: from the list when it has it, else
+    // asked of the server (a link to an older session); one that is not the user's (or no
+    // longer exists) is said so, and the address goes back to the start.
     {
         let ctx = ctx.clone();
         let wanted = session_in_path();
-        let found = wanted.and_then(|id| model.sessions.iter().find(|s| s.id == id).cloned());
         let open = model.chat.as_ref().map(|c| c.session.id);
-        use_effect_with((found, open, ctx.socket.is_some()), move |(found, open, connected)| {
-            if let (Some(session), None, true) = (found, open, connected) {
-                ctx.open(session.clone());
+        let listed = wanted.and_then(|id| model.sessions.iter().find(|s| s.id == id).cloned());
+        let (asked, last_open) = (use_mut_ref(|| None::<Uuid>), use_mut_ref(|| None::<Uuid>));
+        use_effect_with((wanted, open, listed, ctx.socket.is_some()), move |(wanted, open, listed, connected)| {
+            let closed_under_us = open.is_none() && *wanted == *last_open.borrow();
+            *last_open.borrow_mut() = *open;
+            if !*connected || wanted == open {
+                *asked.borrow_mut() = None;
+                return;
+            }
+            match (wanted, listed) {
+                (None, _) => ctx.hide(),
+                // The open session was deleted (here or in another tab).
+                (Some(_), _) if closed_under_us => replace_path("/"),
+                (Some(_), Some(session)) => ctx.show(session.clone()),
+                (Some(id), None) if *asked.borrow() != Some(*id) => {
+                    *asked.borrow_mut() = Some(*id);
+                    let (ctx, id) = (ctx.clone(), *id);
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let Some(token) = ctx.token() else { return };
+                        match api::session(&token, id).await {
+                            Ok(found) if session_in_path() == Some(id) => ctx.show(found.session),
+                            Ok(_) => {}
+                            Err(e) if e.status == 404 => {
+                                replace_path("/");
+                                ctx.model.dispatch(Action::Toast(
+                                    "That chat was not found: it does not exist, or it is not yours.".into(),
+                                    None,
+                                ));
+                            }
+                            Err(e) => ctx.model.dispatch(Action::Toast(e.message, None)),
+                        }
+                    });
+                }
+                (Some(_), None) => {}
             }
         });
     }
