@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, WebSocketError};
@@ -39,6 +39,8 @@ struct Inner {
     seqs: RefCell<Sequences>,
     stopped: Cell<bool>,
     next_id: Cell<u64>,
+    /// Ends the wait before the next attempt (the user asked to retry now).
+    wake: RefCell<Option<oneshot::Sender<()>>>,
 }
 
 impl PartialEq for Socket {
@@ -59,6 +61,7 @@ impl Socket {
                 seqs: RefCell::new(Sequences::default()),
                 stopped: Cell::new(false),
                 next_id: Cell::new(0),
+                wake: RefCell::new(None),
             }),
         };
         let running = socket.clone();
@@ -71,6 +74,13 @@ impl Socket {
     pub fn stop(&self) {
         self.inner.stopped.set(true);
         self.inner.outbox.borrow_mut().take();
+    }
+
+    /// Connects now instead of at the end of the wait before the next attempt.
+    pub fn retry_now(&self) {
+        if let Some(wake) = self.inner.wake.borrow_mut().take() {
+            let _ = wake.send(());
+        }
     }
 
     /// A fresh request id.
@@ -203,8 +213,12 @@ impl Socket {
             }
             let wait = backoff(attempt);
             attempt += 1;
-            self.inner.dispatch.emit(Action::Connection(Connection::Offline { retry_in_ms: wait }));
-            gloo_timers::future::TimeoutFuture::new(wait).await;
+            let retry_at_ms = js_sys::Date::now() + f64::from(wait);
+            self.inner.dispatch.emit(Action::Connection(Connection::Offline { retry_at_ms }));
+            let (wake, woken) = oneshot::channel();
+            *self.inner.wake.borrow_mut() = Some(wake);
+            futures::future::select(gloo_timers::future::TimeoutFuture::new(wait), woken).await;
+            self.inner.wake.borrow_mut().take();
         }
     }
 

@@ -14,10 +14,10 @@ pub enum Connection {
     Connecting,
     /// Authenticated and live.
     Online,
-    /// Lost; the next attempt is in this many milliseconds.
+    /// Lost; the next attempt is due at a time (unless the user asks to retry now).
     Offline {
-        /// Milliseconds until the next attempt.
-        retry_in_ms: u32,
+        /// When the next attempt is due (milliseconds since the epoch, as `Date.now()`).
+        retry_at_ms: f64,
     },
 }
 

@@ -362,6 +362,9 @@ struct Relay {
     url: String,
     cut: tokio::sync::broadcast::Sender<()>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, connections are dropped as soon as they are accepted (the server is
+    /// unreachable).
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -370,9 +373,14 @@ impl Relay {
         let url = format!("http://{}", listener.local_addr()?);
         let (cut, _) = tokio::sync::broadcast::channel::<()>(4);
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (on_cut, count) = (cut.clone(), accepted.clone());
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (on_cut, count, refuse) = (cut.clone(), accepted.clone(), refusing.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut cut = on_cut.subscribe();
                 tokio::spawn(async move {
@@ -384,7 +392,12 @@ impl Relay {
                 });
             }
         });
-        Ok(Relay { url, cut, accepted })
+        Ok(Relay { url, cut, accepted, refusing })
+    }
+
+    /// Makes the server unreachable (or reachable again).
+    fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops every connection open now.
@@ -969,7 +982,34 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
             let store = stored(&h.server, &token, session).await;
             assert_eq!((store[1].1.as_str(), store[1].2.as_str()), (full.as_str(), "complete"));
             assert_eq!(h.tab(a).js("return location.pathname").await?, json!(format!("/c/{session}")));
+
             h.tab(a).assert_clean_console(&[]).await?;
+
+            // While the server cannot be reached, the countdown to the next attempt ticks;
+            // "Retry now" tries at once. (The browser logs each failed attempt.)
+            relay.refuse(true);
+            relay.cut();
+            let seconds = "const m = (document.querySelector('#status').innerText || '').match(/retrying in (\\d+)s/);";
+            let countdown = format!("{seconds} return m ? Number(m[1]) : -1");
+            let long_wait = format!("{seconds} return !!m && Number(m[1]) >= 3");
+            let countdown = countdown.as_str();
+            h.tab(a).wait("a wait of 3 s or more", &long_wait).await?;
+            let first = h.tab(a).js(countdown).await?.as_i64().unwrap_or(-1);
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let second = h.tab(a).js(countdown).await?.as_i64().unwrap_or(-1);
+            assert!(second >= 0 && second < first, "the countdown ticks: {first} s, then {second} s");
+            h.tab(a).wait("another wait of 3 s or more", &long_wait).await?;
+            let shown = h.tab(a).js(countdown).await?.as_i64().unwrap_or(-1);
+            relay.refuse(false);
+            let asked = Instant::now();
+            h.tab(a).click("#retry-now").await?;
+            h.tab(a).wait_online().await?;
+            assert!(
+                asked.elapsed() < Duration::from_secs((shown - 1).max(1) as u64),
+                "online {:?} after Retry now, where the countdown said {shown} s",
+                asked.elapsed()
+            );
+            h.tab(a).assert_clean_console(&["/api/v1/ws' failed", "already in CLOSING or CLOSED state"]).await?;
             Ok(())
         })
         .await;

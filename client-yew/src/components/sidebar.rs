@@ -51,11 +51,29 @@ pub fn sidebar() -> Html {
         Callback::from(move |_| ctx.logout(None))
     };
     let open = model.chat.as_ref().map(|c| c.session.id);
+    // While offline, the countdown to the next attempt ticks every second.
+    let offline = matches!(model.connection, Some(Connection::Offline { .. }));
+    {
+        let update = use_force_update();
+        use_effect_with(offline, move |&offline| {
+            let ticking = offline.then(|| gloo_timers::callback::Interval::new(1000, move || update.force_update()));
+            move || drop(ticking)
+        });
+    }
+    let retry_now = {
+        let ctx = ctx.clone();
+        Callback::from(move |_| {
+            if let Some(socket) = &ctx.socket {
+                socket.retry_now();
+            }
+        })
+    };
     let (status_class, status_text) = match &model.connection {
         Some(Connection::Online) => ("online", "Online".to_string()),
         Some(Connection::Connecting) | None => ("connecting", "Connecting…".to_string()),
-        Some(Connection::Offline { retry_in_ms }) => {
-            ("offline", format!("Offline — retrying in {}s", retry_in_ms.div_ceil(1000)))
+        Some(Connection::Offline { retry_at_ms }) => {
+            let left = ((retry_at_ms - js_sys::Date::now()) / 1000.0).ceil().max(0.0);
+            ("offline", format!("Offline — retrying in {left}s"))
         }
     };
     let quota = model.quota.as_ref().map(|q| match q.remaining {
@@ -78,6 +96,9 @@ pub fn sidebar() -> Html {
             <div class="sidebar-head">
                 <button id="new-chat" class="primary" onclick={new_chat}>{ "+ New chat" }</button>
                 <span id="status" class={classes!("status", status_class)} title={status_text.clone()}>{ status_text }</span>
+                if offline {
+                    <button id="retry-now" class="link" onclick={retry_now}>{ "Retry now" }</button>
+                }
             </div>
             <ul class="sessions" id="sessions" {onscroll}>
                 { for model.sessions.iter().map(|s| html! {
