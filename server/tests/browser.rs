@@ -1000,6 +1000,9 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
             assert!(second >= 0 && second < first, "the countdown ticks: {first} s, then {second} s");
             h.tab(a).wait("another wait of 3 s or more", &long_wait).await?;
             let shown = h.tab(a).js(countdown).await?.as_i64().unwrap_or(-1);
+            // A session made meanwhile (its event went to no connection of this tab).
+            let away = h.server.create_session(&token).await.id;
+            assert_eq!(h.server.rename(&token, away, "made while away").await.status(), 200);
             relay.refuse(false);
             let asked = Instant::now();
             h.tab(a).click("#retry-now").await?;
@@ -1009,6 +1012,8 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
                 "online {:?} after Retry now, where the countdown said {shown} s",
                 asked.elapsed()
             );
+            // Back online, the list is loaded again.
+            h.tab(a).wait_text(&format!("#sessions li.session[data-id='{away}']"), "made while away").await?;
             h.tab(a).assert_clean_console(&["/api/v1/ws' failed", "already in CLOSING or CLOSED state"]).await?;
             Ok(())
         })

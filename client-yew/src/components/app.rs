@@ -139,11 +139,13 @@ pub fn app() -> Html {
     }
     let ctx = Ctx { model: model.clone(), socket: (*socket).clone() };
 
-    // After login: the first page of sessions, and the session of the address if any.
+    // After login, and after every reconnect (what changed meanwhile was not heard): the
+    // first page of sessions.
     {
         let ctx = ctx.clone();
-        use_effect_with((token.clone(), ctx.socket.is_some()), move |(token, connected)| {
-            if token.is_some() && *connected {
+        let online = model.connection == Some(crate::state::Connection::Online);
+        use_effect_with((token.clone(), online), move |(token, online)| {
+            if token.is_some() && *online {
                 ctx.load_sessions(1);
             }
         });
