@@ -82,7 +82,14 @@ mod tests {
     }
 
     fn subscribed(id: Uuid, seq: u64) -> ServerFrame {
-        ServerFrame::Subscribed { id: None, session: session(id), messages: vec![], seq, generating: None }
+        ServerFrame::Subscribed {
+            id: None,
+            session: session(id),
+            messages: vec![],
+            seq,
+            generating: None,
+            has_older: false,
+        }
     }
 
     #[test]

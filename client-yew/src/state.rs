@@ -262,9 +262,9 @@ impl Model {
                 self.model = model;
                 self.set_quota(quota);
             }
-            ServerFrame::Subscribed { session, messages, generating, .. } => {
+            ServerFrame::Subscribed { session, messages, generating, has_older, .. } => {
                 if let Some(chat) = self.chat_of(session.id) {
-                    chat.has_older = messages.len() >= 20;
+                    chat.has_older = has_older;
                     chat.session = session.clone();
                     chat.messages = messages;
                     chat.generating = generating;
@@ -457,6 +457,7 @@ mod tests {
                 messages: vec![message(10, 1, Role::User)],
                 seq: 3,
                 generating: Some(Generating { message_id: Uuid::from_u128(11), content: "Hel".into() }),
+                has_older: false,
             }),
             0.0,
         );
@@ -530,6 +531,7 @@ mod tests {
                 messages: vec![message(10, 1, Role::User), message(11, 1, Role::Assistant)],
                 seq: 2,
                 generating: None,
+                has_older: true,
             }),
             0.0,
         );
@@ -538,6 +540,7 @@ mod tests {
             0.0,
         );
         assert!(m.chat.as_ref().unwrap().messages[1].superseded);
+        assert!(m.chat.as_ref().unwrap().has_older, "as the snapshot says, not guessed from its length");
         m = m.reduce(
             Action::Older {
                 session_id: sid,
@@ -548,6 +551,7 @@ mod tests {
         );
         let ids: Vec<u128> = m.chat.as_ref().unwrap().messages.iter().map(|m| m.id.as_u128()).collect();
         assert_eq!(ids, [1, 10, 11]);
+        assert!(!m.chat.as_ref().unwrap().has_older);
         // Logging out forgets everything but the notice.
         m = m.reduce(Action::LoggedOut(Some("expired".into())), 0.0);
         assert!(m.auth.is_none() && m.chat.is_none() && m.notice.as_deref() == Some("expired"));

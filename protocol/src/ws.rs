@@ -210,6 +210,10 @@ pub enum ServerFrame {
         seq: u64,
         /// The reply in progress, if any.
         generating: Option<Generating>,
+        /// Whether the session has messages before `messages` (read them over REST);
+        /// absent when it has none (added).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        has_older: bool,
     },
     /// The subscription ended.
     Unsubscribed {

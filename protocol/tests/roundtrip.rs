@@ -141,6 +141,8 @@ fn server_frames_roundtrip() {
                "seq": 7, "generating": null}),
         json!({"type": "subscribed", "session": session(), "messages": [], "seq": 9,
                "generating": {"message_id": MID, "content": "Partial"}}),
+        json!({"type": "subscribed", "session": session(), "messages": [], "seq": 9, "generating": null,
+               "has_older": true}),
         json!({"type": "unsubscribed", "id": "2", "session_id": SID}),
         json!({"type": "ack", "id": "3", "message": message("user", "complete", json!(2))}),
         json!({"type": "message", "session_id": SID, "seq": 8, "message": message("assistant", "cancelled", json!(5))}),

@@ -245,3 +245,40 @@ async fn history_reads_back_in_pages() {
     let foreign = get(format!("/api/v1/chat/sessions/{sid}/messages"), other);
     assert_eq!(error_of(foreign.await.unwrap()).await, (404, ErrorCode::NotFound));
 }
+
+/// The snapshot says whether the session has messages before those it holds: not for a
+/// short session, yes once the session outgrows a snapshot (100 messages), whether the
+/// actor that answers has run all along or just loaded the session.
+#[tokio::test]
+async fn a_snapshot_says_whether_older_messages_exist() {
+    let server = TestServer::with(&[("CHAT_SESSION_IDLE_SECS", "1"), ("CHAT_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let (token, _, sid) = user_with_session(&server, "long-talker").await;
+    let snapshot_says = || async {
+        let mut ws = server.ws(&token).await;
+        ws.send(json!({"type": "subscribe", "id": "s", "session_id": sid})).await;
+        let frames = ws.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. })).await;
+        match frames.last() {
+            Some(ServerFrame::Subscribed { messages, has_older, .. }) => (messages.len(), *has_older),
+            other => panic!("{other:?}"),
+        }
+    };
+    let send = |i: usize| {
+        server
+            .http
+            .post(server.url(&format!("/api/v1/chat/sessions/{sid}/messages")))
+            .bearer_auth(&token)
+            .json(&json!({"content": format!("question {i} [[mock tokens=1]]")}))
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(send(i).await.unwrap().status(), 200);
+    }
+    assert_eq!(snapshot_says().await, (6, false), "six messages, nothing older");
+    for i in 3..51 {
+        assert_eq!(send(i).await.unwrap().status(), 200);
+    }
+    assert_eq!(snapshot_says().await, (100, true), "102 messages: two are older");
+    // Once the actor has gone idle and is started again, from the store.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(snapshot_says().await, (100, true));
+}

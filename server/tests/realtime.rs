@@ -795,12 +795,12 @@ async fn send_subscribes_implicitly() {
         .filter(|f| !matches!(f, ServerFrame::Quota { .. } | ServerFrame::SessionUpdated { .. }))
         .collect();
 
-    let ServerFrame::Subscribed { id, session, messages, seq, generating } = main[0] else {
+    let ServerFrame::Subscribed { id, session, messages, seq, generating, has_older } = main[0] else {
         panic!("expected subscribed first, got {:?}", main[0]);
     };
     assert_eq!(*id, None, "an implicit subscription answers no request");
     assert_eq!(session.id, sid);
-    assert!(messages.is_empty());
+    assert!(messages.is_empty() && !has_older);
     assert!(generating.is_none());
     let ServerFrame::Ack { id: Some(ack_id), message: acked } = main[1] else {
         panic!("expected ack second, got {:?}", main[1]);

@@ -55,6 +55,7 @@ impl SessionState {
         self.history.insert(at, message);
         while self.history.len() > HISTORY_CAP {
             self.history.pop_front();
+            self.history_complete = false;
         }
     }
 }

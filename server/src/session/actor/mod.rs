@@ -103,6 +103,8 @@ pub struct SessionState {
     closing: Arc<AtomicBool>,
     /// Stored messages, oldest first, in `created_at` order (the store's order).
     history: VecDeque<Message>,
+    /// Whether `history` holds every message of the session (none older is left out).
+    history_complete: bool,
     queue: VecDeque<Queued>,
     current: Option<Running>,
     seq: u64,
@@ -151,6 +153,7 @@ impl Actor for SessionActor {
             deps: args.deps,
             registry: args.registry,
             closing: args.closing,
+            history_complete: args.history.len() < HISTORY_CAP,
             history: args.history.into(),
             queue: VecDeque::new(),
             current: None,

@@ -117,6 +117,7 @@ impl SessionState {
             messages: self.history.iter().skip(self.history.len() - keep).cloned().collect(),
             seq: self.seq,
             generating,
+            has_older: keep < self.history.len() || !self.history_complete,
         }
     }
 
