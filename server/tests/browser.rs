@@ -482,6 +482,14 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             let link = h.tab(a).element(&format!("{last} a[href='https://example.com/docs']")).await?;
             assert_eq!(link.attr("target").await?.as_deref(), Some("_blank"));
             assert_eq!(link.attr("rel").await?.as_deref(), Some("noopener noreferrer"));
+            // The copy button says whether the copy worked, then offers to copy again.
+            let copy = format!("{last} .code .copy");
+            for (clipboard, said) in [("Promise.reject(new Error('denied'))", "Copy failed"), ("Promise.resolve()", "Copied")] {
+                h.tab(a).js(&format!("navigator.clipboard.writeText = () => {clipboard}; return true")).await?;
+                h.tab(a).click(&copy).await?;
+                h.tab(a).wait_text(&copy, said).await?;
+                h.tab(a).wait(&format!("{copy} to offer Copy again"), &format!("return document.querySelector({}).innerText === 'Copy'", json!(copy))).await?;
+            }
             h.tab(a).keep_screenshot("chat").await?;
 
             // The store holds what the tab shows.

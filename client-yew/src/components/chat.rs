@@ -14,6 +14,8 @@ use crate::{api, markdown, storage};
 
 /// How close to the bottom counts as "at the bottom" (the view follows new text there).
 const STICKY_PX: i32 = 48;
+/// How long a code block's copy button says how the copy went.
+const COPIED_SHOWN_MS: u32 = 2000;
 
 /// The chat view.
 #[function_component(ChatView)]
@@ -130,8 +132,15 @@ pub fn chat_view() -> Html {
         let code = target.closest(".code").ok().flatten().and_then(|block| block.query_selector("code").ok().flatten());
         if let (Some(code), Some(window)) = (code, web_sys::window()) {
             let text = code.text_content().unwrap_or_default();
-            let _ = window.navigator().clipboard().write_text(&text);
-            target.set_text_content(Some("Copied"));
+            let written = wasm_bindgen_futures::JsFuture::from(window.navigator().clipboard().write_text(&text));
+            // The button says how it went (the browser may refuse the clipboard), then
+            // offers to copy again.
+            wasm_bindgen_futures::spawn_local(async move {
+                let copied = written.await.is_ok();
+                target.set_text_content(Some(if copied { "Copied" } else { "Copy failed" }));
+                gloo_timers::future::TimeoutFuture::new(COPIED_SHOWN_MS).await;
+                target.set_text_content(Some("Copy"));
+            });
         }
     });
 
