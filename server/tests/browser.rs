@@ -460,9 +460,8 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
 
             // A new chat; a typed message, sent with Enter, gets a streamed reply.
             h.tab(a).click("#new-chat").await?;
-            h.tab(a).element("#chat-title").await?;
-            let session = h.tab(a).session_id().await?;
             h.tab(a).send("hello there").await?;
+            let session = h.tab(a).session_id().await?;
             h.tab(a).wait_settled(2).await?;
             let shown = h.tab(a).messages().await?;
             assert_eq!(shown[0], ("user".into(), "hello there".into()));
@@ -593,11 +592,12 @@ async fn tabs_share_renames_regenerations_edits_and_deletes() {
             let b = h.open("b").await?;
             h.tab(b).share_login(h.tab(a)).await?;
 
-            // A chat made in one tab shows in the other's list; so does its new name.
-            h.tab(a).click("#new-chat").await?;
-            let session = h.tab(a).session_id().await?;
+            // A chat made (here over REST) shows in both tabs' lists; so does its new name.
+            let session = h.server.create_session(&token_of(h.tab(a)).await?).await.id;
             let item = format!("#sessions li.session[data-id='{session}']");
             h.tab(b).element(&item).await?;
+            h.tab(a).click(&item).await?;
+            assert_eq!(h.tab(a).session_id().await?, session);
             h.tab(a).click(&format!("{item} .rename-button")).await?;
             let input = h.tab(a).element(&format!("{item} .rename-input")).await?;
             input.clear().await?;
@@ -809,6 +809,50 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
         .await;
 }
 
+/// Right after login the composer is ready, and the first message starts the chat: "New
+/// chat" stores no session until something is sent in it.
+#[tokio::test]
+async fn the_first_message_starts_a_chat_and_new_chat_stores_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("first-use", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("newcomer").await?;
+            h.tab(a).wait("the composer to have the focus", "return document.activeElement.id === 'composer'").await?;
+            let token = token_of(h.tab(a)).await?;
+            let count = async || -> Result<u64> {
+                let (_, list) = h.server.get(&token, "/api/v1/chat/sessions").await;
+                Ok(list["total"].as_u64().unwrap_or(u64::MAX))
+            };
+            assert_eq!(count().await?, 0);
+            h.tab(a).element("#composer").await?.send_keys("hello, first message [[mock echo]]").await?;
+            h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
+            let session = h.tab(a).session_id().await?;
+            h.tab(a).wait_settled(2).await?;
+            assert_eq!(h.tab(a).messages().await?[1].1, "hello, first message");
+            assert_eq!(count().await?, 1);
+            h.tab(a).element(&format!("#sessions li.session[data-id='{session}']")).await?;
+
+            // New chat, twice: a composer for the next chat, nothing stored.
+            for _ in 0..2 {
+                h.tab(a).click("#new-chat").await?;
+                h.tab(a).element("#new-chat-hint").await?;
+                h.tab(a)
+                    .wait("the composer to have the focus", "return document.activeElement.id === 'composer'")
+                    .await?;
+            }
+            assert_eq!(h.tab(a).js("return location.pathname").await?, json!("/"));
+            assert_eq!(count().await?, 1, "New chat stored no session");
+            h.tab(a).send("a second chat [[mock echo]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            assert_ne!(h.tab(a).session_id().await?, session);
+            assert_eq!(count().await?, 2);
+            Ok(())
+        })
+        .await;
+}
+
 /// The address is the navigation: Back and Forward move between the sessions opened; a
 /// link `/c/<id>` opens any session of the user, even one far past the list's first page;
 /// an unknown id, or another user's, says "not found" and leads back to the start.
@@ -881,7 +925,6 @@ async fn logout_leaves_nothing_for_the_next_user() {
             let a = h.open("a").await?;
             h.tab(a).register("ann").await?;
             h.tab(a).click("#new-chat").await?;
-            h.tab(a).element("#chat-title").await?;
             h.tab(a).send(&slow(200, 10)).await?;
             h.tab(a).wait_text("#streaming", "word2").await?;
             h.tab(a).element("#composer").await?.send_keys("ann's unsent draft").await?;
@@ -929,8 +972,8 @@ async fn a_refused_send_gives_its_text_back() {
             let a = h.open("a").await?;
             h.tab(a).register("dora").await?;
             h.tab(a).click("#new-chat").await?;
-            let session = h.tab(a).session_id().await?;
             h.tab(a).send("the first message").await?;
+            let session = h.tab(a).session_id().await?;
             h.tab(a).wait_settled(2).await?;
             h.tab(a).send("a carefully written second message").await?;
 
@@ -964,7 +1007,6 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
             let a = h.open_at("a", relay.url.clone()).await?;
             h.tab(a).register("erin").await?;
             h.tab(a).click("#new-chat").await?;
-            let session = h.tab(a).session_id().await?;
             // Every state the status indicator shows, in order.
             h.tab(a)
                 .js("window.statuses = []; const s = () => document.querySelector('#status'); \
@@ -972,6 +1014,7 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
                      .observe(document.querySelector('#sidebar'), {subtree: true, childList: true, characterData: true});")
                 .await?;
             h.tab(a).send(&slow(50, 10)).await?;
+            let session = h.tab(a).session_id().await?;
             h.tab(a).wait_text("#streaming", "word5").await?;
 
             // The network drops mid-reply: the tab says so, reconnects by itself (no reload),

@@ -91,7 +91,9 @@ pub fn chat_view() -> Html {
             <section class={body_class}>
                 { backdrop }
                 <header class="chat-head"><button class="icon menu" onclick={toggle_menu}>{ "☰" }</button></header>
-                <p class="empty">{ "Pick a chat on the left, or start a new one." }</p>
+                <p class="empty" id="new-chat-hint">{ "A new chat: your first message starts it." }</p>
+                <Composer key="new" session_id={None::<Uuid>} editing={None::<Uuid>} edit_text={None::<String>}
+                    on_done_editing={Callback::noop()} />
             </section>
         };
     };
@@ -209,7 +211,7 @@ pub fn chat_view() -> Html {
                     <button id="regenerate" class="link" onclick={regenerate}>{ "↻ Regenerate" }</button>
                 }
             </div>
-            <Composer key={session_id.to_string()} {session_id} editing={*editing} {edit_text}
+            <Composer key={session_id.to_string()} session_id={Some(session_id)} editing={*editing} {edit_text}
                 on_done_editing={ let editing = editing.clone(); Callback::from(move |_| editing.set(None)) } />
         </section>
     }
@@ -263,7 +265,8 @@ fn message_view(props: &MessageProps) -> Html {
 /// Props of the composer.
 #[derive(Properties, PartialEq)]
 struct ComposerProps {
-    session_id: Uuid,
+    /// The session it sends to; none for a new chat (its first send makes the session).
+    session_id: Option<Uuid>,
     /// The message being edited, if any.
     editing: Option<Uuid>,
     /// Its text, to start from.
@@ -276,8 +279,10 @@ struct ComposerProps {
 #[function_component(Composer)]
 fn composer(props: &ComposerProps) -> Html {
     let ctx = use_context::<Ctx>().expect("inside the app");
-    let session_id = props.session_id;
+    // A new chat keeps its draft under the nil id.
+    let session_id = props.session_id.unwrap_or_default();
     let text = use_state(|| storage::load_draft(session_id));
+    let area = use_node_ref();
     {
         let text = text.clone();
         use_effect_with(props.edit_text.clone(), move |edit| {
@@ -318,9 +323,14 @@ fn composer(props: &ComposerProps) -> Html {
     };
     let submit = {
         let (ctx, text, editing, done) = (ctx.clone(), text.clone(), props.editing, props.on_done_editing.clone());
+        let new_chat = props.session_id.is_none();
         Callback::from(move |()| {
             let content = (*text).clone();
             if content.trim().is_empty() || !ctx.model.can_send() {
+                return;
+            }
+            if new_chat {
+                start_chat(ctx.clone(), text.clone(), content);
                 return;
             }
             let Some(socket) = &ctx.socket else { return };
@@ -380,6 +390,18 @@ fn composer(props: &ComposerProps) -> Html {
     let blocked = ctx.model.blocked.clone();
     let offline = ctx.model.connection != Some(crate::state::Connection::Online);
     let disabled = blocked.is_some() || offline;
+    // Ready to type as soon as it can be used (after login, on opening a session, on New
+    // chat), unless the user is busy elsewhere on the page.
+    {
+        let area = area.clone();
+        use_effect_with((props.session_id, disabled), move |&(_, disabled)| {
+            let document = web_sys::window().and_then(|w| w.document());
+            let idle = document.and_then(|d| d.active_element()).is_none_or(|e| e.tag_name() == "BODY");
+            if let (false, true, Some(area)) = (disabled, idle, area.cast::<web_sys::HtmlElement>()) {
+                let _ = area.focus();
+            }
+        });
+    }
     let placeholder = match (&blocked, offline) {
         (Some(b), _) => b.reason.clone(),
         (None, true) => "Reconnecting…".to_string(),
@@ -390,7 +412,7 @@ fn composer(props: &ComposerProps) -> Html {
             if let Some(b) = &blocked {
                 <p class="blocked" id="blocked">{ &b.reason }</p>
             }
-            <textarea id="composer" rows="2" value={(*text).clone()} {oninput} {onkeydown} {placeholder} {disabled} />
+            <textarea id="composer" ref={area} rows="2" value={(*text).clone()} {oninput} {onkeydown} {placeholder} {disabled} />
             <div class="composer-buttons">
                 if props.editing.is_some() {
                     <button type="button" class="link" onclick={cancel}>{ "Cancel" }</button>
@@ -401,4 +423,45 @@ fn composer(props: &ComposerProps) -> Html {
             </div>
         </form>
     }
+}
+
+/// The first message of a new chat: the session is made (over REST), opened, and the
+/// message sent to it; if the session cannot be made, the text stays in the composer.
+fn start_chat(ctx: Ctx, text: UseStateHandle<String>, content: String) {
+    let Some(token) = ctx.token() else { return };
+    wasm_bindgen_futures::spawn_local(async move {
+        let session = match api::create_session(&token).await {
+            Ok(session) => session,
+            Err(e) => {
+                ctx.model.dispatch(Action::Toast(format!("The chat could not be started: {}", e.message), None));
+                return;
+            }
+        };
+        let session_id = session.id;
+        ctx.model.dispatch(Action::Frame(relay_protocol::ServerFrame::SessionCreated {
+            id: None,
+            session: session.clone(),
+        }));
+        ctx.open(session);
+        text.set(String::new());
+        storage::save_draft(Uuid::nil(), "");
+        let Some(socket) = &ctx.socket else { return };
+        let request_id = socket.request_id();
+        let key = crate::socket::Socket::new_key();
+        let in_flight =
+            InFlight { request_id: request_id.clone(), session_id, content: content.clone(), key: key.clone() };
+        ctx.model.dispatch(Action::Sending(in_flight));
+        let frame = ClientFrame::Send {
+            id: Some(request_id),
+            session_id,
+            content: content.clone(),
+            client_message_id: Some(key.clone()),
+        };
+        if !socket.send(&frame) {
+            ctx.model.dispatch(Action::Toast(
+                "Not connected; your message was not sent.".into(),
+                Some(Retry::Send { session_id, content, key }),
+            ));
+        }
+    });
 }

@@ -4,6 +4,7 @@
 
 use relay_protocol::Session;
 use uuid::Uuid;
+use wasm_bindgen::JsCast;
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
@@ -17,22 +18,20 @@ use crate::theme::{self, Theme};
 pub fn sidebar() -> Html {
     let ctx = use_context::<Ctx>().expect("inside the app");
     let model = &ctx.model;
+    // A new chat is only a composer until its first message: no empty session is stored.
+    // The composer takes the focus once it shows.
     let new_chat = {
         let ctx = ctx.clone();
         Callback::from(move |_| {
-            let (ctx, Some(token)) = (ctx.clone(), ctx.token()) else { return };
-            wasm_bindgen_futures::spawn_local(async move {
-                match api::create_session(&token).await {
-                    Ok(session) => {
-                        ctx.model.dispatch(Action::Frame(relay_protocol::ServerFrame::SessionCreated {
-                            id: None,
-                            session: session.clone(),
-                        }));
-                        ctx.open(session);
-                    }
-                    Err(e) => ctx.model.dispatch(Action::Toast(e.message, None)),
+            ctx.close();
+            gloo_timers::callback::Timeout::new(0, || {
+                let composer =
+                    web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("composer"));
+                if let Some(composer) = composer.and_then(|c| c.dyn_into::<web_sys::HtmlElement>().ok()) {
+                    let _ = composer.focus();
                 }
-            });
+            })
+            .forget();
         })
     };
     let more = model.sessions.len() < model.sessions_total as usize;
