@@ -489,6 +489,14 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
                 h.tab(a).wait_text(&copy, said).await?;
                 h.tab(a).wait(&format!("{copy} to offer Copy again"), &format!("return document.querySelector({}).innerText === 'Copy'", json!(copy))).await?;
             }
+            // A message copies as written (the reply's markdown, not its rendering).
+            h.tab(a).js("navigator.clipboard.writeText = (t) => { window.copied = t; return Promise.resolve(); }; return true").await?;
+            h.tab(a).click(&format!("{last} .copy-message")).await?;
+            h.tab(a).wait_text(&format!("{last} .copy-message"), "Copied").await?;
+            assert_eq!(
+                h.tab(a).js("return window.copied").await?,
+                json!("Here is **bold** text.\n\n```rust\nfn main() { let x = 1; }\n```\n\nDone, see [the docs](https://example.com/docs).")
+            );
             h.tab(a).keep_screenshot("chat").await?;
 
             // The store holds what the tab shows.

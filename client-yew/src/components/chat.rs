@@ -132,17 +132,8 @@ pub fn chat_view() -> Html {
             return;
         }
         let code = target.closest(".code").ok().flatten().and_then(|block| block.query_selector("code").ok().flatten());
-        if let (Some(code), Some(window)) = (code, web_sys::window()) {
-            let text = code.text_content().unwrap_or_default();
-            let written = wasm_bindgen_futures::JsFuture::from(window.navigator().clipboard().write_text(&text));
-            // The button says how it went (the browser may refuse the clipboard), then
-            // offers to copy again.
-            wasm_bindgen_futures::spawn_local(async move {
-                let copied = written.await.is_ok();
-                target.set_text_content(Some(if copied { "Copied" } else { "Copy failed" }));
-                gloo_timers::future::TimeoutFuture::new(COPIED_SHOWN_MS).await;
-                target.set_text_content(Some("Copy"));
-            });
+        if let Some(code) = code {
+            copy_with_feedback(&code.text_content().unwrap_or_default(), target);
         }
     });
 
@@ -240,6 +231,14 @@ fn message_view(props: &MessageProps) -> Html {
         MessageStatus::Generating => Some("interrupted"),
         MessageStatus::Complete => None,
     };
+    let copy = {
+        let text = m.content.clone();
+        Callback::from(move |event: MouseEvent| {
+            if let Some(button) = event.target_dyn_into::<Element>() {
+                copy_with_feedback(&text, button);
+            }
+        })
+    };
     let content = if m.role == Role::Assistant {
         html! { <div class="content markdown">{ Html::from_html_unchecked(markdown::render(&m.content, true).into()) }</div> }
     } else {
@@ -252,6 +251,7 @@ fn message_view(props: &MessageProps) -> Html {
                 if let Some(badge) = badge {
                     <span class={classes!("badge", badge)}>{ badge }</span>
                 }
+                <button class="link copy-message" type="button" title="Copy the message" onclick={copy}>{ "Copy" }</button>
                 if let Some(on_edit) = &props.on_edit {
                     <button class="link edit" onclick={ let on_edit = on_edit.clone(); Callback::from(move |_| on_edit.emit(())) }>
                         { "Edit" }
@@ -463,5 +463,18 @@ fn start_chat(ctx: Ctx, text: UseStateHandle<String>, content: String) {
                 Some(Retry::Send { session_id, content, key }),
             ));
         }
+    });
+}
+
+/// Copies `text`; `button` then says how it went (the browser may refuse the clipboard) for
+/// a moment, and offers to copy again.
+fn copy_with_feedback(text: &str, button: Element) {
+    let Some(window) = web_sys::window() else { return };
+    let written = wasm_bindgen_futures::JsFuture::from(window.navigator().clipboard().write_text(text));
+    wasm_bindgen_futures::spawn_local(async move {
+        let copied = written.await.is_ok();
+        button.set_text_content(Some(if copied { "Copied" } else { "Copy failed" }));
+        gloo_timers::future::TimeoutFuture::new(COPIED_SHOWN_MS).await;
+        button.set_text_content(Some("Copy"));
     });
 }
