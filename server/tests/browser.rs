@@ -900,6 +900,13 @@ async fn back_forward_and_links_open_any_session_of_the_user() {
             h.tab(a).driver.forward().await?;
             h.tab(a).wait_text("#chat-title", &title(30)).await?;
 
+            // Sessions are links: the keyboard reaches them, and Enter opens one.
+            let link = h.tab(a).element(&format!("{} a.title", item(29))).await?;
+            assert_eq!(link.attr("href").await?, Some(format!("/c/{}", ids[29])));
+            link.focus().await?;
+            link.send_keys(Key::Enter).await?;
+            h.tab(a).wait_text("#chat-title", &title(29)).await?;
+
             // A link to the oldest session, which the list has not loaded.
             assert_eq!(h.tab(a).js(&format!("return !!document.querySelector(\"{}\")", item(0))).await?, json!(false));
             h.tab(a).driver.goto(h.server.url(&format!("/c/{}", ids[0]))).await?;

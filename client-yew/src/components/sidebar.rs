@@ -204,9 +204,13 @@ fn session_item(props: &ItemProps) -> Html {
                 <button class="danger confirm-delete" onclick={delete}>{ "Delete" }</button>
                 <button class="link" onclick={cancel_delete}>{ "Cancel" }</button>
             } else {
-                <span class="title">{ &props.session.title }</span>
-                <button class="icon rename-button" title="Rename" onclick={start_rename}>{ "✎" }</button>
-                <button class="icon delete-button" title="Delete" onclick={ask_delete}>{ "✕" }</button>
+                // A link, so the keyboard reaches it and a new tab can open it; here the
+                // click opens the session in place (the list item's handler).
+                <a class="title" href={format!("/c/{id}")} onclick={|e: MouseEvent| e.prevent_default()}>
+                    { &props.session.title }
+                </a>
+                <button class="icon rename-button" title="Rename" aria-label="Rename chat" onclick={start_rename}>{ "✎" }</button>
+                <button class="icon delete-button" title="Delete" aria-label="Delete chat" onclick={ask_delete}>{ "✕" }</button>
             }
         </li>
     }
