@@ -477,6 +477,13 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             h.tab(a).wait_text(&format!("{last} strong"), "bold").await?;
             h.tab(a).element(&format!("{last} .code .copy")).await?;
             h.tab(a).wait_text(&format!("{last} pre code .tok-keyword"), "fn").await?;
+            // The complete reply is announced to screen readers, once; so are toasts and the
+            // connection state.
+            h.tab(a).wait_text("#announcer", "Done, see").await?;
+            for live in ["#announcer", "#toasts", "#status"] {
+                let polite = format!("return document.querySelector('{live}').getAttribute('aria-live')");
+                assert_eq!(h.tab(a).js(&polite).await?, json!("polite"), "{live}");
+            }
             // A link opens in a new tab and tells the page it opens nothing of this one.
             let link = h.tab(a).element(&format!("{last} a[href='https://example.com/docs']")).await?;
             assert_eq!(link.attr("target").await?.as_deref(), Some("_blank"));
@@ -525,6 +532,7 @@ async fn chat_streams_markdown_to_every_tab_stops_and_survives_reload() {
             h.tab(a).send(&slow(60, 10)).await?;
             h.tab(b).wait_text("#streaming", "word3").await?;
             h.tab(a).wait_text("#streaming", "word3").await?;
+            assert!(!h.tab(a).text("#announcer").await?.contains("word"), "a reply is not announced token by token");
             h.tab(b).click("#stop").await?;
             for tab in [a, b] {
                 h.tab(tab).wait_gone("#streaming").await?;

@@ -29,6 +29,25 @@ pub fn chat_view() -> Html {
     let editing = use_state(|| None::<Uuid>);
 
     let chat = ctx.model.chat.clone();
+    // A reply is announced to screen readers once, when it is complete (not every token).
+    let announced = use_state(String::new);
+    {
+        let (announced, before) = (announced.clone(), use_mut_ref(|| None::<Uuid>));
+        let running = chat.as_ref().and_then(|c| c.generating.as_ref()).map(|g| g.message_id);
+        let finished = before.borrow().and_then(|id| {
+            chat.as_ref().and_then(|c| c.messages.iter().find(|m| m.id == id)).map(|m| m.content.clone())
+        });
+        use_effect_with((running, finished), move |(running, finished)| {
+            if running.is_none()
+                && let Some(text) = finished
+            {
+                announced.set(text.clone());
+            }
+            *before.borrow_mut() = *running;
+        });
+    }
+    let announcer =
+        html! { <div class="sr-only" id="announcer" role="status" aria-live="polite">{ (*announced).clone() }</div> };
     let generating_len = chat.as_ref().and_then(|c| c.generating.as_ref()).map_or(0, |g| g.content.len());
     let count = chat.as_ref().map_or(0, |c| c.messages.len());
     let first = chat.as_ref().and_then(|c| c.messages.first().map(|m| m.id));
@@ -91,6 +110,7 @@ pub fn chat_view() -> Html {
             <section class={body_class}>
                 { backdrop }
                 <header class="chat-head"><button class="icon menu" onclick={toggle_menu}>{ "☰" }</button></header>
+                { announcer }
                 <p class="empty" id="new-chat-hint">{ "A new chat: your first message starts it." }</p>
                 <Composer key="new" session_id={None::<Uuid>} editing={None::<Uuid>} edit_text={None::<String>}
                     on_done_editing={Callback::noop()} />
@@ -171,6 +191,7 @@ pub fn chat_view() -> Html {
     html! {
         <section class={body_class}>
             { backdrop }
+            { announcer }
             <header class="chat-head">
                 <button class="icon menu" onclick={toggle_menu}>{ "☰" }</button>
                 <h1 id="chat-title">{ &chat.session.title }</h1>

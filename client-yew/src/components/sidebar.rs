@@ -94,7 +94,7 @@ pub fn sidebar() -> Html {
         <nav class="sidebar" id="sidebar">
             <div class="sidebar-head">
                 <button id="new-chat" class="primary" onclick={new_chat}>{ "+ New chat" }</button>
-                <span id="status" class={classes!("status", status_class)} title={status_text.clone()}>{ status_text }</span>
+                <span id="status" role="status" aria-live="polite" class={classes!("status", status_class)} title={status_text.clone()}>{ status_text }</span>
                 if offline {
                     <button id="retry-now" class="link" onclick={retry_now}>{ "Retry now" }</button>
                 }

@@ -28,7 +28,7 @@ pub fn toasts() -> Html {
         });
     }
     html! {
-        <div class="toasts" id="toasts">
+        <div class="toasts" id="toasts" role="status" aria-live="polite">
             { for ctx.model.toasts.iter().map(|toast| {
                 let id = toast.id;
                 let dismiss = { let model = ctx.model.clone(); Callback::from(move |_| model.dispatch(Action::Dismiss(id))) };
