@@ -616,6 +616,8 @@ async fn tabs_share_renames_regenerations_edits_and_deletes() {
             assert_eq!(h.tab(a).session_id().await?, session);
             h.tab(a).click(&format!("{item} .rename-button")).await?;
             let input = h.tab(a).element(&format!("{item} .rename-input")).await?;
+            let focused = "return document.activeElement.classList.contains('rename-input')";
+            h.tab(a).wait("the rename field to have the focus", focused).await?;
             input.clear().await?;
             input.send_keys("Trip planning").await?;
             input.send_keys(Key::Enter).await?;

@@ -138,6 +138,16 @@ fn session_item(props: &ItemProps) -> Html {
     let confirming = use_state(|| false);
     let input = use_node_ref();
     let id: Uuid = props.session.id;
+    // Renaming starts in the field, its text selected (typing replaces it).
+    {
+        let input = input.clone();
+        use_effect_with(*renaming, move |&renaming| {
+            if let (true, Some(field)) = (renaming, input.cast::<HtmlInputElement>()) {
+                let _ = field.focus();
+                field.select();
+            }
+        });
+    }
 
     let open = {
         let (ctx, session) = (ctx.clone(), props.session.clone());
