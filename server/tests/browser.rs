@@ -788,6 +788,35 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
             h.tab(a).click("#sidebar li.active").await?;
             h.tab(a).wait("choosing the open session to close the list", &slid_away).await?;
 
+            // The composer grows with its text, up to a point.
+            let height = "return document.querySelector('#composer').clientHeight";
+            let two = h.tab(a).js(height).await?.as_i64().unwrap_or(0);
+            h.tab(a)
+                .js_with(
+                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
+                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+                    vec![json!("one\ntwo\nthree\nfour\nfive")],
+                )
+                .await?;
+            h.tab(a).wait("the composer to grow", &format!("return document.querySelector('#composer').clientHeight > {two}")).await?;
+            h.tab(a)
+                .js_with(
+                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
+                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+                    vec![json!("line\n".repeat(30))],
+                )
+                .await?;
+            let tall = h.tab(a).js(height).await?.as_i64().unwrap_or(0);
+            assert!(tall < two * 5, "the composer stops growing at 8 lines: {tall} px from {two} px");
+            h.tab(a)
+                .js_with(
+                    "const c = document.querySelector('#composer'); c.value = ''; \
+                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+                    vec![],
+                )
+                .await?;
+            h.tab(a).wait("the composer to shrink back", &format!("return document.querySelector('#composer').clientHeight === {two}")).await?;
+
             // The composer and its button fit on the screen under the (wrapped) banner.
             let fits = "return document.querySelector('#send').getBoundingClientRect().bottom <= window.innerHeight";
             assert_eq!(h.tab(a).js(fits).await?, json!(true), "the send button is off the screen");

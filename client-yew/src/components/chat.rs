@@ -433,7 +433,7 @@ fn composer(props: &ComposerProps) -> Html {
             if let Some(b) = &blocked {
                 <p class="blocked" id="blocked">{ &b.reason }</p>
             }
-            <textarea id="composer" ref={area} rows="2" value={(*text).clone()} {oninput} {onkeydown} {placeholder} {disabled} />
+            <textarea id="composer" ref={area} rows={composer_rows(&text).to_string()} value={(*text).clone()} {oninput} {onkeydown} {placeholder} {disabled} />
             <div class="composer-buttons">
                 if props.editing.is_some() {
                     <button type="button" class="link" onclick={cancel}>{ "Cancel" }</button>
@@ -498,4 +498,9 @@ fn copy_with_feedback(text: &str, button: Element) {
         gloo_timers::future::TimeoutFuture::new(COPIED_SHOWN_MS).await;
         button.set_text_content(Some("Copy"));
     });
+}
+
+/// The composer grows with its text, line by line, from 2 lines up to 8 (then it scrolls).
+fn composer_rows(text: &str) -> usize {
+    (text.split('\n').count()).clamp(2, 8)
 }
