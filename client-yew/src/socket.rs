@@ -22,6 +22,8 @@ use crate::state::{Action, Connection};
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_CHAT_DISABLED: u16 = 4404;
 const CLOSE_TOO_MANY_CONNECTIONS: u16 = 4409;
+/// The server closed the connection because this tab read too slowly (its queue filled).
+const CLOSE_TOO_SLOW: u16 = 4429;
 
 /// The connection of this tab; cheap to clone.
 #[derive(Clone)]
@@ -204,6 +206,14 @@ impl Socket {
                     self.stop();
                     self.inner.dispatch.emit(Action::Toast("Chat is not available for your account.".into(), None));
                     return;
+                }
+                Some(CLOSE_TOO_SLOW) => {
+                    self.inner.dispatch.emit(Action::Toast(
+                        "The connection fell behind (this tab read too slowly) and was closed; reconnecting.".into(),
+                        None,
+                    ));
+                    // Not at once: whatever slowed the tab down may still be going on.
+                    attempt = attempt.max(3);
                 }
                 Some(CLOSE_TOO_MANY_CONNECTIONS) => {
                     self.inner.dispatch.emit(Action::Toast("Too many open tabs; close one to reconnect.".into(), None));

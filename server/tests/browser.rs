@@ -360,7 +360,9 @@ impl Tab {
 /// network would (the browser sees its WebSocket close abnormally).
 struct Relay {
     url: String,
-    cut: tokio::sync::broadcast::Sender<()>,
+    /// Ends every connection open now: with a WebSocket close frame of that code first, or
+    /// none (`None`: a dropped network).
+    cut: tokio::sync::broadcast::Sender<Option<u16>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// While set, connections are dropped as soon as they are accepted (the server is
     /// unreachable).
@@ -371,7 +373,7 @@ impl Relay {
     async fn start(target: std::net::SocketAddr) -> Result<Relay> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let (cut, _) = tokio::sync::broadcast::channel::<()>(4);
+        let (cut, _) = tokio::sync::broadcast::channel::<Option<u16>>(4);
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (on_cut, count, refuse) = (cut.clone(), accepted.clone(), refusing.clone());
@@ -387,7 +389,16 @@ impl Relay {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.recv() => {}
+                        how = cut.recv() => {
+                            // A server's close frame: unmasked, the code in two bytes.
+                            if let Ok(Some(code)) = how {
+                                use tokio::io::AsyncWriteExt;
+                                let [high, low] = code.to_be_bytes();
+                                let _ = inbound.write_all(&[0x88, 2, high, low]).await;
+                                let _ = inbound.flush().await;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
                     }
                 });
             }
@@ -402,7 +413,12 @@ impl Relay {
 
     /// Drops every connection open now.
     fn cut(&self) {
-        let _ = self.cut.send(());
+        let _ = self.cut.send(None);
+    }
+
+    /// Closes every connection open now as the server does, with `code`.
+    fn close_with(&self, code: u16) {
+        let _ = self.cut.send(Some(code));
     }
 
     fn accepted(&self) -> usize {
@@ -1089,6 +1105,17 @@ async fn a_dropped_connection_comes_back_and_the_reply_continues() {
             assert_eq!(h.tab(a).js("return location.pathname").await?, json!(format!("/c/{session}")));
 
             h.tab(a).assert_clean_console(&[]).await?;
+
+            // Closed for reading too slowly (4429): the tab says why and comes back, not at
+            // once but after a wait.
+            let before = relay.accepted();
+            h.tab(a).js("window.statuses = []; return true").await?;
+            relay.close_with(4429);
+            h.tab(a).wait_text(".toasts", "read too slowly").await?;
+            h.tab(a).wait_online().await?;
+            assert!(relay.accepted() > before, "the tab did not open a new connection");
+            let waited = "return window.statuses.some(s => /retrying in [2-9]/.test(s))";
+            assert_eq!(h.tab(a).js(waited).await?, json!(true), "it waited two seconds or more before trying again");
 
             // While the server cannot be reached, the countdown to the next attempt ticks;
             // "Retry now" tries at once. (The browser logs each failed attempt.)
