@@ -193,15 +193,18 @@ impl Model {
             Action::Connection(state) => self.connection = Some(state),
             Action::Frame(frame) => self.frame(frame, now_ms),
             Action::SessionsPage { page, sessions, total } => {
-                if page <= 1 {
-                    self.sessions.clear();
-                }
+                // Merged, never replacing the list: a session that arrived by an event while
+                // the page was being read (made in another tab just now) is not in the page,
+                // and must stay.
                 for session in sessions {
-                    if !self.sessions.iter().any(|s| s.id == session.id) {
-                        self.sessions.push(session);
+                    match self.sessions.iter().position(|s| s.id == session.id) {
+                        Some(i) if page <= 1 => self.sessions[i] = session,
+                        Some(_) => {}
+                        None => self.sessions.push(session),
                     }
                 }
-                self.sessions_total = total;
+                self.sessions.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+                self.sessions_total = total.max(self.sessions.len() as u64);
                 self.sessions_pages = self.sessions_pages.max(page);
             }
             Action::Open(session) => {
@@ -432,6 +435,16 @@ mod tests {
     fn logged_in() -> Rc<Model> {
         let user = User { id: Uuid::from_u128(9), username: "u".into(), role: UserRole::User };
         Rc::new(Model::default()).reduce(Action::LoggedIn { user, token: "t".into() }, 0.0)
+    }
+
+    #[test]
+    fn a_session_heard_of_while_the_first_page_loads_stays_listed() {
+        let m = logged_in().reduce(Action::Frame(ServerFrame::SessionCreated { id: None, session: session(2) }), 0.0);
+        let m = m.reduce(Action::SessionsPage { page: 1, sessions: vec![session(1)], total: 1 }, 0.0);
+        let mut ids: Vec<u128> = m.sessions.iter().map(|s| s.id.as_u128()).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(m.sessions_total, 2);
     }
 
     #[test]
