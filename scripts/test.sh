@@ -4,7 +4,8 @@
 # the server (scripts/contract.sh: Schemathesis). On a fresh machine it first installs what
 # that needs: redis-server (Debian's; the limits tests run a real one), nginx (one test
 # runs deploy/nginx.conf in front of the server), chromium and
-# chromedriver (the browser tests drive the real client), the wasm32 target,
+# chromedriver (the browser tests drive the real client), axe-core from npm (they check
+# every screen's accessibility with it), the wasm32 target,
 # wasm-bindgen-cli (through `cargo xtask client`, which builds the browser client the
 # browser tests load), the llvm-tools component and cargo-llvm-cov (tools are kept under
 # $HOME/.cache between runs), and a SurrealDB server (`tools/surreal`, built once into
@@ -54,6 +55,20 @@ if [ "$COVERAGE" != 0 ]; then
   fi
 fi
 
+# The browser tests check every screen with axe-core (Deque's accessibility engine).
+AXE_VERSION="4.14.1"
+AXE_DIR="$TOOLS/axe-$AXE_VERSION"
+if [ ! -f "$AXE_DIR/node_modules/axe-core/axe.min.js" ]; then
+  echo "== installing axe-core $AXE_VERSION (the browser tests inject it into the pages)"
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq npm
+  fi
+  mkdir -p "$AXE_DIR"
+  npm install --no-audit --no-fund --silent --prefix "$AXE_DIR" "axe-core@$AXE_VERSION"
+fi
+export RELAY_AXE_JS="${RELAY_AXE_JS:-$AXE_DIR/node_modules/axe-core/axe.min.js}"
+
 # The cluster tests (and the remote-database test) run a real SurrealDB server.
 SURREAL_TARGET="$HOME/.cache/surreal-target"
 echo "== SurrealDB server for the cluster tests (tools/surreal; cached in $SURREAL_TARGET)"
@@ -69,7 +84,7 @@ cargo xtask client
 # The client's components, socket and storage run only in the browser, where the browser
 # tests exercise them but llvm-cov cannot count; xtask is a build tool. Both stay out of
 # the figure so it measures what the tests can measure.
-NOT_MEASURED='client-yew/src/(components|api|socket|storage|lib|main)|xtask/'
+NOT_MEASURED='client-yew/src/(components|api|ctx|effects|socket|storage|lib|main)|xtask/'
 
 echo "== tests"
 if [ "$COVERAGE" = 0 ]; then

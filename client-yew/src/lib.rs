@@ -5,15 +5,22 @@
 
 pub mod api;
 pub mod components;
+pub mod ctx;
+pub mod effects;
 pub mod markdown;
 pub mod sequence;
 pub mod socket;
 pub mod state;
 pub mod storage;
 pub mod theme;
+pub mod versions;
 
-/// Mounts the app on the page's `<body>`, in the theme the user chose.
+/// Mounts the app on the page's `<body>`, in the theme the user chose, in place of the
+/// page's first paint (`#skeleton` in `index.html`).
 pub fn start() {
     theme::apply(theme::current());
+    if let Some(skeleton) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("skeleton")) {
+        skeleton.remove();
+    }
     yew::Renderer::<components::app::App>::new().render();
 }

@@ -3,6 +3,11 @@
 //! progress reappears whole and continues. Events of the open session are checked for
 //! gaps in `seq`; a gap resubscribes (the snapshot replaces what was missed) instead of
 //! showing a broken reply.
+//!
+//! Pieces of a reply (`delta` frames) reach the state at most once per animation frame,
+//! joined: a reply streaming at a thousand tokens a second is drawn sixty times a second,
+//! not a thousand. Any other frame first lets the pieces waiting before it through, so the
+//! order of events is kept.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -13,6 +18,8 @@ use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, WebSocketError};
 use relay_protocol::{ClientFrame, ServerFrame};
 use uuid::Uuid;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
 use yew::Callback;
 
 use crate::sequence::{Sequences, Verdict, backoff_ms};
@@ -43,6 +50,14 @@ struct Inner {
     next_id: Cell<u64>,
     /// Ends the wait before the next attempt (the user asked to retry now).
     wake: RefCell<Option<oneshot::Sender<()>>>,
+    /// Pieces of a reply waiting for the next animation frame, joined into one `delta`.
+    pending: RefCell<Option<ServerFrame>>,
+    /// Whether a flush of the pending pieces is scheduled.
+    flush_scheduled: Cell<bool>,
+    /// Lets the pending pieces through; called by the next animation frame, and by a timer
+    /// for a hidden tab (which draws no frames). Made once per login; left to the garbage
+    /// collector (a callback still scheduled may run after the connection is gone).
+    flusher: RefCell<Option<js_sys::Function>>,
 }
 
 impl PartialEq for Socket {
@@ -64,8 +79,19 @@ impl Socket {
                 stopped: Cell::new(false),
                 next_id: Cell::new(0),
                 wake: RefCell::new(None),
+                pending: RefCell::new(None),
+                flush_scheduled: Cell::new(false),
+                flusher: RefCell::new(None),
             }),
         };
+        // The flusher holds the connection weakly: the connection owns it.
+        let weak = Rc::downgrade(&socket.inner);
+        let flusher = Closure::<dyn FnMut()>::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                Socket { inner }.flush();
+            }
+        });
+        *socket.inner.flusher.borrow_mut() = Some(flusher.into_js_value().unchecked_into());
         let running = socket.clone();
         wasm_bindgen_futures::spawn_local(async move { running.run().await });
         socket
@@ -76,6 +102,7 @@ impl Socket {
     pub fn stop(&self) {
         self.inner.stopped.set(true);
         self.inner.outbox.borrow_mut().take();
+        self.inner.pending.borrow_mut().take();
     }
 
     /// Connects now instead of at the end of the wait before the next attempt.
@@ -243,9 +270,59 @@ impl Socket {
         }
         let verdict = self.inner.seqs.borrow_mut().observe(&frame);
         match verdict {
-            Verdict::Apply => self.inner.dispatch.emit(Action::Frame(frame)),
-            Verdict::Resubscribe(session_id) => self.subscribe(session_id),
+            Verdict::Apply => self.apply(frame),
+            Verdict::Resubscribe(session_id) => {
+                self.flush();
+                self.subscribe(session_id);
+            }
         }
+    }
+
+    /// Hands a frame to the state: a piece of a reply joins the pieces waiting for the next
+    /// animation frame; anything else goes at once, after them.
+    fn apply(&self, frame: ServerFrame) {
+        let ServerFrame::Delta { session_id, seq, message_id, text } = frame else {
+            self.flush();
+            self.inner.dispatch.emit(Action::Frame(frame));
+            return;
+        };
+        let joined = match self.inner.pending.borrow_mut().as_mut() {
+            Some(ServerFrame::Delta { session_id: s, seq: last, message_id: m, text: waiting })
+                if *s == session_id && *m == message_id =>
+            {
+                waiting.push_str(&text);
+                *last = seq;
+                true
+            }
+            _ => false,
+        };
+        if !joined {
+            self.flush();
+            *self.inner.pending.borrow_mut() = Some(ServerFrame::Delta { session_id, seq, message_id, text });
+            self.schedule_flush();
+        }
+    }
+
+    /// Lets the waiting pieces through now.
+    fn flush(&self) {
+        self.inner.flush_scheduled.set(false);
+        let pending = self.inner.pending.borrow_mut().take();
+        if let Some(frame) = pending {
+            self.inner.dispatch.emit(Action::Frame(frame));
+        }
+    }
+
+    /// Lets the waiting pieces through at the next animation frame, or after a tenth of a
+    /// second in a tab that draws none (hidden).
+    fn schedule_flush(&self) {
+        if self.inner.flush_scheduled.replace(true) {
+            return;
+        }
+        let (Some(window), Some(flusher)) = (web_sys::window(), self.inner.flusher.borrow().clone()) else {
+            return self.flush();
+        };
+        let _ = window.request_animation_frame(&flusher);
+        let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&flusher, 100);
     }
 }
 

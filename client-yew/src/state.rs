@@ -80,8 +80,10 @@ const MAX_IN_FLIGHT: usize = 16;
 pub struct Chat {
     /// The session.
     pub session: Session,
-    /// Its messages, oldest first (superseded ones included, marked).
-    pub messages: Vec<Message>,
+    /// Its messages, oldest first (superseded ones included, marked); shared, so a new
+    /// state costs a pointer per message and an unchanged message is seen unchanged by
+    /// pointer.
+    pub messages: Vec<Rc<Message>>,
     /// The reply being generated, if any.
     pub generating: Option<Generating>,
     /// Whether older messages exist beyond the first one shown.
@@ -103,8 +105,9 @@ pub struct Model {
     pub model: Option<ModelInfo>,
     /// Today's quota.
     pub quota: Option<Quota>,
-    /// The user's sessions, most recently active first.
-    pub sessions: Vec<Session>,
+    /// The user's sessions, most recently active first (shared: a new state does not copy
+    /// the list unless it changes).
+    pub sessions: Rc<Vec<Session>>,
     /// How many sessions the user has in all.
     pub sessions_total: u64,
     /// How many pages of sessions are loaded.
@@ -196,15 +199,16 @@ impl Model {
                 // Merged, never replacing the list: a session that arrived by an event while
                 // the page was being read (made in another tab just now) is not in the page,
                 // and must stay.
+                let list = Rc::make_mut(&mut self.sessions);
                 for session in sessions {
-                    match self.sessions.iter().position(|s| s.id == session.id) {
-                        Some(i) if page <= 1 => self.sessions[i] = session,
+                    match list.iter().position(|s| s.id == session.id) {
+                        Some(i) if page <= 1 => list[i] = session,
                         Some(_) => {}
-                        None => self.sessions.push(session),
+                        None => list.push(session),
                     }
                 }
-                self.sessions.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
-                self.sessions_total = total.max(self.sessions.len() as u64);
+                list.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+                self.sessions_total = total.max(list.len() as u64);
                 self.sessions_pages = self.sessions_pages.max(page);
             }
             Action::Open(session) => {
@@ -222,8 +226,11 @@ impl Model {
             Action::Menu(open) => self.menu_open = open,
             Action::Older { session_id, messages, has_more } => {
                 if let Some(chat) = self.chat.as_mut().filter(|c| c.session.id == session_id) {
-                    let mut older: Vec<Message> =
-                        messages.into_iter().filter(|m| !chat.messages.iter().any(|c| c.id == m.id)).collect();
+                    let mut older: Vec<Rc<Message>> = messages
+                        .into_iter()
+                        .filter(|m| !chat.messages.iter().any(|c| c.id == m.id))
+                        .map(Rc::new)
+                        .collect();
                     older.append(&mut chat.messages);
                     chat.messages = older;
                     chat.has_older = has_more;
@@ -269,7 +276,7 @@ impl Model {
                 if let Some(chat) = self.chat_of(session.id) {
                     chat.has_older = has_older;
                     chat.session = session.clone();
-                    chat.messages = messages;
+                    chat.messages = messages.into_iter().map(Rc::new).collect();
                     chat.generating = generating;
                     chat.loaded = true;
                 }
@@ -281,8 +288,8 @@ impl Model {
                         chat.generating = None;
                     }
                     match chat.messages.iter_mut().find(|m| m.id == message.id) {
-                        Some(known) => *known = message,
-                        None => chat.messages.push(message),
+                        Some(known) => *known = Rc::new(message),
+                        None => chat.messages.push(Rc::new(message)),
                     }
                 }
                 self.bump_session(session_id);
@@ -290,7 +297,7 @@ impl Model {
             ServerFrame::Superseded { session_id, message_ids, .. } => {
                 if let Some(chat) = self.chat_of(session_id) {
                     for message in chat.messages.iter_mut().filter(|m| message_ids.contains(&m.id)) {
-                        message.superseded = true;
+                        Rc::make_mut(message).superseded = true;
                     }
                 }
             }
@@ -325,7 +332,7 @@ impl Model {
             }
             ServerFrame::SessionDeleted { session_id, .. } => {
                 let before = self.sessions.len();
-                self.sessions.retain(|s| s.id != session_id);
+                Rc::make_mut(&mut self.sessions).retain(|s| s.id != session_id);
                 self.sessions_total = self.sessions_total.saturating_sub((before - self.sessions.len()) as u64);
                 if self.chat.as_ref().is_some_and(|c| c.session.id == session_id) {
                     self.chat = None;
@@ -379,22 +386,23 @@ impl Model {
 
     /// Adds or refreshes a session, keeping the list most recently active first.
     fn upsert_session(&mut self, session: Session) {
-        let known = self.sessions.iter().position(|s| s.id == session.id);
-        match known {
-            Some(i) => self.sessions[i] = session,
+        let list = Rc::make_mut(&mut self.sessions);
+        match list.iter().position(|s| s.id == session.id) {
+            Some(i) => list[i] = session,
             None => {
-                self.sessions.push(session);
+                list.push(session);
                 self.sessions_total += 1;
             }
         }
-        self.sessions.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        list.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
     }
 
     /// Moves a session to the top when it gets a message.
     fn bump_session(&mut self, session_id: Uuid) {
-        if let Some(i) = self.sessions.iter().position(|s| s.id == session_id) {
-            let session = self.sessions.remove(i);
-            self.sessions.insert(0, session);
+        if let Some(i) = self.sessions.iter().position(|s| s.id == session_id).filter(|&i| i > 0) {
+            let list = Rc::make_mut(&mut self.sessions);
+            let session = list.remove(i);
+            list.insert(0, session);
         }
     }
 

@@ -1,5 +1,5 @@
 //! What the tab keeps in `localStorage`: the login (token and user), a draft per session
-//! and the colour theme.
+//! the colour theme, and whether the demo-mode banner was dismissed.
 
 use gloo_storage::{LocalStorage, Storage};
 use relay_protocol::User;
@@ -61,4 +61,16 @@ pub fn load_theme() -> String {
 /// Keeps the name of the theme the user chose.
 pub fn save_theme(name: &str) {
     let _ = LocalStorage::set(THEME, name);
+}
+
+const MOCK_BANNER: &str = "relay.mock_banner_dismissed";
+
+/// Whether the user dismissed the demo-mode banner in this browser.
+pub fn mock_banner_dismissed() -> bool {
+    LocalStorage::get::<bool>(MOCK_BANNER).unwrap_or(false)
+}
+
+/// Remembers that the user dismissed the demo-mode banner.
+pub fn dismiss_mock_banner() {
+    let _ = LocalStorage::set(MOCK_BANNER, true);
 }

@@ -207,7 +207,8 @@ fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
     let css_name = format!("style-{}.css", hash(&css_bytes));
     let index = fs::read_to_string(client.join("index.html"))?
         .replace("{{css}}", &format!("/{css_name}"))
-        .replace("{{js}}", &format!("/{js_name}"));
+        .replace("{{js}}", &format!("/{js_name}"))
+        .replace("{{wasm}}", &format!("/{wasm_name}"));
     let built = [
         emit(&dist, &wasm_name, &wasm_bytes)?,
         emit(&dist, &js_name, &js_bytes)?,

@@ -1,4 +1,4 @@
-//! The root: the state, the connection, and which screen shows.
+//! The root: the state, the connection, the address bar, and which screen shows.
 
 use std::rc::Rc;
 
@@ -7,108 +7,15 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use yew::prelude::*;
 
+use super::banner::MockBanner;
 use super::chat::ChatView;
 use super::login::Login;
 use super::sidebar::Sidebar;
 use super::toasts::Toasts;
+use crate::ctx::{Ctx, replace_path, session_in_path};
 use crate::socket::Socket;
-use crate::state::{Action, Model};
-use crate::{api, storage};
-
-impl Reducible for Model {
-    type Action = Action;
-
-    fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
-        Model::reduce(self, action, js_sys::Date::now())
-    }
-}
-
-/// What every component can reach: the state and the connection.
-#[derive(Clone, PartialEq)]
-pub struct Ctx {
-    /// The state; dispatch actions to change it.
-    pub model: UseReducerHandle<Model>,
-    /// The tab's connection (none before login).
-    pub socket: Option<Socket>,
-}
-
-impl Ctx {
-    /// The bearer token, when logged in.
-    pub fn token(&self) -> Option<String> {
-        self.model.auth.as_ref().map(|(_, token)| token.clone())
-    }
-
-    /// Opens a session in this tab, as a new entry of the browser's history.
-    pub fn open(&self, session: relay_protocol::Session) {
-        set_path(&format!("/c/{}", session.id));
-        self.show(session);
-    }
-
-    /// Shows a session (the address already names it: Back, Forward, a link).
-    fn show(&self, session: relay_protocol::Session) {
-        let id = session.id;
-        self.model.dispatch(Action::Open(session));
-        if let Some(socket) = &self.socket {
-            socket.watch(Some(id));
-        }
-    }
-
-    /// Closes the open session, as a new entry of the browser's history.
-    pub fn close(&self) {
-        set_path("/");
-        self.hide();
-    }
-
-    /// Shows no session (the address names none).
-    fn hide(&self) {
-        self.model.dispatch(Action::Close);
-        if let Some(socket) = &self.socket {
-            socket.watch(None);
-        }
-    }
-
-    /// Loads a page of the session list.
-    pub fn load_sessions(&self, page: u32) {
-        let (Some(token), model) = (self.token(), self.model.clone()) else { return };
-        wasm_bindgen_futures::spawn_local(async move {
-            match api::sessions(&token, page).await {
-                Ok(list) => model.dispatch(Action::SessionsPage { page, sessions: list.sessions, total: list.total }),
-                Err(e) => model.dispatch(Action::Toast(e.message, Some(crate::state::Retry::LoadSessions))),
-            }
-        });
-    }
-
-    /// Logs out: forgets the token and the drafts, and closes the connection.
-    pub fn logout(&self, notice: Option<String>) {
-        storage::clear_auth();
-        storage::clear_drafts();
-        if let Some(socket) = &self.socket {
-            socket.stop();
-        }
-        set_path("/");
-        self.model.dispatch(Action::LoggedOut(notice));
-    }
-}
-
-fn set_path(path: &str) {
-    if let Some(history) = web_sys::window().and_then(|w| w.history().ok()) {
-        let _ = history.push_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(path));
-    }
-}
-
-/// Changes the address without a new history entry (an address that led nowhere).
-fn replace_path(path: &str) {
-    if let Some(history) = web_sys::window().and_then(|w| w.history().ok()) {
-        let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(path));
-    }
-}
-
-/// The session in the address (`/c/<id>`): the app shows it, whether the session list has
-/// loaded it or not.
-fn session_in_path() -> Option<Uuid> {
-    let path = web_sys::window()?.location().pathname().ok()?;
-    path.strip_prefix("/c/").and_then(|id| Uuid::parse_str(id.trim_end_matches('/')).ok())
-}
+use crate::state::{Action, Connection, Model};
+use crate::storage;
 
 /// The app.
 #[function_component(App)]
@@ -137,13 +44,18 @@ pub fn app() -> Html {
             }
         });
     }
-    let ctx = Ctx { model: model.clone(), socket: (*socket).clone() };
+    let ctx = use_memo(((*socket).clone(), token.clone()), |(socket, token)| Ctx {
+        dispatcher: model.dispatcher(),
+        socket: socket.clone(),
+        token: token.clone(),
+    });
+    let ctx = (*ctx).clone();
 
     // After login, and after every reconnect (what changed meanwhile was not heard): the
     // first page of sessions.
     {
         let ctx = ctx.clone();
-        let online = model.connection == Some(crate::state::Connection::Online);
+        let online = model.connection == Some(Connection::Online);
         use_effect_with((token.clone(), online), move |(token, online)| {
             if token.is_some() && *online {
                 ctx.load_sessions(1);
@@ -167,8 +79,7 @@ pub fn app() -> Html {
         });
     }
     // The app shows the session the address names: from the list when it has it, else
-    // asked of the server (a link to an older session); one that is not the user's (or no
-    // longer exists) is said so, and the address goes back to the start.
+    // asked of the server (a link to an older session).
     {
         let ctx = ctx.clone();
         let wanted = session_in_path();
@@ -189,22 +100,7 @@ pub fn app() -> Html {
                 (Some(_), Some(session)) => ctx.show(session.clone()),
                 (Some(id), None) if *asked.borrow() != Some(*id) => {
                     *asked.borrow_mut() = Some(*id);
-                    let (ctx, id) = (ctx.clone(), *id);
-                    wasm_bindgen_futures::spawn_local(async move {
-                        let Some(token) = ctx.token() else { return };
-                        match api::session(&token, id).await {
-                            Ok(found) if session_in_path() == Some(id) => ctx.show(found.session),
-                            Ok(_) => {}
-                            Err(e) if e.status == 404 => {
-                                replace_path("/");
-                                ctx.model.dispatch(Action::Toast(
-                                    "That chat was not found: it does not exist, or it is not yours.".into(),
-                                    None,
-                                ));
-                            }
-                            Err(e) => ctx.model.dispatch(Action::Toast(e.message, None)),
-                        }
-                    });
+                    ctx.show_from_server(*id);
                 }
                 (Some(_), None) => {}
             }
@@ -212,12 +108,12 @@ pub fn app() -> Html {
     }
     // A rate limit's wait ends by itself.
     {
-        let model = model.clone();
+        let ctx = ctx.clone();
         let until = model.blocked.as_ref().and_then(|b| b.until_ms);
         use_effect_with(until, move |until| {
             let timer = until.map(|until| {
                 let wait = (until - js_sys::Date::now()).max(0.0) as u32 + 50;
-                gloo_timers::callback::Timeout::new(wait, move || model.dispatch(Action::Unblock))
+                gloo_timers::callback::Timeout::new(wait, move || ctx.dispatch(Action::Unblock))
             });
             move || drop(timer)
         });
@@ -232,26 +128,28 @@ pub fn app() -> Html {
         });
     }
 
-    let body = if model.auth.is_none() {
-        html! { <Login /> }
-    } else {
-        html! {
-            <div class="layout">
-                <Sidebar />
-                <ChatView />
-            </div>
+    let body = match &model.auth {
+        None => html! { <Login notice={model.notice.clone()} /> },
+        Some((user, _)) => {
+            let chat = model.chat.clone().map(Rc::new);
+            html! {
+                <div class="layout">
+                    <Sidebar sessions={model.sessions.clone()} total={model.sessions_total} pages={model.sessions_pages}
+                        open={model.chat.as_ref().map(|c| c.session.id)} connection={model.connection.clone()}
+                        quota={model.quota.clone()} username={user.username.clone()} />
+                    <ChatView {chat} menu_open={model.menu_open} blocked={model.blocked.clone()}
+                        online={model.connection == Some(Connection::Online)} returned={model.returned.clone()} />
+                </div>
+            }
         }
     };
-    let mock = model.model.as_ref().filter(|m| m.mock).map(|m| html! {
-        <div class="banner" id="mock-banner">
-            { format!("Demo mode: replies come from the built-in mock model, not {} (the server has no SAMBANOVA_API_KEY).", m.name) }
-        </div>
-    });
     html! {
         <ContextProvider<Ctx> context={ctx}>
-            { for mock }
+            if let Some(info) = model.model.clone().filter(|m| m.mock) {
+                <MockBanner name={info.name} />
+            }
             { body }
-            <Toasts />
+            <Toasts toasts={model.toasts.clone()} />
         </ContextProvider<Ctx>>
     }
 }

@@ -3,13 +3,19 @@
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
-use super::app::Ctx;
-use crate::state::Action;
-use crate::{api, storage};
+use crate::api;
+use crate::ctx::Ctx;
+
+/// Props of [`Login`].
+#[derive(Properties, PartialEq)]
+pub struct LoginProps {
+    /// Why the user is here again (e.g. the login expired).
+    pub notice: Option<String>,
+}
 
 /// Logs in or registers, then keeps the token.
 #[function_component(Login)]
-pub fn login() -> Html {
+pub fn login(props: &LoginProps) -> Html {
     let ctx = use_context::<Ctx>().expect("inside the app");
     let username = use_node_ref();
     let password = use_node_ref();
@@ -30,10 +36,7 @@ pub fn login() -> Html {
                     if register { api::register(&name, &secret).await } else { api::login(&name, &secret).await };
                 busy.set(false);
                 match result {
-                    Ok(auth) => {
-                        storage::save_auth(&auth.user, &auth.token);
-                        ctx.model.dispatch(Action::LoggedIn { user: auth.user, token: auth.token });
-                    }
+                    Ok(auth) => ctx.logged_in(auth),
                     Err(e) => error.set(Some(e.message)),
                 }
             });
@@ -54,10 +57,18 @@ pub fn login() -> Html {
     };
     html! {
         <main class="login">
+            <section class="intro" aria-labelledby="product">
+                <h1 id="product">{ "relay-chat" }</h1>
+                <p class="tagline">{ "Chat with a language model, live in every tab." }</p>
+                <ul class="points">
+                    <li>{ "Replies stream in as they are written; stop one at any time." }</li>
+                    <li>{ "Your chats are kept: open one in another tab or on another device and it follows along." }</li>
+                    <li>{ "Regenerate an answer or edit your question; code comes highlighted and ready to copy." }</li>
+                </ul>
+            </section>
             <form class="card" onsubmit={submit(*register)}>
-                <h1>{ "relay-chat" }</h1>
                 <h2>{ title }</h2>
-                if let Some(notice) = &ctx.model.notice {
+                if let Some(notice) = &props.notice {
                     <p class="notice" id="login-notice">{ notice }</p>
                 }
                 <label>{ "Username" }

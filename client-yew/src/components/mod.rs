@@ -1,7 +1,13 @@
-//! The screens and their parts.
+//! The screens and their parts. Each takes the state it shows as properties and reaches
+//! [`crate::ctx::Ctx`] (below them all) for what it does; none imports the root.
 
 pub mod app;
+pub mod banner;
 pub mod chat;
+pub mod composer;
+pub mod icons;
+pub mod load_more;
 pub mod login;
+pub mod message;
 pub mod sidebar;
 pub mod toasts;

@@ -1,57 +1,66 @@
-//! The sidebar: new chat, the session list (most recent first, more on scroll, rename,
-//! delete with confirmation, kept live by other tabs), the connection status, the quota,
-//! and logout.
+//! The sidebar: new chat, the session list (most recent first, more as the end comes into
+//! view, rename, delete with confirmation, kept live by other tabs), the connection status,
+//! the quota, the theme and logout.
 
-use relay_protocol::Session;
+use std::rc::Rc;
+
+use relay_protocol::{Quota, Session};
 use uuid::Uuid;
-use wasm_bindgen::JsCast;
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
-use super::app::Ctx;
-use crate::api;
-use crate::state::{Action, Connection};
+use super::icons::{self, Icon};
+use super::load_more::LoadMore;
+use crate::ctx::Ctx;
+use crate::effects::focus_soon;
+use crate::state::Connection;
 use crate::theme::{self, Theme};
+
+/// What the sidebar shows.
+#[derive(Properties, PartialEq)]
+pub struct SidebarProps {
+    /// The sessions loaded so far, most recently active first.
+    pub sessions: Rc<Vec<Session>>,
+    /// How many the user has in all.
+    pub total: u64,
+    /// How many pages are loaded.
+    pub pages: u32,
+    /// The open session.
+    pub open: Option<Uuid>,
+    /// The connection's state.
+    pub connection: Option<Connection>,
+    /// Today's quota.
+    pub quota: Option<Quota>,
+    /// Who is logged in.
+    pub username: String,
+}
 
 /// The sidebar.
 #[function_component(Sidebar)]
-pub fn sidebar() -> Html {
+pub fn sidebar(props: &SidebarProps) -> Html {
     let ctx = use_context::<Ctx>().expect("inside the app");
-    let model = &ctx.model;
     // A new chat is only a composer until its first message: no empty session is stored.
     // The composer takes the focus once it shows.
     let new_chat = {
         let ctx = ctx.clone();
         Callback::from(move |_| {
             ctx.close();
-            gloo_timers::callback::Timeout::new(0, || {
-                let composer =
-                    web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("composer"));
-                if let Some(composer) = composer.and_then(|c| c.dyn_into::<web_sys::HtmlElement>().ok()) {
-                    let _ = composer.focus();
-                }
-            })
-            .forget();
+            focus_soon("composer");
         })
     };
-    let more = model.sessions.len() < model.sessions_total as usize;
-    let onscroll = {
+    let more = props.sessions.len() < props.total as usize;
+    let load_more = {
         let ctx = ctx.clone();
-        let next = model.sessions_pages + 1;
-        Callback::from(move |event: Event| {
-            let Some(list) = event.target_dyn_into::<web_sys::Element>() else { return };
-            if more && list.scroll_top() + list.client_height() >= list.scroll_height() - 40 {
-                ctx.load_sessions(next);
-            }
-        })
+        let next = props.pages + 1;
+        Callback::from(move |_| ctx.load_sessions(next))
     };
     let logout = {
         let ctx = ctx.clone();
         Callback::from(move |_| ctx.logout(None))
     };
-    let open = model.chat.as_ref().map(|c| c.session.id);
+    let open = props.open;
     // While offline, the countdown to the next attempt ticks every second.
-    let offline = matches!(model.connection, Some(Connection::Offline { .. }));
+    let offline = matches!(props.connection, Some(Connection::Offline { .. }));
     {
         let update = use_force_update();
         use_effect_with(offline, move |&offline| {
@@ -67,7 +76,7 @@ pub fn sidebar() -> Html {
             }
         })
     };
-    let (status_class, status_text) = match &model.connection {
+    let (status_class, status_text) = match &props.connection {
         Some(Connection::Online) => ("online", "Online".to_string()),
         Some(Connection::Connecting) | None => ("connecting", "Connecting…".to_string()),
         Some(Connection::Offline { retry_at_ms }) => {
@@ -75,11 +84,10 @@ pub fn sidebar() -> Html {
             ("offline", format!("Offline — retrying in {left}s"))
         }
     };
-    let quota = model.quota.as_ref().map(|q| match q.remaining {
+    let quota = props.quota.as_ref().map(|q| match q.remaining {
         Some(left) => format!("{left} messages left today"),
         None => "No daily limit".to_string(),
     });
-    let user = model.auth.as_ref().map(|(u, _)| u.username.clone()).unwrap_or_default();
     let chosen = use_state(theme::current);
     let on_theme = {
         let chosen = chosen.clone();
@@ -93,31 +101,31 @@ pub fn sidebar() -> Html {
     html! {
         <nav class="sidebar" id="sidebar">
             <div class="sidebar-head">
-                <button id="new-chat" class="primary" onclick={new_chat}>{ "+ New chat" }</button>
+                <button id="new-chat" class="primary" onclick={new_chat}>{ icons::show(Icon::Plus) }{ "New chat" }</button>
                 <span id="status" role="status" aria-live="polite" class={classes!("status", status_class)} title={status_text.clone()}>{ status_text }</span>
                 if offline {
                     <button id="retry-now" class="link" onclick={retry_now}>{ "Retry now" }</button>
                 }
             </div>
-            <ul class="sessions" id="sessions" {onscroll}>
-                { for model.sessions.iter().map(|s| html! {
+            <ul class="sessions" id="sessions">
+                { for props.sessions.iter().map(|s| html! {
                     <SessionItem key={s.id.to_string()} session={s.clone()} active={open == Some(s.id)} />
                 }) }
                 if more {
-                    <li class="more">{ "…" }</li>
+                    <li class="more"><LoadMore id="more-sessions" label="More chats" key={props.pages} on_load={load_more} /></li>
                 }
             </ul>
             <div class="sidebar-foot">
                 if let Some(quota) = quota {
                     <span id="quota" class="quota">{ quota }</span>
                 }
-                <span class="user">{ user }</span>
+                <span class="user">{ &props.username }</span>
                 <select id="theme" class="theme" aria-label="Colour theme" onchange={on_theme}>
                     { for Theme::ALL.into_iter().map(|t| html! {
                         <option value={t.name()} selected={*chosen == t}>{ t.label() }</option>
                     }) }
                 </select>
-                <button id="logout" class="link" onclick={logout}>{ "Log out" }</button>
+                <button id="logout" class="link" onclick={logout}>{ icons::show(Icon::Logout) }{ "Log out" }</button>
             </div>
         </nav>
     }
@@ -151,7 +159,10 @@ fn session_item(props: &ItemProps) -> Html {
 
     let open = {
         let (ctx, session) = (ctx.clone(), props.session.clone());
-        Callback::from(move |_| ctx.open(session.clone()))
+        Callback::from(move |_| {
+            ctx.open(session.clone());
+            focus_soon("composer");
+        })
     };
     let start_rename = {
         let renaming = renaming.clone();
@@ -166,12 +177,7 @@ fn session_item(props: &ItemProps) -> Html {
             e.prevent_default();
             let title = input.cast::<HtmlInputElement>().map(|i| i.value()).unwrap_or_default();
             renaming.set(false);
-            let (ctx, Some(token)) = (ctx.clone(), ctx.token()) else { return };
-            wasm_bindgen_futures::spawn_local(async move {
-                if let Err(e) = api::rename_session(&token, id, title.trim()).await {
-                    ctx.model.dispatch(Action::Toast(e.message, None));
-                }
-            });
+            ctx.rename(id, title);
         })
     };
     let ask_delete = {
@@ -193,12 +199,7 @@ fn session_item(props: &ItemProps) -> Html {
         Callback::from(move |e: MouseEvent| {
             e.stop_propagation();
             confirming.set(false);
-            let (ctx, Some(token)) = (ctx.clone(), ctx.token()) else { return };
-            wasm_bindgen_futures::spawn_local(async move {
-                if let Err(e) = api::delete_session(&token, id).await {
-                    ctx.model.dispatch(Action::Toast(e.message, None));
-                }
-            });
+            ctx.delete(id);
         })
     };
     let class = classes!("session", props.active.then_some("active"));
@@ -219,8 +220,8 @@ fn session_item(props: &ItemProps) -> Html {
                 <a class="title" href={format!("/c/{id}")} onclick={|e: MouseEvent| e.prevent_default()}>
                     { &props.session.title }
                 </a>
-                <button class="icon rename-button" title="Rename" aria-label="Rename chat" onclick={start_rename}>{ "✎" }</button>
-                <button class="icon delete-button" title="Delete" aria-label="Delete chat" onclick={ask_delete}>{ "✕" }</button>
+                <button class="icon rename-button" title="Rename" aria-label="Rename chat" onclick={start_rename}>{ icons::show(Icon::Pencil) }</button>
+                <button class="icon delete-button" title="Delete" aria-label="Delete chat" onclick={ask_delete}>{ icons::show(Icon::Trash) }</button>
             }
         </li>
     }

@@ -8,14 +8,19 @@
 //!   keeps its text. Images are shown as links (no request is made to a place the model
 //!   chose).
 //! - Fenced code blocks get syntax highlighting (synoptic) and a copy button.
+//!
+//! A reply streaming in is cut into blocks ([`blocks::Blocks`]) so each finished block is
+//! rendered once.
+
+pub mod blocks;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use pulldown_cmark::{CodeBlockKind, CowStr, Event, Options, Parser, Tag, TagEnd, html};
 
-/// Renders markdown to safe HTML; `highlight` colours code blocks (off while a reply
-/// streams, since the text is re-rendered with every piece).
+/// Renders markdown to safe HTML; `highlight` colours code blocks (off for the block still
+/// streaming in, which is rendered again with every piece).
 pub fn render(markdown: &str, highlight: bool) -> String {
     let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
     let mut events = Vec::new();

@@ -1,0 +1,172 @@
+//! One message: the user's as text, the model's as markdown rendered block by block (a
+//! reply streaming in renders only its open block again), with its actions: copy, edit,
+//! and the versions it replaced (`‹ 1/2 ›`).
+
+use std::rc::Rc;
+
+use relay_protocol::{Message, MessageStatus, Role};
+use web_sys::Element;
+use yew::prelude::*;
+
+use super::icons::{self, Icon};
+use crate::effects::copy_with_feedback;
+use crate::markdown::{self, blocks::Blocks};
+
+/// Which of a message's versions shows, and how to change it.
+#[derive(Clone, PartialEq)]
+pub struct VersionPicker {
+    /// The version shown (0-based).
+    pub shown: usize,
+    /// How many versions there are.
+    pub count: usize,
+    /// Shows another version.
+    pub pick: Callback<usize>,
+}
+
+/// Props of [`MessageView`].
+#[derive(Properties, PartialEq)]
+pub struct MessageProps {
+    /// The message (for a reply streaming in: what has arrived, status `generating`).
+    pub message: Rc<Message>,
+    /// Whether it is still streaming in.
+    #[prop_or_default]
+    pub streaming: bool,
+    /// Starts editing it (a user message, while nothing streams).
+    #[prop_or_default]
+    pub on_edit: Option<Callback<()>>,
+    /// Asks for another answer (the last reply, while nothing streams).
+    #[prop_or_default]
+    pub on_regenerate: Option<Callback<()>>,
+    /// Its versions, when it replaced others.
+    #[prop_or_default]
+    pub versions: Option<VersionPicker>,
+}
+
+/// One message.
+#[function_component(MessageView)]
+pub fn message_view(props: &MessageProps) -> Html {
+    let m = &props.message;
+    let role = match m.role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::System => "system",
+    };
+    let badge = match m.status {
+        MessageStatus::Cancelled => Some("stopped"),
+        MessageStatus::Error => Some("failed"),
+        MessageStatus::Generating if !props.streaming => Some("interrupted"),
+        MessageStatus::Generating | MessageStatus::Complete => None,
+    };
+    let copy = {
+        let message = m.clone();
+        Callback::from(move |event: MouseEvent| {
+            // Yew delegates events from the document: the button is found from the target.
+            let button = event.target_dyn_into::<Element>().and_then(|t| t.closest(".copy-message").ok().flatten());
+            if let Some(button) = button {
+                let label = button.query_selector(".label").ok().flatten().unwrap_or(button);
+                copy_with_feedback(&message.content, label);
+            }
+        })
+    };
+    let content = if m.role == Role::Assistant {
+        html! { <MarkdownBody text={m.clone()} streaming={props.streaming} /> }
+    } else {
+        html! { <div class="content text">{ &m.content }</div> }
+    };
+    let versions = props.versions.as_ref().map(|v| {
+        let (previous, next) = (v.pick.clone(), v.pick.clone());
+        let shown = v.shown;
+        html! {
+            <span class="versions" role="group" aria-label="Versions">
+                <button class="icon previous-version" type="button" aria-label="Previous version" title="Previous version"
+                    disabled={shown == 0} onclick={Callback::from(move |_| previous.emit(shown - 1))}>
+                    { icons::show(Icon::Left) }
+                </button>
+                <span class="version-count">{ format!("{}/{}", shown + 1, v.count) }</span>
+                <button class="icon next-version" type="button" aria-label="Next version" title="Next version"
+                    disabled={shown + 1 >= v.count} onclick={Callback::from(move |_| next.emit(shown + 1))}>
+                    { icons::show(Icon::Right) }
+                </button>
+            </span>
+        }
+    });
+    let (id, class) = if props.streaming {
+        (Some("streaming"), classes!("message", role, "streaming"))
+    } else {
+        (None, classes!("message", role))
+    };
+    html! {
+        <article {id} {class} data-id={m.id.to_string()}>
+            { content }
+            if props.streaming {
+                <span class="typing" id="typing" aria-hidden="true"><i></i><i></i><i></i></span>
+            } else {
+                <footer>
+                    { for versions }
+                    if let Some(badge) = badge {
+                        <span class={classes!("badge", badge)}>{ badge }</span>
+                    }
+                    <button class="link copy-message" type="button" title="Copy the message" onclick={copy}>
+                        { icons::show(Icon::Copy) }<span class="label">{ "Copy" }</span>
+                    </button>
+                    if let Some(on_edit) = &props.on_edit {
+                        <button class="link edit" type="button" onclick={ let on_edit = on_edit.clone(); Callback::from(move |_| on_edit.emit(())) }>
+                            { icons::show(Icon::Pencil) }{ "Edit" }
+                        </button>
+                    }
+                    if let Some(on_regenerate) = &props.on_regenerate {
+                        <button id="regenerate" class="link" type="button" onclick={ let r = on_regenerate.clone(); Callback::from(move |_| r.emit(())) }>
+                            { icons::show(Icon::Again) }{ "Regenerate" }
+                        </button>
+                    }
+                </footer>
+            }
+        </article>
+    }
+}
+
+/// Props of [`MarkdownBody`].
+#[derive(Properties, PartialEq)]
+struct BodyProps {
+    /// The message whose text it shows.
+    text: Rc<Message>,
+    /// Whether the text is still growing.
+    streaming: bool,
+}
+
+/// A reply's markdown, block by block: the finished blocks are components whose text does
+/// not change, so they are neither parsed nor put on the page again; only the open block
+/// (the last) is, and it is highlighted once the reply is complete.
+#[function_component(MarkdownBody)]
+fn markdown_body(props: &BodyProps) -> Html {
+    let blocks = use_mut_ref(Blocks::default);
+    let text = &props.text.content;
+    let mut blocks = blocks.borrow_mut();
+    blocks.update(text);
+    let finished = blocks.finished();
+    let open = blocks.open(text);
+    html! {
+        <div class="content markdown">
+            { for finished.iter().enumerate().map(|(i, block)| html! {
+                <MarkdownBlock key={i} source={block.clone()} highlight=true />
+            }) }
+            if !open.is_empty() {
+                <MarkdownBlock key="open" source={Rc::<str>::from(open)} highlight={!props.streaming} />
+            }
+        </div>
+    }
+}
+
+/// Props of [`MarkdownBlock`].
+#[derive(Properties, PartialEq)]
+struct BlockProps {
+    source: Rc<str>,
+    highlight: bool,
+}
+
+/// One block of markdown, rendered when its text changes.
+#[function_component(MarkdownBlock)]
+fn markdown_block(props: &BlockProps) -> Html {
+    let html = markdown::render(&props.source, props.highlight);
+    Html::from_html_unchecked(html.into())
+}
