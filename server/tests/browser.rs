@@ -519,6 +519,7 @@ async fn back_forward_and_links_open_any_session_of_the_user() {
             link.focus().await?;
             link.send_keys(Key::Enter).await?;
             h.tab(a).wait_text("#chat-title", &title(29)).await?;
+            h.tab(a).wait("the composer to have the focus", "return document.activeElement.id === 'composer'").await?;
 
             // A link to the oldest session, which the list has not loaded.
             assert_eq!(h.tab(a).js(&format!("return !!document.querySelector(\"{}\")", item(0))).await?, json!(false));
@@ -536,6 +537,13 @@ async fn back_forward_and_links_open_any_session_of_the_user() {
                 h.tab(a).wait("the address to go back to the start", "return location.pathname === '/'").await?;
                 assert_eq!(h.tab(a).js("return !!document.querySelector('#chat-title')").await?, json!(false));
             }
+
+            // The rest of the list loads when its end comes into view.
+            assert_eq!(h.tab(a).count("#sessions li.session").await?, 30);
+            h.tab(a).js("document.querySelector('#more-sessions').scrollIntoView(); return true").await?;
+            h.tab(a).element(&item(0)).await?;
+            assert_eq!(h.tab(a).count("#sessions li.session").await?, 32);
+            h.tab(a).wait_gone("#more-sessions").await?;
             Ok(())
         })
         .await;
@@ -846,6 +854,83 @@ async fn replaced_replies_and_questions_can_be_browsed() {
             assert!(shown[0].1.starts_with("question one"), "{shown:?}");
             assert_eq!(shown[1].1, second, "the reply the old question had last");
             h.tab(a).assert_clean_console(&[]).await
+        })
+        .await;
+}
+
+/// A long session opens at its end; older messages load when the top comes into view, and
+/// the view stays where it was.
+#[tokio::test]
+async fn older_messages_load_as_the_top_comes_into_view() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("older", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("olga").await?;
+            let token = token_of(h.tab(a)).await?;
+            let session = h.server.create_session(&token).await.id;
+            let mut ws = h.server.ws(&token).await;
+            ws.send(json!({"type": "subscribe", "session_id": session})).await;
+            ws.recv_until(|f| matches!(f, relay_protocol::ServerFrame::Subscribed { .. })).await;
+            // 55 exchanges: 110 messages, more than a snapshot's 100.
+            for i in 0..55 {
+                ws.send(json!({"type": "send", "session_id": session, "content": format!("question {i} [[mock tokens=1]]")}))
+                    .await;
+                ws.recv_until(common::is_done).await;
+            }
+            h.tab(a).driver.goto(h.server.url(&format!("/c/{session}"))).await?;
+            h.tab(a).wait_online().await?;
+            h.tab(a).wait_text("#messages", "question 54").await?;
+            assert_eq!(h.tab(a).count("#messages article.message").await?, 100);
+            let at_bottom = "const m = document.querySelector('#messages'); return m.scrollTop + m.clientHeight >= m.scrollHeight - 60";
+            h.tab(a).wait("the view at the end", at_bottom).await?;
+            let first_shown = "return document.querySelector('#messages article.message').dataset.id";
+            let anchor = h.tab(a).js(first_shown).await?;
+
+            h.tab(a).js("document.querySelector('#messages').scrollTop = 0; return true").await?;
+            h.tab(a).wait("the older messages", "return document.querySelectorAll('#messages article.message').length === 110").await?;
+            h.tab(a).wait_gone("#older").await?;
+            assert!(h.tab(a).text("#messages article.message").await?.contains("question 0"));
+            // The message that was at the top is still in view, not pushed away.
+            let anchor_in_view = format!(
+                "const m = document.querySelector('#messages').getBoundingClientRect(); \
+                 const e = document.querySelector('article[data-id=\"' + {anchor} + '\"]').getBoundingClientRect(); \
+                 return e.bottom > m.top && e.top < m.bottom"
+            );
+            assert_eq!(h.tab(a).js(&anchor_in_view).await?, json!(true), "the view jumped");
+            Ok(())
+        })
+        .await;
+}
+
+/// While a reply streams in, what is already written stays put: a selection in a finished
+/// paragraph survives the next pieces (each finished block is drawn once).
+#[tokio::test]
+async fn a_selection_survives_the_rest_of_the_reply() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("selection", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("sel").await?;
+            let words: Vec<String> = (1..=60).map(|i| format!("word{i}")).collect();
+            h.tab(a)
+                .send(&format!("First paragraph stays put.\n\nThen {} [[mock echo tps=20]]", words.join(" ")))
+                .await?;
+            h.tab(a).wait_text("#streaming", "word3").await?;
+            let selected = h
+                .tab(a)
+                .js("const p = document.querySelector('#streaming p'); const r = document.createRange(); \
+                     r.selectNodeContents(p); getSelection().removeAllRanges(); getSelection().addRange(r); \
+                     window.selectedParagraph = p; return getSelection().toString()")
+                .await?;
+            assert_eq!(selected, json!("First paragraph stays put."));
+            h.tab(a).wait_text("#streaming", "word30").await?;
+            let kept =
+                h.tab(a).js("return [getSelection().toString(), document.contains(window.selectedParagraph)]").await?;
+            assert_eq!(kept, json!(["First paragraph stays put.", true]), "the selection was lost");
+            Ok(())
         })
         .await;
 }

@@ -75,15 +75,28 @@ pub fn chat_view(props: &ChatProps) -> Html {
     let generating_len = chat.as_ref().and_then(|c| c.generating.as_ref()).map_or(0, |g| g.content.len());
     let count = chat.as_ref().map_or(0, |c| c.messages.len());
     let first = chat.as_ref().and_then(|c| c.messages.first().map(|m| m.id));
+    // The session whose view has been placed at its end: only then may older messages load
+    // as the top comes into view (before, the top is in view only because nothing is placed).
+    let placed = use_state(|| None::<Uuid>);
+    let loaded = chat.as_ref().filter(|c| c.loaded).map(|c| c.session.id);
     {
-        let (list, stick, height_before_older) = (list.clone(), stick.clone(), height_before_older.clone());
-        use_effect_with((count, generating_len, first), move |_| {
+        let (list, stick, height_before_older, placed) =
+            (list.clone(), stick.clone(), height_before_older.clone(), placed.clone());
+        use_effect_with((count, generating_len, first, loaded), move |&(_, _, _, loaded)| {
+            // A session just opened starts at its end.
+            if loaded.is_some() && *placed != loaded {
+                *stick.borrow_mut() = true;
+                height_before_older.borrow_mut().take();
+            }
             if let Some(el) = list.cast::<Element>() {
                 if let Some(before) = height_before_older.borrow_mut().take() {
                     el.set_scroll_top(el.scroll_height() - before + el.scroll_top());
                 } else if *stick.borrow() {
                     el.set_scroll_top(el.scroll_height());
                 }
+            }
+            if loaded.is_some() && *placed != loaded {
+                placed.set(loaded);
             }
         });
     }
@@ -262,7 +275,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
                 if !chat.loaded {
                     <p class="loading">{ "Loading…" }</p>
                 }
-                if chat.has_older {
+                if chat.has_older && *placed == Some(session_id) {
                     <LoadMore id="older" label="Older messages" key={oldest.map(|id| id.to_string()).unwrap_or_default()}
                         on_load={load_older} />
                 }

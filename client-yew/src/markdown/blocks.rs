@@ -30,15 +30,29 @@ impl Blocks {
         if !text.as_bytes().starts_with(self.seen.as_bytes()) {
             *self = Blocks::default();
         }
-        // Only whole lines: the last one may still grow.
-        let Some(last_newline) = text.rfind('\n') else { return };
+        // Whole lines: the last one may still grow.
         let mut start = self.seen.len();
-        while start <= last_newline {
-            let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-            self.line(text, start, &text[start..end]);
-            start = end + 1;
+        if let Some(last_newline) = text.rfind('\n') {
+            while start <= last_newline {
+                let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+                self.line(text, start, &text[start..end]);
+                start = end + 1;
+            }
+            self.seen.push_str(&text[self.seen.len()..start]);
         }
-        self.seen.push_str(&text[self.seen.len()..start]);
+        // A line still growing may already show that a block starts with it (its first
+        // character says so), so the block before it is finished without waiting for the
+        // line's end.
+        let growing = &text[start..];
+        if self.after_blank
+            && self.fence.is_none()
+            && start > self.open_from
+            && growing.bytes().next().is_some_and(|b| !b" \t-*+0123456789`~".contains(&b))
+        {
+            self.finished.push(Rc::from(&text[self.open_from..start]));
+            self.open_from = start;
+            self.after_blank = false;
+        }
     }
 
     fn line(&mut self, text: &str, start: usize, line: &str) {
@@ -130,10 +144,15 @@ mod tests {
         let (done, open) = cut("# Title\n\nFirst para\ngoes on.\n\nSecond\n");
         assert_eq!(done, ["# Title\n\n", "First para\ngoes on.\n\n"]);
         assert_eq!(open, "Second\n");
-        // The line after a blank one is looked at once it is whole.
+        // A line still growing starts a block as soon as its first character says so...
         let (done, open) = cut("# Title\n\nFirst para\n\nSec");
-        assert_eq!(done, ["# Title\n\n"]);
-        assert_eq!(open, "First para\n\nSec");
+        assert_eq!(done, ["# Title\n\n", "First para\n\n"]);
+        assert_eq!(open, "Sec");
+        // ...and not before, when it might continue a list or open a fence.
+        for growing in ["- ite", "2", "  indented", "``"] {
+            let text = format!("- one\n\n{growing}");
+            assert!(cut(&text).0.is_empty(), "{growing:?}");
+        }
         // A blank line alone does not finish a block: what follows may continue it.
         let (done, open) = cut("One\n\n");
         assert!(done.is_empty());
