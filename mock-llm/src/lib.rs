@@ -7,11 +7,17 @@
 //!
 //! One shared instance can serve many tests because the last user message may
 //! carry a `[[mock key=value ...]]` directive overriding the settings for that
-//! request only (syntax: `[[mock tokens=N tps=F delay_ms=N bytes=N fault=.. choices=null|empty]]`).
+//! request only (syntax: `[[mock tokens=N tps=F delay_ms=N bytes=N fault=.. choices=null|empty demo=0|1]]`).
 //!
 //! For load tests it can stamp every content token with the time it was sent
 //! ([`MockSettings::stamp`], `MOCK_STAMP=1`, or `[[mock stamp]]`): a receiver finds the
 //! stamps with [`parse_stamps`] and measures each token's delivery latency.
+//!
+//! Replies are words cycled from a fixed list ("Lorem ipsum ...", [`reply_text`]), or, in
+//! demo mode ([`MockSettings::demo`], `MOCK_DEMO=1`, or `[[mock demo]]`), pieces of a
+//! markdown document ([`DEMO_REPLY`], [`demo_reply_text`]) that shows what a chat client
+//! renders: the server's built-in mock runs in demo mode, so a new user sees headings,
+//! lists, a table and highlighted code instead of lorem ipsum.
 
 use std::fmt;
 use std::io;
@@ -59,6 +65,59 @@ const WORDS: &[&str] = &[
 /// Bytes cycled through in fixed-size token mode; JSON-safe ASCII so a token's wire size is predictable.
 const BYTE_PATTERN: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
+/// The demo reply ([`MockSettings::demo`]): a friendly markdown answer using what a chat
+/// client renders (headings, emphasis, inline code, a link, both kinds of list, a table, a
+/// fenced Rust block, a blockquote). It ends with a blank line, so a reply longer than it,
+/// which starts it again, starts a new block: a repetition never lands inside the previous
+/// one's code block or table.
+pub const DEMO_REPLY: &str = r#"## Hello from the built-in mock model
+
+This reply comes from **relay-chat's built-in mock model**, not a real one: the server starts it when no `SAMBANOVA_API_KEY` is set, so you can try everything *without an account anywhere*. Set `SAMBANOVA_API_KEY` and restart the server, and the real model answers instead. The text is always the same; it is here to show what the client renders, with [pulldown-cmark](https://github.com/pulldown-cmark/pulldown-cmark) doing the markdown.
+
+### Things to try
+
+- Send a few messages and watch each reply stream in, piece by piece.
+- Open a second tab: both show the same chat as it is written.
+- Press **Stop** (or `Esc`) in the middle of a reply.
+- Steer the mock with a directive, e.g. `[[mock tokens=500 tps=50]]`.
+
+### Using the real model
+
+1. Get an API key from SambaNova Cloud.
+2. Start the server with it: `SAMBANOVA_API_KEY=... cargo xtask run`.
+3. Reload this page: the banner about the mock model is gone.
+
+| Variable | Default | What it does |
+|---|---|---|
+| `SAMBANOVA_API_KEY` | unset | Set, the real model answers |
+| `MOCK_TOKENS_PER_SEC` | `200` | How fast the mock writes |
+| `MOCK_REPLY_TOKENS` | this reply | How long its replies are |
+| `MOCK_DEMO` | `1` | `0` makes it write lorem ipsum |
+
+Code blocks are highlighted, and each has a *Copy* button:
+
+```rust
+/// Splits a reply into the pieces a model streams.
+fn pieces(text: &str) -> Vec<&str> {
+    text.split_inclusive(' ').collect()
+}
+
+fn main() {
+    for piece in pieces("Hello, world! ") {
+        print!("{piece}");
+    }
+}
+```
+
+> **Note:** a reply longer than this one starts it again from the top.
+
+Happy chatting!
+
+"#;
+
+/// The demo reply's tokens, each a piece of [`DEMO_REPLY`] with the whitespace after it.
+static DEMO_TOKENS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| split_tokens(DEMO_REPLY));
+
 /// `system_fingerprint` SambaNova puts on its chunks.
 const SYSTEM_FINGERPRINT: &str = "fastcoe";
 
@@ -77,7 +136,8 @@ pub const MAX_TOKEN_BYTES: usize = 1024 * 1024;
 pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Longest first-token delay (`delay_ms=`, `MOCK_FIRST_TOKEN_MS`).
 pub const MAX_DELAY_MS: u64 = 10 * 60 * 1000;
-/// Longest word token, with its space, in word mode.
+/// Longest word token, with its space, in word mode. Demo tokens vary, but average no more
+/// than this (a unit test keeps it so), so it bounds a demo reply's size too.
 const MAX_WORD_BYTES: usize = 12;
 
 /// Behaviour of the mock for every request unless a per-request directive overrides it.
@@ -103,6 +163,10 @@ pub struct MockSettings {
     /// Keeps a [`JournalEntry`] for every chat completion request (tests that check what
     /// the model was asked, and when; off by default, so a long-lived mock does not grow).
     pub journal: bool,
+    /// Word-mode replies are pieces of the markdown [`DEMO_REPLY`] ([`demo_reply_text`])
+    /// instead of lorem ipsum ([`reply_text`]). Off by default (tests compare replies with
+    /// [`reply_text`]); the server's built-in mock turns it on ([`MockSettings::from_lookup`]).
+    pub demo: bool,
 }
 
 impl fmt::Debug for MockSettings {
@@ -118,6 +182,7 @@ impl fmt::Debug for MockSettings {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("stamp", &self.stamp)
             .field("journal", &self.journal)
+            .field("demo", &self.demo)
             .finish()
     }
 }
@@ -134,6 +199,7 @@ impl Default for MockSettings {
             api_key: None,
             stamp: false,
             journal: false,
+            demo: false,
         }
     }
 }
@@ -168,17 +234,27 @@ pub enum JournalOutcome {
 }
 
 impl MockSettings {
-    /// Reads `MOCK_FIRST_TOKEN_MS`, `MOCK_TOKENS_PER_SEC`, `MOCK_REPLY_TOKENS`, `MOCK_TOKEN_BYTES`, `MOCK_FAULT`, `MOCK_CHOICES`, `MOCK_API_KEY` and `MOCK_STAMP` over the defaults; the error names the bad variable.
+    /// Reads `MOCK_FIRST_TOKEN_MS`, `MOCK_TOKENS_PER_SEC`, `MOCK_REPLY_TOKENS`, `MOCK_TOKEN_BYTES`, `MOCK_FAULT`, `MOCK_CHOICES`, `MOCK_API_KEY`, `MOCK_STAMP` and `MOCK_DEMO` over the defaults, the demo off unless `MOCK_DEMO=1` (the standalone mock); the error names the bad variable.
     pub fn from_env() -> Result<Self, String> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(|name| std::env::var(name).ok(), false)
     }
 
-    /// Builds settings from any variable source, so parsing is testable without mutating the process environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    /// Builds settings from any variable source, so parsing is testable without mutating the
+    /// process environment. `demo_by_default` is [`MockSettings::demo`] when `MOCK_DEMO` is
+    /// unset (the server's built-in mock: on, so a new user sees the demo; the standalone
+    /// mock: off); with the demo on, `MOCK_REPLY_TOKENS` defaults to the whole [`DEMO_REPLY`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>, demo_by_default: bool) -> Result<Self, String> {
         // Empty values count as unset so `MOCK_FAULT=` in a shell script means "no fault".
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let bad = |name: &str, value: &str, why: &dyn fmt::Display| format!("{name}: invalid value {value:?}: {why}");
-        let mut s = Self::default();
+        let flag = |name: &str| match get(name) {
+            None => Ok(None),
+            Some(v) => parse_flag(&v).map(Some).map_err(|e| bad(name, &v, &e)),
+        };
+        let demo = flag("MOCK_DEMO")?.unwrap_or(demo_by_default);
+        let defaults = Self::default();
+        let reply_tokens = if demo { DEMO_TOKENS.len() } else { defaults.reply_tokens };
+        let mut s = Self { demo, reply_tokens, ..defaults };
         if let Some(v) = get("MOCK_FIRST_TOKEN_MS") {
             let ms: u64 = v.parse().map_err(|e| bad("MOCK_FIRST_TOKEN_MS", &v, &e))?;
             if ms > MAX_DELAY_MS {
@@ -211,14 +287,19 @@ impl MockSettings {
             s.choices_null_in_usage_chunk = parse_choices(&v).map_err(|e| bad("MOCK_CHOICES", &v, &e))?;
         }
         s.api_key = get("MOCK_API_KEY");
-        if let Some(v) = get("MOCK_STAMP") {
-            s.stamp = match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(bad("MOCK_STAMP", &v, &"expected 1 or 0")),
-            };
+        if let Some(stamp) = flag("MOCK_STAMP")? {
+            s.stamp = stamp;
         }
         Ok(s)
+    }
+}
+
+/// Parses an on/off setting: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off`.
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1 or 0".into()),
     }
 }
 
@@ -518,6 +599,45 @@ fn token(i: usize, token_bytes: Option<usize>) -> String {
     }
 }
 
+/// The tokens of [`DEMO_REPLY`], in order: what a demo-mode mock streams
+/// ([`MockSettings::demo`]) before it starts the document again.
+pub fn demo_tokens() -> &'static [&'static str] {
+    &DEMO_TOKENS
+}
+
+/// Returns exactly the content a demo-mode mock ([`MockSettings::demo`]) streams for a
+/// complete reply of `n_tokens` tokens: the first `n_tokens` pieces of [`DEMO_REPLY`],
+/// starting it again from the top as often as needed.
+pub fn demo_reply_text(n_tokens: usize) -> String {
+    (0..n_tokens).map(demo_token).collect()
+}
+
+/// Demo token `i`, cycling through [`DEMO_REPLY`].
+fn demo_token(i: usize) -> &'static str {
+    DEMO_TOKENS[i % DEMO_TOKENS.len()]
+}
+
+/// `text` in pieces, each a run of non-whitespace with the whitespace after it (so a code
+/// line's indentation rides on the line break before it).
+fn split_tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            tokens.push(&text[start..i]);
+            start = i;
+            in_space = false;
+        }
+    }
+    if start < text.len() {
+        tokens.push(&text[start..]);
+    }
+    tokens
+}
+
 /// The tokens of an `echo` reply: the message without its directives, word by word (each
 /// with the whitespace after it), so markdown arrives piece by piece as a model's would.
 pub fn echo_tokens(message: &str) -> Vec<String> {
@@ -574,7 +694,8 @@ pub fn parse_stamps(text: &str) -> impl Iterator<Item = u64> + '_ {
 /// `choices=null|empty`, `fail_first=N` (the fault applies to the first N requests with
 /// this same message, later ones succeed: a client's retries). Bare flags: `echo` (the
 /// reply is the message itself, directives removed, word by word: for markdown and
-/// escaping tests), `stamp` (every token is its send time, [`stamp_token`]), anything
+/// escaping tests), `stamp` (every token is its send time, [`stamp_token`]), `demo` (the
+/// reply is pieces of [`DEMO_REPLY`]; `demo=0` or `demo=1` too, to switch it either way), anything
 /// `fault=` accepts (`stall`,
 /// `cut:3`, `429`), plus `instant` (`delay_ms=0 tps=0`). Unknown keys and flags
 /// are ignored; a known key with a bad value is a 400 so typos do not pass silently, and so
@@ -591,6 +712,7 @@ struct Directives {
     fail_first: Option<usize>,
     echo: bool,
     stamp: bool,
+    demo: Option<bool>,
 }
 
 impl Directives {
@@ -623,6 +745,8 @@ impl Directives {
                 self.echo = true;
             } else if item.eq_ignore_ascii_case("stamp") {
                 self.stamp = true;
+            } else if item.eq_ignore_ascii_case("demo") {
+                self.demo = Some(true);
             } else if let Ok(fault) = parse_optional_fault(item) {
                 self.fault = Some(fault);
             }
@@ -651,6 +775,7 @@ impl Directives {
             "fault" => self.fault = Some(parse_optional_fault(value).map_err(|e| bad(&e))?),
             "choices" => self.choices_null = Some(parse_choices(value).map_err(|e| bad(&e))?),
             "fail_first" => self.fail_first = Some(value.parse().map_err(|e| bad(&e))?),
+            "demo" => self.demo = Some(parse_flag(value).map_err(|e| bad(&e))?),
             _ => {}
         }
         Ok(())
@@ -676,6 +801,8 @@ struct Plan {
     echo: Option<Vec<String>>,
     /// Every token is its send time ([`stamp_token`]), whatever `echo` and `token_bytes` say.
     stamp: bool,
+    /// Word tokens are pieces of [`DEMO_REPLY`] rather than lorem ipsum.
+    demo: bool,
 }
 
 impl Plan {
@@ -708,6 +835,7 @@ impl Plan {
             prompt_tokens,
             echo,
             stamp: d.stamp || settings.stamp,
+            demo: d.demo.unwrap_or(settings.demo),
         }
     }
 
@@ -721,9 +849,10 @@ impl Plan {
         if self.stamp {
             return stamp_token(unix_micros_now());
         }
-        match &self.echo {
-            Some(tokens) => tokens.get(i).cloned().unwrap_or_default(),
-            None => token(i, self.token_bytes),
+        match (&self.echo, self.token_bytes) {
+            (Some(tokens), _) => tokens.get(i).cloned().unwrap_or_default(),
+            (None, None) if self.demo => demo_token(i).to_owned(),
+            (None, bytes) => token(i, bytes),
         }
     }
 
@@ -1278,11 +1407,11 @@ mod tests {
         assert!(stamps.iter().all(|&t| t >= now && t < now + 60_000_000), "{stamps:?}");
         assert_eq!(parse_stamps(&plan(&MockSettings::default(), "hi").text()).count(), 0);
         let env = |name: &str| (name == "MOCK_STAMP").then(|| "1".to_string());
-        let settings = MockSettings::from_lookup(env).unwrap();
+        let settings = MockSettings::from_lookup(env, false).unwrap();
         assert!(settings.stamp);
         assert_eq!(parse_stamps(&plan(&settings, "hi [[mock echo]]").text()).count(), 1);
         let env = |name: &str| (name == "MOCK_STAMP").then(|| "maybe".to_string());
-        assert!(MockSettings::from_lookup(env).unwrap_err().contains("MOCK_STAMP"));
+        assert!(MockSettings::from_lookup(env, false).unwrap_err().contains("MOCK_STAMP"));
     }
 
     #[test]
@@ -1293,7 +1422,7 @@ mod tests {
         assert!(check_reply_size(100_000_000, None).is_err());
         assert!(check_reply_size(100_000, Some(1000)).is_err());
         let env = |name: &str| (name == "MOCK_TOKEN_BYTES").then(|| "100000000".to_string());
-        assert!(MockSettings::from_lookup(env).unwrap_err().contains("MOCK_"));
+        assert!(MockSettings::from_lookup(env, false).unwrap_err().contains("MOCK_"));
     }
 
     #[test]
@@ -1301,14 +1430,17 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
-        let s = MockSettings::from_lookup(env(&[
-            ("MOCK_FIRST_TOKEN_MS", "5"),
-            ("MOCK_TOKENS_PER_SEC", "0"),
-            ("MOCK_REPLY_TOKENS", "7"),
-            ("MOCK_TOKEN_BYTES", "16"),
-            ("MOCK_FAULT", "cut:5"),
-            ("MOCK_API_KEY", "k"),
-        ]))
+        let s = MockSettings::from_lookup(
+            env(&[
+                ("MOCK_FIRST_TOKEN_MS", "5"),
+                ("MOCK_TOKENS_PER_SEC", "0"),
+                ("MOCK_REPLY_TOKENS", "7"),
+                ("MOCK_TOKEN_BYTES", "16"),
+                ("MOCK_FAULT", "cut:5"),
+                ("MOCK_API_KEY", "k"),
+            ]),
+            false,
+        )
         .unwrap();
         assert_eq!(s.first_token_delay, Duration::from_millis(5));
         assert_eq!(s.tokens_per_second, 0.0);
@@ -1318,10 +1450,132 @@ mod tests {
         assert_eq!(s.api_key.as_deref(), Some("k"));
         assert!(s.choices_null_in_usage_chunk);
 
-        let err = MockSettings::from_lookup(env(&[("MOCK_REPLY_TOKENS", "lots")])).unwrap_err();
+        let err = MockSettings::from_lookup(env(&[("MOCK_REPLY_TOKENS", "lots")]), false).unwrap_err();
         assert!(err.contains("MOCK_REPLY_TOKENS"), "{err}");
-        let err = MockSettings::from_lookup(env(&[("MOCK_FAULT", "teapot")])).unwrap_err();
+        let err = MockSettings::from_lookup(env(&[("MOCK_FAULT", "teapot")]), false).unwrap_err();
         assert!(err.contains("MOCK_FAULT"), "{err}");
+    }
+
+    /// Every markdown element in `text`, as pulldown-cmark (the browser client's renderer,
+    /// with its options) parses it.
+    fn markdown_tags(text: &str) -> Vec<pulldown_cmark::Tag<'_>> {
+        use pulldown_cmark::{Event, Options, Parser};
+        let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+        Parser::new_ext(text, options)
+            .filter_map(|event| match event {
+                Event::Start(tag) => Some(tag),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_is_markdown_a_client_renders() {
+        use pulldown_cmark::{CodeBlockKind, HeadingLevel, Tag};
+        assert!((1500..=3000).contains(&DEMO_REPLY.len()), "{} bytes", DEMO_REPLY.len());
+        assert!(DEMO_REPLY.contains("built-in mock model") && DEMO_REPLY.contains("SAMBANOVA_API_KEY"));
+        let tags = markdown_tags(DEMO_REPLY);
+        let has = |want: &dyn Fn(&Tag<'_>) -> bool| tags.iter().any(want);
+        assert!(has(&|t| matches!(t, Tag::Heading { level: HeadingLevel::H2, .. })), "a ## heading");
+        assert!(has(&|t| matches!(t, Tag::Strong)) && has(&|t| matches!(t, Tag::Emphasis)), "bold and italic");
+        assert!(has(&|t| matches!(t, Tag::Link { dest_url, .. } if dest_url.starts_with("https://github.com/"))));
+        assert!(has(&|t| matches!(t, Tag::List(None))), "a bulleted list");
+        assert!(has(&|t| matches!(t, Tag::List(Some(1)))), "a numbered list");
+        assert!(has(&|t| matches!(t, Tag::Table(_))), "a table");
+        assert!(has(&|t| matches!(t, Tag::BlockQuote(_))), "a blockquote");
+        let rust = |t: &Tag<'_>| matches!(t, Tag::CodeBlock(CodeBlockKind::Fenced(lang)) if lang.as_ref() == "rust");
+        let fence = tags.iter().position(rust).expect("a ```rust block");
+        // The fence closes inside the document: blocks follow it (an open fence would run to
+        // the end, swallowing them).
+        assert!(tags[fence + 1..].iter().any(|t| matches!(t, Tag::BlockQuote(_))), "the fence is closed");
+        assert!(pulldown_cmark::Parser::new(DEMO_REPLY).any(|e| matches!(e, pulldown_cmark::Event::Code(_))));
+        // It ends with one blank line, so a repetition starts a new block.
+        assert!(DEMO_REPLY.ends_with("!\n\n"));
+    }
+
+    #[test]
+    fn demo_tokens_are_pieces_that_cycle_and_cut_anywhere() {
+        let tokens = demo_tokens();
+        assert_eq!(tokens.concat(), DEMO_REPLY);
+        assert!(tokens.len() > 200, "{} tokens", tokens.len());
+        for token in tokens {
+            // A run of non-whitespace, then the whitespace after it.
+            let word = token.trim_end();
+            assert!(!word.is_empty() && !word.contains(char::is_whitespace), "{token:?}");
+        }
+        assert_eq!(tokens[0], "## ");
+        assert!(tokens.contains(&"{\n    "), "a code line's indentation rides on the line break");
+        assert_eq!(demo_reply_text(tokens.len()), DEMO_REPLY);
+        // Past the end it starts again, and the repetitions are whole markdown documents.
+        let n = 2 * tokens.len() + 5;
+        assert_eq!(demo_reply_text(n), format!("{DEMO_REPLY}{DEMO_REPLY}{}", tokens[..5].concat()));
+        let count = |text: &str, want: fn(&pulldown_cmark::Tag<'_>) -> bool| {
+            markdown_tags(text).iter().filter(|t| want(t)).count()
+        };
+        let twice = demo_reply_text(2 * tokens.len());
+        for want in [
+            (|t| matches!(t, pulldown_cmark::Tag::Table(_))) as fn(&pulldown_cmark::Tag<'_>) -> bool,
+            |t| matches!(t, pulldown_cmark::Tag::CodeBlock(_)),
+            |t| matches!(t, pulldown_cmark::Tag::Heading { .. }),
+            |t| matches!(t, pulldown_cmark::Tag::BlockQuote(_)),
+        ] {
+            assert_eq!(count(&twice, want), 2 * count(DEMO_REPLY, want));
+        }
+        // Any length is a prefix of the document (or its repetitions), cut after a token.
+        for n in 0..=tokens.len() {
+            let text = demo_reply_text(n);
+            assert!(DEMO_REPLY.starts_with(&text), "{n}");
+            assert!(n == 0 || text.ends_with(char::is_whitespace), "{n}");
+            let _ = markdown_tags(&text);
+        }
+        // Demo tokens stay under the word-mode size bound on average, so the bound that
+        // refuses oversized replies holds for demo replies too.
+        assert!(DEMO_REPLY.len() <= tokens.len() * MAX_WORD_BYTES);
+        assert!(MAX_REPLY_TOKENS * MAX_WORD_BYTES + DEMO_REPLY.len() <= MAX_REPLY_BYTES);
+        assert_eq!(split_tokens("a  b\n\n c"), vec!["a  ", "b\n\n ", "c"]);
+        assert!(split_tokens("").is_empty());
+    }
+
+    #[test]
+    fn demo_mode_by_setting_variable_and_directive() {
+        let plan = |settings: &MockSettings, message: &str, max_tokens: Option<u64>| {
+            Plan::new(settings, Directives::parse(message).unwrap(), "m".into(), max_tokens, 1, message)
+        };
+        let whole = demo_tokens().len();
+        let words = MockSettings::default();
+        assert!(!words.demo);
+        assert_eq!(plan(&words, "hi", None).text(), reply_text(40, None));
+        assert_eq!(plan(&words, "hi [[mock demo tokens=4]]", None).text(), demo_reply_text(4));
+        assert_eq!(plan(&words, "hi [[mock demo=1]]", None).text(), demo_reply_text(40));
+
+        let demo = MockSettings { demo: true, reply_tokens: whole, ..MockSettings::default() };
+        assert_eq!(plan(&demo, "hi", None).text(), DEMO_REPLY);
+        assert_eq!(plan(&demo, "hi [[mock tokens=3]]", None).text(), "## Hello from ");
+        assert_eq!(plan(&demo, "hi [[mock tokens=3 demo=0]]", None).text(), reply_text(3, None));
+        assert_eq!(plan(&demo, "hi [[mock tokens=2 bytes=5]]", None).text(), reply_text(2, Some(5)));
+        assert_eq!(plan(&demo, "say *this* [[mock echo]]", None).text(), "say *this*");
+        let cut = plan(&demo, "hi", Some(10));
+        assert_eq!((cut.text(), cut.finish_reason), (demo_reply_text(10), "length"));
+        assert!(Directives::parse("[[mock demo=maybe]]").is_err());
+        assert!(format!("{demo:?}").contains("demo: true"));
+
+        // The server's built-in mock shows the whole demo unless told otherwise; the
+        // standalone mock (and `MockSettings::default()`) only when told.
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let s = MockSettings::from_lookup(env(&[]), true).unwrap();
+        assert_eq!((s.demo, s.reply_tokens), (true, whole));
+        let s = MockSettings::from_lookup(env(&[("MOCK_REPLY_TOKENS", "7")]), true).unwrap();
+        assert_eq!((s.demo, s.reply_tokens), (true, 7));
+        let s = MockSettings::from_lookup(env(&[("MOCK_DEMO", "0")]), true).unwrap();
+        assert_eq!((s.demo, s.reply_tokens), (false, 40));
+        let s = MockSettings::from_lookup(env(&[]), false).unwrap();
+        assert_eq!((s.demo, s.reply_tokens), (false, 40));
+        let s = MockSettings::from_lookup(env(&[("MOCK_DEMO", "on")]), false).unwrap();
+        assert_eq!((s.demo, s.reply_tokens), (true, whole));
+        let err = MockSettings::from_lookup(env(&[("MOCK_DEMO", "maybe")]), true).unwrap_err();
+        assert!(err.starts_with("MOCK_DEMO"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Standalone OpenAI-compatible mock chat model for dev mode and load tests.
 //!
 //! Configured by `MOCK_BIND` (default `127.0.0.1:8090`) and the `MOCK_*`
-//! variables read by `MockSettings::from_env`; prints the base URL on stdout
+//! variables read by `MockSettings::from_env` (lorem ipsum replies unless `MOCK_DEMO=1`
+//! asks for the markdown demo the server's built-in mock shows); prints the base URL on stdout
 //! so scripts can capture it, then serves until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use relay_mock_llm::{Fault, MockLlm, MockSettings, MockStats, reply_text};
+use relay_mock_llm::{DEMO_REPLY, Fault, MockLlm, MockSettings, MockStats, demo_reply_text, demo_tokens, reply_text};
 use serde_json::{Value, json};
 
 const MODEL: &str = "Meta-Llama-3.3-70B-Instruct";
@@ -226,6 +226,28 @@ async fn fixed_size_tokens_for_flood_tests() {
     let mock = start(MockSettings { token_bytes: Some(1024), reply_tokens: 3, ..fast() }).await;
     let (events, _) = read_sse(post(&mock, &request(json!("go"), true)).await).await;
     assert_eq!(contents(&events).concat(), reply_text(3, Some(1024)));
+}
+
+/// In demo mode the reply is the markdown demo document, one piece per delta, cycling
+/// when longer; the non-streaming answer carries the same text.
+#[tokio::test]
+async fn demo_mode_streams_the_markdown_document_piece_by_piece() {
+    let whole = demo_tokens().len();
+    let mock = start(MockSettings { demo: true, reply_tokens: whole, ..fast() }).await;
+    let (events, _) = read_sse(post(&mock, &request(json!("show me"), true)).await).await;
+    assert_eq!(contents(&events), demo_tokens());
+    assert_eq!(contents(&events).concat(), DEMO_REPLY);
+    let more = whole + 3;
+    let body = request(json!(format!("again [[mock tokens={more}]]")), false);
+    let v: Value = post(&mock, &body).await.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], demo_reply_text(more));
+    assert_eq!(v["usage"]["completion_tokens"], more);
+    // A directive switches it either way.
+    let (events, _) = read_sse(post(&mock, &request(json!("[[mock demo=0 tokens=4]]"), true)).await).await;
+    assert_eq!(contents(&events).concat(), reply_text(4, None));
+    let mock = start(fast()).await;
+    let (events, _) = read_sse(post(&mock, &request(json!("[[mock demo tokens=4]]"), true)).await).await;
+    assert_eq!(contents(&events).concat(), demo_reply_text(4));
 }
 
 #[tokio::test]
@@ -453,6 +475,7 @@ async fn the_binary_serves_until_sigterm() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-mock-llm"))
         .env("MOCK_BIND", format!("127.0.0.1:{port}"))
         .env("MOCK_FIRST_TOKEN_MS", "1")
+        .env_remove("MOCK_DEMO")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -466,6 +489,9 @@ async fn the_binary_serves_until_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // Without MOCK_DEMO=1 the standalone mock writes lorem ipsum.
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], reply_text(3, None));
     let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
 }

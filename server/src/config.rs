@@ -427,7 +427,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The variables the built-in mock model reads (see [`MockSettings::from_lookup`]).
-const MOCK_VARS: [&str; 7] = [
+const MOCK_VARS: [&str; 9] = [
     "MOCK_FIRST_TOKEN_MS",
     "MOCK_TOKENS_PER_SEC",
     "MOCK_REPLY_TOKENS",
@@ -435,6 +435,8 @@ const MOCK_VARS: [&str; 7] = [
     "MOCK_FAULT",
     "MOCK_CHOICES",
     "MOCK_API_KEY",
+    "MOCK_STAMP",
+    "MOCK_DEMO",
 ];
 
 const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
@@ -533,7 +535,9 @@ impl Config {
                     .trim_end_matches('/')
                     .to_string(),
             },
-            _ => ModelBackend::Mock(MockSettings::from_lookup(var).map_err(|reason| ConfigError {
+            // The built-in mock answers with its markdown demo (unless `MOCK_DEMO=0`), so a
+            // new user sees what the client renders.
+            _ => ModelBackend::Mock(MockSettings::from_lookup(var, true).map_err(|reason| ConfigError {
                 var: MOCK_VARS.iter().find(|v| reason.starts_with(*v)).copied().unwrap_or("MOCK_*"),
                 reason,
             })?),
@@ -1062,5 +1066,21 @@ mod tests {
         );
         let c = load(&[("SAMBANOVA_API_KEY", "k"), ("LLM_MOCK", "1")]).unwrap();
         assert!(matches!(c.model_backend, ModelBackend::Mock(_)));
+    }
+
+    #[test]
+    fn the_built_in_mock_shows_its_demo_unless_told_not_to() {
+        let mock = |pairs: &[(&'static str, &str)]| match load(pairs).unwrap().model_backend {
+            ModelBackend::Mock(settings) => settings,
+            other => panic!("not the mock: {other:?}"),
+        };
+        let demo = mock(&[]);
+        assert!(demo.demo);
+        assert_eq!(demo.reply_tokens, relay_mock_llm::demo_tokens().len(), "the whole demo by default");
+        assert_eq!(mock(&[("MOCK_REPLY_TOKENS", "30")]).reply_tokens, 30);
+        let words = mock(&[("MOCK_DEMO", "0")]);
+        assert_eq!((words.demo, words.reply_tokens), (false, 40));
+        assert_eq!(load(&[("MOCK_DEMO", "maybe")]).unwrap_err().var, "MOCK_DEMO");
+        assert_eq!(load(&[("MOCK_STAMP", "maybe")]).unwrap_err().var, "MOCK_STAMP");
     }
 }

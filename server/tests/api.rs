@@ -331,6 +331,27 @@ async fn other_users_sessions_are_not_found() {
     assert_eq!((status, body["session"]["title"].as_str()), (200, Some("New chat")));
 }
 
+/// With no provider key the built-in mock answers, with its markdown demo (the whole
+/// document unless the reply length is set), and `ready` says it is the mock.
+#[tokio::test]
+async fn the_built_in_mock_answers_with_its_demo() {
+    let server =
+        TestServer::with(&[("LLM_MOCK", "1"), ("MOCK_FIRST_TOKEN_MS", "1"), ("MOCK_TOKENS_PER_SEC", "0")]).await;
+    let (token, _) = server.register("newcomer").await;
+    let mut ws = server.ws_raw(Some(&token)).await;
+    match ws.recv().await {
+        relay_protocol::ServerFrame::Ready { model: Some(model), .. } => assert!(model.mock, "{model:?}"),
+        other => panic!("expected ready with a model, got {other:?}"),
+    }
+    let session = server.create_session(&token).await;
+    let sent: SendMessageResponse = send_json(&server, &token, session.id, "hello?").await.json().await.unwrap();
+    assert_eq!(sent.assistant_message.content, relay_mock_llm::DEMO_REPLY);
+    assert_eq!(sent.assistant_message.token_count, Some(relay_mock_llm::demo_tokens().len() as u32));
+    let sent: SendMessageResponse =
+        send_json(&server, &token, session.id, "shorter [[mock tokens=12]]").await.json().await.unwrap();
+    assert_eq!(sent.assistant_message.content, relay_mock_llm::demo_reply_text(12));
+}
+
 #[tokio::test]
 async fn non_streaming_send_stores_both_messages() {
     let server = TestServer::start().await;

@@ -402,8 +402,9 @@ pub fn create_admin(
 }
 
 /// A server process of the real binary, for restart, signal and log tests. It runs with a
-/// clean environment: the data directory, a free port, the built-in mock model (fast), and
-/// whatever variables a test adds.
+/// clean environment: the data directory, a free port, the built-in mock model (fast, and
+/// writing lorem ipsum, which tests compare with `relay_mock_llm::reply_text`, rather than
+/// its demo), and whatever variables a test adds.
 pub struct Process {
     pub child: std::process::Child,
     pub addr: String,
@@ -428,6 +429,7 @@ impl Process {
             .env("RUST_LOG", "warn")
             .env("MOCK_FIRST_TOKEN_MS", "1")
             .env("MOCK_TOKENS_PER_SEC", "0")
+            .env("MOCK_DEMO", "0")
             .env("CHAT_RATE_LIMIT_PER_MINUTE", "0")
             .env("WS_SUBSCRIBES_PER_MINUTE", "100000")
             .env("AUTH_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "10000");
