@@ -1,6 +1,8 @@
 //! The browser tests' harness: chromedriver, browser windows on the real server, the
 //! steps a user takes (type, click, wait for the page), and a relay whose connections a
-//! test can cut. Shared by `browser.rs` (behaviour) and `render_bench.rs` (speed).
+//! test can cut. Shared by `browser.rs` (behaviour) and `render_bench.rs` (speed), each of
+//! which uses part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,174 @@
+//! How the browser client keeps up with a long reply: headless Chromium streams a markdown
+//! reply of 150 KB, then one of 1 MB (the server's cap is 1 MiB), at 1,000 tokens a
+//! second, and reports the main thread's long tasks (`PerformanceObserver` `longtask`, over
+//! 50 ms) and how long each piece took from its arrival on the WebSocket to the page.
+//!
+//! A benchmark, not a test: it prints figures (BENCHMARKS.md keeps them) and fails only if
+//! the reply does not arrive. Run it with `scripts/render-bench.sh` (or
+//! `cargo test -p relay-server --test render_bench -- --ignored --nocapture`)
+//! after `cargo xtask client`.
+
+mod common;
+#[path = "browser/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use harness::*;
+use serde_json::{Value, json};
+
+/// Installed in the page before the app: notes when each `delta` frame arrives (before the
+/// app sees it), when the page changes, and every long task.
+const PROBE: &str = r#"
+(() => {
+  const bench = window.__bench = { deltas: [], mutations: [], longtasks: [], login_ms: null };
+  const Native = window.WebSocket;
+  function Probed(url, protocols) {
+    const ws = protocols === undefined ? new Native(url) : new Native(url, protocols);
+    ws.addEventListener('message', e => {
+      if (typeof e.data === 'string' && e.data.startsWith('{"type":"delta"')) bench.deltas.push(performance.now());
+    });
+    return ws;
+  }
+  Probed.prototype = Native.prototype;
+  Object.assign(Probed, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Probed;
+  new PerformanceObserver(list => {
+    for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration]);
+  }).observe({ type: 'longtask', buffered: true });
+  const watch = () => new MutationObserver(() => {
+      const now = performance.now();
+      bench.mutations.push(now);
+      if (bench.login_ms === null && document.querySelector('#login-submit')) bench.login_ms = now;
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  if (document.body) watch(); else document.addEventListener('DOMContentLoaded', watch);
+})();
+"#;
+
+/// What one streamed reply measured.
+struct Figures {
+    bytes: usize,
+    seconds: f64,
+    deltas: usize,
+    long_tasks: usize,
+    longest_ms: f64,
+    long_total_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    last_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Streams a demo reply of about `bytes` and measures it.
+async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
+    let average = relay_mock_llm::demo_reply_text(1000).len() as f64 / 1000.0;
+    let tokens = (bytes as f64 / average) as usize;
+    let expected = relay_mock_llm::demo_reply_text(tokens);
+    tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = [];").await?;
+    let started = Instant::now();
+    tab.send(&format!("bench [[mock demo tokens={tokens} tps=1000]]")).await?;
+    tab.element("#streaming").await?;
+    let deadline = Instant::now() + Duration::from_secs(30 + (tokens / 500) as u64);
+    while tab.js("return !!document.querySelector('#streaming')").await? == json!(true) {
+        if Instant::now() > deadline {
+            bail!("the reply did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let shown = tab.js("const a = [...document.querySelectorAll('#messages article.assistant')].pop(); return a.querySelector('.content').innerText.length").await?;
+    let bench = tab.js("return window.__bench").await?;
+    let times = |key: &str| -> Vec<f64> {
+        bench[key].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+    };
+    let (deltas, mutations) = (times("deltas"), times("mutations"));
+    let long: Vec<f64> =
+        bench["longtasks"].as_array().map(|a| a.iter().filter_map(|t| t[1].as_f64()).collect()).unwrap_or_default();
+    // Each piece is on the page at the first change of the page after it arrived.
+    let mut delays: Vec<f64> = deltas
+        .iter()
+        .filter_map(|&arrived| {
+            let i = mutations.partition_point(|&m| m < arrived);
+            mutations.get(i).map(|m| m - arrived)
+        })
+        .collect();
+    let last_ms = delays.last().copied().unwrap_or(f64::NAN);
+    delays.sort_by(f64::total_cmp);
+    println!("  {} bytes expected, {} characters shown", expected.len(), shown);
+    Ok(Figures {
+        bytes: expected.len(),
+        seconds,
+        deltas: deltas.len(),
+        long_tasks: long.len(),
+        longest_ms: long.iter().copied().fold(0.0, f64::max),
+        long_total_ms: long.iter().sum(),
+        p50_ms: percentile(&delays, 0.5),
+        p99_ms: percentile(&delays, 0.99),
+        max_ms: delays.last().copied().unwrap_or(f64::NAN),
+        last_ms,
+    })
+}
+
+#[tokio::test]
+#[ignore = "a benchmark: scripts/render-bench.sh"]
+async fn long_replies_stream_without_blocking_the_page() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let h = Harness::start("render_bench", &[]).await.unwrap();
+    h.run(async |h| {
+        let a = h.open("a").await?;
+        let devtools = h.tab(a).driver.cdp();
+        devtools.send_raw("Page.addScriptToEvaluateOnNewDocument", json!({ "source": PROBE })).await?;
+        // First load, cold (the browser's cache emptied) and warm (a reload: the hashed files
+        // come from the cache).
+        for load in ["cold", "warm"] {
+            if load == "cold" {
+                devtools.send_raw("Network.clearBrowserCache", json!({})).await?;
+            }
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).element("#login-submit").await?;
+            let paint = h
+                .tab(a)
+                .js("const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+                     const n = performance.getEntriesByType('navigation')[0]; \
+                     return [p ? p.startTime : null, window.__bench.login_ms, n ? n.transferSize : null]")
+                .await?;
+            println!(
+                "first load ({load}): first paint {:.0} ms, login form ready {:.0} ms, page bytes over the wire {}",
+                paint[0].as_f64().unwrap_or(f64::NAN),
+                paint[1].as_f64().unwrap_or(f64::NAN),
+                paint[2]
+            );
+        }
+        h.tab(a).register("bench").await?;
+        println!(
+            "{:>9} {:>7} {:>7} {:>6} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9}",
+            "bytes", "seconds", "deltas", "long", "longest", "long total", "p50 ms", "p99 ms", "max ms", "last ms"
+        );
+        for bytes in [150_000, 1_000_000] {
+            let f = stream(h.tab(a), bytes).await?;
+            println!(
+                "{:>9} {:>7.1} {:>7} {:>6} {:>9.0} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1}",
+                f.bytes,
+                f.seconds,
+                f.deltas,
+                f.long_tasks,
+                f.longest_ms,
+                f.long_total_ms,
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.last_ms
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
