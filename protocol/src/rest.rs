@@ -182,7 +182,7 @@ pub struct UsageReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EditMessageRequest {
-    /// The new text of the session's last user message, checked like a send's.
+    /// The new text of the message edited, checked like a send's.
     #[cfg_attr(
         feature = "openapi",
         schema(

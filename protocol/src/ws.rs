@@ -109,14 +109,15 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_message_id: Option<String>,
     },
-    /// Replaces the session's last user message (and its reply) with new text, and answers it.
+    /// Replaces a live user message of the session, and every live message after it, with
+    /// new text, and answers it.
     Edit {
         /// Echoed in the `ack`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         /// The session.
         session_id: Uuid,
-        /// The last user message of the session.
+        /// The user message replaced: any live (not superseded) one of the session.
         message_id: Uuid,
         /// Its new text.
         content: String,

@@ -1,5 +1,5 @@
-//! Regenerate and edit: the last reply answered again, the last user message rewritten and
-//! answered. Through the session actor like any send, live in every tab, kept in the store
+//! Regenerate and edit: the last reply answered again, a user message (the last or an
+//! earlier one) rewritten and answered. Through the session actor like any send, live in every tab, kept in the store
 //! (the replaced messages marked superseded, not deleted), left out of the model's context.
 //! And the history read back in pages, as a client scrolling up reads it.
 
@@ -104,9 +104,11 @@ async fn edit_rewrites_the_last_message_and_answers_it() {
         started_reply(&frames),
     );
 
-    // Only the last user message can be edited.
-    let first_id = stored(&server, &token, sid).await.messages[0].id;
-    ws.send(json!({"type": "edit", "id": "old", "session_id": sid, "message_id": first_id, "content": "x"})).await;
+    // Only a user message can be edited.
+    let first_reply = stored(&server, &token, sid).await.messages[1].clone();
+    assert_eq!(first_reply.role, Role::Assistant);
+    ws.send(json!({"type": "edit", "id": "old", "session_id": sid, "message_id": first_reply.id, "content": "x"}))
+        .await;
     let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "old")).await;
     assert_error(frames.last().unwrap(), ErrorCode::BadRequest, Some("old"), Some(sid));
     ws.send(json!({"type": "edit", "id": "ghost", "session_id": sid, "message_id": Uuid::new_v4(), "content": "x"}))
@@ -129,6 +131,121 @@ async fn edit_rewrites_the_last_message_and_answers_it() {
     assert_eq!(messages.len(), 6, "nothing deleted");
     assert_eq!(messages.iter().filter(|m| m.superseded).map(|m| m.id).collect::<Vec<_>>(), [typo, typo_reply]);
     assert_eq!(messages.last().unwrap().id, new_reply);
+
+    // A replaced message cannot be edited again.
+    ws.send(json!({"type": "edit", "id": "twice", "session_id": sid, "message_id": typo, "content": "x"})).await;
+    let frames = ws.recv_until(|f| matches!(f, ServerFrame::Error { id: Some(i), .. } if i == "twice")).await;
+    assert_error(frames.last().unwrap(), ErrorCode::BadRequest, Some("twice"), Some(sid));
+}
+
+/// Edit an earlier user message: it and every live message after it are superseded, in
+/// order, and the conversation goes on from the new text: the model sees only what came
+/// before the edited message (nothing, for the first) and the new text. Nothing is deleted;
+/// a late tab's snapshot shows the replaced messages superseded. The REST form does the
+/// same.
+#[tokio::test]
+async fn edit_of_an_earlier_message_replaces_everything_after_it() {
+    let server = TestServer::start().await;
+    let (token, _, sid) = user_with_session(&server, "rewriter").await;
+    let mut ws = server.ws(&token).await;
+    subscribe(&mut ws, sid).await;
+    for (i, text) in ["first", "second", "third"].iter().enumerate() {
+        send(&mut ws, sid, &i.to_string(), &format!("{text} {}", directive(2, 1000))).await;
+        until_dones(&mut ws, sid, 1).await;
+    }
+    let before = stored(&server, &token, sid).await.messages;
+    assert_eq!(before.len(), 6);
+    let old: Vec<Uuid> = before.iter().map(|m| m.id).collect();
+
+    let content = format!("rewritten {}", directive(3, 1000));
+    ws.send(json!({"type": "edit", "id": "redo", "session_id": sid, "message_id": old[0], "content": content})).await;
+    let answer = ws
+        .recv_until(
+            |f| matches!(f, ServerFrame::Ack { id: Some(i), .. } | ServerFrame::Error { id: Some(i), .. } if i == "redo"),
+        )
+        .await;
+    let Some(ServerFrame::Ack { message: new_message, .. }) = answer.last().cloned() else {
+        panic!("the edit was refused: {:?}", answer.last())
+    };
+    let frames = [answer, until_dones(&mut ws, sid, 1).await].concat();
+    assert_eq!(superseded_ids(&frames), old, "the edited message and all five after it, in order");
+    assert!(new_message.content.starts_with("rewritten") && !old.contains(&new_message.id));
+    let new_reply = started_reply(&frames);
+    assert_eq!(reply_text(&frames, new_reply), mock::reply_text(3, None));
+
+    let context = last_context(&server);
+    let roles: Vec<&str> = context.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roles, ["system", "user"], "nothing before or after the edited message: {context:?}");
+    assert!(context[1].1.starts_with("rewritten"));
+
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.len(), 8, "nothing deleted");
+    let summary: Vec<(Uuid, bool)> = messages.iter().map(|m| (m.id, m.superseded)).collect();
+    let mut want: Vec<(Uuid, bool)> = old.iter().map(|id| (*id, true)).collect();
+    want.extend([(new_message.id, false), (new_reply, false)]);
+    assert_eq!(summary, want);
+    // A late tab's snapshot says the same.
+    let mut late = server.ws(&token).await;
+    late.send(json!({"type": "subscribe", "id": "late", "session_id": sid})).await;
+    let frames = late.recv_until(|f| matches!(f, ServerFrame::Subscribed { .. })).await;
+    let Some(ServerFrame::Subscribed { messages: snapshot, .. }) = frames.last() else { unreachable!() };
+    assert_eq!(snapshot, &messages);
+
+    // Over REST: one more exchange, then the edited message is edited again.
+    let post = |path: String, body: serde_json::Value| {
+        server.http.post(server.url(&path)).bearer_auth(&token).json(&body).send()
+    };
+    let sent = post(format!("/api/v1/chat/sessions/{sid}/messages"), json!({"content": "fourth [[mock tokens=2]]"}))
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let edit = format!("/api/v1/chat/sessions/{sid}/messages/{}/edit", new_message.id);
+    let edited = post(edit, json!({"content": "again [[mock tokens=2]]"})).await.unwrap();
+    assert_eq!(edited.status(), 200);
+    let edited: SendMessageResponse = edited.json().await.unwrap();
+    assert!(edited.user_message.content.starts_with("again"));
+    let context = last_context(&server);
+    assert_eq!(context.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), ["system", "user"]);
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.len(), 12, "nothing deleted");
+    let live: Vec<Uuid> = messages.iter().filter(|m| !m.superseded).map(|m| m.id).collect();
+    assert_eq!(live, [edited.user_message.id, edited.assistant_message.id]);
+}
+
+/// Only the messages the session holds in memory (its last 200) can be edited: an older
+/// one is `bad_request`, saying so, while one in the window still can be.
+#[tokio::test]
+async fn editing_a_message_older_than_the_window_is_refused() {
+    let server = TestServer::with(&[("CHAT_DAILY_MESSAGE_QUOTA", "1000")]).await;
+    let (token, _, sid) = user_with_session(&server, "archivist").await;
+    let post = |path: String, body: serde_json::Value| {
+        server.http.post(server.url(&path)).bearer_auth(&token).json(&body).send()
+    };
+    let mut sent = Vec::new();
+    // 101 exchanges: 202 messages, the first exchange older than the 200 held in memory.
+    for i in 0..101 {
+        let response = post(
+            format!("/api/v1/chat/sessions/{sid}/messages"),
+            json!({"content": format!("question {i} [[mock tokens=1]]")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 200);
+        sent.push(response.json::<SendMessageResponse>().await.unwrap());
+    }
+    let edit = |id: Uuid| format!("/api/v1/chat/sessions/{sid}/messages/{id}/edit");
+    let too_old = post(edit(sent[0].user_message.id), json!({"content": "x"})).await.unwrap();
+    assert_eq!(too_old.status(), 400);
+    let body: relay_protocol::ErrorResponse = too_old.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::BadRequest);
+    assert!(body.error.message.contains("too old"), "{}", body.error.message);
+
+    let edited = post(edit(sent[1].user_message.id), json!({"content": "y [[mock tokens=1]]"})).await.unwrap();
+    assert_eq!(edited.status(), 200);
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.len(), 204, "nothing deleted");
+    assert_eq!(messages.iter().filter(|m| m.superseded).count(), 200, "the edited message and all after it");
+    assert!(!messages[0].superseded && !messages[1].superseded, "the exchange before it stays");
 }
 
 /// While a reply runs, regenerate and edit are `busy`; an empty session has nothing to

@@ -77,10 +77,10 @@ pub async fn regenerate(
 }
 
 #[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/messages/{message_id}/edit", tag = "chat", security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "The session"), ("message_id" = uuid::Uuid, Path, description = "The session's last user message"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters (no spaces): a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was", min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
+    params(("id" = uuid::Uuid, Path, description = "The session"), ("message_id" = uuid::Uuid, Path, description = "A live (not superseded) user message of the session, among its last 200 messages: it and every live message after it are replaced"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters (no spaces): a repeat with the same key by the same user within 24 hours stores nothing new and is answered as the first request was", min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$")),
     request_body = relay_protocol::EditMessageRequest,
     responses((status = 200, description = "The new message and its reply (the old ones stay, superseded); SSE with `Accept: text/event-stream`", body = relay_protocol::SendMessageResponse),
-        (status = 400, description = "invalid_content: blank or too long; bad_request: malformed body or Idempotency-Key, or not the last user message", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "invalid_content: blank or too long; bad_request: malformed body or Idempotency-Key, or the message is not a user message, is already superseded, or is older than the session's last 200 messages", body = relay_protocol::ErrorResponse),
         (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
         (status = 403, description = "storage_full: CHAT_MAX_STORED_MESSAGES_PER_USER reached", body = relay_protocol::ErrorResponse),
         (status = 404, description = "not_found: no such session or message (or chat is not available to the caller)", body = relay_protocol::ErrorResponse),
@@ -90,8 +90,8 @@ pub async fn regenerate(
         (status = 502, description = "upstream_error", body = relay_protocol::ErrorResponse),
         (status = 503, description = "upstream_unavailable, or unavailable (shutting down, the session's node cannot be reached, the database did not answer within DATABASE_TIMEOUT_MS)", body = relay_protocol::ErrorResponse),
         (status = 504, description = "upstream_timeout", body = relay_protocol::ErrorResponse)))]
-/// Replaces the session's last user message (and its reply) with new text, and answers it
-/// like a send.
+/// Replaces a live user message of the session, and every live message after it, with new
+/// text, and answers it like a send.
 pub async fn edit(
     State(state): State<AppState>,
     ChatUser(user): ChatUser,

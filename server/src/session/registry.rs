@@ -369,7 +369,7 @@ impl SessionRegistry {
         self.send_from(requester, session_id, message, true).await
     }
 
-    /// Sends a message, or with `replaces` edits the last one (see [`SessionRegistry::edit`]).
+    /// Sends a message, or with `replaces` edits one (see [`SessionRegistry::edit`]).
     async fn send_from(
         &self,
         requester: Requester,
@@ -420,7 +420,8 @@ impl SessionRegistry {
         self.call(session_id, make, op, Some(&requester.origin), (forward, true)).await
     }
 
-    /// Replaces the session's last user message (and its reply) with `content`, and answers it.
+    /// Replaces a live user message of the session, and every live message after it, with
+    /// `content`, and answers it.
     pub async fn edit(
         &self,
         requester: Requester,

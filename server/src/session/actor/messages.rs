@@ -78,7 +78,7 @@ pub enum SessionMsg {
         /// Answer.
         reply: oneshot::Sender<Result<SendAccepted, SessionError>>,
     },
-    /// Replace the last user message (and its reply) with new text.
+    /// Replace a live user message (and every live message after it) with new text.
     Edit {
         /// The message replaced.
         replaced: Uuid,

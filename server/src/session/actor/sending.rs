@@ -96,9 +96,12 @@ impl SessionState {
         Ok(SendAccepted { user_message: answering, reply_id, rate, replay: None })
     }
 
-    /// Replaces the last user message (and its reply) with new text, and answers it; only
-    /// while nothing is generating or waiting. The new message and the supersede of the
-    /// old ones are stored in one transaction.
+    /// Replaces a live user message of the session with new text, and answers it; only
+    /// while nothing is generating or waiting. That message and every live message after
+    /// it are superseded (the conversation goes on from the new text: the model's context
+    /// is what came before the edited message, then the new text). The new message and the
+    /// supersede of the old ones are stored in one transaction. Only a message this actor
+    /// holds in memory (the session's last [`HISTORY_CAP`] messages) can be edited.
     pub(super) async fn edit(
         &mut self,
         replaced_id: Uuid,
@@ -112,19 +115,36 @@ impl SessionState {
         validate_content(&request.content, self.deps.settings.max_message_length)?;
         self.check_settled()?;
         let live: Vec<&Message> = self.history.iter().filter(|m| !m.superseded).collect();
-        let Some(at) = live.iter().rposition(|m| m.role == Role::User) else {
-            return Err(SessionError::NotFound);
+        let Some(at) = live.iter().position(|m| m.id == replaced_id) else {
+            return Err(self.not_editable(replaced_id).await);
         };
-        if live[at].id != replaced_id {
-            return Err(if live.iter().any(|m| m.id == replaced_id) {
-                SessionError::Invalid("only the last message of a session can be edited".into())
-            } else {
-                SessionError::NotFound
-            });
+        if live[at].role != Role::User {
+            return Err(SessionError::Invalid("only a user message can be edited".into()));
         }
         let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
         let admission = self.admit(&request.requester.user, Storing::NewMessage).await?;
         self.accept(admission, request, replaced, myself).await
+    }
+
+    /// Why `id`, not a live message in memory, cannot be edited: it was replaced, it is
+    /// older than the messages held in memory (looked up in the store only then), or it is
+    /// not in the session at all.
+    async fn not_editable(&self, id: Uuid) -> SessionError {
+        let superseded = SessionError::Invalid("a replaced message cannot be edited".into());
+        if self.history.iter().any(|m| m.id == id) {
+            return superseded;
+        }
+        if self.history_complete {
+            return SessionError::NotFound;
+        }
+        match self.deps.store.get_message(self.session.id, id).await {
+            Ok(None) => SessionError::NotFound,
+            Ok(Some(message)) if message.superseded => superseded,
+            Ok(Some(_)) => SessionError::Invalid(format!(
+                "the message is too old to be edited: only the session's last {HISTORY_CAP} messages can be"
+            )),
+            Err(e) => e.into(),
+        }
     }
 
     /// Refuses new work from someone other than the owner, or once the actor is ending
