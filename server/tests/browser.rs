@@ -230,7 +230,7 @@ async fn tabs_share_renames_regenerations_edits_and_deletes() {
 
             // Edit the last question in one tab: both show the new question and a new reply,
             // and the model was asked the new question, not the old one.
-            h.tab(a).click("#messages .edit").await?;
+            h.tab(a).js("[...document.querySelectorAll('#messages .edit')].pop().click(); return true").await?;
             h.tab(a)
                 .wait(
                     "the draft to hold the old text",
@@ -853,6 +853,29 @@ async fn replaced_replies_and_questions_can_be_browsed() {
             assert_eq!(shown.len(), 2, "the old question and its last reply: {shown:?}");
             assert!(shown[0].1.starts_with("question one"), "{shown:?}");
             assert_eq!(shown[1].1, second, "the reply the old question had last");
+
+            // An earlier question can be edited too: everything after it is replaced.
+            h.tab(a).click("#messages article.user .next-version").await?;
+            h.tab(a).wait_text("#messages article.user .version-count", "2/2").await?;
+            h.tab(a).send("question three [[mock stamp tokens=3]]").await?;
+            h.tab(a).wait_settled(4).await?;
+            h.tab(a).click("#messages article.user .edit").await?;
+            h.tab(a).wait("the text to edit", "return document.querySelector('#composer').value.startsWith('question two')").await?;
+            h.tab(a)
+                .js_with(
+                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
+                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+                    vec![json!("question four [[mock stamp tokens=3]]")],
+                )
+                .await?;
+            h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
+            h.tab(a).wait_text("#messages article.user .content", "question four").await?;
+            h.tab(a).wait_settled(2).await?;
+            let shown = h.tab(a).messages().await?;
+            assert!(shown[0].1.starts_with("question four") && shown[1].0 == "assistant", "{shown:?}");
+            let session = h.tab(a).session_id().await?;
+            let live = stored(&h.server, &token_of(h.tab(a)).await?, session).await;
+            assert_eq!(live.len(), 2, "the store keeps the edited question and its answer live: {live:?}");
             h.tab(a).assert_clean_console(&[]).await
         })
         .await;

@@ -37,6 +37,21 @@ const PROBE: &str = r#"
   new PerformanceObserver(list => {
     for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration]);
   }).observe({ type: 'longtask', buffered: true });
+  bench.frames = []; bench.invokers = {};
+  try {
+    new PerformanceObserver(list => {
+      for (const f of list.getEntries()) {
+        const scripts = f.scripts.reduce((t, s) => t + s.duration, 0);
+        for (const s of f.scripts) {
+          const key = s.invoker + ' ' + s.invokerType;
+          const seen = bench.invokers[key] || (bench.invokers[key] = [0, 0, 0]);
+          seen[0] += s.duration; seen[1] += s.forcedStyleAndLayoutDuration || 0; seen[2] += 1;
+        }
+        bench.frames.push([f.duration, scripts, f.renderStart ? f.styleAndLayoutStart - f.renderStart : 0,
+          f.styleAndLayoutStart ? f.startTime + f.duration - f.styleAndLayoutStart : 0]);
+      }
+    }).observe({ type: 'long-animation-frame', buffered: true });
+  } catch (e) {}
   const watch = () => new MutationObserver(() => {
       const now = performance.now();
       bench.mutations.push(now);
@@ -72,7 +87,7 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
     let average = relay_mock_llm::demo_reply_text(1000).len() as f64 / 1000.0;
     let tokens = (bytes as f64 / average) as usize;
     let expected = relay_mock_llm::demo_reply_text(tokens);
-    tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = [];").await?;
+    tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = []; window.__bench.frames = []; window.__bench.invokers = {};").await?;
     let started = Instant::now();
     tab.send(&format!("bench [[mock demo tokens={tokens} tps=1000]]")).await?;
     tab.element("#streaming").await?;
@@ -84,7 +99,7 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let shown = tab.js("const a = [...document.querySelectorAll('#messages article.assistant')].pop(); return a.querySelector('.content').innerText.length").await?;
+    let shown = tab.js("const a = [...document.querySelectorAll('#messages article.assistant')].pop(); return a.querySelector('.content').textContent.length").await?;
     let bench = tab.js("return window.__bench").await?;
     let times = |key: &str| -> Vec<f64> {
         bench[key].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
@@ -100,9 +115,29 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
             mutations.get(i).map(|m| m - arrived)
         })
         .collect();
+    // Where the long frames' time went (Long Animation Frames: scripts, then the frame's
+    // own rendering: requestAnimationFrame callbacks and the like, then style and layout).
+    if let Some(frames) = bench["frames"].as_array().filter(|f| !f.is_empty()) {
+        let sum = |i: usize| frames.iter().filter_map(|f| f[i].as_f64()).sum::<f64>();
+        println!(
+            "  {} long frames: {:.0} ms in all; scripts {:.0} ms, before style {:.0} ms, style and layout {:.0} ms",
+            frames.len(),
+            sum(0),
+            sum(1),
+            sum(2),
+            sum(3)
+        );
+    }
+    if std::env::var_os("RENDER_BENCH_SCRIPTS").is_some() {
+        println!("  scripts of long frames (ms, of which forced style and layout, count): {}", bench["invokers"]);
+    }
     let last_ms = delays.last().copied().unwrap_or(f64::NAN);
     delays.sort_by(f64::total_cmp);
-    println!("  {} bytes expected, {} characters shown", expected.len(), shown);
+    // Markdown's marks are not shown, but most of the text is.
+    let shown = shown.as_u64().unwrap_or(0) as usize;
+    if shown < expected.len() / 2 {
+        bail!("{shown} characters shown of a {}-byte reply: it was cut short", expected.len());
+    }
     Ok(Figures {
         bytes: expected.len(),
         seconds,
@@ -121,7 +156,8 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
 #[ignore = "a benchmark: scripts/render-bench.sh"]
 async fn long_replies_stream_without_blocking_the_page() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let h = Harness::start("render_bench", &[]).await.unwrap();
+    // Replies of up to 200,000 tokens (the default asks the model for at most 2,048).
+    let h = Harness::start("render_bench", &[("CHAT_MAX_TOKENS", "200000")]).await.unwrap();
     h.run(async |h| {
         let a = h.open("a").await?;
         let devtools = h.tab(a).driver.cdp();
@@ -138,22 +174,45 @@ async fn long_replies_stream_without_blocking_the_page() {
                 .tab(a)
                 .js("const p = performance.getEntriesByName('first-contentful-paint')[0]; \
                      const n = performance.getEntriesByType('navigation')[0]; \
-                     return [p ? p.startTime : null, window.__bench.login_ms, n ? n.transferSize : null]")
+                     const bytes = performance.getEntriesByType('resource').reduce((t, r) => t + r.transferSize, n ? n.transferSize : 0); \
+                     return [p ? p.startTime : null, window.__bench.login_ms, bytes]")
                 .await?;
             println!(
-                "first load ({load}): first paint {:.0} ms, login form ready {:.0} ms, page bytes over the wire {}",
+                "first load ({load}): first paint {:.0} ms, login form ready {:.0} ms, {} bytes over the wire",
                 paint[0].as_f64().unwrap_or(f64::NAN),
                 paint[1].as_f64().unwrap_or(f64::NAN),
                 paint[2]
             );
         }
         h.tab(a).register("bench").await?;
+        // Clients before the first message started a chat (to measure them too) need one made.
+        if h.tab(a).count("#composer").await? == 0 {
+            h.tab(a).click("#new-chat").await?;
+        }
         println!(
             "{:>9} {:>7} {:>7} {:>6} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9}",
             "bytes", "seconds", "deltas", "long", "longest", "long total", "p50 ms", "p99 ms", "max ms", "last ms"
         );
-        for bytes in [150_000, 1_000_000] {
+        // `RENDER_BENCH_BYTES=150000` streams one size only.
+        let sizes: Vec<usize> = std::env::var("RENDER_BENCH_BYTES")
+            .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+            .unwrap_or_else(|_| vec![150_000, 1_000_000]);
+        for bytes in sizes {
+            // `RENDER_BENCH_PROFILE=dir` keeps a CPU profile of each reply (Chrome's
+            // `.cpuprofile`, for the DevTools' Performance panel).
+            let profile = std::env::var("RENDER_BENCH_PROFILE").ok();
+            if profile.is_some() {
+                devtools.send_raw("Profiler.enable", json!({})).await?;
+                devtools.send_raw("Profiler.setSamplingInterval", json!({ "interval": 500 })).await?;
+                devtools.send_raw("Profiler.start", json!({})).await?;
+            }
             let f = stream(h.tab(a), bytes).await?;
+            if let Some(dir) = &profile {
+                let taken = devtools.send_raw("Profiler.stop", json!({})).await?;
+                let path = std::path::Path::new(dir).join(format!("render-{bytes}.cpuprofile"));
+                std::fs::write(&path, serde_json::to_vec(&taken["profile"])?)?;
+                println!("  profile: {}", path.display());
+            }
             println!(
                 "{:>9} {:>7.1} {:>7} {:>6} {:>9.0} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1}",
                 f.bytes,

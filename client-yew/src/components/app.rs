@@ -133,7 +133,7 @@ pub fn app() -> Html {
         Some((user, _)) => {
             let chat = model.chat.clone().map(Rc::new);
             html! {
-                <div class="layout">
+                <div class={classes!("layout", model.menu_open.then_some("menu-open"))}>
                     <Sidebar sessions={model.sessions.clone()} total={model.sessions_total} pages={model.sessions_pages}
                         open={model.chat.as_ref().map(|c| c.session.id)} connection={model.connection.clone()}
                         quota={model.quota.clone()} username={user.username.clone()} />

@@ -211,7 +211,6 @@ pub fn chat_view(props: &ChatProps) -> Html {
         chat.messages.iter().filter(|m| Some(m.id) != streaming.as_ref().map(|s| s.id)).cloned().collect();
     messages.extend(streaming.clone());
     let slots = versions::slots(&messages);
-    let last_user = slots.iter().rev().map(Slot::live).find(|m| m.role == Role::User).map(|m| m.id);
     let last_reply = slots.last().map(Slot::live).filter(|m| m.role == Role::Assistant).map(|m| m.id);
 
     let start_edit = {
@@ -247,7 +246,9 @@ pub fn chat_view(props: &ChatProps) -> Html {
         let old = shown + 1 < count;
         for (i, message) in slot.versions[shown].iter().enumerate() {
             let is_streaming = streaming.as_ref().is_some_and(|s| s.id == message.id);
-            let on_edit = (!old && settled && Some(message.id) == last_user).then(|| {
+            // Any question of the live conversation can be edited: the server replaces it and
+            // everything after it.
+            let on_edit = (!old && settled && message.role == Role::User).then(|| {
                 let (start_edit, id) = (start_edit.clone(), message.id);
                 Callback::from(move |()| start_edit.emit(id))
             });
@@ -263,6 +264,17 @@ pub fn chat_view(props: &ChatProps) -> Html {
         }
     }
 
+    // Every child of the list keyed, always: a list that is keyed only at times is rebuilt
+    // whole by Yew each time it changes kind (every message drawn again).
+    let mut items = Vec::with_capacity(views.len() + 2);
+    if !chat.loaded {
+        items.push(html! { <p class="loading" key="loading">{ "Loading…" }</p> });
+    }
+    if chat.has_older && *placed == Some(session_id) {
+        let key = format!("older-{}", oldest.map(|id| id.to_string()).unwrap_or_default());
+        items.push(html! { <LoadMore {key} id="older" label="Older messages" on_load={load_older} /> });
+    }
+    items.extend(views);
     html! {
         <main class={body_class}>
             { backdrop }
@@ -271,16 +283,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
                 { menu_button }
                 <h1 id="chat-title">{ &chat.session.title }</h1>
             </header>
-            <div class="messages" id="messages" ref={list} {onscroll} onclick={on_copy}>
-                if !chat.loaded {
-                    <p class="loading">{ "Loading…" }</p>
-                }
-                if chat.has_older && *placed == Some(session_id) {
-                    <LoadMore id="older" label="Older messages" key={oldest.map(|id| id.to_string()).unwrap_or_default()}
-                        on_load={load_older} />
-                }
-                { for views }
-            </div>
+            <div class="messages" id="messages" ref={list} {onscroll} onclick={on_copy}>{ for items }</div>
             <div class="actions">
                 if !settled {
                     <button id="stop" class="danger" onclick={stop} title="Stop (Esc)">{ icons::show(Icon::Stop) }{ "Stop" }</button>

@@ -145,16 +145,37 @@ fn markdown_body(props: &BodyProps) -> Html {
     blocks.update(text);
     let finished = blocks.finished();
     let open = blocks.open(text);
+    // Finished blocks go in groups, so the page's layout deals with a few dozen boxes, not
+    // thousands, and a group off screen is skipped whole. Every child keyed, always: a list
+    // that is keyed only at times is rebuilt whole by Yew each time it changes kind.
+    let items = finished
+        .chunks(BLOCKS_PER_GROUP)
+        .enumerate()
+        .map(|(i, blocks)| html! { <BlockGroup key={i} blocks={blocks.to_vec()} /> })
+        .chain(std::iter::once(html! {
+            <MarkdownBlock key="open" source={Rc::<str>::from(open)} highlight={!props.streaming} />
+        }));
     html! {
-        <div class="content markdown">
-            { for finished.iter().enumerate().map(|(i, block)| html! {
-                <MarkdownBlock key={i} source={block.clone()} highlight=true />
-            }) }
-            if !open.is_empty() {
-                <MarkdownBlock key="open" source={Rc::<str>::from(open)} highlight={!props.streaming} />
-            }
-        </div>
+        <div class="content markdown">{ for items }</div>
     }
+}
+
+/// How many finished blocks of a reply make a group.
+const BLOCKS_PER_GROUP: usize = 32;
+
+/// Props of [`BlockGroup`].
+#[derive(Properties, PartialEq)]
+struct GroupProps {
+    blocks: Vec<Rc<str>>,
+}
+
+/// Finished blocks of a reply; a block is drawn once (the group's last may gain blocks).
+#[function_component(BlockGroup)]
+fn block_group(props: &GroupProps) -> Html {
+    let items = props.blocks.iter().enumerate().map(|(i, block)| {
+        html! { <MarkdownBlock key={i} source={block.clone()} highlight=true /> }
+    });
+    html! { <div class="md-group">{ for items }</div> }
 }
 
 /// Props of [`MarkdownBlock`].
@@ -167,6 +188,9 @@ struct BlockProps {
 /// One block of markdown, rendered when its text changes.
 #[function_component(MarkdownBlock)]
 fn markdown_block(props: &BlockProps) -> Html {
+    if props.source.is_empty() {
+        return html! {};
+    }
     let html = markdown::render(&props.source, props.highlight);
-    Html::from_html_unchecked(html.into())
+    html! { <div class="md-block">{ Html::from_html_unchecked(html.into()) }</div> }
 }

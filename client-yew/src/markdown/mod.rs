@@ -92,7 +92,10 @@ fn safe_url(url: &str) -> bool {
 fn code_block(language: &str, code: &str, highlight: bool) -> String {
     let mut out = String::from("<div class=\"code\"><div class=\"code-bar\"><span class=\"lang\">");
     escape_into(&mut out, language);
-    out.push_str("</span><button class=\"copy\" type=\"button\" title=\"Copy\">Copy</button></div><pre><code");
+    // The code scrolls sideways in its own box: focusable, so the keyboard can scroll it.
+    out.push_str(
+        "</span><button class=\"copy\" type=\"button\" title=\"Copy\">Copy</button></div><pre tabindex=\"0\"><code",
+    );
     if !language.is_empty() {
         out.push_str(" class=\"language-");
         escape_into(&mut out, language);
