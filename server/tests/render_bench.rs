@@ -7,6 +7,12 @@
 //! the reply does not arrive. Run it with `scripts/render-bench.sh` (or
 //! `cargo test -p relay-server --test render_bench -- --ignored --nocapture`)
 //! after `cargo xtask client`.
+//!
+//! - `RENDER_BENCH_BYTES=150000,1000000`: the reply sizes streamed.
+//! - `RENDER_BENCH_SCRIPTS=1`: also prints each long task, and what ran in the long
+//!   animation frames (Long Animation Frames API: scripts, style and layout).
+//! - `RENDER_BENCH_PROFILE=dir`: keeps a CPU profile of each reply there (`.cpuprofile`,
+//!   opens in the DevTools' Performance panel).
 
 mod common;
 #[path = "browser/harness.rs"]
@@ -35,7 +41,7 @@ const PROBE: &str = r#"
   Object.assign(Probed, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
   window.WebSocket = Probed;
   new PerformanceObserver(list => {
-    for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration]);
+    for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration, bench.deltas.length]);
   }).observe({ type: 'longtask', buffered: true });
   bench.frames = []; bench.invokers = {};
   try {
@@ -129,6 +135,7 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
         );
     }
     if std::env::var_os("RENDER_BENCH_SCRIPTS").is_some() {
+        println!("  long tasks (start ms, duration ms, pieces arrived by then): {}", bench["longtasks"]);
         println!("  scripts of long frames (ms, of which forced style and layout, count): {}", bench["invokers"]);
     }
     let last_ms = delays.last().copied().unwrap_or(f64::NAN);
