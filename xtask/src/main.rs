@@ -56,8 +56,35 @@ fn dist_dir() -> PathBuf {
     root().join("client-yew").join("dist")
 }
 
+/// A cargo command without the variables cargo set for this process as the binary it runs
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …). An inner cargo reads its own environment when it
+/// checks whether a build script must rerun, and `ring`'s script watches some of these: with
+/// them inherited, every switch between `cargo xtask` and a plain `cargo build` reran it and
+/// rebuilt the whole release tree. `CARGO`, `CARGO_HOME`, `CARGO_TARGET_DIR` and the user's
+/// own `CARGO_*` settings stay.
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_for_a_running_binary) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Whether cargo sets this variable for the binary it runs (`cargo run`), as opposed to
+/// the ones it passes on or reads as configuration.
+fn set_for_a_running_binary(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 fn status(command: &mut Command) -> Result<()> {
@@ -222,4 +249,19 @@ fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
     }
     println!("{:<28} {:>10} {:>10} {:>10}", "total", raw, gz, br);
     Ok(built.into_iter().map(|f| (f.name, f.raw, f.gz, f.br)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_for_a_running_binary;
+
+    #[test]
+    fn the_inner_cargo_keeps_its_configuration_but_not_this_binarys_variables() {
+        for gone in ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_PRE"] {
+            assert!(set_for_a_running_binary(gone), "{gone}");
+        }
+        for kept in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS", "CARGO_PROFILE_RELEASE_LTO"] {
+            assert!(!set_for_a_running_binary(kept), "{kept}");
+        }
+    }
 }
