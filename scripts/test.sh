@@ -5,11 +5,12 @@
 # that needs: redis-server (Debian's; the limits tests run a real one), nginx (one test
 # runs deploy/nginx.conf in front of the server), chromium and
 # chromedriver (the browser tests drive the real client), axe-core from npm (they check
-# every screen's accessibility with it), the wasm32 target,
-# wasm-bindgen-cli (through `cargo xtask client`, which builds the browser client the
-# browser tests load), the llvm-tools component and cargo-llvm-cov (tools are kept under
-# $HOME/.cache between runs), and a SurrealDB server (`tools/surreal`, built once into
-# $HOME/.cache/surreal-target: about 24 minutes the first time) for the cluster tests.
+# every screen's accessibility with it), the wasm32 target, wasm-bindgen-cli and
+# binaryen's wasm-opt (from npm) (through `cargo xtask client`, which builds the browser
+# client the browser tests load), the llvm-tools component and cargo-llvm-cov (tools are
+# kept under $HOME/.cache between runs), and a SurrealDB server (`tools/surreal`, built
+# once into $HOME/.cache/surreal-target: about 24 minutes the first time) for the cluster
+# tests.
 #
 #   scripts/test.sh                    # everything, with coverage
 #   scripts/test.sh --test hardening   # extra arguments go to the test run (no coverage floor,

@@ -2,10 +2,11 @@
 //!
 //! - `cargo xtask client`: builds the browser client into `client-yew/dist/`: the wasm
 //!   (profile `wasm-release`), its bindings (`wasm-bindgen --target web`, the version
-//!   `Cargo.lock` pins, installed under `$HOME/.cache/relay-chat-tools` when missing),
-//!   `wasm-opt -Oz` when binaryen is installed, content-hashed file names (cached forever
-//!   by browsers; `index.html` is not), and gzip and brotli copies the server sends to
-//!   browsers that accept them. Prints the sizes.
+//!   `Cargo.lock` pins), the wasm shrunk by binaryen's `wasm-opt -Oz` (the pinned version of
+//!   the npm package `binaryen`, run by Node.js; skipped without npm), content-hashed file
+//!   names (cached forever by browsers; `index.html` is not), and gzip and brotli copies the
+//!   server sends to browsers that accept them. Prints the sizes. wasm-bindgen and binaryen
+//!   are installed under `$HOME/.cache/relay-chat-tools` when missing.
 //! - `cargo xtask run [ARGS]`: builds the client if `client-yew/dist` has none, then runs
 //!   `cargo run --release -p relay-server ARGS`.
 
@@ -119,43 +120,91 @@ fn locked_version(package: &str) -> Result<String> {
     bail!("{package} is not in Cargo.lock")
 }
 
-/// Installs what the build needs when it is missing: the wasm target and the
-/// wasm-bindgen CLI of the locked version. Returns the wasm-bindgen to run.
-fn toolchain() -> Result<PathBuf> {
+/// The npm package of binaryen whose `wasm-opt` shrinks the wasm: binaryen itself compiled
+/// to wasm, run by Node.js. Older binaryens cannot read what Rust and wasm-bindgen emit now
+/// (`table.fill`): neither Debian 12's (108) nor the newest the `wasm-opt` crate builds (116).
+const BINARYEN_VERSION: &str = "132.0.0";
+
+/// How `wasm-opt` shrinks the wasm: `-Oz` (`-Os` and `-O3` end within 0.3% of it
+/// compressed, and larger raw), without names or producers (nothing a browser uses). The
+/// wasm features come from the module's `target_features` section.
+const WASM_OPT_FLAGS: &[&str] = &["-Oz", "--strip-debug", "--strip-producers"];
+
+/// The tools the client build runs.
+struct Tools {
+    wasm_bindgen: PathBuf,
+    /// None where npm is missing to install it.
+    wasm_opt: Option<PathBuf>,
+}
+
+/// Where the build's tools are installed when missing: outside the clone, so every checkout
+/// and CI run reuse them.
+fn tools_dir() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/relay-chat-tools")
+}
+
+/// Whether `program --version` runs and says `version`.
+fn reports(program: &Path, version: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(version))
+}
+
+/// Installs what the build needs when it is missing: the wasm target, the wasm-bindgen CLI
+/// of the locked version and binaryen's `wasm-opt` of the pinned one.
+fn toolchain() -> Result<Tools> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
     if let Ok(out) = targets
         && !String::from_utf8_lossy(&out.stdout).lines().any(|t| t == "wasm32-unknown-unknown")
     {
         status(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
+    Ok(Tools { wasm_bindgen: wasm_bindgen()?, wasm_opt: wasm_opt()? })
+}
+
+/// The wasm-bindgen CLI of the version `Cargo.lock` pins (bindings and wasm must match).
+fn wasm_bindgen() -> Result<PathBuf> {
     let version = locked_version("wasm-bindgen")?;
-    let tools = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache/relay-chat-tools");
-    let cached = tools.join("bin").join("wasm-bindgen");
-    for candidate in [cached.clone(), PathBuf::from("wasm-bindgen")] {
-        if let Ok(out) = Command::new(&candidate).arg("--version").output()
-            && String::from_utf8_lossy(&out.stdout).contains(&version)
-        {
-            return Ok(candidate);
-        }
+    let cached = tools_dir().join("bin/wasm-bindgen");
+    if let Some(found) = [cached.clone(), PathBuf::from("wasm-bindgen")].into_iter().find(|c| reports(c, &version)) {
+        return Ok(found);
     }
     eprintln!("xtask: installing wasm-bindgen-cli {version} (once; a few minutes)");
-    status(cargo().args(["install", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(&tools))?;
+    status(cargo().args(["install", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(tools_dir()))?;
     Ok(cached)
 }
 
-/// Shrinks the wasm with binaryen's `wasm-opt -Oz` when one that reads it is installed
-/// (Debian 12's binaryen 108 predates the reference types Rust now emits); the build does
-/// not depend on it.
-fn optimize(wasm: &Path, scratch: &Path) {
-    let ran = Command::new("wasm-opt").args(["-Oz", "--all-features"]).arg(wasm).arg("-o").arg(scratch).output();
-    match ran {
-        Ok(out) if out.status.success() && fs::rename(scratch, wasm).is_ok() => {}
-        Ok(out) => eprintln!(
-            "xtask: wasm-opt could not optimise the wasm ({}); it is served as built",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed")
-        ),
-        Err(_) => eprintln!("xtask: no wasm-opt (binaryen); the wasm is served as built"),
+/// binaryen's `wasm-opt` of `BINARYEN_VERSION`, from the npm registry (seconds to install;
+/// the `wasm-opt` crate compiles an older binaryen's C++ for a quarter of an hour). None
+/// without npm: the build does not depend on it (the Rust image of `deploy/Dockerfile` has
+/// no Node.js).
+fn wasm_opt() -> Result<Option<PathBuf>> {
+    let prefix = tools_dir().join("binaryen");
+    let cached = prefix.join("node_modules/.bin/wasm-opt");
+    let major = BINARYEN_VERSION.split('.').next().unwrap_or(BINARYEN_VERSION);
+    if reports(&cached, &format!("version {major} ")) {
+        return Ok(Some(cached));
     }
+    if Command::new("npm").arg("--version").output().is_err() {
+        eprintln!("xtask: no npm (Node.js) to install binaryen's wasm-opt; the wasm is served as built");
+        return Ok(None);
+    }
+    eprintln!("xtask: installing binaryen {BINARYEN_VERSION} (npm; once)");
+    status(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .arg(&prefix)
+            .arg(format!("binaryen@{BINARYEN_VERSION}")),
+    )
+    .context("cannot install binaryen's wasm-opt")?;
+    Ok(Some(cached))
+}
+
+/// Shrinks the wasm in place with `wasm-opt`.
+fn optimize(wasm_opt: &Path, wasm: &Path, scratch: &Path) -> Result<()> {
+    status(Command::new(wasm_opt).args(WASM_OPT_FLAGS).arg(wasm).arg("-o").arg(scratch))?;
+    fs::rename(scratch, wasm).context("cannot replace the wasm with the optimised one")
 }
 
 /// A short content hash for cache-busting file names.
@@ -194,7 +243,7 @@ fn emit(dist: &Path, name: &str, bytes: &[u8]) -> Result<Built> {
 }
 
 fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
-    let wasm_bindgen = toolchain()?;
+    let tools = toolchain()?;
     let client = root().join("client-yew");
     status(cargo().current_dir(root()).args([
         "build",
@@ -212,13 +261,15 @@ fn build_client() -> Result<Vec<(String, usize, usize, usize)>> {
     let staging = target_dir().join("client-bindgen");
     let _ = fs::remove_dir_all(&staging);
     status(
-        Command::new(&wasm_bindgen)
+        Command::new(&tools.wasm_bindgen)
             .args(["--target", "web", "--no-typescript", "--out-name", "app", "--out-dir"])
             .arg(&staging)
             .arg(&wasm),
     )?;
     let bindgen_wasm = staging.join("app_bg.wasm");
-    optimize(&bindgen_wasm, &staging.join("app_opt.wasm"));
+    if let Some(wasm_opt) = &tools.wasm_opt {
+        optimize(wasm_opt, &bindgen_wasm, &staging.join("app_opt.wasm"))?;
+    }
 
     let dist = dist_dir();
     let _ = fs::remove_dir_all(&dist);
