@@ -89,7 +89,12 @@ fn set_for_a_running_binary(name: &str) -> bool {
 }
 
 fn status(command: &mut Command) -> Result<()> {
-    let shown = format!("{command:?}");
+    // The program and its arguments: `{command:?}` would also list every variable removed.
+    let shown = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let status = command.status().with_context(|| format!("cannot run {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");

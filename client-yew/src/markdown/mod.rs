@@ -7,15 +7,13 @@
 //!   `rel="noopener noreferrer"`); anything else (`javascript:`, `data:`) loses its link and
 //!   keeps its text. Images are shown as links (no request is made to a place the model
 //!   chose).
-//! - Fenced code blocks get syntax highlighting (synoptic) and a copy button.
+//! - Fenced code blocks get syntax highlighting ([`highlight`]) and a copy button.
 //!
 //! A reply streaming in is cut into blocks ([`blocks::Blocks`]) so each finished block is
 //! rendered once.
 
 pub mod blocks;
-
-use std::cell::RefCell;
-use std::collections::HashMap;
+pub mod highlight;
 
 use pulldown_cmark::{CodeBlockKind, CowStr, Event, Options, Parser, Tag, TagEnd, html};
 
@@ -102,81 +100,12 @@ fn code_block(language: &str, code: &str, highlight: bool) -> String {
         out.push('"');
     }
     out.push('>');
-    match highlight.then(|| highlighted(language, code)).flatten() {
+    match highlight.then(|| highlight::highlight(language, code)).flatten() {
         Some(html) => out.push_str(&html),
         None => escape_into(&mut out, code),
     }
     out.push_str("</code></pre></div>");
     out
-}
-
-thread_local! {
-    /// Highlighters by language, built on first use (they compile their rules).
-    static HIGHLIGHTERS: RefCell<HashMap<&'static str, synoptic::Highlighter>> = RefCell::new(HashMap::new());
-}
-
-/// The file extension synoptic knows a fence's language by.
-fn extension(language: &str) -> Option<&'static str> {
-    Some(match language.to_ascii_lowercase().as_str() {
-        "rust" | "rs" => "rs",
-        "python" | "py" => "py",
-        "javascript" | "js" | "jsx" => "js",
-        "typescript" | "ts" | "tsx" => "ts",
-        "go" | "golang" => "go",
-        "c" | "h" => "c",
-        "cpp" | "c++" | "cxx" | "hpp" => "cpp",
-        "csharp" | "cs" | "c#" => "cs",
-        "java" => "java",
-        "kotlin" | "kt" => "kt",
-        "swift" => "swift",
-        "ruby" | "rb" => "rb",
-        "php" => "php",
-        "lua" => "lua",
-        "scala" => "scala",
-        "haskell" | "hs" => "hs",
-        "json" => "json",
-        "toml" => "toml",
-        "yaml" | "yml" => "yaml",
-        "html" | "xml" => "html",
-        "css" => "css",
-        "sql" => "sql",
-        "bash" | "sh" | "shell" | "zsh" | "console" => "sh",
-        "diff" | "patch" => "diff",
-        "markdown" | "md" => "md",
-        _ => return None,
-    })
-}
-
-/// Code as HTML with a `<span class="tok-KIND">` around each highlighted token; `None`
-/// for a language without rules.
-fn highlighted(language: &str, code: &str) -> Option<String> {
-    let ext = extension(language)?;
-    let lines: Vec<String> = code.lines().map(str::to_string).collect();
-    HIGHLIGHTERS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let highlighter = match cache.get_mut(ext) {
-            Some(h) => h,
-            None => cache.entry(ext).or_insert(synoptic::from_extension(ext, 4)?),
-        };
-        highlighter.run(&lines);
-        let mut out = String::with_capacity(code.len() * 2);
-        for (y, line) in lines.iter().enumerate() {
-            for token in highlighter.line(y, line) {
-                match token {
-                    synoptic::TokOpt::Some(text, kind) => {
-                        out.push_str("<span class=\"tok-");
-                        escape_into(&mut out, &kind);
-                        out.push_str("\">");
-                        escape_into(&mut out, &text);
-                        out.push_str("</span>");
-                    }
-                    synoptic::TokOpt::None(text) => escape_into(&mut out, &text),
-                }
-            }
-            out.push('\n');
-        }
-        Some(out)
-    })
 }
 
 /// Escapes text for HTML content and attribute values.
