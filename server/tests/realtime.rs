@@ -388,8 +388,11 @@ async fn sse_matches_websocket() {
 /// every delta.
 #[tokio::test]
 async fn slow_reader_is_closed_while_fast_reader_gets_everything() {
+    // 128 frames: room enough for the fast reader on a loaded machine (with 16 it was once
+    // closed too, under coverage beside 29 other tests), while the slow one, which reads
+    // nothing of the 5,000 frames, overflows all the same.
     let server = TestServer::with(&[
-        ("WS_OUTBOUND_QUEUE", "16"),
+        ("WS_OUTBOUND_QUEUE", "128"),
         ("CHAT_MAX_TOKENS", "100000"),
         ("CHAT_MAX_REPLY_BYTES", "10000000"),
         ("WS_OUTBOUND_QUEUE_BYTES", "20000000"),
@@ -1105,7 +1108,7 @@ async fn peers_that_stop_reading_mid_write_are_dropped() {
     let server = TestServer::with(&[
         ("WS_PING_INTERVAL_SECS", "1"),
         ("WS_PING_TIMEOUT_SECS", "2"),
-        ("WS_OUTBOUND_QUEUE", "100000"),
+        ("WS_OUTBOUND_QUEUE", "128"),
         ("CHAT_CANCEL_GRACE_MS", "0"),
         ("CHAT_MAX_TOKENS", "100000"),
     ])
