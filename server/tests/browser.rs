@@ -365,30 +365,12 @@ async fn phone_width_mock_banner_limits_and_expired_login() {
             // The composer grows with its text, up to a point.
             let height = "return document.querySelector('#composer').clientHeight";
             let two = h.tab(a).js(height).await?.as_i64().unwrap_or(0);
-            h.tab(a)
-                .js_with(
-                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
-                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                    vec![json!("one\ntwo\nthree\nfour\nfive")],
-                )
-                .await?;
+            h.tab(a).fill_composer("one\ntwo\nthree\nfour\nfive").await?;
             h.tab(a).wait("the composer to grow", &format!("return document.querySelector('#composer').clientHeight > {two}")).await?;
-            h.tab(a)
-                .js_with(
-                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
-                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                    vec![json!("line\n".repeat(30))],
-                )
-                .await?;
+            h.tab(a).fill_composer(&"line\n".repeat(30)).await?;
             let tall = h.tab(a).js(height).await?.as_i64().unwrap_or(0);
             assert!(tall < two * 5, "the composer stops growing at 8 lines: {tall} px from {two} px");
-            h.tab(a)
-                .js_with(
-                    "const c = document.querySelector('#composer'); c.value = ''; \
-                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                    vec![],
-                )
-                .await?;
+            h.tab(a).fill_composer("").await?;
             h.tab(a).wait("the composer to shrink back", &format!("return document.querySelector('#composer').clientHeight === {two}")).await?;
 
             // The composer and its button fit on the screen under the (wrapped) banner.
@@ -836,13 +818,7 @@ async fn replaced_replies_and_questions_can_be_browsed() {
             // Editing the question keeps the old one, with the reply it had.
             h.tab(a).click("#messages article.user .edit").await?;
             h.tab(a).wait("the text to edit", "return document.querySelector('#composer').value.startsWith('question one')").await?;
-            h.tab(a)
-                .js_with(
-                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
-                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                    vec![json!("question two [[mock stamp tokens=3]]")],
-                )
-                .await?;
+            h.tab(a).fill_composer("question two [[mock stamp tokens=3]]").await?;
             h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
             h.tab(a).wait_text("#messages article.user .content", "question two").await?;
             h.tab(a).wait_settled(2).await?;
@@ -861,13 +837,7 @@ async fn replaced_replies_and_questions_can_be_browsed() {
             h.tab(a).wait_settled(4).await?;
             h.tab(a).click("#messages article.user .edit").await?;
             h.tab(a).wait("the text to edit", "return document.querySelector('#composer').value.startsWith('question two')").await?;
-            h.tab(a)
-                .js_with(
-                    "const c = document.querySelector('#composer'); c.value = arguments[0]; \
-                     c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                    vec![json!("question four [[mock stamp tokens=3]]")],
-                )
-                .await?;
+            h.tab(a).fill_composer("question four [[mock stamp tokens=3]]").await?;
             h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
             h.tab(a).wait_text("#messages article.user .content", "question four").await?;
             h.tab(a).wait_settled(2).await?;

@@ -286,17 +286,23 @@ impl Tab {
         .await?;
         let composer = self.element("#composer").await?;
         if text.contains('\n') {
-            self.js_with(
-                "const c = document.querySelector('#composer'); c.value = arguments[0]; \
-                 c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
-                vec![json!(text)],
-            )
-            .await?;
+            self.fill_composer(text).await?;
         } else {
             composer.send_keys(text).await?;
         }
         composer.send_keys(Key::Enter).await?;
         Ok(())
+    }
+
+    /// Puts `text` in the composer as a paste would (one `input` event), without sending.
+    pub async fn fill_composer(&self, text: &str) -> Result<()> {
+        self.js_with(
+            "const c = document.querySelector('#composer'); c.value = arguments[0]; \
+             c.dispatchEvent(new InputEvent('input', {bubbles: true}));",
+            vec![json!(text)],
+        )
+        .await
+        .map(drop)
     }
 
     /// The open session's id, from the address bar.
