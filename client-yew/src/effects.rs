@@ -70,8 +70,8 @@ impl Ctx {
         });
     }
 
-    /// Loads the messages before `oldest`; `done` runs when they are in (or failed).
-    pub fn load_older(&self, session_id: Uuid, oldest: Uuid, done: Callback<()>) {
+    /// Loads the messages before `oldest`.
+    pub fn load_older(&self, session_id: Uuid, oldest: Uuid) {
         let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
         wasm_bindgen_futures::spawn_local(async move {
             match api::older_messages(&token, session_id, oldest).await {
@@ -80,7 +80,6 @@ impl Ctx {
                 }
                 Err(e) => ctx.toast(e.message),
             }
-            done.emit(());
         });
     }
 

@@ -177,7 +177,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
         Callback::from(move |()| {
             let (Some(oldest), Some(el)) = (oldest, list.cast::<Element>()) else { return };
             *height_before_older.borrow_mut() = Some(el.scroll_height());
-            ctx.load_older(session_id, oldest, Callback::noop());
+            ctx.load_older(session_id, oldest);
         })
     };
     // Code blocks' copy buttons are in the rendered markdown: one handler for all.
