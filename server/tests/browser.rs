@@ -746,6 +746,11 @@ async fn screens_pass_axe_in_both_themes_and_at_phone_width() {
             h.tab(a)
                 .wait("the reply announced", "return document.querySelector('#announcer').innerText.length > 0")
                 .await?;
+            // A reply longer than a few sentences is announced by its start, not read out whole.
+            let announced = h.tab(a).text("#announcer").await?;
+            assert!(announced.starts_with("Hello from the built-in mock model"), "no markdown syntax: {announced}");
+            assert!(announced.ends_with("The reply continues in the conversation."), "{announced}");
+            assert!(announced.chars().count() < 700, "{} characters announced", announced.chars().count());
             check(h.tab(a), "chat with a reply").await?;
             h.tab(a).keep_screenshot("chat").await?;
             h.tab(a).choose("#theme", "dark").await?;

@@ -39,6 +39,20 @@ pub struct ChatProps {
     pub returned: Option<InFlight>,
 }
 
+/// The longest reply read out whole when it completes; a longer one is read up to here.
+const ANNOUNCED_CHARS: usize = 600;
+
+/// What a screen reader hears when a reply completes: its words without markdown syntax,
+/// or their start and where the rest is. The live region is kept short because the page
+/// lays its text out like any other (a whole long reply there cost a long task), and
+/// nobody wants pages of text read out unasked.
+fn announcement(reply: &str) -> String {
+    match crate::markdown::plain_text(reply, ANNOUNCED_CHARS) {
+        (text, false) => text,
+        (text, true) => format!("{text}… The reply continues in the conversation."),
+    }
+}
+
 /// The chat view.
 #[function_component(ChatView)]
 pub fn chat_view(props: &ChatProps) -> Html {
@@ -65,7 +79,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             if running.is_none()
                 && let Some(text) = finished
             {
-                announced.set(text.clone());
+                announced.set(announcement(text));
             }
             *before.borrow_mut() = *running;
         });

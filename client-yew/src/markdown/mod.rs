@@ -55,6 +55,36 @@ pub fn render(markdown: &str, highlight: bool) -> String {
     out
 }
 
+/// The words of markdown without its syntax, as a screen reader should hear them, up to
+/// `max_chars` characters (cut at the end of a word); `true` with it when text was left
+/// out. Only the start of a long text is parsed.
+pub fn plain_text(markdown: &str, max_chars: usize) -> (String, bool) {
+    // Markup takes room too: four bytes of source per character kept is plenty.
+    let mut end = markdown.len().min(max_chars.saturating_mul(4));
+    while !markdown.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut text = String::new();
+    let options = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
+    for event in Parser::new_ext(&markdown[..end], options) {
+        match event {
+            Event::Text(t) | Event::Code(t) | Event::Html(t) | Event::InlineHtml(t) => text.push_str(&t),
+            Event::SoftBreak | Event::HardBreak => text.push(' '),
+            Event::End(_) if !text.ends_with(char::is_whitespace) && !text.is_empty() => text.push(' '),
+            _ => {}
+        }
+    }
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(max_chars) {
+        None if end == markdown.len() => (text, false),
+        None => (text, true),
+        Some((cut, _)) => {
+            let word_end = text[..cut].rfind(' ').filter(|&i| i > cut / 2).unwrap_or(cut);
+            (text[..word_end].to_owned(), true)
+        }
+    }
+}
+
 /// A link's opening tag: one the browser may follow opens in a new tab, telling the page
 /// it opens neither who opened it (`noopener`) nor where from (`noreferrer`); any other
 /// target is dropped (`<a>`, plain text).
@@ -124,6 +154,21 @@ pub fn escape_into(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn plain_text_keeps_the_words_and_cuts_long_text_at_a_word() {
+        let (text, cut) = plain_text("## Title\n\nSome **bold** and `code`.\n\n- one\n- two", 100);
+        assert_eq!(text, "Title Some bold and code. one two");
+        assert!(!cut);
+        let (text, cut) = plain_text(&"word ".repeat(1_000), 100);
+        assert!(cut);
+        assert!(text.len() <= 100 && text.ends_with("word"), "{text}");
+        // One unbroken word longer than the cap is cut on a character.
+        let (text, cut) = plain_text(&"é".repeat(1_000), 100);
+        assert!(cut);
+        assert_eq!(text.chars().count(), 100);
+    }
+
     use super::*;
 
     #[test]
