@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ErrorCode, FinishReason, Message, Quota, Session, Usage, User, UserUsage};
+use chrono::{DateTime, Utc};
+
+use crate::{ErrorCode, FinishReason, Message, Quota, Role, Session, Usage, User, UserUsage};
 
 /// Body of `POST /api/v1/auth/register`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,4 +205,42 @@ pub struct MessagePage {
     pub messages: Vec<Message>,
     /// Whether older messages exist before the first one here.
     pub has_more: bool,
+}
+
+/// The longest search text `GET /api/v1/chat/search` accepts, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 200;
+
+/// Answer to `GET /api/v1/chat/search?q=&page=&per_page=`: the caller's messages that
+/// contain every word of `q`, best match first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SearchResults {
+    /// The matches on this page.
+    pub results: Vec<SearchResult>,
+    /// How many messages match in all (results beyond the deepest page included).
+    pub total: u64,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// The page size used.
+    pub per_page: u32,
+}
+
+/// One message that matches a search.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SearchResult {
+    /// The session the message is in.
+    pub session_id: Uuid,
+    /// That session's title.
+    pub session_title: String,
+    /// The message.
+    pub message_id: Uuid,
+    /// Who wrote it.
+    pub role: Role,
+    /// About 200 characters of the message around its first match, as HTML: every
+    /// character of the message escaped, each matched word wrapped in `<mark>`…`</mark>`,
+    /// `…` where text was left out.
+    pub snippet: String,
+    /// When the message was written.
+    pub created_at: DateTime<Utc>,
 }

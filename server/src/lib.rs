@@ -22,6 +22,7 @@ pub mod limits;
 pub mod llm;
 pub mod metrics;
 pub mod retention;
+pub mod search;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -792,6 +792,7 @@ async fn the_openapi_document_lists_every_rest_path() {
         ("/api/v1/chat/sessions", &["get", "post"]),
         ("/api/v1/chat/sessions/{id}", &["get", "patch", "delete"]),
         ("/api/v1/chat/sessions/{id}/messages", &["post"]),
+        ("/api/v1/chat/search", &["get"]),
         ("/api/v1/chat/quota", &["get"]),
         ("/api/v1/admin/usage", &["get"]),
         ("/api/v1/ws", &["get"]),
@@ -806,9 +807,17 @@ async fn the_openapi_document_lists_every_rest_path() {
         }
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in
-        ["Message", "Session", "Quota", "ErrorResponse", "ErrorCode", "SseEvent", "UsageReport", "SessionList"]
-    {
+    for schema in [
+        "Message",
+        "Session",
+        "Quota",
+        "ErrorResponse",
+        "ErrorCode",
+        "SseEvent",
+        "UsageReport",
+        "SessionList",
+        "SearchResults",
+    ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
     let codes = serde_json::to_string(&schemas["ErrorCode"]).unwrap();

@@ -8,6 +8,7 @@ mod extract;
 pub mod listener;
 mod messages;
 mod openapi;
+mod search;
 mod sessions;
 
 use axum::body::Body;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions/{id}/messages", post(messages::send).get(sessions::messages))
         .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
         .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
+        .route("/chat/search", get(search::search))
         .route("/chat/quota", get(auth::quota))
         .route("/admin/usage", get(admin::usage))
         .route("/openapi.json", get(openapi::openapi))

@@ -29,6 +29,7 @@ use crate::state::AppState;
         super::sessions::messages,
         super::messages::regenerate,
         super::messages::edit,
+        super::search::search,
         super::admin::usage,
         websocket,
         openapi,

@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fencing_and_idempotency",
         sql: include_str!("../../../schema/0007_fencing_and_idempotency.surql"),
     },
+    Migration { version: 8, name: "search", sql: include_str!("../../../schema/0008_search.surql") },
 ];
 
 const BOOKKEEPING: &str = "

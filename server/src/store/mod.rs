@@ -8,6 +8,7 @@
 mod batch;
 mod migrations;
 mod ops;
+pub mod search;
 mod write_behind;
 
 use chrono::{DateTime, NaiveDate, Utc};

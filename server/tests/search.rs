@@ -1,0 +1,199 @@
+//! Search within conversations (`GET /api/v1/chat/search`) over real HTTP: the caller's
+//! own messages only, every word required, stemmed, best first, the match marked in an
+//! escaped snippet; never a superseded message or a deleted session's; every limit refused
+//! with a clear error.
+
+mod common;
+
+use common::{TestServer, error_of, eventually};
+use relay_protocol::{ErrorCode, Role, SearchResults, SendMessageResponse};
+use serde_json::json;
+use uuid::Uuid;
+
+async fn send(server: &TestServer, token: &str, session: Uuid, content: &str) -> SendMessageResponse {
+    let r = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{session}/messages")))
+        .bearer_auth(token)
+        .json(&json!({"content": content}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn search(server: &TestServer, token: &str, query: &str) -> SearchResults {
+    let r = server
+        .http
+        .get(server.url("/api/v1/chat/search"))
+        .query(&[("q", query)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "search {query:?}");
+    r.json().await.unwrap()
+}
+
+/// The ids of the messages a search finds.
+async fn found(server: &TestServer, token: &str, query: &str) -> Vec<Uuid> {
+    search(server, token, query).await.results.iter().map(|r| r.message_id).collect()
+}
+
+#[tokio::test]
+async fn finds_the_callers_messages_by_every_word_marked_and_escaped() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.register("alice").await;
+    let (bob, _) = server.register("bob").await;
+    let trip = server.create_session(&alice).await;
+    let run = server.create_session(&alice).await;
+    let museums = send(&server, &alice, trip.id, "Which museums in Paris open on Mondays?").await;
+    let shoes = send(&server, &alice, run.id, "Running shoes for a <b>marathon</b> & more").await;
+    let echoed = send(&server, &alice, trip.id, "A café near the Louvre [[mock echo]]").await;
+    let bobs = server.create_session(&bob).await;
+    send(&server, &bob, bobs.id, "Paris museums are lovely in spring").await;
+
+    // Writes land through the write-behind batch; the first search waits for them.
+    eventually("the messages to be searchable", || async {
+        search(&server, &alice, "paris").await.total == 1 && search(&server, &alice, "louvre").await.total == 2
+    })
+    .await;
+
+    // Only the caller's messages, with the session they are in.
+    let paris = search(&server, &alice, "paris").await;
+    assert_eq!((paris.total, paris.page, paris.per_page), (1, 1, 20));
+    let hit = &paris.results[0];
+    assert_eq!((hit.message_id, hit.session_id, hit.role), (museums.user_message.id, trip.id, Role::User));
+    assert_eq!(hit.session_title, "Which museums in Paris open on Mondays?");
+    assert_eq!(hit.snippet, "Which museums in <mark>Paris</mark> open on Mondays?");
+    assert_eq!(hit.created_at, museums.user_message.created_at);
+    assert_eq!(found(&server, &bob, "mondays").await, Vec::<Uuid>::new(), "never another user's");
+
+    // Every word must match; words match by their stem, case and accents aside.
+    assert_eq!(found(&server, &alice, "museums mondays").await, [museums.user_message.id]);
+    assert_eq!(found(&server, &alice, "paris marathon").await, Vec::<Uuid>::new());
+    assert_eq!(found(&server, &alice, "run").await, [shoes.user_message.id]);
+    assert_eq!(found(&server, &alice, "MUSEUM").await, [museums.user_message.id]);
+    let cafe = search(&server, &alice, "cafe").await;
+    let mut ids: Vec<Uuid> = cafe.results.iter().map(|r| r.message_id).collect();
+    ids.sort();
+    let mut both = vec![echoed.user_message.id, echoed.assistant_message.id];
+    both.sort();
+    assert_eq!(ids, both, "the user's message and the reply that echoed it");
+    let reply = cafe.results.iter().find(|r| r.role == Role::Assistant).unwrap();
+    assert!(reply.snippet.contains("<mark>café</mark>"), "{}", reply.snippet);
+
+    // The snippet is HTML: the message's own markup is text.
+    let marked = search(&server, &alice, "marathon").await;
+    assert_eq!(marked.results[0].snippet, "Running shoes for a &lt;b&gt;<mark>marathon</mark>&lt;/b&gt; &amp; more");
+    assert_eq!(found(&server, &alice, "zeppelin").await, Vec::<Uuid>::new());
+}
+
+#[tokio::test]
+async fn superseded_messages_and_deleted_sessions_are_not_found() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("carol").await;
+    let session = server.create_session(&token).await;
+    let first = send(&server, &token, session.id, "tell me about aardvarks").await;
+    let edited = server
+        .http
+        .post(server.url(&format!("/api/v1/chat/sessions/{}/messages/{}/edit", session.id, first.user_message.id)))
+        .bearer_auth(&token)
+        .json(&json!({"content": "tell me about pangolins"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), 200);
+    let edited: SendMessageResponse = edited.json().await.unwrap();
+    eventually("the edit to be searchable", || async { search(&server, &token, "pangolins").await.total == 1 }).await;
+    assert_eq!(found(&server, &token, "pangolins").await, [edited.user_message.id]);
+    assert_eq!(found(&server, &token, "aardvarks").await, Vec::<Uuid>::new(), "the replaced question is superseded");
+
+    let other = server.create_session(&token).await;
+    send(&server, &token, other.id, "pangolins again, elsewhere").await;
+    eventually("both to be searchable", || async { search(&server, &token, "pangolins").await.total == 2 }).await;
+    let r = server
+        .http
+        .delete(server.url(&format!("/api/v1/chat/sessions/{}", other.id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(found(&server, &token, "pangolins").await, [edited.user_message.id], "a deleted session's are gone");
+}
+
+#[tokio::test]
+async fn results_come_best_first_in_pages() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("dave").await;
+    let session = server.create_session(&token).await;
+    let mut sent = Vec::new();
+    for i in 0..24 {
+        sent.push(send(&server, &token, session.id, &format!("note {i} about the weather and other things")).await);
+    }
+    let best = send(&server, &token, session.id, "zebra weather weather weather").await;
+    eventually("all to be searchable", || async { search(&server, &token, "weather").await.total == 25 }).await;
+    assert_eq!(search(&server, &token, "weather").await.results[0].message_id, best.user_message.id, "BM25 ranks");
+
+    let page = |n: u32| {
+        let (server, token) = (&server, &token);
+        async move {
+            let r = server
+                .http
+                .get(server.url(&format!("/api/v1/chat/search?q=weather&page={n}&per_page=10")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            r.json::<SearchResults>().await.unwrap()
+        }
+    };
+    let (one, two, three) = (page(1).await, page(2).await, page(3).await);
+    assert_eq!((one.results.len(), two.results.len(), three.results.len()), (10, 10, 5));
+    assert_eq!((three.total, three.page, three.per_page), (25, 3, 10));
+    let mut all: Vec<Uuid> = [one, two, three].iter().flat_map(|p| p.results.iter().map(|r| r.message_id)).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 25, "pages neither overlap nor skip");
+}
+
+#[tokio::test]
+async fn bad_searches_get_clear_errors() {
+    let server = TestServer::start().await;
+    let (token, _) = server.register("erin").await;
+    let long = "a".repeat(201);
+    for (query, says) in [
+        ("", "q is required"),
+        ("q=", "q is required"),
+        ("q=%20%20", "q is required"),
+        (&format!("q={long}") as &str, "at most 200 characters"),
+        ("q=x&per_page=51", "per_page must be 1 to 50"),
+        ("q=x&per_page=0", "per_page must be 1 to 50"),
+        ("q=x&page=0", "page must be 1 to 50"),
+        ("q=x&page=51", "page must be 1 to 50"),
+        ("q=x&page=two", "page"),
+    ] {
+        let r = server
+            .http
+            .get(server.url(&format!("/api/v1/chat/search?{query}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{query}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{query}: {body}");
+    }
+    let ok = format!("q={}", "a".repeat(200));
+    let r = server.http.get(server.url(&format!("/api/v1/chat/search?{ok}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Punctuation alone, or SurrealQL, is only text to look for.
+    for query in ["!!!", "' OR 1=1 --", "\"; DELETE chat_message; --", "@@", "*"] {
+        assert_eq!(search(&server, &token, query).await.total, 0, "{query}");
+    }
+    let r = server.http.get(server.url("/api/v1/chat/search?q=x")).send().await.unwrap();
+    assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
+}
