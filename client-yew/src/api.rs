@@ -3,7 +3,7 @@
 use gloo_net::http::{Request, RequestBuilder, Response};
 use relay_protocol::{
     AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
-    Session, SessionList, SessionWithMessages, UpdateSessionRequest,
+    SearchResults, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -91,5 +91,12 @@ pub async fn delete_session(token: &str, id: Uuid) -> Result<DeletedResponse, Ap
 /// Messages older than `before`, oldest first.
 pub async fn older_messages(token: &str, session: Uuid, before: Uuid) -> Result<MessagePage, ApiError> {
     let url = format!("/api/v1/chat/sessions/{session}/messages?before={before}&limit=50");
+    answer(authed(Request::get(&url), token).send().await).await
+}
+
+/// One page of the user's messages that hold every word of `query`, best first.
+pub async fn search(token: &str, query: &str, page: u32) -> Result<SearchResults, ApiError> {
+    let q = String::from(js_sys::encode_uri_component(query));
+    let url = format!("/api/v1/chat/search?q={q}&page={page}&per_page=20");
     answer(authed(Request::get(&url), token).send().await).await
 }

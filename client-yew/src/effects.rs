@@ -59,6 +59,25 @@ impl Ctx {
         });
     }
 
+    /// Opens a session at one of its messages (a search result), as a new entry of the
+    /// browser's history; the session is asked of the server, as the list may not have it.
+    pub fn open_found(&self, session_id: Uuid, message_id: Uuid) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::session(&token, session_id).await {
+                Ok(found) => {
+                    push_path(&format!("/c/{session_id}"));
+                    ctx.dispatch(Action::OpenAt { session: found.session, message_id });
+                    if let Some(socket) = &ctx.socket {
+                        socket.watch(Some(session_id));
+                    }
+                }
+                Err(e) if e.status == 404 => ctx.toast("That chat was not found: it was deleted."),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
     /// Loads a page of the session list.
     pub fn load_sessions(&self, page: u32) {
         let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };

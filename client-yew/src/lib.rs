@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod effects;
 pub mod markdown;
 pub mod sequence;
+pub mod snippet;
 pub mod socket;
 pub mod state;
 pub mod storage;

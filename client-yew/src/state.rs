@@ -90,6 +90,8 @@ pub struct Chat {
     pub has_older: bool,
     /// Whether the snapshot arrived (before it, the view shows a spinner).
     pub loaded: bool,
+    /// A message to bring into view once it is loaded (a search result's).
+    pub focus: Option<Uuid>,
 }
 
 /// The whole client state.
@@ -124,6 +126,8 @@ pub struct Model {
     pub returned: Option<InFlight>,
     /// Whether the session list is open over the chat (phone width).
     pub menu_open: bool,
+    /// Whether the search box is open over everything.
+    pub search_open: bool,
     next_toast: u32,
 }
 
@@ -143,6 +147,17 @@ pub enum Action {
     Connection(Connection),
     /// A frame from the server.
     Frame(ServerFrame),
+    /// Open a session at one of its messages (a search result).
+    OpenAt {
+        /// The session.
+        session: Session,
+        /// The message to bring into view.
+        message_id: Uuid,
+    },
+    /// The message to bring into view is in view (or cannot be).
+    Focused,
+    /// Open or close the search box.
+    Search(bool),
     /// A page of sessions arrived over REST.
     SessionsPage {
         /// The page number.
@@ -215,8 +230,27 @@ impl Model {
                 // Choosing a session, even the one open, closes the list over the chat.
                 self.menu_open = false;
                 if self.chat.as_ref().is_none_or(|c| c.session.id != session.id) {
-                    self.chat =
-                        Some(Chat { session, messages: Vec::new(), generating: None, has_older: false, loaded: false });
+                    self.chat = Some(Chat {
+                        session,
+                        messages: Vec::new(),
+                        generating: None,
+                        has_older: false,
+                        loaded: false,
+                        focus: None,
+                    });
+                }
+            }
+            Action::Search(open) => self.search_open = open,
+            Action::OpenAt { session, message_id } => {
+                self.search_open = false;
+                self.apply(Action::Open(session), now_ms);
+                if let Some(chat) = self.chat.as_mut() {
+                    chat.focus = Some(message_id);
+                }
+            }
+            Action::Focused => {
+                if let Some(chat) = self.chat.as_mut() {
+                    chat.focus = None;
                 }
             }
             Action::Close => {
@@ -465,6 +499,28 @@ mod tests {
         assert!(!m.menu_open, "another session");
         let m = m.reduce(Action::Menu(true), 0.0).reduce(Action::Close, 0.0);
         assert!(!m.menu_open, "a new chat");
+    }
+
+    #[test]
+    fn a_search_result_opens_its_session_at_the_message_until_it_is_in_view() {
+        let found = Uuid::from_u128(77);
+        let m = logged_in().reduce(Action::Search(true), 0.0);
+        assert!(m.search_open);
+        let m = m.reduce(Action::OpenAt { session: session(1), message_id: found }, 0.0);
+        assert!(!m.search_open, "opening a result closes the search box");
+        let chat = m.chat.as_ref().unwrap();
+        assert_eq!((chat.session.id, chat.focus), (session(1).id, Some(found)));
+        // Another result in the session already open keeps what is loaded.
+        let m = m.reduce(Action::Older { session_id: session(1).id, messages: vec![], has_more: false }, 0.0);
+        let m = m.reduce(Action::OpenAt { session: session(1), message_id: Uuid::from_u128(78) }, 0.0);
+        assert_eq!(m.chat.as_ref().unwrap().focus, Some(Uuid::from_u128(78)));
+        let m = m.reduce(Action::Focused, 0.0);
+        assert_eq!(m.chat.as_ref().unwrap().focus, None);
+        // Opening a session by hand brings nothing into view.
+        let m = m
+            .reduce(Action::OpenAt { session: session(1), message_id: found }, 0.0)
+            .reduce(Action::Open(session(2)), 0.0);
+        assert_eq!(m.chat.as_ref().unwrap().focus, None);
     }
 
     #[test]

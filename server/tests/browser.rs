@@ -714,13 +714,18 @@ async fn accessibility_findings(tab: &Tab, axe: &str) -> Result<Vec<String>> {
     Ok(serde_json::from_value(found)?)
 }
 
-#[tokio::test]
-async fn screens_pass_axe_in_both_themes_and_at_phone_width() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// axe-core's script, from `RELAY_AXE_JS`.
+fn axe_source() -> String {
     let Ok(axe_path) = std::env::var("RELAY_AXE_JS") else {
         panic!("RELAY_AXE_JS must name axe-core's axe.min.js (scripts/test.sh installs it with npm)");
     };
-    let axe = std::fs::read_to_string(&axe_path).expect("axe.min.js readable");
+    std::fs::read_to_string(&axe_path).expect("axe.min.js readable")
+}
+
+#[tokio::test]
+async fn screens_pass_axe_in_both_themes_and_at_phone_width() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let axe = axe_source();
     let vars = [("LLM_MOCK", "true"), ("MOCK_FIRST_TOKEN_MS", "5"), ("MOCK_TOKENS_PER_SEC", "2000")];
     let harness = Harness::start("axe", &vars).await.expect("harness");
     harness
@@ -928,6 +933,77 @@ async fn a_selection_survives_the_rest_of_the_reply() {
             let kept =
                 h.tab(a).js("return [getSelection().toString(), document.contains(window.selectedParagraph)]").await?;
             assert_eq!(kept, json!(["First paragraph stays put.", true]), "the selection was lost");
+            Ok(())
+        })
+        .await;
+}
+
+/// Ctrl+K opens the search box; typed words find the user's messages with the match marked;
+/// choosing a result opens its session at the message, loading older messages until it is
+/// there (it is older than the snapshot's 100), marked and focused. The box passes axe.
+#[tokio::test]
+async fn search_opens_a_session_at_the_message_found() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("search", &[]).await.expect("harness");
+    let axe = axe_source();
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("sam").await?;
+            let token = token_of(h.tab(a)).await?;
+            let long = h.server.create_session(&token).await.id;
+            let mut ws = h.server.ws(&token).await;
+            ws.send(json!({"type": "subscribe", "session_id": long})).await;
+            ws.recv_until(|f| matches!(f, relay_protocol::ServerFrame::Subscribed { .. })).await;
+            for i in 0..55 {
+                let content = if i == 0 { "where do <narwhals> live? [[mock tokens=1]]".to_string() } else { format!("filler {i} [[mock tokens=1]]") };
+                ws.send(json!({"type": "send", "session_id": long, "content": content})).await;
+                ws.recv_until(common::is_done).await;
+            }
+            // Another user's narwhals are never found.
+            let (other, _) = h.server.register("tom").await;
+            let theirs = h.server.create_session(&other).await.id;
+            let mut ws = h.server.ws(&other).await;
+            ws.send(json!({"type": "send", "session_id": theirs, "content": "narwhals everywhere [[mock tokens=1]]"})).await;
+            ws.recv_until(common::is_done).await;
+            // A short session of the user's, open when the search starts.
+            h.tab(a).send("a note on pelicans and narwhals [[mock echo]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            let short = h.tab(a).session_id().await?;
+
+            h.tab(a).element("#composer").await?.send_keys(Key::Control + "k").await?;
+            let input = h.tab(a).element("#search-input").await?;
+            h.tab(a).wait("the input focused", "return document.activeElement.id === 'search-input'").await?;
+            input.send_keys("narwhal").await?;
+            h.tab(a).wait_text("#search-status", "3 messages found").await?;
+            let snippets = h.tab(a).js("return [...document.querySelectorAll('#search-results .snippet')].map(e => e.innerHTML)").await?;
+            let snippets: Vec<String> = serde_json::from_value(snippets)?;
+            assert_eq!(snippets.len(), 3, "{snippets:?}");
+            assert!(snippets.iter().any(|s| s.starts_with("where do &lt;<mark>narwhals</mark>&gt; live?")), "marked, the rest text: {snippets:?}");
+            assert!(!snippets.iter().any(|s| s.contains("everywhere")), "another user's: {snippets:?}");
+            let findings = accessibility_findings(h.tab(a), &axe).await?;
+            assert!(findings.is_empty(), "the search box: {findings:#?}");
+            // Escape closes it, and the reply that is not streaming is left alone.
+            input.send_keys(Key::Escape).await?;
+            h.tab(a).wait_gone("#search").await?;
+            assert_eq!(h.tab(a).session_id().await?, short);
+
+            // Reopened from the list's button, arrows reach the long session's result.
+            h.tab(a).click("#open-search").await?;
+            let input = h.tab(a).element("#search-input").await?;
+            input.send_keys("live narwhals").await?;
+            h.tab(a).wait_text("#search-status", "1 message found").await?;
+            input.send_keys(Key::Down).await?;
+            h.tab(a).wait("the result focused", "return document.activeElement.classList.contains('search-result')").await?;
+            h.tab(a).driver.active_element().await?.send_keys(Key::Enter).await?;
+            h.tab(a).wait_gone("#search").await?;
+            h.tab(a).wait("the long session", &format!("return location.pathname === '/c/{long}'")).await?;
+            let found = "const e = document.querySelector('article.message.found'); if (!e) return false; \
+                         const m = document.querySelector('#messages').getBoundingClientRect(); const r = e.getBoundingClientRect(); \
+                         return e.innerText.includes('where do <narwhals> live?') && r.bottom > m.top && r.top < m.bottom \
+                             && document.activeElement === e";
+            h.tab(a).wait("the message found, in view and focused", found).await?;
+            assert_eq!(h.tab(a).count("#messages article.message").await?, 110, "older messages loaded to reach it");
             Ok(())
         })
         .await;

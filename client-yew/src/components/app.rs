@@ -10,6 +10,7 @@ use yew::prelude::*;
 use super::banner::MockBanner;
 use super::chat::ChatView;
 use super::login::Login;
+use super::search::SearchBox;
 use super::sidebar::Sidebar;
 use super::toasts::Toasts;
 use crate::ctx::{Ctx, replace_path, session_in_path};
@@ -118,6 +119,30 @@ pub fn app() -> Html {
             move || drop(timer)
         });
     }
+    // Ctrl+K (Cmd+K on a Mac) opens the search box anywhere once logged in.
+    {
+        let ctx = ctx.clone();
+        use_effect_with(token.is_some(), move |logged_in| {
+            let listener = logged_in.then(|| {
+                let on_key = Closure::<dyn Fn(KeyboardEvent)>::new(move |e: KeyboardEvent| {
+                    if (e.ctrl_key() || e.meta_key()) && !e.alt_key() && e.key().eq_ignore_ascii_case("k") {
+                        e.prevent_default();
+                        ctx.dispatch(Action::Search(true));
+                    }
+                });
+                let document = web_sys::window().and_then(|w| w.document());
+                if let Some(document) = &document {
+                    let _ = document.add_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+                (document, on_key)
+            });
+            move || {
+                if let Some((Some(document), on_key)) = listener {
+                    let _ = document.remove_event_listener_with_callback("keydown", on_key.as_ref().unchecked_ref());
+                }
+            }
+        });
+    }
     // A logout notice from the connection (token expired) also forgets the token.
     {
         let logged_out = model.auth.is_none() && model.notice.is_some();
@@ -139,6 +164,9 @@ pub fn app() -> Html {
                         quota={model.quota.clone()} username={user.username.clone()} />
                     <ChatView {chat} menu_open={model.menu_open} blocked={model.blocked.clone()}
                         online={model.connection == Some(Connection::Online)} returned={model.returned.clone()} />
+                    if model.search_open {
+                        <SearchBox />
+                    }
                 </div>
             }
         }

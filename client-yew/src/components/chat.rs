@@ -114,6 +114,44 @@ pub fn chat_view(props: &ChatProps) -> Html {
             }
         });
     }
+    // A search result's message: brought into view, marked and focused once loaded; older
+    // messages load until it is (the snapshot holds the latest 100).
+    {
+        let (ctx, list, stick, asked) = (ctx.clone(), list.clone(), stick.clone(), use_mut_ref(|| None::<Uuid>));
+        let focus = chat.as_ref().and_then(|c| c.focus.filter(|_| c.loaded && *placed == Some(c.session.id)));
+        let older = chat.as_ref().filter(|c| c.has_older).and_then(|c| Some((c.session.id, c.messages.first()?.id)));
+        use_effect_with((focus, first, count), move |(focus, _, _)| {
+            let Some(message_id) = *focus else { return };
+            let selector = format!("article[data-id=\"{message_id}\"]");
+            let found = list.cast::<Element>().and_then(|l| l.query_selector(&selector).ok().flatten());
+            match (found, older) {
+                (Some(article), _) => {
+                    *stick.borrow_mut() = false;
+                    let options = web_sys::ScrollIntoViewOptions::new();
+                    options.set_block(web_sys::ScrollLogicalPosition::Center);
+                    article.scroll_into_view_with_scroll_into_view_options(&options);
+                    let _ = article.class_list().add_1("found");
+                    let _ = article.set_attribute("tabindex", "-1");
+                    if let Some(article) = article.dyn_ref::<web_sys::HtmlElement>() {
+                        let _ = article.focus_with_options(&{
+                            let o = web_sys::FocusOptions::new();
+                            o.set_prevent_scroll(true);
+                            o
+                        });
+                    }
+                    ctx.dispatch(Action::Focused);
+                }
+                (None, Some((session_id, oldest))) => {
+                    if *asked.borrow() != Some(oldest) {
+                        *asked.borrow_mut() = Some(oldest);
+                        ctx.load_older(session_id, oldest);
+                    }
+                }
+                // Not in the session any more (edited away since it was found).
+                (None, None) => ctx.dispatch(Action::Focused),
+            }
+        });
+    }
     let menu_open = props.menu_open;
     let streaming_in = chat.as_ref().filter(|c| c.generating.is_some()).map(|c| c.session.id);
     // Esc anywhere in the page closes the session list when it is open over the chat (phone

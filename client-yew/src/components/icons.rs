@@ -30,6 +30,8 @@ pub enum Icon {
     Left,
     /// The next version.
     Right,
+    /// Search.
+    Search,
 }
 
 impl Icon {
@@ -48,6 +50,7 @@ impl Icon {
             Icon::Close => "M18 6 6 18M6 6l12 12",
             Icon::Left => "M15 18l-6-6 6-6",
             Icon::Right => "M9 18l6-6-6-6",
+            Icon::Search => "M11 18a7 7 0 1 0 0-14 7 7 0 0 0 0 14ZM21 21l-5-5",
         }
     }
 }

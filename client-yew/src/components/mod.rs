@@ -9,5 +9,6 @@ pub mod icons;
 pub mod load_more;
 pub mod login;
 pub mod message;
+pub mod search;
 pub mod sidebar;
 pub mod toasts;

@@ -13,7 +13,7 @@ use super::icons::{self, Icon};
 use super::load_more::LoadMore;
 use crate::ctx::Ctx;
 use crate::effects::focus_soon;
-use crate::state::Connection;
+use crate::state::{Action, Connection};
 use crate::theme::{self, Theme};
 
 /// What the sidebar shows.
@@ -98,10 +98,16 @@ pub fn sidebar(props: &SidebarProps) -> Html {
             chosen.set(theme);
         })
     };
+    let open_search = {
+        let ctx = ctx.clone();
+        Callback::from(move |_| ctx.dispatch(Action::Search(true)))
+    };
     html! {
         <nav class="sidebar" id="sidebar">
             <div class="sidebar-head">
                 <button id="new-chat" class="primary" onclick={new_chat}>{ icons::show(Icon::Plus) }{ "New chat" }</button>
+                <button id="open-search" class="icon" type="button" aria-label="Search your chats" title="Search (Ctrl+K)"
+                    aria-keyshortcuts="Control+K Meta+K" onclick={open_search}>{ icons::show(Icon::Search) }</button>
                 <span id="status" role="status" aria-live="polite" class={classes!("status", status_class)} title={status_text.clone()}>{ status_text }</span>
                 if offline {
                     <button id="retry-now" class="link" onclick={retry_now}>{ "Retry now" }</button>
