@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relay_loadtest::scenarios::{chat, compare, direct, idle, tabs};
+use relay_loadtest::scenarios::{chat, compare, direct, idle, search, tabs};
 use relay_loadtest::{SpawnOptions, SpawnedServer, Target};
 use relay_mock_llm::{MockLlm, MockSettings};
 use serde::Serialize;
@@ -80,6 +80,26 @@ struct Common {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Search within conversations: a database filled with stored messages (written
+    /// straight into it), then searched by their users over REST. Needs --spawn-server with
+    /// an on-disk database (surrealkv, the default here) or a ws:// SurrealDB.
+    Search {
+        /// Messages to store.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Users they belong to.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Sessions per user.
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        /// Searches of each kind (one word, three words).
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+        /// Words in the vocabulary.
+        #[arg(long, default_value_t = 20_000)]
+        vocabulary: usize,
+    },
     /// Users chatting: each on one WebSocket with several sessions, a few messages each.
     Chat {
         /// Users (one connection each).
@@ -203,6 +223,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "note: the server answers from its own model; give it and --upstream the same model for a fair comparison"
         );
     }
+    if let Command::Search { messages, users, sessions, queries, vocabulary } = cli.command {
+        let config = search::SearchConfig { messages, users, sessions_per_user: sessions, queries, vocabulary };
+        return search_scenario(c, upstream.clone().unwrap_or_default(), config).await;
+    }
     let spawned = match &c.spawn_server {
         Some(binary) => {
             let options = SpawnOptions {
@@ -229,6 +253,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server.stop().await;
     }
     result
+}
+
+/// The `search` scenario: its users registered through a spawned server, its messages
+/// written into that server's database (stopped meanwhile when it is embedded), then the
+/// searches against the server started again on the filled database.
+async fn search_scenario(c: &Common, upstream: String, config: search::SearchConfig) -> anyhow::Result<()> {
+    let Some(binary) = &c.spawn_server else {
+        anyhow::bail!("search fills the server's database itself: give --spawn-server");
+    };
+    let remote = c.database.starts_with("ws://") || c.database.starts_with("wss://");
+    anyhow::ensure!(
+        remote || c.database.starts_with("surrealkv"),
+        "search needs a database that outlives the server: --database surrealkv or ws://…"
+    );
+    let options =
+        SpawnOptions { binary: binary.clone(), database: c.database.clone(), upstream, env: c.server_env.clone() };
+    let server = SpawnedServer::start(&options).await?;
+    let target = |server: &SpawnedServer| Target {
+        server: server.url.clone(),
+        pid: Some(server.pid),
+        source_ips: 1,
+        settle_secs: 0,
+        progress: !c.quiet,
+    };
+    let users = search::register(&target(&server), config.users).await?;
+    let env = |key: &str| c.server_env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let mut database = relay_server::store::StoreConfig {
+        url: c.database.clone(),
+        credentials: env("DATABASE_USER").zip(env("DATABASE_PASS")),
+        namespace: env("DATABASE_NS").unwrap_or_else(|| "relay".into()),
+        database: env("DATABASE_DB").unwrap_or_else(|| "chat".into()),
+        timeout: std::time::Duration::from_secs(600),
+    };
+    let server = if remote {
+        let took = search::fill(&database, &users, &config, !c.quiet).await?;
+        (server, took)
+    } else {
+        let dir = server.stop_keeping_data().await;
+        database.url = format!("surrealkv://{}", dir.path().join("relay.db").display());
+        let took = search::fill(&database, &users, &config, !c.quiet).await?;
+        (SpawnedServer::start_in(&options, dir).await?, took)
+    };
+    let (server, took) = server;
+    eprintln!(
+        "server: {} (pid {}, database {}), filled in {:.0} s",
+        server.url,
+        server.pid,
+        c.database,
+        took.as_secs_f64()
+    );
+    let result = search::run(&target(&server), &users, &config, took).await;
+    server.stop().await;
+    emit("search", &result?, c)
 }
 
 /// Runs the chosen scenario and prints its report.
@@ -262,6 +339,7 @@ async fn scenario(command: &Command, c: &Common, target: &Target, upstream: Opti
             let config = direct::DirectConfig { streams, requests, content, reply_timeout_secs };
             emit("direct", &direct::run(upstream()?, &config, target.progress).await?, c)
         }
+        Command::Search { .. } => unreachable!("search runs on its own server"),
         Command::Compare { streams, rounds } => {
             let config = compare::CompareConfig { streams, rounds, content, reply_timeout_secs };
             emit("compare", &compare::run(target, upstream()?, &config).await?, c)

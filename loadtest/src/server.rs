@@ -43,8 +43,13 @@ impl SpawnedServer {
     /// quota, many registrations and connections per user, `RUST_LOG=warn`) and waits
     /// until `GET /readyz` answers 200.
     pub async fn start(options: &SpawnOptions) -> anyhow::Result<SpawnedServer> {
+        SpawnedServer::start_in(options, tempfile::Builder::new().prefix("relay-loadtest-").tempdir()?).await
+    }
+
+    /// Starts the server as [`SpawnedServer::start`] does, with its data in `data_dir` (one
+    /// a stopped server left, from [`SpawnedServer::stop_keeping_data`]).
+    pub async fn start_in(options: &SpawnOptions, data_dir: tempfile::TempDir) -> anyhow::Result<SpawnedServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let data_dir = tempfile::Builder::new().prefix("relay-loadtest-").tempdir()?;
         let mut cmd = tokio::process::Command::new(&options.binary);
         cmd.env_remove("DATABASE_URL")
             .env_remove("LLM_MOCK")
@@ -89,8 +94,24 @@ impl SpawnedServer {
         Ok(SpawnedServer { child, url, pid, _data_dir: data_dir })
     }
 
+    /// The directory of its data (`RELAY_DATA_DIR`; the embedded database is `relay.db` in it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
+    /// Stops the server as [`SpawnedServer::stop`] does, and hands back its data directory.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.terminate().await;
+        let empty = tempfile::Builder::new().prefix("relay-loadtest-").tempdir().expect("a temporary directory");
+        std::mem::replace(&mut self._data_dir, empty)
+    }
+
     /// Stops the server: SIGTERM (graceful shutdown), then SIGKILL after 10 s.
     pub async fn stop(mut self) {
+        self.terminate().await;
+    }
+
+    async fn terminate(&mut self) {
         // SAFETY: sends a signal to our own child, whose pid we hold and have not reaped.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);

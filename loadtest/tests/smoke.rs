@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use relay_loadtest::Target;
-use relay_loadtest::scenarios::{chat, compare, direct, idle, tabs};
+use relay_loadtest::scenarios::{chat, compare, direct, idle, search, tabs};
 use relay_mock_llm::{MockLlm, MockSettings};
 use relay_server::{Config, Server};
 
@@ -141,4 +141,20 @@ async fn compare_measures_both_paths() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["added_ttft"]["p99_ms"].is_number() && json["via_server"]["ttft"]["count"] == 4);
     s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_fills_and_every_search_answers() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    let config = search::SearchConfig { messages: 400, users: 2, sessions_per_user: 4, queries: 20, vocabulary: 300 };
+    let users = search::register(&s.target, config.users).await.unwrap();
+    let took = search::fill_store(&s.server.state.store, &users, &config, false).await.unwrap();
+    let stored = s.server.state.store.stored_messages(users[0].user.id).await.unwrap();
+    assert_eq!(stored, 200, "half the messages are the first user's");
+    let report = search::run(&s.target, &users, &config, took).await.unwrap();
+    assert_eq!(report.errors, 0);
+    assert_eq!((report.one_word.count, report.three_words.count), (20, 20));
+    // Common words of a small vocabulary: every one-word search finds something.
+    assert!(report.mean_matches.0 >= 1.0, "{report:?}");
 }

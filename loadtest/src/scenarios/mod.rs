@@ -4,6 +4,7 @@ pub mod chat;
 pub mod compare;
 pub mod direct;
 pub mod idle;
+pub mod search;
 pub mod tabs;
 
 use std::fmt;
