@@ -164,13 +164,15 @@ fn result_item(props: &ResultProps) -> Html {
         Callback::from(move |_| open.emit(ids))
     };
     let who = if r.role == Role::User { "You" } else { "Model" };
-    let when = r.created_at.format("%Y-%m-%d %H:%M").to_string();
+    // In the reader's own time and way of writing dates (and no date formatting code in the module).
+    let when = js_sys::Date::new(&(r.created_at.timestamp_millis() as f64).into())
+        .to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED);
     html! {
         <li>
             <button class="search-result" type="button" data-message={r.message_id.to_string()} {onclick}>
                 <span class="result-head">
                     <span class="result-title">{ &r.session_title }</span>
-                    <span class="muted">{ format!("{who} · {when} UTC") }</span>
+                    <span class="muted">{ format!("{who} · {}", String::from(when)) }</span>
                 </span>
                 <span class="snippet">
                     { for snippet::parts(&r.snippet).into_iter().map(|(text, marked)| if marked {
