@@ -13,9 +13,10 @@ mod ws;
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
 pub use objects::{Message, MessageStatus, ModelInfo, Quota, Role, Session, Usage, User, UserRole, UserUsage};
 pub use rest::{
-    AuthResponse, CreateSessionRequest, DeletedResponse, EditMessageRequest, LoginRequest, MAX_SEARCH_QUERY_CHARS,
-    MeResponse, MessagePage, RegisterRequest, SearchResult, SearchResults, SendMessageRequest, SendMessageResponse,
-    SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest, UsageReport,
+    AuthResponse, CreateSessionRequest, DayUsageExport, DeletedResponse, EditMessageRequest, ExportedSession,
+    LoginRequest, MAX_SEARCH_QUERY_CHARS, MeResponse, MessagePage, RegisterRequest, SearchResult, SearchResults,
+    SendMessageRequest, SendMessageResponse, SessionExport, SessionList, SessionWithMessages, SseEvent,
+    UpdateSessionRequest, UsageReport, UserExport,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, MAX_CLIENT_MESSAGE_ID_BYTES, ServerFrame};
 

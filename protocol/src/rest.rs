@@ -244,3 +244,57 @@ pub struct SearchResult {
     /// When the message was written.
     pub created_at: DateTime<Utc>,
 }
+
+/// `GET /api/v1/chat/sessions/:id/export?format=json`: one session, whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionExport {
+    /// The session.
+    pub session: Session,
+    /// The model the server answers with.
+    pub model: String,
+    /// When the export was made.
+    pub exported_at: DateTime<Utc>,
+    /// Every message, oldest first; the replaced ones too, with `superseded` true.
+    pub messages: Vec<Message>,
+}
+
+/// `GET /api/v1/me/export`: everything the server holds of the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserExport {
+    /// The account (never its password hash).
+    pub user: User,
+    /// When the export was made.
+    pub exported_at: DateTime<Utc>,
+    /// Every session, deleted ones not yet purged included, oldest first.
+    pub sessions: Vec<ExportedSession>,
+    /// Usage by UTC day, oldest first.
+    pub usage: Vec<DayUsageExport>,
+}
+
+/// One session in a [`UserExport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExportedSession {
+    /// The session.
+    pub session: Session,
+    /// When it was deleted, if it was (its messages are kept until it is purged).
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Its messages, oldest first, replaced ones included (`superseded`).
+    pub messages: Vec<Message>,
+}
+
+/// A day of a user's usage in a [`UserExport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DayUsageExport {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Messages sent.
+    pub messages: u32,
+    /// Tokens sent to the model.
+    pub prompt_tokens: u64,
+    /// Tokens the model wrote.
+    pub completion_tokens: u64,
+}

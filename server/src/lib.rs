@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod fanout;
 pub mod faults;
 pub mod http;

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod client;
+mod export;
 mod extract;
 pub mod listener;
 mod messages;
@@ -34,9 +35,11 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/me", get(auth::me))
+        .route("/me/export", get(export::everything))
         .route("/chat/sessions", post(sessions::create).get(sessions::list))
         .route("/chat/sessions/{id}", get(sessions::get).patch(sessions::rename).delete(sessions::delete))
         .route("/chat/sessions/{id}/messages", post(messages::send).get(sessions::messages))
+        .route("/chat/sessions/{id}/export", get(export::session))
         .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
         .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
         .route("/chat/search", get(search::search))

@@ -30,6 +30,8 @@ use crate::state::AppState;
         super::messages::regenerate,
         super::messages::edit,
         super::search::search,
+        super::export::session,
+        super::export::everything,
         super::admin::usage,
         websocket,
         openapi,

@@ -6,6 +6,7 @@
 //! protocol's types, which keeps the SDK's own value types out of the rest of the server.
 
 mod batch;
+mod export;
 mod import;
 mod migrations;
 mod ops;
