@@ -793,6 +793,8 @@ async fn the_openapi_document_lists_every_rest_path() {
         ("/api/v1/chat/sessions/{id}", &["get", "patch", "delete"]),
         ("/api/v1/chat/sessions/{id}/messages", &["post"]),
         ("/api/v1/chat/search", &["get"]),
+        ("/api/v1/chat/sessions/{id}/export", &["get"]),
+        ("/api/v1/me/export", &["get"]),
         ("/api/v1/chat/quota", &["get"]),
         ("/api/v1/admin/usage", &["get"]),
         ("/api/v1/ws", &["get"]),
@@ -817,6 +819,8 @@ async fn the_openapi_document_lists_every_rest_path() {
         "UsageReport",
         "SessionList",
         "SearchResults",
+        "SessionExport",
+        "UserExport",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
