@@ -100,3 +100,19 @@ pub async fn search(token: &str, query: &str, page: u32) -> Result<SearchResults
     let url = format!("/api/v1/chat/search?q={q}&page={page}&per_page=20");
     answer(authed(Request::get(&url), token).send().await).await
 }
+
+/// A session exported as a file (`md`, `txt` or `json`): its name, as the server suggests
+/// it, and its text.
+pub async fn export(token: &str, session: Uuid, format: &str) -> Result<(String, String), ApiError> {
+    let url = format!("/api/v1/chat/sessions/{session}/export?format={format}");
+    let response = authed(Request::get(&url), token).send().await.map_err(ApiError::network)?;
+    if !response.ok() {
+        return Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")));
+    }
+    let name = response
+        .headers()
+        .get("content-disposition")
+        .and_then(|d| d.split("filename=\"").nth(1).map(|n| n.trim_end_matches('"').to_string()))
+        .unwrap_or_else(|| format!("chat.{format}"));
+    Ok((name, response.text().await.map_err(ApiError::network)?))
+}

@@ -78,6 +78,22 @@ impl Ctx {
         });
     }
 
+    /// Downloads a session as a file (`md`, `txt` or `json`): fetched with the token (a link
+    /// could not carry it), then saved by the browser from memory.
+    pub fn download(&self, session_id: Uuid, format: &'static str) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::export(&token, session_id, format).await {
+                Ok((name, body)) => {
+                    if save_file(&name, &body).is_err() {
+                        ctx.toast("The browser would not save the file.");
+                    }
+                }
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
     /// Loads a page of the session list.
     pub fn load_sessions(&self, page: u32) {
         let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
@@ -258,4 +274,23 @@ pub fn focus_soon(id: &'static str) {
         }
     })
     .forget();
+}
+
+/// Offers `text` to the user as a file named `name` (a link to it in memory, clicked).
+fn save_file(name: &str, text: &str) -> Result<(), wasm_bindgen::JsValue> {
+    use wasm_bindgen::JsCast;
+    let parts = js_sys::Array::of1(&text.into());
+    let blob = web_sys::Blob::new_with_str_sequence(&parts)?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob)?;
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let link: web_sys::HtmlAnchorElement = document.create_element("a")?.dyn_into()?;
+    link.set_href(&url);
+    link.set_download(name);
+    link.click();
+    // The download has started from the link by the time this runs; the memory goes back.
+    gloo_timers::callback::Timeout::new(60_000, move || {
+        let _ = web_sys::Url::revoke_object_url(&url);
+    })
+    .forget();
+    Ok(())
 }

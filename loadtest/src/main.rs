@@ -293,6 +293,8 @@ async fn search_scenario(c: &Common, upstream: String, config: search::SearchCon
         let dir = server.stop_keeping_data().await;
         database.url = format!("surrealkv://{}", dir.path().join("relay.db").display());
         let took = search::fill(&database, &users, &config, !c.quiet).await?;
+        // The embedded database closes in the background after its last handle is dropped.
+        search::wait_unlocked(&dir.path().join("relay.db").join("LOCK"), std::time::Duration::from_secs(60)).await?;
         (SpawnedServer::start_in(&options, dir).await?, took)
     };
     let (server, took) = server;

@@ -1008,3 +1008,63 @@ async fn search_opens_a_session_at_the_message_found() {
         })
         .await;
 }
+
+/// The Export menu saves the open session as Markdown, text or JSON (the file the browser
+/// is handed is read back here), and the session prints: Chromium's PDF of the page holds
+/// the conversation and none of the controls around it.
+#[tokio::test]
+async fn a_session_exports_as_files_and_prints_as_pdf() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("export", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("una").await?;
+            h.tab(a).send("Which rivers cross Lyon? [[mock echo]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            // What the page hands the browser to save is kept for the test to read.
+            h.tab(a)
+                .js("window.__saved = []; const blobs = {}; const create = URL.createObjectURL; \
+                     URL.createObjectURL = function (b) { const u = create.call(URL, b); blobs[u] = b; return u; }; \
+                     HTMLAnchorElement.prototype.click = function () { \
+                     const name = this.download; blobs[this.href].text().then(t => window.__saved.push([name, t])); }; \
+                     return true")
+                .await?;
+            for (format, expected) in [
+                ("md", "```text\nWhich rivers cross Lyon? [[mock echo]]\n```"),
+                ("txt", "] You:\nWhich rivers cross Lyon?"),
+                ("json", "\"content\": \"Which rivers cross Lyon? [[mock echo]]\""),
+            ] {
+                h.tab(a).click("#export summary").await?;
+                h.tab(a).click(&format!("#export-{format}")).await?;
+                h.tab(a).wait("the file", "return window.__saved.length === 1").await?;
+                let saved = h.tab(a).js("return window.__saved.pop()").await?;
+                let (name, text) = (saved[0].as_str().unwrap_or_default(), saved[1].as_str().unwrap_or_default());
+                assert!(
+                    name.starts_with("which-rivers-cross-lyon-mock-echo-") && name.ends_with(&format!(".{format}")),
+                    "{name}"
+                );
+                assert!(text.contains(expected), "{format}: {text}");
+                assert_eq!(
+                    h.tab(a).js("return document.querySelector('#export').open").await?,
+                    json!(false),
+                    "the menu closes"
+                );
+            }
+
+            let pdf = h.tab(a).driver.print_page(thirtyfour::common::print::PrintParameters::default()).await?;
+            assert!(pdf.starts_with(b"%PDF"), "a PDF");
+            let path = std::env::temp_dir().join(format!("relay-export-{}.pdf", std::process::id()));
+            std::fs::write(&path, &pdf)?;
+            let out = std::process::Command::new("pdftotext").arg(&path).arg("-").output()?;
+            let _ = std::fs::remove_file(&path);
+            anyhow::ensure!(out.status.success(), "pdftotext (poppler-utils; scripts/test.sh installs it) failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("Which rivers cross Lyon?"), "the conversation is printed: {text}");
+            for control in ["New chat", "Export", "Send"] {
+                assert!(!text.contains(control), "{control:?} is not printed: {text}");
+            }
+            Ok(())
+        })
+        .await;
+}

@@ -13,6 +13,7 @@ use web_sys::Element;
 use yew::prelude::*;
 
 use super::composer::Composer;
+use super::export_menu::ExportMenu;
 use super::icons::{self, Icon};
 use super::load_more::LoadMore;
 use super::message::{MessageView, VersionPicker};
@@ -334,6 +335,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             <header class="chat-head">
                 { menu_button }
                 <h1 id="chat-title">{ &chat.session.title }</h1>
+                <ExportMenu {session_id} />
             </header>
             <div class="messages" id="messages" ref={list} {onscroll} onclick={on_copy}>{ for items }</div>
             <div class="actions">

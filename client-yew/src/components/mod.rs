@@ -5,6 +5,7 @@ pub mod app;
 pub mod banner;
 pub mod chat;
 pub mod composer;
+pub mod export_menu;
 pub mod icons;
 pub mod load_more;
 pub mod login;
