@@ -157,6 +157,16 @@ async fn results_come_best_first_in_pages() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 25, "pages neither overlap nor skip");
+    // Past the first 1,000 results a page is empty, the total still counted.
+    let r = server
+        .http
+        .get(server.url("/api/v1/chat/search?q=weather&page=1000&per_page=2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let deep: SearchResults = r.json().await.unwrap();
+    assert_eq!((deep.results.len(), deep.total, deep.page), (0, 25, 1000));
 }
 
 #[tokio::test]
@@ -171,8 +181,8 @@ async fn bad_searches_get_clear_errors() {
         (&format!("q={long}") as &str, "at most 200 characters"),
         ("q=x&per_page=51", "per_page must be 1 to 50"),
         ("q=x&per_page=0", "per_page must be 1 to 50"),
-        ("q=x&page=0", "page must be 1 to 50"),
-        ("q=x&page=51", "page must be 1 to 50"),
+        ("q=x&page=0", "page must be 1 to 1000"),
+        ("q=x&page=1001", "page must be 1 to 1000"),
         ("q=x&page=two", "page"),
     ] {
         let r = server

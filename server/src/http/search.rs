@@ -20,10 +20,10 @@ pub struct SearchParams {
 
 #[utoipa::path(get, path = "/api/v1/chat/search", tag = "chat", security(("bearer" = [])),
     params(("q" = String, Query, description = "The words to find (1 to 200 characters after trimming). A message matches when it holds every word; words are compared lower-cased, without accents, and stemmed as English (\"running\" finds \"run\")", min_length = 1, max_length = 200),
-        ("page" = Option<u32>, Query, description = "From 1, default 1; only the first 1,000 results can be paged (page × per_page ≤ 1,000 rounded up to a page)", minimum = 1, maximum = 1000),
+        ("page" = Option<u32>, Query, description = "1 to 1,000, default 1; results past the first 1,000 are not returned (a deeper page is empty, `total` still counts them)", minimum = 1, maximum = 1000),
         ("per_page" = Option<u32>, Query, description = "1 to 50, default 20", minimum = 1, maximum = 50)),
     responses((status = 200, description = "One page of the caller's messages that match, best first (BM25); never another user's, a deleted session's, or a superseded message", body = relay_protocol::SearchResults),
-        (status = 400, description = "bad_request: q missing, blank or over 200 characters, or a page or page size out of range", body = relay_protocol::ErrorResponse),
+        (status = 400, description = "bad_request: q missing, blank or over 200 characters, or a page (1 to 1,000) or page size (1 to 50) out of range", body = relay_protocol::ErrorResponse),
         (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
         (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
 /// `GET /chat/search?q=&page=&per_page=`.
