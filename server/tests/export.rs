@@ -6,21 +6,7 @@ mod common;
 
 use common::{TestServer, error_of};
 use relay_protocol::{ErrorCode, SendMessageResponse, SessionExport, UserExport};
-use serde_json::json;
 use uuid::Uuid;
-
-async fn send(server: &TestServer, token: &str, session: Uuid, content: &str) -> SendMessageResponse {
-    let r = server
-        .http
-        .post(server.url(&format!("/api/v1/chat/sessions/{session}/messages")))
-        .bearer_auth(token)
-        .json(&json!({"content": content}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
 
 async fn export(server: &TestServer, token: &str, path: &str) -> reqwest::Response {
     server.http.get(server.url(path)).bearer_auth(token).send().await.unwrap()
@@ -31,7 +17,7 @@ async fn a_session_downloads_as_markdown_text_and_json() {
     let server = TestServer::start().await;
     let (token, _) = server.register("fay").await;
     let session = server.create_session(&token).await;
-    let first = send(&server, &token, session.id, "Plan a day in Lyon [[mock echo]]").await;
+    let first = server.send_rest(&token, session.id, "Plan a day in Lyon [[mock echo]]").await;
     let again = server
         .http
         .post(server.url(&format!("/api/v1/chat/sessions/{}/regenerate", session.id)))
@@ -86,9 +72,9 @@ async fn everything_of_a_user_downloads_as_json() {
     let server = TestServer::start().await;
     let (token, user_id) = server.register("hal").await;
     let kept = server.create_session(&token).await;
-    send(&server, &token, kept.id, "keep this").await;
+    server.send_rest(&token, kept.id, "keep this").await;
     let deleted = server.create_session(&token).await;
-    send(&server, &token, deleted.id, "delete this").await;
+    server.send_rest(&token, deleted.id, "delete this").await;
     let r = server
         .http
         .delete(server.url(&format!("/api/v1/chat/sessions/{}", deleted.id)))
@@ -99,7 +85,7 @@ async fn everything_of_a_user_downloads_as_json() {
     assert_eq!(r.status(), 200);
     let (other, _) = server.register("ida").await;
     let theirs = server.create_session(&other).await;
-    send(&server, &other, theirs.id, "not hal's").await;
+    server.send_rest(&other, theirs.id, "not hal's").await;
 
     let r = export(&server, &token, "/api/v1/me/export").await;
     assert_eq!(r.status(), 200);

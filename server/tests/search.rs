@@ -10,19 +10,6 @@ use relay_protocol::{ErrorCode, Role, SearchResults, SendMessageResponse};
 use serde_json::json;
 use uuid::Uuid;
 
-async fn send(server: &TestServer, token: &str, session: Uuid, content: &str) -> SendMessageResponse {
-    let r = server
-        .http
-        .post(server.url(&format!("/api/v1/chat/sessions/{session}/messages")))
-        .bearer_auth(token)
-        .json(&json!({"content": content}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 async fn search(server: &TestServer, token: &str, query: &str) -> SearchResults {
     let r = server
         .http
@@ -48,11 +35,11 @@ async fn finds_the_callers_messages_by_every_word_marked_and_escaped() {
     let (bob, _) = server.register("bob").await;
     let trip = server.create_session(&alice).await;
     let run = server.create_session(&alice).await;
-    let museums = send(&server, &alice, trip.id, "Which museums in Paris open on Mondays?").await;
-    let shoes = send(&server, &alice, run.id, "Running shoes for a <b>marathon</b> & more").await;
-    let echoed = send(&server, &alice, trip.id, "A café near the Louvre [[mock echo]]").await;
+    let museums = server.send_rest(&alice, trip.id, "Which museums in Paris open on Mondays?").await;
+    let shoes = server.send_rest(&alice, run.id, "Running shoes for a <b>marathon</b> & more").await;
+    let echoed = server.send_rest(&alice, trip.id, "A café near the Louvre [[mock echo]]").await;
     let bobs = server.create_session(&bob).await;
-    send(&server, &bob, bobs.id, "Paris museums are lovely in spring").await;
+    server.send_rest(&bob, bobs.id, "Paris museums are lovely in spring").await;
 
     // Writes land through the write-behind batch; the first search waits for them.
     eventually("the messages to be searchable", || async {
@@ -95,7 +82,7 @@ async fn superseded_messages_and_deleted_sessions_are_not_found() {
     let server = TestServer::start().await;
     let (token, _) = server.register("carol").await;
     let session = server.create_session(&token).await;
-    let first = send(&server, &token, session.id, "tell me about aardvarks").await;
+    let first = server.send_rest(&token, session.id, "tell me about aardvarks").await;
     let edited = server
         .http
         .post(server.url(&format!("/api/v1/chat/sessions/{}/messages/{}/edit", session.id, first.user_message.id)))
@@ -111,7 +98,7 @@ async fn superseded_messages_and_deleted_sessions_are_not_found() {
     assert_eq!(found(&server, &token, "aardvarks").await, Vec::<Uuid>::new(), "the replaced question is superseded");
 
     let other = server.create_session(&token).await;
-    send(&server, &token, other.id, "pangolins again, elsewhere").await;
+    server.send_rest(&token, other.id, "pangolins again, elsewhere").await;
     eventually("both to be searchable", || async { search(&server, &token, "pangolins").await.total == 2 }).await;
     let r = server
         .http
@@ -131,9 +118,9 @@ async fn results_come_best_first_in_pages() {
     let session = server.create_session(&token).await;
     let mut sent = Vec::new();
     for i in 0..24 {
-        sent.push(send(&server, &token, session.id, &format!("note {i} about the weather and other things")).await);
+        sent.push(server.send_rest(&token, session.id, &format!("note {i} about the weather and other things")).await);
     }
-    let best = send(&server, &token, session.id, "zebra weather weather weather").await;
+    let best = server.send_rest(&token, session.id, "zebra weather weather weather").await;
     eventually("all to be searchable", || async { search(&server, &token, "weather").await.total == 25 }).await;
     assert_eq!(search(&server, &token, "weather").await.results[0].message_id, best.user_message.id, "BM25 ranks");
 

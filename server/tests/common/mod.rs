@@ -120,6 +120,26 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// Sends `content` to a session over REST and returns the stored pair once the reply is
+    /// complete (the send must succeed).
+    pub async fn send_rest(
+        &self,
+        token: &str,
+        session: uuid::Uuid,
+        content: &str,
+    ) -> relay_protocol::SendMessageResponse {
+        let response = self
+            .http
+            .post(self.url(&format!("/api/v1/chat/sessions/{session}/messages")))
+            .bearer_auth(token)
+            .json(&json!({"content": content}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "send {content:?}");
+        response.json().await.unwrap()
+    }
+
     /// GET with a token; returns status and JSON body.
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
