@@ -5,6 +5,7 @@ use relay_protocol::{
     AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
     SearchResults, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
+use relay_protocol::{CreateShareRequest, ShareCreated, ShareStatus, SharedSession};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -115,4 +116,38 @@ pub async fn export(token: &str, session: Uuid, format: &str) -> Result<(String,
         .and_then(|d| d.split("filename=\"").nth(1).map(|n| n.trim_end_matches('"').to_string()))
         .unwrap_or_else(|| format!("chat.{format}"));
     Ok((name, response.text().await.map_err(ApiError::network)?))
+}
+
+/// Makes a new share link for a session (an earlier one stops working).
+pub async fn create_share(token: &str, session: Uuid, expires_in_secs: Option<u64>) -> Result<ShareCreated, ApiError> {
+    let request = authed(Request::post(&format!("/api/v1/chat/sessions/{session}/share")), token)
+        .json(&CreateShareRequest { expires_in_secs })
+        .map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// A session's working share link, if it has one.
+pub async fn share_status(token: &str, session: Uuid) -> Result<Option<ShareStatus>, ApiError> {
+    let url = format!("/api/v1/chat/sessions/{session}/share");
+    match answer(authed(Request::get(&url), token).send().await).await {
+        Ok(status) => Ok(Some(status)),
+        Err(e) if e.status == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Revokes a session's share link.
+pub async fn revoke_share(token: &str, session: Uuid) -> Result<(), ApiError> {
+    let url = format!("/api/v1/chat/sessions/{session}/share");
+    let response = authed(Request::delete(&url), token).send().await.map_err(ApiError::network)?;
+    if response.ok() || response.status() == 404 {
+        return Ok(());
+    }
+    Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")))
+}
+
+/// What a share link shows (no login).
+pub async fn shared(share_token: &str) -> Result<SharedSession, ApiError> {
+    let token = String::from(js_sys::encode_uri_component(share_token));
+    answer(Request::get(&format!("/api/v1/shared/{token}")).send().await).await
 }

@@ -4,7 +4,9 @@
 
 use std::rc::Rc;
 
-use relay_protocol::{ErrorBody, ErrorCode, Generating, Message, ModelInfo, Quota, ServerFrame, Session, User};
+use relay_protocol::{
+    ErrorBody, ErrorCode, Generating, Message, ModelInfo, Quota, ServerFrame, Session, ShareStatus, User,
+};
 use uuid::Uuid;
 
 /// Where the WebSocket stands, for the status indicator.
@@ -92,6 +94,8 @@ pub struct Chat {
     pub loaded: bool,
     /// A message to bring into view once it is loaded (a search result's).
     pub focus: Option<Uuid>,
+    /// Its share link, if it has a working one (with how many watch it).
+    pub share: Option<ShareStatus>,
 }
 
 /// The whole client state.
@@ -156,6 +160,13 @@ pub enum Action {
     },
     /// The message to bring into view is in view (or cannot be).
     Focused,
+    /// A session's share link is now this (`None`: it has none).
+    Share {
+        /// The session.
+        session_id: Uuid,
+        /// The link.
+        share: Option<ShareStatus>,
+    },
     /// Open or close the search box.
     Search(bool),
     /// A page of sessions arrived over REST.
@@ -237,6 +248,7 @@ impl Model {
                         has_older: false,
                         loaded: false,
                         focus: None,
+                        share: None,
                     });
                 }
             }
@@ -251,6 +263,11 @@ impl Model {
             Action::Focused => {
                 if let Some(chat) = self.chat.as_mut() {
                     chat.focus = None;
+                }
+            }
+            Action::Share { session_id, share } => {
+                if let Some(chat) = self.chat_of(session_id) {
+                    chat.share = share;
                 }
             }
             Action::Close => {
@@ -378,6 +395,7 @@ impl Model {
             ServerFrame::Quota { quota } => self.set_quota(quota),
             ServerFrame::Error { error, session_id, id } => self.error(error, session_id, id, now_ms),
             ServerFrame::Ack { id, .. } => self.in_flight.retain(|s| Some(&s.request_id) != id.as_ref()),
+            ServerFrame::ShareUpdated { session_id, share } => self.apply(Action::Share { session_id, share }, now_ms),
             ServerFrame::Pong { .. } | ServerFrame::Unsubscribed { .. } => {}
         }
     }

@@ -8,6 +8,7 @@
 mod error;
 mod objects;
 mod rest;
+mod share;
 mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
@@ -17,6 +18,10 @@ pub use rest::{
     LoginRequest, MAX_SEARCH_QUERY_CHARS, MeResponse, MessagePage, RegisterRequest, SearchResult, SearchResults,
     SendMessageRequest, SendMessageResponse, SessionExport, SessionList, SessionWithMessages, SseEvent,
     UpdateSessionRequest, UsageReport, UserExport,
+};
+pub use share::{
+    CreateShareRequest, MAX_SHARE_EXPIRES_IN_SECS, MAX_SHARED_MESSAGES, MIN_SHARE_EXPIRES_IN_SECS, ShareCreated,
+    ShareEnd, ShareEnded, ShareStatus, SharedSession,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, MAX_CLIENT_MESSAGE_ID_BYTES, ServerFrame};
 

@@ -312,6 +312,14 @@ pub enum ServerFrame {
         /// The deleted session.
         session_id: Uuid,
     },
+    /// A session's share link was made, revoked, or its number of live viewers changed
+    /// (sent to all the owner's connections; added).
+    ShareUpdated {
+        /// The session.
+        session_id: Uuid,
+        /// The link now; absent (`null`) when the session has none.
+        share: Option<crate::ShareStatus>,
+    },
     /// One page of the user's sessions.
     Sessions {
         /// The `list_sessions` request's id.

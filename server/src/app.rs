@@ -20,6 +20,7 @@ use crate::llm::{LlmClient, LlmSettings};
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
+use crate::share::Viewers;
 use crate::state::AppState;
 use crate::store::{Store, WriteBehind};
 use relay_mock_llm::MockLlm;
@@ -120,8 +121,18 @@ impl Server {
 
         let writes = WriteBehind::start(store.clone(), WRITE_QUEUE, config.database_timeout, metrics.clone());
         let hub = Arc::new(UserHub::default());
+        let viewers = Viewers::new(hub.clone());
         if let Some(cluster) = &cluster {
             hub.set_cluster(cluster.clone());
+            viewers.set_cluster(cluster.clone());
+        }
+        {
+            let viewers = Arc::downgrade(&viewers);
+            hub.set_observer(Box::new(move |_, frame| {
+                if let Some(viewers) = viewers.upgrade() {
+                    viewers.observe(frame);
+                }
+            }));
         }
         let limiter = Limiter::new(config.redis_url.as_deref(), metrics.clone())?;
         let user_locks = Arc::new(UserLocks::default());
@@ -176,6 +187,7 @@ impl Server {
             passwords,
             sessions,
             hub,
+            viewers,
             user_locks,
             limiter,
             retention,

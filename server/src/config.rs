@@ -265,6 +265,19 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// `RELAY_CLIENT_DIR`: the built browser client served at `/` (`cargo xtask client`).
     pub client_dir: PathBuf,
+    /// `PUBLIC_URL`: the address people reach this server at (`https://chat.example`),
+    /// which share links start with; unset, a link starts with the address the request
+    /// that made it came to.
+    pub public_url: Option<String>,
+    /// `CHAT_SHARE_MAX_VIEWERS`: live viewers one share link may have at once (across the
+    /// cluster).
+    pub share_max_viewers: usize,
+    /// `CHAT_SHARE_STREAMS_PER_ADDRESS`: live share streams one client address may hold
+    /// open at once on a node (IPv6 counted by /64).
+    pub share_streams_per_address: usize,
+    /// `CHAT_SHARE_READS_PER_MINUTE`: share reads (page loads and stream starts) one client
+    /// address may make per minute.
+    pub share_reads_per_minute: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -335,6 +348,10 @@ impl std::fmt::Debug for Config {
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| REDACTED))
             .field("client_dir", &self.client_dir)
+            .field("public_url", &self.public_url)
+            .field("share_max_viewers", &self.share_max_viewers)
+            .field("share_streams_per_address", &self.share_streams_per_address)
+            .field("share_reads_per_minute", &self.share_reads_per_minute)
             .finish()
     }
 }
@@ -744,6 +761,14 @@ impl Config {
             client_dir: var("RELAY_CLIENT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-yew/dist")),
+            public_url: parse_public_url(var("PUBLIC_URL"))?,
+            share_max_viewers: positive("CHAT_SHARE_MAX_VIEWERS", var("CHAT_SHARE_MAX_VIEWERS"), 100)?,
+            share_streams_per_address: positive(
+                "CHAT_SHARE_STREAMS_PER_ADDRESS",
+                var("CHAT_SHARE_STREAMS_PER_ADDRESS"),
+                20,
+            )?,
+            share_reads_per_minute: positive("CHAT_SHARE_READS_PER_MINUTE", var("CHAT_SHARE_READS_PER_MINUTE"), 120)?,
         };
         if config.ws_outbound_queue_bytes < 2 * config.max_reply_bytes {
             return Err(ConfigError {
@@ -774,6 +799,21 @@ fn parse_networks(name: &'static str, value: Option<String>) -> Result<Vec<ipnet
 }
 
 /// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
+/// `PUBLIC_URL`: `http(s)://host[:port][/path]`, kept without its trailing slash.
+fn parse_public_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = value.map(|v| v.trim().trim_end_matches('/').to_owned()).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.contains(['?', '#', ' '])) {
+        return Err(ConfigError {
+            var: "PUBLIC_URL",
+            reason: format!("expected http(s)://host[:port][/path], got {url:?}"),
+        });
+    }
+    Ok(Some(url))
+}
+
 fn parse_origins(value: Option<String>) -> Result<Vec<String>, ConfigError> {
     let origins: Vec<String> = value
         .unwrap_or_default()

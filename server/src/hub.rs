@@ -17,7 +17,12 @@ use crate::fanout::{Delivery, Outbound, Receiver, ReceiverId};
 pub struct UserHub {
     users: DashMap<Uuid, UserConnections>,
     cluster: OnceLock<Arc<Cluster>>,
+    observer: OnceLock<Observer>,
 }
+
+/// Sees every user event this node publishes or hears from another node (live share
+/// streams end on `share_updated` and `session_deleted` this way, wherever those happen).
+pub type Observer = Box<dyn Fn(Uuid, &ServerFrame) + Send + Sync>;
 
 #[derive(Default)]
 struct UserConnections {
@@ -110,6 +115,17 @@ impl UserHub {
         let _ = self.cluster.set(cluster);
     }
 
+    /// Sets what sees every user event (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observe(&self, user: Uuid, out: &Outbound) {
+        if let Some(observer) = self.observer.get() {
+            observer(user, &out.frame);
+        }
+    }
+
     /// Sends a frame to every connection of a user. `make` builds the frame with or
     /// without a request id: the connection that asked (`origin`) gets its id echoed,
     /// the others get none (nor do the user's connections on other nodes).
@@ -123,6 +139,7 @@ impl UserHub {
         if let Some(cluster) = self.cluster.get() {
             cluster.publish_user_event(user, &plain);
         }
+        self.observe(user, &plain);
         let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
         if receivers.is_empty() {
             return;
@@ -143,6 +160,7 @@ impl UserHub {
 
     /// Sends a user event another node published to the user's connections here.
     pub fn deliver(&self, user: Uuid, out: &Outbound) {
+        self.observe(user, out);
         let Some(receivers) = self.users.get(&user).map(|u| u.receivers.clone()) else { return };
         for receiver in &receivers {
             deliver_to(user, receiver, out);

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod retention;
 pub mod search;
 pub mod session;
+pub mod share;
 pub mod state;
 pub mod store;
 pub mod ws;

@@ -16,6 +16,7 @@ use crate::limits::{Limiter, UserLocks};
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::SessionRegistry;
+use crate::share::Viewers;
 use crate::store::{Store, WriteBehind};
 
 /// Everything a request handler or connection needs; cheap to clone.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub sessions: Arc<SessionRegistry>,
     /// Per-user connection hub.
     pub hub: Arc<UserHub>,
+    /// Live viewers of share links on this node.
+    pub viewers: Arc<Viewers>,
     /// Serialises per-user cap checks (such as sessions per user) with the writes they guard.
     pub user_locks: Arc<UserLocks>,
     /// Rate limits and quotas, in Redis or in process.

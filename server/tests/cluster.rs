@@ -607,3 +607,37 @@ async fn a_redis_that_restarts_empty_never_lets_a_second_node_take_a_running_ses
         assert_eq!(*finish_reason, FinishReason::Stop, "the owner kept the session: its reply ended well");
     }
 }
+
+/// A share link's viewer on one node follows a session another node runs; the viewer cap
+/// counts every node; revoking the link on the owner's node ends the stream on the other
+/// at once.
+#[tokio::test]
+async fn a_share_links_viewers_on_any_node_watch_live_and_are_ended_everywhere() {
+    use common::sse::SseReader;
+    let cluster = Cluster::start(2, &[("CHAT_SHARE_MAX_VIEWERS", "1")]).await;
+    let (token, sid) = cluster.session_owned_by_a("gwen").await;
+    let share =
+        cluster.http.post(cluster.node(0).url(&format!("/api/v1/chat/sessions/{sid}/share"))).bearer_auth(&token);
+    let share: relay_protocol::ShareCreated = share.send().await.unwrap().json().await.unwrap();
+    let mut tab_a = cluster.node(0).ws(&token).await;
+    subscribe(&mut tab_a, sid).await;
+
+    let events = |node: usize| cluster.node(node).url(&format!("/api/v1/shared/{}/events", share.token));
+    let r = cluster.http.get(events(1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut viewer = SseReader::new(r);
+    assert_eq!(viewer.next_within(WAIT).await.unwrap().event, "snapshot");
+    let frames = tab_a.recv_until(|f| matches!(f, ServerFrame::ShareUpdated { share: Some(s), .. } if s.viewers == 1));
+    frames.await;
+    let r = cluster.http.get(events(0)).send().await.unwrap();
+    assert_eq!(r.status(), 403, "the cap counts the viewer on the other node");
+
+    send(&mut tab_a, sid, "q", "stream it [[mock tokens=20 tps=100 delay_ms=0]]").await;
+    let seen = viewer.until("done").await;
+    assert!(seen.iter().filter(|e| e.event == "delta").count() >= 5, "{seen:?}");
+
+    let r = cluster.http.delete(cluster.node(0).url(&format!("/api/v1/chat/sessions/{sid}/share"))).bearer_auth(&token);
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    let ended = viewer.next_within(Duration::from_secs(2)).await.expect("ended on the other node");
+    assert_eq!((ended.event.as_str(), ended.json()), ("ended", json!({"reason": "revoked"})));
+}

@@ -28,6 +28,10 @@ pub(super) fn connections_key(user: Uuid) -> String {
     format!("{PREFIX}connections:{user}")
 }
 
+pub(super) fn viewers_key(share_id: Uuid) -> String {
+    format!("{PREFIX}viewers:{share_id}")
+}
+
 pub(super) fn alive_key(node: &str) -> String {
     format!("{ALIVE_PREFIX}{node}")
 }

@@ -1,4 +1,5 @@
-//! Per-user limits across nodes: connections counted in Redis, and per-user locks.
+//! Places counted across nodes (a user's connections, a share link's viewers) in Redis,
+//! and per-user locks.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -10,12 +11,12 @@ use uuid::Uuid;
 use super::keys::*;
 use super::{Cluster, ClusterError};
 
-/// Counts a WebSocket connection of a user against the cluster-wide cap, unless the user
-/// already holds that many on live instances. KEYS[1] the user's count hash (a field per
-/// instance); ARGV[1] instance; ARGV[2] cap; ARGV[3] prefix of heartbeat keys. Fields of
-/// instances that are gone are dropped (their connections went with them). Returns 1 when
-/// counted, 0 when the cap is reached.
-pub(super) static TAKE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+/// Takes a place (a WebSocket connection of a user, a viewer of a share link) against a
+/// cluster-wide cap, unless that many are held on live instances. KEYS[1] the count hash (a
+/// field per instance); ARGV[1] instance; ARGV[2] cap; ARGV[3] prefix of heartbeat keys.
+/// Fields of instances that are gone are dropped (their places went with them). Returns the
+/// places held with this one when taken, 0 when the cap is reached.
+pub(super) static TAKE_PLACE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local total = 0
@@ -32,13 +33,30 @@ end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], 86400)
-return 1
+return total + 1
 "#,
     )
 });
 
-/// Gives a counted connection back. KEYS[1] the user's count hash; ARGV[1] instance.
-pub(super) static GIVE_CONNECTION: LazyLock<Script> = LazyLock::new(|| {
+/// How many places live instances hold. KEYS[1] the count hash; ARGV[1] prefix of
+/// heartbeat keys.
+static COUNT_PLACES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local instance = fields[i]
+  local node = string.match(instance, '^(.*)#') or instance
+  if redis.call('GET', ARGV[1] .. node) == instance then total = total + tonumber(fields[i + 1]) end
+end
+return total
+"#,
+    )
+});
+
+/// Gives a place back. KEYS[1] the count hash; ARGV[1] instance.
+pub(super) static GIVE_PLACE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -57,27 +75,50 @@ impl Cluster {
     /// Counts a connection of `user` against `max` across the cluster; false when the user
     /// already holds `max` on live nodes.
     pub async fn take_connection(&self, user: Uuid, max: usize) -> Result<bool, ClusterError> {
-        let mut redis = self.redis.clone();
-        let taken: i64 = TAKE_CONNECTION
-            .key(connections_key(user))
-            .arg(&*self.instance)
-            .arg(max)
-            .arg(ALIVE_PREFIX)
-            .invoke_async(&mut redis)
-            .await?;
-        Ok(taken == 1)
+        Ok(self.take_place(connections_key(user), max).await?.is_some())
     }
 
     /// Gives back a connection counted by [`Cluster::take_connection`] (in the background).
     pub fn give_connection(&self, user: Uuid) {
-        let (mut redis, instance) = (self.redis.clone(), self.instance.clone());
+        let given = self.give_place(connections_key(user));
         tokio::spawn(async move {
-            let given: Result<i64, _> =
-                GIVE_CONNECTION.key(connections_key(user)).arg(&*instance).invoke_async(&mut redis).await;
-            if let Err(e) = given {
+            if let Err(e) = given.await {
                 tracing::warn!(user_id = %user, error = %e, "could not give a connection back to the cluster count");
             }
         });
+    }
+
+    /// Counts a live viewer of a share link against `max` across the cluster; the viewers
+    /// with this one, or `None` when the link already has `max`.
+    pub async fn take_viewer(&self, share_id: Uuid, max: usize) -> Result<Option<u32>, ClusterError> {
+        self.take_place(viewers_key(share_id), max).await
+    }
+
+    /// Gives back a viewer counted by [`Cluster::take_viewer`]; the viewers left.
+    pub async fn give_viewer(&self, share_id: Uuid) -> Result<u32, ClusterError> {
+        self.give_place(viewers_key(share_id)).await?;
+        self.viewers(share_id).await
+    }
+
+    /// How many live viewers a share link has across the cluster.
+    pub async fn viewers(&self, share_id: Uuid) -> Result<u32, ClusterError> {
+        let mut redis = self.redis.clone();
+        Ok(COUNT_PLACES.key(viewers_key(share_id)).arg(ALIVE_PREFIX).invoke_async(&mut redis).await?)
+    }
+
+    async fn take_place(&self, key: String, max: usize) -> Result<Option<u32>, ClusterError> {
+        let mut redis = self.redis.clone();
+        let held: u32 =
+            TAKE_PLACE.key(key).arg(&*self.instance).arg(max).arg(ALIVE_PREFIX).invoke_async(&mut redis).await?;
+        Ok((held > 0).then_some(held))
+    }
+
+    fn give_place(&self, key: String) -> impl std::future::Future<Output = Result<(), ClusterError>> + use<> {
+        let (mut redis, instance) = (self.redis.clone(), self.instance.clone());
+        async move {
+            let _: i64 = GIVE_PLACE.key(key).arg(&*instance).invoke_async(&mut redis).await?;
+            Ok(())
+        }
     }
 
     /// Takes a user's cluster-wide lock (for a check and the write it guards, such as the

@@ -11,6 +11,7 @@ mod messages;
 mod openapi;
 mod search;
 mod sessions;
+mod share;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -40,6 +41,9 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/sessions/{id}", get(sessions::get).patch(sessions::rename).delete(sessions::delete))
         .route("/chat/sessions/{id}/messages", post(messages::send).get(sessions::messages))
         .route("/chat/sessions/{id}/export", get(export::session))
+        .route("/chat/sessions/{id}/share", post(share::create).get(share::status).delete(share::revoke))
+        .route("/shared/{token}", get(share::read))
+        .route("/shared/{token}/events", get(share::events))
         .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
         .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
         .route("/chat/search", get(search::search))
@@ -66,7 +70,8 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http().make_span_with(move |request: &Request| {
                 let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 // The URI is logged without its query: tokens never travel there, but nothing else should either.
-                tracing::info_span!("http", node_id = %node_id, method = %request.method(), path = %request.uri().path(), request_id, user_id = tracing::field::Empty)
+                let path = loggable_path(request.uri().path());
+                tracing::info_span!("http", node_id = %node_id, method = %request.method(), path = %path, request_id, user_id = tracing::field::Empty)
             })
         })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -74,6 +79,18 @@ pub fn router(state: AppState) -> Router {
         // Outermost, so every answer (errors of the layers above too) ends its request.
         .layer(axum::middleware::from_fn(listener::track_requests))
         .with_state(state)
+}
+
+/// A request path as logs may show it: a share link's token (in `/api/v1/shared/<token>`
+/// and the client's `/s/<token>`) is a secret, so it is replaced by `<token>`.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    for prefix in ["/api/v1/shared/", "/s/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let tail = rest.find('/').map_or("", |i| &rest[i..]);
+            return format!("{prefix}<token>{tail}").into();
+        }
+    }
+    path.into()
 }
 
 /// Cross-origin access for host applications calling the REST API from a browser. Tokens
@@ -222,6 +239,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn share_tokens_stay_out_of_logs() {
+        use super::loggable_path;
+        assert_eq!(loggable_path("/api/v1/shared/abc123/events"), "/api/v1/shared/<token>/events");
+        assert_eq!(loggable_path("/api/v1/shared/abc123"), "/api/v1/shared/<token>");
+        assert_eq!(loggable_path("/s/abc123"), "/s/<token>");
+        assert_eq!(loggable_path("/api/v1/chat/sessions"), "/api/v1/chat/sessions");
+    }
+
     use super::origin_allowed;
 
     #[test]

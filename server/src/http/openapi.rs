@@ -32,6 +32,11 @@ use crate::state::AppState;
         super::search::search,
         super::export::session,
         super::export::everything,
+        super::share::create,
+        super::share::status,
+        super::share::revoke,
+        super::share::read,
+        super::share::events,
         super::admin::usage,
         websocket,
         openapi,
@@ -39,7 +44,7 @@ use crate::state::AppState;
         super::readyz,
         super::metrics,
     ),
-    components(schemas(relay_protocol::SseEvent, relay_protocol::ErrorCode)),
+    components(schemas(relay_protocol::SseEvent, relay_protocol::ErrorCode, relay_protocol::ShareEnded)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

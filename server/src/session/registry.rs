@@ -296,6 +296,12 @@ impl SessionRegistry {
         self.subscribe_from(user.id, session_id, receiver, request_id, true).await
     }
 
+    /// Adds a share link's viewer to a session, on its owner's behalf: the viewer gets the
+    /// `subscribed` snapshot, then every event, as a tab does (the caller checked the link).
+    pub async fn watch_shared(&self, owner: Uuid, session_id: Uuid, receiver: Receiver) -> Result<(), SessionError> {
+        self.subscribe_from(owner, session_id, receiver, None, true).await
+    }
+
     async fn subscribe_from(
         &self,
         user_id: Uuid,

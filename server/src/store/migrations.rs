@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schema/0007_fencing_and_idempotency.surql"),
     },
     Migration { version: 8, name: "search", sql: include_str!("../../../schema/0008_search.surql") },
+    Migration { version: 9, name: "shares", sql: include_str!("../../../schema/0009_shares.surql") },
 ];
 
 const BOOKKEEPING: &str = "

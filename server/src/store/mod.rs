@@ -11,6 +11,7 @@ mod import;
 mod migrations;
 mod ops;
 pub mod search;
+mod share;
 mod write_behind;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -26,6 +27,7 @@ use uuid::Uuid;
 pub use batch::IDEMPOTENCY_WINDOW;
 pub use migrations::{MIGRATIONS, Migration};
 pub use ops::{AfterUsage, Fence, Save, Saved, SendKey, Tokens};
+pub use share::ShareRecord;
 pub use write_behind::{OnFenced, WriteBehind};
 
 /// Errors of the persistence layer.
@@ -401,7 +403,10 @@ impl Store {
         let rows: Vec<serde_json::Value> = self
             .fenced_rows(
                 fence,
-                "UPDATE type::record('chat_session', $fence_session) SET deleted_at = time::now() \
+                // The share link goes with the session (its viewers' streams end with the actor).
+                "IF type::record('chat_session', $fence_session).user_id = $user_id { \
+                     DELETE type::record('chat_share', $fence_session) };
+                 UPDATE type::record('chat_session', $fence_session) SET deleted_at = time::now() \
                  WHERE user_id = $user_id AND deleted_at = NONE RETURN record::id(id) AS id",
                 serde_json::json!({"user_id": user_id}),
             )
@@ -447,6 +452,7 @@ impl Store {
              LET $archived = DELETE chat_message_archive WHERE session_id IN $ids RETURN BEFORE;
              LET $live = DELETE chat_message WHERE session_id IN $ids RETURN BEFORE;
              DELETE chat_session WHERE record::id(id) IN $ids;
+             DELETE chat_share WHERE session_id IN $ids;
              RETURN { sessions: array::len($ids), messages: array::len($archived) + array::len($live) };",
             cutoff,
             batch,

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod flow;
+pub mod sse;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
