@@ -5,7 +5,7 @@ use relay_protocol::{
     AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
     SearchResults, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
-use relay_protocol::{CreateShareRequest, ShareCreated, ShareStatus, SharedSession};
+use relay_protocol::{CreateShareRequest, SessionShare, ShareCreated, ShareStatus, SharedSession};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -129,11 +129,8 @@ pub async fn create_share(token: &str, session: Uuid, expires_in_secs: Option<u6
 /// A session's working share link, if it has one.
 pub async fn share_status(token: &str, session: Uuid) -> Result<Option<ShareStatus>, ApiError> {
     let url = format!("/api/v1/chat/sessions/{session}/share");
-    match answer(authed(Request::get(&url), token).send().await).await {
-        Ok(status) => Ok(Some(status)),
-        Err(e) if e.status == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
+    let answered: SessionShare = answer(authed(Request::get(&url), token).send().await).await?;
+    Ok(answered.share)
 }
 
 /// Revokes a session's share link.

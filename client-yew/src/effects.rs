@@ -94,6 +94,45 @@ impl Ctx {
         });
     }
 
+    /// Asks whether a session has a working share link (and how many watch it).
+    pub fn load_share(&self, session_id: Uuid) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::share_status(&token, session_id).await {
+                Ok(share) => ctx.dispatch(Action::Share { session_id, share }),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Makes a new share link for a session (the old one stops working), keeping its
+    /// address in this browser.
+    pub fn create_share(&self, session_id: Uuid, expires_in_secs: Option<u64>, done: Callback<()>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::create_share(&token, session_id, expires_in_secs).await {
+                Ok(created) => {
+                    storage::save_share_url(created.share.id, &created.url);
+                    ctx.dispatch(Action::Share { session_id, share: Some(created.share) });
+                }
+                Err(e) => ctx.toast(e.message),
+            }
+            done.emit(());
+        });
+    }
+
+    /// Stops sharing a session: its link opens nothing from now on.
+    pub fn revoke_share(&self, session_id: Uuid, done: Callback<()>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::revoke_share(&token, session_id).await {
+                Ok(()) => ctx.dispatch(Action::Share { session_id, share: None }),
+                Err(e) => ctx.toast(e.message),
+            }
+            done.emit(());
+        });
+    }
+
     /// Loads a page of the session list.
     pub fn load_sessions(&self, page: u32) {
         let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };

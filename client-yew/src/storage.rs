@@ -29,14 +29,26 @@ fn draft_key(session: Uuid) -> String {
     format!("{DRAFT_PREFIX}{session}")
 }
 
-/// Forgets every session's unsent text (at logout: the next user of this browser must not
-/// find it).
+/// Forgets every session's unsent text and every share link made here (at logout: the
+/// next user of this browser must not find them).
 pub fn clear_drafts() {
     let storage = LocalStorage::raw();
     let keys: Vec<String> = (0..storage.length().unwrap_or(0)).filter_map(|i| storage.key(i).ok().flatten()).collect();
-    for key in keys.into_iter().filter(|k| k.starts_with(DRAFT_PREFIX)) {
+    for key in keys.into_iter().filter(|k| k.starts_with(DRAFT_PREFIX) || k.starts_with(SHARE_PREFIX)) {
         LocalStorage::delete(key);
     }
+}
+
+const SHARE_PREFIX: &str = "relay.share.";
+
+/// The address of a share link made in this browser (the server shows a token only once).
+pub fn share_url(share: Uuid) -> Option<String> {
+    LocalStorage::get(format!("{SHARE_PREFIX}{share}")).ok()
+}
+
+/// Keeps the address of a share link made here.
+pub fn save_share_url(share: Uuid, url: &str) {
+    let _ = LocalStorage::set(format!("{SHARE_PREFIX}{share}"), url);
 }
 
 /// The unsent text of a session.

@@ -20,8 +20,8 @@ pub use rest::{
     UpdateSessionRequest, UsageReport, UserExport,
 };
 pub use share::{
-    CreateShareRequest, MAX_SHARE_EXPIRES_IN_SECS, MAX_SHARED_MESSAGES, MIN_SHARE_EXPIRES_IN_SECS, ShareCreated,
-    ShareEnd, ShareEnded, ShareStatus, SharedSession,
+    CreateShareRequest, MAX_SHARE_EXPIRES_IN_SECS, MAX_SHARED_MESSAGES, MIN_SHARE_EXPIRES_IN_SECS, SessionShare,
+    ShareCreated, ShareEnd, ShareEnded, ShareStatus, SharedSession,
 };
 pub use ws::{ClientFrame, FinishReason, Generating, MAX_CLIENT_MESSAGE_ID_BYTES, ServerFrame};
 

@@ -19,9 +19,27 @@ pub const MIN_SHARE_EXPIRES_IN_SECS: u64 = 60;
 #[serde(deny_unknown_fields)]
 pub struct CreateShareRequest {
     /// How long the link works, in seconds (60 to 31,536,000); absent: until revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_seconds")]
     #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 31_536_000))]
     pub expires_in_secs: Option<u64>,
+}
+
+/// A whole number of seconds, written as JSON allows an integer (`3600` or `3600.0`).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Whole(u64),
+        Float(f64),
+    }
+    match Option::<Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Number::Whole(n)) => Ok(Some(n)),
+        Some(Number::Float(f)) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        Some(Number::Float(f)) => Err(serde::de::Error::custom(format!(
+            "expires_in_secs must be a whole, positive number of seconds, got {f}"
+        ))),
+    }
 }
 
 /// Answer to `POST /api/v1/chat/sessions/{id}/share` (201): the only time the token is
@@ -52,6 +70,14 @@ pub struct ShareStatus {
     pub expires_at: Option<DateTime<Utc>>,
     /// How many viewers watch it live now.
     pub viewers: u32,
+}
+
+/// Answer to `GET /api/v1/chat/sessions/{id}/share`: the session's working link, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionShare {
+    /// The link; `null` when the session has none (never made, revoked, or expired).
+    pub share: Option<ShareStatus>,
 }
 
 /// Answer to `GET /api/v1/shared/{token}`: the shared session as anyone with the link sees
@@ -88,4 +114,21 @@ pub enum ShareEnd {
 pub struct ShareEnded {
     /// Why.
     pub reason: ShareEnd,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_any_whole_json_number() {
+        let parse = |json: &str| serde_json::from_str::<CreateShareRequest>(json).map(|r| r.expires_in_secs);
+        assert_eq!(parse("{}").unwrap(), None);
+        assert_eq!(parse(r#"{"expires_in_secs": null}"#).unwrap(), None);
+        assert_eq!(parse(r#"{"expires_in_secs": 3600}"#).unwrap(), Some(3600));
+        assert_eq!(parse(r#"{"expires_in_secs": 3600.0}"#).unwrap(), Some(3600));
+        assert!(parse(r#"{"expires_in_secs": 3600.5}"#).is_err());
+        assert!(parse(r#"{"expires_in_secs": -1}"#).is_err());
+        assert!(parse(r#"{"expires_in_secs": "3600"}"#).is_err());
+    }
 }

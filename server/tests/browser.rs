@@ -1068,3 +1068,71 @@ async fn a_session_exports_as_files_and_prints_as_pdf() {
         })
         .await;
 }
+
+/// The Share menu makes a live link; a browser without a login opens it and watches a
+/// reply being written, read-only (no composer, nothing to act with); the owner sees one
+/// watching; stopping the share ends the viewer's page at once, and the link then opens
+/// nothing. The viewer's page passes axe.
+#[tokio::test]
+async fn a_shared_link_shows_the_chat_live_to_a_browser_without_a_login() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("share", &[]).await.expect("harness");
+    let axe = axe_source();
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("vera").await?;
+            h.tab(a).send("What is a fjord? [[mock echo]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            h.tab(a).click("#share summary").await?;
+            h.tab(a).click("#share-create").await?;
+            h.tab(a).element("#share-url").await?;
+            let url = h.tab(a).js("return document.querySelector('#share-url').value").await?;
+            let url = url.as_str().unwrap_or_default().to_string();
+            assert!(url.starts_with(&format!("{}/s/", h.server.url(""))), "{url}");
+            h.tab(a).wait_text("#share-status", "Nobody is watching now").await?;
+
+            let v = h.open_at("viewer", url.clone()).await?;
+            h.tab(v).wait_text("#shared-live", "Live").await?;
+            h.tab(v).wait_text("#messages", "What is a fjord?").await?;
+            assert_eq!(h.tab(v).count("textarea, #composer, #share, #export, #stop").await?, 0, "read-only");
+            assert_eq!(h.tab(v).js("return localStorage.getItem('relay.auth')").await?, json!(null), "no login");
+            h.tab(a).wait_text("#share-viewers", "1 watching").await?;
+            h.tab(a).wait_text("#share-status", "1 person is watching now").await?;
+            let findings = accessibility_findings(h.tab(v), &axe).await?;
+            assert!(findings.is_empty(), "the shared page: {findings:#?}");
+
+            // A reply seen while it is written: part of it on the viewer's page before its end.
+            h.tab(a).send(&slow(40, 20)).await?;
+            let reply = "const all = document.querySelectorAll('#messages article.message'); \
+                         return all.length === 4 ? all[3].querySelector('.content').innerText : ''";
+            let partial = h
+                .tab(v)
+                .wait(
+                    "part of the reply",
+                    &format!("const t = (() => {{ {reply} }})(); return t.includes('word3') ? t : false"),
+                )
+                .await?;
+            assert!(!partial.as_str().unwrap_or_default().contains("word40"), "seen before it is whole: {partial}");
+            assert_eq!(h.tab(v).count("#typing").await?, 1, "still being written");
+            h.tab(v)
+                .wait("the whole reply", &format!("const t = (() => {{ {reply} }})(); return t.includes('word40')"))
+                .await?;
+            h.tab(v).wait_gone("#typing").await?;
+
+            h.tab(a).click("#share-stop").await?;
+            h.tab(v).wait_text("#shared-ended", "The owner stopped sharing this conversation.").await?;
+            h.tab(v).wait_text("#shared-live", "Ended").await?;
+            assert!(h.tab(v).text("#messages").await?.contains("word40"), "what was shown stays");
+            h.tab(a)
+                .wait(
+                    "the menu says so",
+                    "return document.querySelector('#share summary').innerText.trim() === 'Share'",
+                )
+                .await?;
+            h.tab(v).driver.goto(url).await?;
+            h.tab(v).wait_text("#shared-ended", "This link does not open anything").await?;
+            Ok(())
+        })
+        .await;
+}

@@ -117,10 +117,10 @@ async fn anyone_with_the_link_reads_and_watches_live_until_it_is_revoked() {
 
     // The owner's status read shows the viewer; another user cannot read or revoke it.
     let (code, status) = server.get(&token, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
-    assert_eq!((code, status["viewers"].as_u64()), (200, Some(1)));
+    assert_eq!((code, status["share"]["viewers"].as_u64()), (200, Some(1)));
     let (other, _) = server.register("jon").await;
     let (code, _) = server.get(&other, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
-    assert_eq!(code, 404);
+    assert_eq!(code, 404, "another user's session");
     assert_eq!(error_of(revoke(&server, &other, session.id).await).await, (404, ErrorCode::NotFound));
     assert_eq!(error_of(share(&server, &other, session.id, json!({})).await).await, (404, ErrorCode::NotFound));
 
@@ -131,6 +131,8 @@ async fn anyone_with_the_link_reads_and_watches_live_until_it_is_revoked() {
     assert_eq!((ended.event.as_str(), ended.json()), ("ended", json!({"reason": "revoked"})));
     assert!(viewer.next_within(Duration::from_secs(2)).await.is_none(), "the stream ends");
     assert_eq!(share_update(&mut owner, session.id).await, None);
+    let (code, body) = server.get(&token, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
+    assert_eq!((code, body), (200, json!({"share": null})), "revoked");
     for path in [format!("/api/v1/shared/{}", link.token), format!("/api/v1/shared/{}/events", link.token)] {
         let r = server.http.get(server.url(&path)).send().await.unwrap();
         assert_eq!(r.headers()["x-robots-tag"], "noindex, nofollow");
@@ -200,8 +202,8 @@ async fn a_link_expires_and_its_streams_end_then() {
     assert_eq!((ended.event.as_str(), ended.json()), ("ended", json!({"reason": "expired"})));
     let r = server.http.get(server.url(&format!("/api/v1/shared/{}", link.token))).send().await.unwrap();
     assert_eq!(r.status(), 404, "expired");
-    let (code, _) = server.get(&token, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
-    assert_eq!(code, 404, "an expired link is no link");
+    let (code, body) = server.get(&token, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
+    assert_eq!((code, body), (200, json!({"share": null})), "an expired link is no link");
 }
 
 #[tokio::test]
@@ -218,7 +220,7 @@ async fn viewers_are_capped_per_link_and_per_address_and_reads_are_rate_limited(
     drop(first);
     common::eventually("the place given back", || async {
         let (_, status) = server.get(&token, &format!("/api/v1/chat/sessions/{}/share", session.id)).await;
-        status["viewers"] == 1
+        status["share"]["viewers"] == 1
     })
     .await;
     let (_third, _) = watch(&server, &link.token).await;

@@ -17,6 +17,7 @@ use super::export_menu::ExportMenu;
 use super::icons::{self, Icon};
 use super::load_more::LoadMore;
 use super::message::{MessageView, VersionPicker};
+use super::share_menu::ShareMenu;
 use crate::ctx::Ctx;
 use crate::effects::copy_with_feedback;
 use crate::state::{Action, Blocked, Chat, InFlight};
@@ -335,6 +336,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             <header class="chat-head">
                 { menu_button }
                 <h1 id="chat-title">{ &chat.session.title }</h1>
+                <ShareMenu {session_id} share={chat.share.clone()} />
                 <ExportMenu {session_id} />
             </header>
             <div class="messages" id="messages" ref={list} {onscroll} onclick={on_copy}>{ for items }</div>

@@ -11,5 +11,7 @@ pub mod load_more;
 pub mod login;
 pub mod message;
 pub mod search;
+pub mod share_menu;
+pub mod shared_page;
 pub mod sidebar;
 pub mod toasts;

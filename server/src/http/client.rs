@@ -38,6 +38,7 @@ pub fn routes(dir: &Path) -> Router<AppState> {
     Router::new()
         .fallback_service(files)
         .layer(axum::middleware::map_response(cache_headers))
+        .layer(axum::middleware::map_response(share_page_headers))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -49,6 +50,17 @@ async fn security_headers(mut response: Response) -> Response {
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// A share link's page (`/s/<token>`) is not for search engines, and is not kept by caches
+/// (its address holds the token).
+async fn share_page_headers(request_path: axum::extract::OriginalUri, mut response: Response) -> Response {
+    if request_path.path().starts_with("/s/") {
+        let headers = response.headers_mut();
+        headers.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
 }
 

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use relay_protocol::{CreateShareRequest, ServerFrame, ShareCreated, ShareEnd, ShareEnded, ShareStatus};
+use relay_protocol::{CreateShareRequest, ServerFrame, SessionShare, ShareCreated, ShareEnd, ShareEnded};
 use tokio_util::sync::CancellationToken;
 
 use super::{ChatUser, ClientAddr, OptionalJson, SessionId};
@@ -57,16 +57,16 @@ fn base_of_request(headers: &HeaderMap) -> String {
 
 #[utoipa::path(get, path = "/api/v1/chat/sessions/{id}/share", tag = "share", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session")),
-    responses((status = 200, description = "The session's working link (never its token) and how many watch it live", body = relay_protocol::ShareStatus),
+    responses((status = 200, description = "The session's working link (never its token) and how many watch it live; `share` is null when it has none", body = relay_protocol::SessionShare),
         (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found: no such session of the caller's, or it has no working link", body = relay_protocol::ErrorResponse)))]
+        (status = 404, description = "not_found: no such session of the caller's", body = relay_protocol::ErrorResponse)))]
 /// `GET /chat/sessions/{id}/share`.
 pub async fn status(
     State(state): State<AppState>,
     ChatUser(user): ChatUser,
     SessionId(session_id): SessionId,
-) -> Result<Json<ShareStatus>, AppError> {
-    Ok(Json(share::status(&state, &user, session_id).await?))
+) -> Result<Json<SessionShare>, AppError> {
+    Ok(Json(SessionShare { share: share::status(&state, &user, session_id).await? }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/chat/sessions/{id}/share", tag = "share", security(("bearer" = [])),

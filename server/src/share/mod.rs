@@ -77,12 +77,13 @@ pub async fn create(
     Ok(ShareCreated { url: url(base, &token), token, expires_at: stored.expires_at, share: status })
 }
 
-/// The caller's link of a session, with how many watch it (`NotFound` when it has none or
-/// it expired).
-pub async fn status(state: &AppState, user: &AuthUser, session_id: Uuid) -> Result<ShareStatus, AppError> {
+/// The caller's working link of a session, with how many watch it (`None`: none, or it
+/// expired); `NotFound` when the session is not the caller's.
+pub async fn status(state: &AppState, user: &AuthUser, session_id: Uuid) -> Result<Option<ShareStatus>, AppError> {
+    state.store.get_owned_session(user.id, session_id).await?.ok_or(AppError::NotFound)?;
     let share = state.store.share_of(user.id, session_id).await?.filter(|s| s.live_at(Utc::now()));
-    let share = share.ok_or(AppError::NotFound)?;
-    Ok(status_of(&share, state.viewers.count(share.share_id).await))
+    let Some(share) = share else { return Ok(None) };
+    Ok(Some(status_of(&share, state.viewers.count(share.share_id).await)))
 }
 
 /// Revokes the caller's link of a session: its viewers' streams end at once.
