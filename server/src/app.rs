@@ -147,6 +147,7 @@ impl Server {
             settings: SessionSettings {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
+                context_tokens: config.context_tokens - config.max_tokens,
                 max_message_length: config.max_message_length,
                 max_reply_bytes: config.max_reply_bytes,
                 max_snapshot_bytes: config.ws_outbound_queue_bytes / 2,

@@ -170,6 +170,10 @@ pub struct Config {
     pub system_prompt: String,
     /// `CHAT_MAX_CONTEXT_MESSAGES`: how many recent messages are sent as context.
     pub max_context_messages: usize,
+    /// `CHAT_CONTEXT_TOKENS`: the model's context window as replies use it: the prompt (the
+    /// system prompt and the newest messages that fit, whole) gets this less
+    /// `CHAT_MAX_TOKENS`, counted by a conservative estimate (`session::budget`).
+    pub context_tokens: u32,
     /// `CHAT_MAX_MESSAGE_LENGTH`: longest user message, in characters.
     pub max_message_length: usize,
     /// `CHAT_DAILY_MESSAGE_QUOTA`: messages per user per UTC day (0 = unlimited).
@@ -306,6 +310,7 @@ impl std::fmt::Debug for Config {
             .field("llm_breaker_cooldown", &self.llm_breaker_cooldown)
             .field("system_prompt", &self.system_prompt)
             .field("max_context_messages", &self.max_context_messages)
+            .field("context_tokens", &self.context_tokens)
             .field("max_message_length", &self.max_message_length)
             .field("daily_message_quota", &self.daily_message_quota)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
@@ -643,6 +648,7 @@ impl Config {
             llm_breaker_cooldown: secs("LLM_BREAKER_COOLDOWN_SECS", var("LLM_BREAKER_COOLDOWN_SECS"), 30)?,
             system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
+            context_tokens: positive("CHAT_CONTEXT_TOKENS", var("CHAT_CONTEXT_TOKENS"), DEFAULT_CONTEXT_TOKENS)?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
             daily_message_quota: (daily_quota > 0).then_some(daily_quota),
             rate_limit_per_minute: Some(parse("CHAT_RATE_LIMIT_PER_MINUTE", var("CHAT_RATE_LIMIT_PER_MINUTE"), 20u32)?)
@@ -770,6 +776,16 @@ impl Config {
             )?,
             share_reads_per_minute: positive("CHAT_SHARE_READS_PER_MINUTE", var("CHAT_SHARE_READS_PER_MINUTE"), 120)?,
         };
+        // The prompt needs room beside the reply: the system prompt and a message at least.
+        if config.context_tokens < config.max_tokens.saturating_add(MIN_PROMPT_TOKENS) {
+            return Err(ConfigError {
+                var: "CHAT_CONTEXT_TOKENS",
+                reason: format!(
+                    "{} leaves no room for a prompt beside CHAT_MAX_TOKENS ({}): it must be at least {} more",
+                    config.context_tokens, config.max_tokens, MIN_PROMPT_TOKENS
+                ),
+            });
+        }
         if config.ws_outbound_queue_bytes < 2 * config.max_reply_bytes {
             return Err(ConfigError {
                 var: "WS_OUTBOUND_QUEUE_BYTES",
@@ -799,6 +815,14 @@ fn parse_networks(name: &'static str, value: Option<String>) -> Result<Vec<ipnet
 }
 
 /// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
+/// The default `CHAT_CONTEXT_TOKENS`: well inside the windows providers serve
+/// Llama-4-Maverick with (128 K tokens and more), and small enough that a long chat does
+/// not send tens of thousands of tokens with every message; raise it for longer memory.
+pub const DEFAULT_CONTEXT_TOKENS: u32 = 32_768;
+
+/// The least room `CHAT_CONTEXT_TOKENS` must leave for the prompt beside `CHAT_MAX_TOKENS`.
+const MIN_PROMPT_TOKENS: u32 = 256;
+
 /// `PUBLIC_URL`: `http(s)://host[:port][/path]`, kept without its trailing slash.
 fn parse_public_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
     let Some(url) = value.map(|v| v.trim().trim_end_matches('/').to_owned()).filter(|v| !v.is_empty()) else {

@@ -411,6 +411,53 @@ async fn context_window_is_bounded_and_system_prompt_configurable() {
     assert_eq!(messages[3]["content"], "question 2 [[mock tokens=2]]");
 }
 
+/// The context is the system prompt, then the newest messages that fit the token budget
+/// (`CHAT_CONTEXT_TOKENS` less `CHAT_MAX_TOKENS`) whole, then the message answered; a
+/// message that could never fit is refused, saying so.
+#[tokio::test]
+async fn context_holds_the_newest_messages_that_fit_the_token_budget() {
+    use relay_server::session::budget::message_cost;
+    let server = TestServer::with(&[
+        ("CHAT_MAX_TOKENS", "256"),
+        ("CHAT_CONTEXT_TOKENS", "1256"),
+        ("CHAT_MAX_CONTEXT_MESSAGES", "50"),
+        ("CHAT_SYSTEM_PROMPT", "Be terse."),
+    ])
+    .await;
+    let (token, _) = server.register("kim").await;
+    let session = server.create_session(&token).await;
+    for i in 0..8 {
+        let content = format!("question {i} {}[[mock tokens=2]]", "lorem ".repeat(100));
+        assert_eq!(send_json(&server, &token, session.id, &content).await.status(), 200);
+    }
+    let request = server.mock.stats().last_request.unwrap();
+    let sent: Vec<String> =
+        request["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(sent[0], "Be terse.");
+    assert!(sent.last().unwrap().starts_with("question 7 "));
+    let cost: u32 = sent.iter().map(|c| message_cost(c)).sum();
+    assert!(cost <= 1000, "the prompt fits the budget: {cost}");
+
+    // The newest messages, whole and without holes, and the one before them did not fit.
+    let (_, stored) = server.get(&token, &format!("/api/v1/chat/sessions/{}", session.id)).await;
+    let stored: Vec<String> =
+        stored["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_owned()).collect();
+    let earlier = &stored[..stored.len() - 1]; // the last reply came after the request
+    let kept = sent.len() - 1;
+    assert_eq!(sent[1..], earlier[earlier.len() - kept..], "the newest, in order");
+    assert!(kept < earlier.len(), "older ones were left out ({kept} of {})", earlier.len());
+    let next_older = &earlier[earlier.len() - kept - 1];
+    assert!(cost + message_cost(next_older) > 1000, "the next older message would not have fit");
+
+    let too_long = "lorem ".repeat(660);
+    let r = send_json(&server, &token, session.id, &too_long).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("invalid_content")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tokens") && message.contains("CHAT_CONTEXT_TOKENS"), "{message}");
+}
+
 #[tokio::test]
 async fn sambanova_final_chunks_parse_through_the_server() {
     let server = TestServer::start().await;

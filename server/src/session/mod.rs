@@ -9,6 +9,7 @@
 //! see [`slots`]), forgets it when it stops or dies, and refuses new work during shutdown.
 
 mod actor;
+pub mod budget;
 mod registry;
 mod remote;
 mod slots;
@@ -121,6 +122,9 @@ pub struct SessionSettings {
     pub system_prompt: String,
     /// How many recent messages are sent as context.
     pub max_context_messages: usize,
+    /// Tokens the context may take (`CHAT_CONTEXT_TOKENS` less `CHAT_MAX_TOKENS`), by
+    /// [`budget::estimate`].
+    pub context_tokens: u32,
     /// Longest user message, in characters.
     pub max_message_length: usize,
     /// Longest reply kept, in bytes; a longer one is cut there and ends with `length`.

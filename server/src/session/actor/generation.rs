@@ -123,7 +123,8 @@ impl SessionState {
         Prepared { generation, task, started: Instant::now() }
     }
 
-    /// The model's context for a reply: the system prompt, then recent messages oldest
+    /// The model's context for a reply: the system prompt, then the newest messages that
+    /// fit the token budget whole (at most `CHAT_MAX_CONTEXT_MESSAGES` in all), oldest
     /// first (without replies that failed, other sends still waiting, and the messages
     /// `leaving_out`: those an edit replaces, not yet marked while it is being stored),
     /// ending with the message being answered.
@@ -142,10 +143,13 @@ impl SessionState {
                     && counts_as_context(m)
             })
             .collect();
-        let keep = settings.max_context_messages.saturating_sub(1);
+        let newest = &earlier[earlier.len().saturating_sub(settings.max_context_messages.saturating_sub(1))..];
+        let fixed =
+            budget::message_cost(&settings.system_prompt).saturating_add(budget::message_cost(&answering.content));
+        let keep = budget::fitting(settings.context_tokens, fixed, newest.iter().map(|m| m.content.as_str()));
         let mut context = Vec::with_capacity(keep + 2);
         context.push(ContextMessage { role: Role::System, content: settings.system_prompt.clone() });
-        context.extend(earlier[earlier.len().saturating_sub(keep)..].iter().map(|m| ContextMessage::from(*m)));
+        context.extend(newest[newest.len() - keep..].iter().map(|m| ContextMessage::from(*m)));
         context.push(ContextMessage::from(answering));
         context
     }

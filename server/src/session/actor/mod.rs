@@ -49,6 +49,7 @@ use crate::error::AppError;
 use crate::fanout::Receiver;
 use crate::store::{Fence, SessionRecord};
 
+use super::budget;
 use super::text::{estimate_tokens, validate_content};
 use generation::{Queued, Running};
 pub use messages::*;

@@ -27,11 +27,28 @@ impl SessionState {
             return self.replay(&request.requester, stored).await;
         }
         validate_content(&request.content, self.deps.settings.max_message_length)?;
+        self.check_fits(&request.content)?;
         if self.queue.len() >= self.deps.settings.max_queued_sends {
             return Err(SessionError::Busy);
         }
         let admission = self.admit(&request.requester.user, Storing::NewMessage).await?;
         self.accept(admission, request, Vec::new(), myself).await
+    }
+
+    /// Refuses a message the model's context cannot hold beside the system prompt (it
+    /// could never be answered).
+    fn check_fits(&self, content: &str) -> Result<(), SessionError> {
+        let settings = &self.deps.settings;
+        let system = budget::message_cost(&settings.system_prompt);
+        let cost = budget::message_cost(content);
+        if system.saturating_add(cost) > settings.context_tokens {
+            return Err(SessionError::InvalidContent(format!(
+                "the message is about {cost} tokens; the model's context holds {} beside the system prompt \
+                 (CHAT_CONTEXT_TOKENS less CHAT_MAX_TOKENS): shorten it",
+                settings.context_tokens.saturating_sub(system)
+            )));
+        }
+        Ok(())
     }
 
     /// Replaces the last reply with a new one (its user message is answered again), or
@@ -113,6 +130,7 @@ impl SessionState {
             return self.replay(&request.requester, stored).await;
         }
         validate_content(&request.content, self.deps.settings.max_message_length)?;
+        self.check_fits(&request.content)?;
         self.check_settled()?;
         let live: Vec<&Message> = self.history.iter().filter(|m| !m.superseded).collect();
         let Some(at) = live.iter().position(|m| m.id == replaced_id) else {
