@@ -20,6 +20,8 @@ pub enum Live {
     Static,
     /// The link ended (or never worked).
     Ended(Option<ShareEnd>),
+    /// The server refuses to show it now (too many requests from this address).
+    Refused,
 }
 
 /// The page's state.
@@ -54,6 +56,8 @@ pub enum SharedAction {
     Dropped,
     /// The stream was refused; the page read over REST instead (`None`: the link is gone).
     Read(Option<SharedSession>),
+    /// The stream and the REST read were both refused (not for a link that is gone).
+    Refused,
 }
 
 impl Shared {
@@ -81,6 +85,11 @@ impl Shared {
                 }
             }
             SharedAction::Read(None) => self.live = Live::Ended(None),
+            SharedAction::Refused => {
+                if self.live != Live::Static {
+                    self.live = Live::Refused;
+                }
+            }
         }
         self
     }
@@ -217,5 +226,6 @@ mod tests {
         let s = Shared::default().reduce(SharedAction::Read(Some(page)));
         assert_eq!((s.live, s.messages.len()), (Live::Static, 1));
         assert_eq!(Shared::default().reduce(SharedAction::Read(None)).live, Live::Ended(None));
+        assert_eq!(Shared::default().reduce(SharedAction::Refused).live, Live::Refused);
     }
 }

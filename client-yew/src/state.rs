@@ -267,7 +267,14 @@ impl Model {
             }
             Action::Share { session_id, share } => {
                 if let Some(chat) = self.chat_of(session_id) {
-                    chat.share = share;
+                    // A viewer count of an older link can arrive after a newer link was made.
+                    let older = match (&chat.share, &share) {
+                        (Some(known), Some(new)) => new.id != known.id && new.created_at < known.created_at,
+                        _ => false,
+                    };
+                    if !older {
+                        chat.share = share;
+                    }
                 }
             }
             Action::Close => {
@@ -684,5 +691,27 @@ mod tests {
         let m = logged_in();
         let same = m.clone().reduce(Action::Dismiss(42), 0.0);
         assert!(Rc::ptr_eq(&m, &same));
+    }
+
+    #[test]
+    fn a_late_count_of_a_replaced_link_is_ignored() {
+        let link = |id: u128, secs: i64, viewers: u32| relay_protocol::ShareStatus {
+            id: Uuid::from_u128(id),
+            created_at: chrono::DateTime::from_timestamp(secs, 0).unwrap(),
+            expires_at: None,
+            viewers,
+        };
+        let share = |m: &Rc<Model>| m.chat.as_ref().unwrap().share.clone();
+        let sid = Uuid::from_u128(1);
+        let m = logged_in().reduce(Action::Open(session(1)), 0.0);
+        let m = m.reduce(Action::Share { session_id: sid, share: Some(link(7, 100, 0)) }, 0.0);
+        let m = m.reduce(Action::Share { session_id: sid, share: Some(link(8, 200, 0)) }, 0.0);
+        assert_eq!(share(&m), Some(link(8, 200, 0)), "a new link");
+        let m = m.reduce(Action::Share { session_id: sid, share: Some(link(7, 100, 3)) }, 0.0);
+        assert_eq!(share(&m), Some(link(8, 200, 0)), "the old link's late count");
+        let m = m.reduce(Action::Share { session_id: sid, share: Some(link(8, 200, 2)) }, 0.0);
+        assert_eq!(share(&m).map(|s| s.viewers), Some(2));
+        let m = m.reduce(Action::Share { session_id: sid, share: None }, 0.0);
+        assert_eq!(share(&m), None, "revoked");
     }
 }

@@ -93,13 +93,20 @@ async fn anyone_with_the_link_reads_and_watches_live_until_it_is_revoked() {
     assert_eq!(page.messages.len(), 2);
     assert!(page.messages[0].content.starts_with("What is a fjord?"));
 
+    // A replaced reply is history for the owner's tabs, never shown to viewers.
+    let r =
+        server.http.post(server.url(&format!("/api/v1/chat/sessions/{}/regenerate", session.id))).bearer_auth(&token);
+    let again: relay_protocol::SendMessageResponse = r.send().await.unwrap().json().await.unwrap();
+    let replaced = page.messages[1].id;
+
     // Live: a viewer's stream starts with the snapshot, the owner sees one viewer, and a
     // reply the owner asks for arrives piece by piece, numbered like the tab's.
     let (mut viewer, snapshot) = watch(&server, &link.token).await;
     let snapshot = snapshot.json();
     assert_eq!(snapshot["type"], "subscribed");
     assert!(snapshot.get("id").is_none(), "no request id");
-    assert_eq!(snapshot["messages"].as_array().unwrap().len(), 2);
+    let ids: Vec<&str> = snapshot["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [page.messages[0].id.to_string(), again.assistant_message.id.to_string()], "not {replaced}");
     assert!(!snapshot.to_string().contains(&user_id.to_string()));
     assert_eq!(share_update(&mut owner, session.id).await.map(|s| s.viewers), Some(1));
     let seq0 = snapshot["seq"].as_u64().unwrap();

@@ -71,6 +71,7 @@ pub fn shared_page(props: &SharedProps) -> Html {
         Live::Reconnecting => ("Reconnecting…", "connecting"),
         Live::Static => ("Not live", "static"),
         Live::Ended(_) => ("Ended", "ended"),
+        Live::Refused => ("Not live", "static"),
     };
     let ended = match shared.live {
         Live::Ended(Some(ShareEnd::Revoked)) => Some("The owner stopped sharing this conversation."),
@@ -171,7 +172,7 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>) -> Rc<RefCell<Opti
                 match api::shared(&token).await {
                     Ok(page) => dispatch.dispatch(SharedAction::Read(Some(page))),
                     Err(e) if e.status == 404 => dispatch.dispatch(SharedAction::Read(None)),
-                    Err(_) => dispatch.dispatch(SharedAction::Dropped),
+                    Err(_) => dispatch.dispatch(SharedAction::Refused),
                 }
             });
         });

@@ -21,6 +21,7 @@ use crate::limits::Rate;
 use crate::session::SubscriptionGuard;
 use crate::share::{self, ViewerPlace};
 use crate::state::AppState;
+use crate::store::{ShareRecord, Store};
 
 #[utoipa::path(post, path = "/api/v1/chat/sessions/{id}/share", tag = "share", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session")),
@@ -155,14 +156,32 @@ async fn follow(
     let guard =
         SubscriptionGuard { registry: state.sessions.clone(), session_id: share.session_id, receiver: receiver.id };
     state.sessions.watch_shared(share.user_id, share.session_id, receiver).await?;
-    let expires =
-        share.expires_at.map(|at| tokio::time::Instant::now() + (at - chrono::Utc::now()).to_std().unwrap_or_default());
-    let viewer = Viewer { inbox, overflowed, place, _guard: guard, expires, finished: false };
+    // The link may have ended while this viewer was being let in (before its stream could
+    // hear of it): asked once more now that it would hear.
+    let viewer = Viewer {
+        inbox,
+        overflowed,
+        place,
+        _guard: guard,
+        store: state.store.clone(),
+        share: share.clone(),
+        recheck: tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK),
+        shutdown: state.shutdown.clone(),
+        finished: false,
+    };
+    if !viewer.still_shared().await {
+        viewer.place.ended.cancel();
+    }
     Ok(futures::stream::unfold(viewer, |mut viewer| async move {
         let event = viewer.next().await?;
         Some((Ok(event), viewer))
     }))
 }
+
+/// How often an open stream asks the database whether its link still works (a revocation
+/// reaches streams at once as a user event; this catches one that a lost message between
+/// nodes did not bring).
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// One viewer's stream: the session's public events until the link ends.
 struct Viewer {
@@ -170,8 +189,12 @@ struct Viewer {
     overflowed: CancellationToken,
     place: ViewerPlace,
     _guard: SubscriptionGuard,
-    /// When the link expires.
-    expires: Option<tokio::time::Instant>,
+    store: Store,
+    /// The link followed.
+    share: ShareRecord,
+    recheck: tokio::time::Interval,
+    /// Cancelled when the server stops (the browser reopens the stream on another node).
+    shutdown: CancellationToken,
     finished: bool,
 }
 
@@ -181,10 +204,10 @@ impl Viewer {
         if self.finished {
             return None;
         }
-        let expires = self.expires;
+        let until_expiry = self.share.expires_at.map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default());
         let expiry = async move {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
+            match until_expiry {
+                Some(after) => tokio::time::sleep(after).await,
                 None => std::future::pending().await,
             }
         };
@@ -194,8 +217,15 @@ impl Viewer {
                 biased;
                 _ = self.place.ended.cancelled() => return Some(self.end(ShareEnd::Revoked)),
                 _ = self.overflowed.cancelled() => return None,
+                _ = self.shutdown.cancelled() => return None,
                 out = self.inbox.recv() => out?,
                 _ = &mut expiry => return Some(self.end(ShareEnd::Expired)),
+                _ = self.recheck.tick() => {
+                    if self.still_shared().await {
+                        continue;
+                    }
+                    return Some(self.end(ShareEnd::Revoked));
+                }
             };
             let name = match &*out.frame {
                 ServerFrame::Subscribed { .. } => "snapshot",
@@ -209,11 +239,24 @@ impl Viewer {
                 ServerFrame::Error { .. } => return None,
                 _ => continue,
             };
-            let mut event = Event::default().event(name).data(out.text.as_str());
+            let mut event = match &*out.frame {
+                ServerFrame::Subscribed { .. } => Event::default().event(name).data(public_snapshot(&out.frame)),
+                _ => Event::default().event(name).data(out.text.as_str()),
+            };
             if let Some(seq) = out.frame.seq() {
                 event = event.id(seq.to_string());
             }
             return Some(event);
+        }
+    }
+
+    /// Whether the link followed is still the session's working link.
+    async fn still_shared(&self) -> bool {
+        match self.store.share_of(self.share.user_id, self.share.session_id).await {
+            Ok(Some(now)) => now.share_id == self.share.share_id && now.live_at(chrono::Utc::now()),
+            Ok(None) => false,
+            // A database that does not answer ends nothing: the next check asks again.
+            Err(_) => true,
         }
     }
 
@@ -222,4 +265,14 @@ impl Viewer {
         let ended = serde_json::to_string(&ShareEnded { reason }).expect("always encodes");
         Event::default().event("ended").data(ended)
     }
+}
+
+/// The snapshot as a viewer gets it: the messages an edit or a regenerate replaced are
+/// left out (a tab shows them as history; what was edited away is not for viewers).
+fn public_snapshot(frame: &ServerFrame) -> String {
+    let mut frame = frame.clone();
+    if let ServerFrame::Subscribed { messages, .. } = &mut frame {
+        messages.retain(|m| !m.superseded);
+    }
+    serde_json::to_string(&frame).expect("server frames always encode")
 }

@@ -27,14 +27,23 @@ pub enum ViewerRefused {
 
 /// Live viewers on this node.
 pub struct Viewers {
-    /// By session: each viewer's id, its link, and what ends its stream.
-    sessions: DashMap<Uuid, Vec<(u64, Uuid, CancellationToken)>>,
+    /// By session: the viewers here.
+    sessions: DashMap<Uuid, Vec<Viewer>>,
     /// Streams held per client address group.
     addresses: DashMap<String, usize>,
     /// Viewers per link on this node (the whole count when alone).
     local: DashMap<Uuid, u32>,
     cluster: OnceLock<Arc<Cluster>>,
     hub: Arc<UserHub>,
+}
+
+/// One viewer here: its link, and what ends its stream.
+struct Viewer {
+    id: u64,
+    share_id: Uuid,
+    /// When its link was made (a newer link of the session replaces it).
+    created_at: chrono::DateTime<chrono::Utc>,
+    ended: CancellationToken,
 }
 
 /// A viewer's place: held while its stream runs; dropping it gives the place back and
@@ -45,6 +54,8 @@ pub struct ViewerPlace {
     share: ShareRecord,
     address: String,
     counted_in_cluster: bool,
+    /// Whether the owner was told of this viewer (then they are told when it leaves).
+    announced: bool,
     /// Cancelled when the link stops working (revoked, replaced, session deleted).
     pub ended: CancellationToken,
 }
@@ -66,18 +77,25 @@ impl Viewers {
         let _ = self.cluster.set(cluster);
     }
 
-    /// What a user event means for the streams here: a link replaced or revoked, or its
-    /// session deleted, ends its viewers' streams.
+    /// What a user event means for the streams here: a link revoked, its session deleted,
+    /// or a newer link made for it ends the streams of the older link. (A viewer count of
+    /// an older link arriving late ends nothing: links are ordered by when they were made.)
     pub fn observe(&self, frame: &ServerFrame) {
-        let (session_id, current) = match frame {
-            ServerFrame::ShareUpdated { session_id, share } => (*session_id, share.as_ref().map(|s| s.id)),
+        let (session_id, newer_than) = match frame {
+            ServerFrame::ShareUpdated { session_id, share } => {
+                (*session_id, share.as_ref().map(|s| (s.id, s.created_at)))
+            }
             ServerFrame::SessionDeleted { session_id, .. } => (*session_id, None),
             _ => return,
         };
         if let Some(viewers) = self.sessions.get(&session_id) {
-            for (_, share_id, ended) in viewers.iter() {
-                if Some(*share_id) != current {
-                    ended.cancel();
+            for viewer in viewers.iter() {
+                let replaced = match newer_than {
+                    None => true,
+                    Some((id, created_at)) => id != viewer.share_id && created_at >= viewer.created_at,
+                };
+                if replaced {
+                    viewer.ended.cancel();
                 }
             }
         }
@@ -85,7 +103,8 @@ impl Viewers {
 
     /// Takes a place for a viewer of `share` from `address`, within `max_viewers` for the
     /// link and `max_per_address` for the address. A Redis that does not answer leaves the
-    /// link's cap to this node (logged).
+    /// link's cap to this node (logged). A request dropped while this waits gives back
+    /// what it took.
     pub async fn join(
         self: &Arc<Self>,
         share: &ShareRecord,
@@ -100,39 +119,49 @@ impl Viewers {
             }
             *held += 1;
         }
-        let give_address_back = |viewers: &Viewers| release_address(viewers, &address);
         let local = {
             let mut here = self.local.entry(share.share_id).or_insert(0);
-            if *here as usize >= max_viewers {
-                drop(here);
-                give_address_back(self);
-                return Err(ViewerRefused::Full(max_viewers));
-            }
             *here += 1;
             *here
         };
-        let mut counted_in_cluster = false;
+        // From here on the place gives back whatever it holds when dropped, also when the
+        // request goes away during the Redis call below.
+        let mut place = ViewerPlace {
+            viewers: self.clone(),
+            id: next_receiver_id(),
+            share: share.clone(),
+            address,
+            counted_in_cluster: false,
+            announced: false,
+            ended: CancellationToken::new(),
+        };
+        if local as usize > max_viewers {
+            return Err(ViewerRefused::Full(max_viewers));
+        }
         let mut count = local;
         if let Some(cluster) = self.cluster.get() {
+            // Counted before the call: a request dropped during it gives the place back
+            // (a give that overtakes its take is floored at zero by the script).
+            place.counted_in_cluster = true;
             match cluster.take_viewer(share.share_id, max_viewers).await {
-                Ok(Some(total)) => {
-                    counted_in_cluster = true;
-                    count = total;
-                }
+                Ok(Some(total)) => count = total,
                 Ok(None) => {
-                    release_local(self, share.share_id);
-                    give_address_back(self);
+                    place.counted_in_cluster = false;
                     return Err(ViewerRefused::Full(max_viewers));
                 }
-                Err(e) => tracing::warn!(share_id = %share.share_id, error = %e,
-                    "cannot count the viewer in the cluster; capped per node"),
+                Err(e) => {
+                    place.counted_in_cluster = false;
+                    tracing::warn!(share_id = %share.share_id, error = %e,
+                        "cannot count the viewer in the cluster; capped per node");
+                }
             }
         }
-        let id = next_receiver_id();
-        let ended = CancellationToken::new();
-        self.sessions.entry(share.session_id).or_default().push((id, share.share_id, ended.clone()));
+        let viewer =
+            Viewer { id: place.id, share_id: share.share_id, created_at: share.created_at, ended: place.ended.clone() };
+        self.sessions.entry(share.session_id).or_default().push(viewer);
+        place.announced = true;
         self.tell_owner(share, count);
-        Ok(ViewerPlace { viewers: self.clone(), id, share: share.clone(), address, counted_in_cluster, ended })
+        Ok(place)
     }
 
     /// How many watch a link live now (across the cluster when there is one).
@@ -146,8 +175,12 @@ impl Viewers {
         self.local.get(&share_id).map_or(0, |n| *n)
     }
 
-    /// Tells the owner's tabs how many watch the link now.
+    /// Tells the owner's tabs how many watch the link now (not once it expired: the owner
+    /// has no link then).
     fn tell_owner(&self, share: &ShareRecord, viewers: u32) {
+        if !share.live_at(chrono::Utc::now()) {
+            return;
+        }
         let status = status_of(share, viewers);
         self.hub.publish(share.user_id, None, |_| ServerFrame::ShareUpdated {
             session_id: share.session_id,
@@ -191,13 +224,13 @@ impl Drop for ViewerPlace {
         release_address(viewers, &self.address);
         let left_here = release_local(viewers, self.share.share_id);
         if let dashmap::Entry::Occupied(mut session) = viewers.sessions.entry(self.share.session_id) {
-            session.get_mut().retain(|(id, _, _)| *id != self.id);
+            session.get_mut().retain(|viewer| viewer.id != self.id);
             if session.get().is_empty() {
                 session.remove();
             }
         }
         // A link that ended has no count to show (its owner was told it is gone).
-        let revoked = self.ended.is_cancelled();
+        let revoked = self.ended.is_cancelled() || !self.announced;
         match (self.counted_in_cluster, viewers.cluster.get()) {
             (true, Some(cluster)) => {
                 let (cluster, viewers, share) = (cluster.clone(), viewers.clone(), self.share.clone());
