@@ -5,7 +5,10 @@ use relay_protocol::{
     AuthResponse, CreateSessionRequest, DeletedResponse, ErrorResponse, LoginRequest, MessagePage, RegisterRequest,
     SearchResults, Session, SessionList, SessionWithMessages, UpdateSessionRequest,
 };
-use relay_protocol::{CreateShareRequest, SessionShare, ShareCreated, ShareStatus, SharedSession};
+use relay_protocol::{
+    CreatePromptRequest, CreateShareRequest, Feedback, FeedbackRequest, ModelList, Prompt, PromptList, SessionShare,
+    ShareCreated, ShareStatus, SharedSession,
+};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -79,7 +82,7 @@ pub async fn create_session(token: &str) -> Result<Session, ApiError> {
 /// Renames a session.
 pub async fn rename_session(token: &str, id: Uuid, title: &str) -> Result<Session, ApiError> {
     let request = authed(Request::patch(&format!("/api/v1/chat/sessions/{id}")), token)
-        .json(&UpdateSessionRequest { title: title.into() })
+        .json(&UpdateSessionRequest { title: Some(title.into()), ..Default::default() })
         .map_err(ApiError::network)?;
     answer(request.send().await).await
 }
@@ -147,4 +150,47 @@ pub async fn revoke_share(token: &str, session: Uuid) -> Result<(), ApiError> {
 pub async fn shared(share_token: &str) -> Result<SharedSession, ApiError> {
     let token = String::from(js_sys::encode_uri_component(share_token));
     answer(Request::get(&format!("/api/v1/shared/{token}")).send().await).await
+}
+
+/// The models a session may use.
+pub async fn models(token: &str) -> Result<ModelList, ApiError> {
+    answer(authed(Request::get("/api/v1/models"), token).send().await).await
+}
+
+/// Changes a session's model or system prompt.
+pub async fn update_session(token: &str, id: Uuid, change: &UpdateSessionRequest) -> Result<Session, ApiError> {
+    let request = authed(Request::patch(&format!("/api/v1/chat/sessions/{id}")), token)
+        .json(change)
+        .map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// Rates a reply: 1 good, -1 bad.
+pub async fn rate(token: &str, session: Uuid, message: Uuid, rating: i8) -> Result<Feedback, ApiError> {
+    let url = format!("/api/v1/chat/sessions/{session}/messages/{message}/feedback");
+    let request = authed(Request::post(&url), token).json(&FeedbackRequest { rating }).map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// The user's saved prompts, by title.
+pub async fn prompts(token: &str) -> Result<Vec<Prompt>, ApiError> {
+    let list: PromptList = answer(authed(Request::get("/api/v1/prompts"), token).send().await).await?;
+    Ok(list.prompts)
+}
+
+/// Saves a prompt.
+pub async fn create_prompt(token: &str, title: &str, content: &str) -> Result<Prompt, ApiError> {
+    let body = CreatePromptRequest { title: title.into(), content: content.into() };
+    let request = authed(Request::post("/api/v1/prompts"), token).json(&body).map_err(ApiError::network)?;
+    answer(request.send().await).await
+}
+
+/// Deletes a saved prompt.
+pub async fn delete_prompt(token: &str, id: Uuid) -> Result<(), ApiError> {
+    let response =
+        authed(Request::delete(&format!("/api/v1/prompts/{id}")), token).send().await.map_err(ApiError::network)?;
+    if response.ok() || response.status() == 404 {
+        return Ok(());
+    }
+    Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")))
 }

@@ -2,7 +2,7 @@
 //! WebSocket, the address bar and `localStorage`. Components call these; each reports what
 //! happened back into the state as an [`Action`].
 
-use relay_protocol::{ClientFrame, Session};
+use relay_protocol::{ClientFrame, Prompt, Session, UpdateSessionRequest};
 use uuid::Uuid;
 use yew::Callback;
 
@@ -89,6 +89,76 @@ impl Ctx {
                         ctx.toast("The browser would not save the file.");
                     }
                 }
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Loads the models a session may use.
+    pub fn load_models(&self) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::models(&token).await {
+                Ok(models) => ctx.dispatch(Action::Models(models)),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Changes a session's model or system prompt (every tab hears `session_updated`).
+    pub fn update_session(&self, session_id: Uuid, change: UpdateSessionRequest, done: Callback<bool>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            let saved = match api::update_session(&token, session_id, &change).await {
+                Ok(_) => true,
+                Err(e) => {
+                    ctx.toast(e.message);
+                    false
+                }
+            };
+            done.emit(saved);
+        });
+    }
+
+    /// Rates a reply; `done` gets the rating once it is stored.
+    pub fn rate(&self, session_id: Uuid, message_id: Uuid, rating: i8, done: Callback<i8>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::rate(&token, session_id, message_id, rating).await {
+                Ok(stored) => done.emit(stored.rating),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Loads the user's saved prompts into `into`.
+    pub fn load_prompts(&self, into: Callback<Vec<Prompt>>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::prompts(&token).await {
+                Ok(prompts) => into.emit(prompts),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Saves a prompt, then reloads the list into `into`.
+    pub fn save_prompt(&self, title: String, content: String, into: Callback<Vec<Prompt>>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::create_prompt(&token, &title, &content).await {
+                Ok(_) => ctx.load_prompts(into),
+                Err(e) => ctx.toast(e.message),
+            }
+        });
+    }
+
+    /// Deletes a saved prompt, then reloads the list into `into`.
+    pub fn delete_prompt(&self, id: Uuid, into: Callback<Vec<Prompt>>) {
+        let (ctx, Some(token)) = (self.clone(), self.token.clone()) else { return };
+        wasm_bindgen_futures::spawn_local(async move {
+            match api::delete_prompt(&token, id).await {
+                Ok(()) => ctx.load_prompts(into),
                 Err(e) => ctx.toast(e.message),
             }
         });

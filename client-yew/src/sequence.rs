@@ -74,7 +74,7 @@ mod tests {
 
     fn session(id: Uuid) -> Session {
         let t = chrono::DateTime::UNIX_EPOCH;
-        Session { id, title: "t".into(), created_at: t, updated_at: t }
+        Session::new(id, "t".into(), t)
     }
 
     fn delta(session_id: Uuid, seq: u64) -> ServerFrame {

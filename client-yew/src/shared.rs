@@ -144,12 +144,7 @@ mod tests {
     use super::*;
 
     fn session() -> Session {
-        Session {
-            id: Uuid::nil(),
-            title: "Fjords".into(),
-            created_at: Default::default(),
-            updated_at: Default::default(),
-        }
+        Session::new(Uuid::nil(), "Fjords".into(), Default::default())
     }
 
     fn message(id: u128, role: Role, content: &str, superseded: bool) -> Message {
@@ -162,6 +157,7 @@ mod tests {
             status: MessageStatus::Complete,
             created_at: Default::default(),
             superseded,
+            model: None,
         }
     }
 

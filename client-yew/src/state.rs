@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use relay_protocol::{
-    ErrorBody, ErrorCode, Generating, Message, ModelInfo, Quota, ServerFrame, Session, ShareStatus, User,
+    ErrorBody, ErrorCode, Generating, Message, ModelInfo, ModelList, Quota, ServerFrame, Session, ShareStatus, User,
 };
 use uuid::Uuid;
 
@@ -109,6 +109,8 @@ pub struct Model {
     pub connection: Option<Connection>,
     /// Which model answers (from `ready`).
     pub model: Option<ModelInfo>,
+    /// The models a session may use (loaded after login).
+    pub models: Option<ModelList>,
     /// Today's quota.
     pub quota: Option<Quota>,
     /// The user's sessions, most recently active first (shared: a new state does not copy
@@ -160,6 +162,8 @@ pub enum Action {
     },
     /// The message to bring into view is in view (or cannot be).
     Focused,
+    /// The models a session may use arrived.
+    Models(ModelList),
     /// A session's share link is now this (`None`: it has none).
     Share {
         /// The session.
@@ -265,6 +269,7 @@ impl Model {
                     chat.focus = None;
                 }
             }
+            Action::Models(models) => self.models = Some(models),
             Action::Share { session_id, share } => {
                 if let Some(chat) = self.chat_of(session_id) {
                     // A viewer count of an older link can arrive after a newer link was made.
@@ -483,7 +488,7 @@ mod tests {
     }
 
     fn session(id: u128) -> Session {
-        Session { id: Uuid::from_u128(id), title: format!("s{id}"), created_at: t(), updated_at: t() }
+        Session::new(Uuid::from_u128(id), format!("s{id}"), t())
     }
 
     fn message(id: u128, session: u128, role: Role) -> Message {
@@ -496,6 +501,7 @@ mod tests {
             status: MessageStatus::Complete,
             created_at: t(),
             superseded: false,
+            model: None,
         }
     }
 

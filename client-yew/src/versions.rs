@@ -81,6 +81,7 @@ mod tests {
             status: MessageStatus::Complete,
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
             superseded,
+            model: None,
         })
     }
 

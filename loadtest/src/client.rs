@@ -185,7 +185,7 @@ impl Endpoint {
             .http
             .post(self.url("/api/v1/chat/sessions"))
             .bearer_auth(token)
-            .json(&CreateSessionRequest { title: Some("relay-loadtest".into()) })
+            .json(&CreateSessionRequest { title: Some("relay-loadtest".into()), ..Default::default() })
             .send()
             .await?;
         match response.status().as_u16() {

@@ -7,17 +7,24 @@
 
 mod error;
 mod objects;
+mod prompts;
 mod rest;
 mod share;
 mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorResponse};
-pub use objects::{Message, MessageStatus, ModelInfo, Quota, Role, Session, Usage, User, UserRole, UserUsage};
+pub use objects::{
+    Message, MessageStatus, ModelInfo, ModelList, ModelOption, Quota, Role, Session, Usage, User, UserRole, UserUsage,
+};
+pub use prompts::{
+    CreatePromptRequest, MAX_PROMPT_CONTENT_CHARS, MAX_PROMPT_TITLE_CHARS, MAX_PROMPTS_PER_USER, Prompt, PromptList,
+    UpdatePromptRequest,
+};
 pub use rest::{
-    AuthResponse, CreateSessionRequest, DayUsageExport, DeletedResponse, EditMessageRequest, ExportedSession,
-    LoginRequest, MAX_SEARCH_QUERY_CHARS, MeResponse, MessagePage, RegisterRequest, SearchResult, SearchResults,
-    SendMessageRequest, SendMessageResponse, SessionExport, SessionList, SessionWithMessages, SseEvent,
-    UpdateSessionRequest, UsageReport, UserExport,
+    AuthResponse, CreateSessionRequest, DayUsageExport, DeletedResponse, EditMessageRequest, ExportedSession, Feedback,
+    FeedbackRequest, LoginRequest, MAX_SEARCH_QUERY_CHARS, MAX_SYSTEM_PROMPT_CHARS, MeResponse, MessagePage,
+    ModelUsage, RegisterRequest, SearchResult, SearchResults, SendMessageRequest, SendMessageResponse, SessionExport,
+    SessionList, SessionWithMessages, SseEvent, UpdateSessionRequest, UsageReport, UserExport,
 };
 pub use share::{
     CreateShareRequest, MAX_SHARE_EXPIRES_IN_SECS, MAX_SHARED_MESSAGES, MIN_SHARE_EXPIRES_IN_SECS, SessionShare,

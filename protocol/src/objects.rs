@@ -40,6 +40,22 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     /// When the session or its messages last changed.
     pub updated_at: DateTime<Utc>,
+    /// The session's own system prompt, used instead of the server's (`CHAT_SYSTEM_PROMPT`);
+    /// absent when it has none (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The model that answers in this session (a name `GET /api/v1/models` lists); absent
+    /// for a session made before models could be chosen, which the default model answers
+    /// (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl Session {
+    /// A new session as first stored.
+    pub fn new(id: Uuid, title: String, at: DateTime<Utc>) -> Session {
+        Session { id, title, created_at: at, updated_at: at, system_prompt: None, model: None }
+    }
 }
 
 /// Who wrote a message.
@@ -93,6 +109,10 @@ pub struct Message {
     /// out of the model's context. Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub superseded: bool,
+    /// The model that wrote it (a reply; absent for a user message, or a reply stored
+    /// before models were named) (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// Which model answers, as `ready` tells a client.
@@ -103,6 +123,26 @@ pub struct ModelInfo {
     pub name: String,
     /// True when replies come from the server's built-in mock model (no provider key).
     pub mock: bool,
+}
+
+/// A model users may choose, as `GET /api/v1/models` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelOption {
+    /// The name (what a session's `model` holds).
+    pub name: String,
+    /// What people see.
+    pub label: String,
+}
+
+/// Answer to `GET /api/v1/models`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelList {
+    /// The models on offer, the default first.
+    pub models: Vec<ModelOption>,
+    /// The default model's name.
+    pub default: String,
 }
 
 /// Token usage of one model reply, as the provider reported it.

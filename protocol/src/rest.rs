@@ -57,13 +57,26 @@ pub struct CreateSessionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 255))]
     pub title: Option<String>,
+    /// The session's own system prompt (at most [`MAX_SYSTEM_PROMPT_CHARS`] characters);
+    /// absent or blank: the server's (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4000))]
+    pub system_prompt: Option<String>,
+    /// The model to answer, one `GET /api/v1/models` lists; absent: the server's default,
+    /// or the user's arm of a running model experiment (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
-/// Body of `PATCH /api/v1/chat/sessions/:id`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Longest system prompt a session may have, in characters.
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 4000;
+
+/// Body of `PATCH /api/v1/chat/sessions/:id`: at least one of its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateSessionRequest {
     /// The new title: at most 255 characters and not only whitespace (which is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
         schema(
@@ -72,7 +85,31 @@ pub struct UpdateSessionRequest {
             pattern = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
         )
     )]
-    pub title: String,
+    pub title: Option<String>,
+    /// The session's own system prompt (at most 4,000 characters); `null` or blank goes
+    /// back to the server's (added).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 4000))]
+    pub system_prompt: Option<Option<String>>,
+    /// The model that answers from now on, one `GET /api/v1/models` lists (added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// A field that may be absent (unchanged), `null` (cleared) or a value.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(value: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 /// Answer to `GET /api/v1/chat/sessions`: one page of sessions, newest first.
@@ -178,6 +215,57 @@ pub struct UsageReport {
     pub day: chrono::NaiveDate,
     /// One row per user who used chat that day.
     pub users: Vec<UserUsage>,
+    /// One row per model that replied that day, with its arm of the model experiment, to
+    /// compare them (added).
+    #[serde(default)]
+    pub models: Vec<ModelUsage>,
+}
+
+/// One model's replies on one day (`GET /api/v1/admin/usage`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelUsage {
+    /// The model.
+    pub model: String,
+    /// Its arm of the model experiment: `control` (the default model), `variant`, or
+    /// `none` (no experiment, or another model).
+    pub arm: String,
+    /// Replies stored.
+    pub replies: u64,
+    /// Of those, complete (`stop` or `length`).
+    pub complete: u64,
+    /// Stopped early.
+    pub cancelled: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Tokens the model wrote.
+    pub completion_tokens: u64,
+    /// Thumbs up given to its replies that day.
+    pub thumbs_up: u64,
+    /// Thumbs down.
+    pub thumbs_down: u64,
+}
+
+/// Body of `POST /api/v1/chat/sessions/:id/messages/:message_id/feedback`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// 1 (thumbs up) or -1 (thumbs down); a new rating replaces the user's earlier one.
+    #[cfg_attr(feature = "openapi", schema(minimum = -1, maximum = 1))]
+    pub rating: i8,
+}
+
+/// Answer to a feedback request: the rating as stored, with the reply's model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Feedback {
+    /// The reply.
+    pub message_id: Uuid,
+    /// 1 or -1.
+    pub rating: i8,
+    /// The model that wrote the reply.
+    pub model: String,
 }
 
 /// Body of `POST /api/v1/chat/sessions/:id/messages/:message_id/edit`.

@@ -16,7 +16,7 @@ use crate::config::{Config, ModelBackend};
 use crate::http::listener::{GuardedListener, Peer, SocketLimits};
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
-use crate::llm::{LlmClient, LlmSettings};
+use crate::llm::models::Models;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
@@ -65,8 +65,8 @@ impl Server {
         };
         let tokens = Arc::new(TokenKeys::new(&config.jwt, &secret, config.admin_users.clone())?);
 
-        let (mock, api_base, api_key) = match &config.model_backend {
-            ModelBackend::Remote { api_key, api_base } => (None, api_base.clone(), Some(api_key.clone())),
+        let (mock, mock_base) = match &config.model_backend {
+            ModelBackend::Remote { .. } => (None, None),
             ModelBackend::Mock(settings) => {
                 let mock = MockLlm::start(settings.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
                     .await
@@ -76,26 +76,11 @@ impl Server {
                     mock.base_url()
                 );
                 let base = mock.base_url();
-                (Some(mock), base, None)
+                (Some(mock), Some(base))
             }
         };
         let metrics = Arc::new(Metrics::new());
-        let llm = LlmClient::new(
-            LlmSettings {
-                api_base,
-                api_key,
-                model: config.model.clone(),
-                max_tokens: config.max_tokens,
-                first_token_timeout: config.llm_first_token_timeout,
-                idle_timeout: config.llm_idle_timeout,
-                max_attempts: config.llm_attempts,
-                retry_backoff: config.llm_retry_backoff,
-                breaker_failures: config.llm_breaker_failures,
-                breaker_cooldown: config.llm_breaker_cooldown,
-                user_agent: format!("relay-chat/{} (node {})", env!("CARGO_PKG_VERSION"), config.node_id),
-            },
-            metrics.clone(),
-        )?;
+        let models = Arc::new(Models::build(&config, mock_base.as_deref(), &metrics)?);
 
         metrics.node_info.with_label_values(&[config.node_id.as_str()]).set(1);
         let shutdown = CancellationToken::new();
@@ -139,7 +124,7 @@ impl Server {
         let sessions = SessionRegistry::new(SessionDeps {
             store: store.clone(),
             writes: writes.clone(),
-            llm,
+            models: models.clone(),
             hub: hub.clone(),
             metrics: metrics.clone(),
             limiter: limiter.clone(),
@@ -147,7 +132,6 @@ impl Server {
             settings: SessionSettings {
                 system_prompt: config.system_prompt.clone(),
                 max_context_messages: config.max_context_messages,
-                context_tokens: config.context_tokens - config.max_tokens,
                 max_message_length: config.max_message_length,
                 max_reply_bytes: config.max_reply_bytes,
                 max_snapshot_bytes: config.ws_outbound_queue_bytes / 2,
@@ -196,6 +180,7 @@ impl Server {
             connections: TaskTracker::new(),
             cluster,
             mock_model: mock.is_some(),
+            models,
             metrics,
         };
 

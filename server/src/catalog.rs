@@ -4,7 +4,10 @@
 //! Renames and deletes go through the session's actor (see [`crate::session`]), so they
 //! take their place among the session's sends; creating checks the per-user session cap.
 
-use relay_protocol::{ServerFrame, Session, SessionList, check_page, total_pages};
+use relay_protocol::{
+    CreateSessionRequest, MAX_SYSTEM_PROMPT_CHARS, ServerFrame, Session, SessionList, UpdateSessionRequest, check_page,
+    total_pages,
+};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -13,6 +16,7 @@ use crate::error::AppError;
 use crate::fanout::ReceiverId;
 use crate::session::DEFAULT_TITLE;
 use crate::state::AppState;
+use crate::store::SessionChange;
 
 /// Longest session title, in characters.
 pub const MAX_TITLE_CHARS: usize = 255;
@@ -36,15 +40,56 @@ fn clean_title(title: Option<&str>, default: Option<&str>) -> Result<String, App
     Ok(title.to_string())
 }
 
+/// A system prompt as given: trimmed, `None` when blank; at most
+/// [`MAX_SYSTEM_PROMPT_CHARS`], and small enough to leave the model's context room for
+/// messages (at most half of the model's budget).
+fn clean_system_prompt(state: &AppState, prompt: Option<&str>, model: &str) -> Result<Option<String>, AppError> {
+    // Counted as given, before trimming, as the OpenAPI document's `maxLength` counts.
+    let chars = prompt.map_or(0, |p| p.chars().count());
+    let Some(prompt) = prompt.map(str::trim).filter(|p| !p.is_empty()) else { return Ok(None) };
+    if chars > MAX_SYSTEM_PROMPT_CHARS {
+        return Err(AppError::BadRequest(format!(
+            "system_prompt is {chars} characters; the limit is {MAX_SYSTEM_PROMPT_CHARS}"
+        )));
+    }
+    let budget = state.models.for_session(Some(model)).context_tokens;
+    let cost = crate::session::budget::message_cost(prompt);
+    if cost > budget / 2 {
+        return Err(AppError::BadRequest(format!(
+            "system_prompt is about {cost} tokens; it may take at most half of the model's context ({})",
+            budget / 2
+        )));
+    }
+    Ok(Some(prompt.to_owned()))
+}
+
+/// A model as asked for: one on offer, else `bad_request` naming them.
+fn offered_model(state: &AppState, model: &str) -> Result<String, AppError> {
+    match state.models.find(model) {
+        Some(m) => Ok(m.name.clone()),
+        None => {
+            let offered: Vec<String> = state.models.list().models.into_iter().map(|m| m.name).collect();
+            Err(AppError::BadRequest(format!("model {model:?} is not offered; GET /api/v1/models lists {offered:?}")))
+        }
+    }
+}
+
 /// Creates a session ("New chat" without a title) and announces `session_created`; a user
-/// who already has `CHAT_MAX_SESSIONS_PER_USER` sessions gets `limit_exceeded`.
+/// who already has `CHAT_MAX_SESSIONS_PER_USER` sessions gets `limit_exceeded`. Without a
+/// model named, the session gets the default model, or the variant for the users a model
+/// experiment assigns to it.
 pub async fn create(
     state: &AppState,
     user: &AuthUser,
-    title: Option<&str>,
+    request: CreateSessionRequest,
     origin: Origin,
 ) -> Result<Session, AppError> {
-    let title = clean_title(title, Some(DEFAULT_TITLE))?;
+    let title = clean_title(request.title.as_deref(), Some(DEFAULT_TITLE))?;
+    let model = match request.model.as_deref() {
+        Some(model) => offered_model(state, model)?,
+        None => state.models.for_new_session(user.id).name.clone(),
+    };
+    let system_prompt = clean_system_prompt(state, request.system_prompt.as_deref(), &model)?;
     let max = state.config.max_sessions_per_user;
     let session = {
         let _serialised = state.user_locks.lock(user.id).await;
@@ -75,7 +120,7 @@ pub async fn create(
                     "you have {max} sessions, the most allowed; delete some to create more"
                 )));
             }
-            Ok(state.store.create_session(user.id, &title).await?)
+            Ok(state.store.create_session(user.id, &title, system_prompt, Some(model)).await?)
         }
         .await;
         if let Some(lock) = cluster_lock {
@@ -108,8 +153,34 @@ pub async fn rename(
     title: &str,
     origin: Origin,
 ) -> Result<Session, AppError> {
-    let title = clean_title(Some(title), None)?;
-    let session = state.sessions.rename(user, session_id, &title).await?;
+    let request = UpdateSessionRequest { title: Some(title.to_owned()), ..UpdateSessionRequest::default() };
+    update(state, user, session_id, request, origin).await
+}
+
+/// Changes a session's title, system prompt or model (at least one), and announces
+/// `session_updated`; the next reply uses the change.
+pub async fn update(
+    state: &AppState,
+    user: &AuthUser,
+    session_id: Uuid,
+    request: UpdateSessionRequest,
+    origin: Origin,
+) -> Result<Session, AppError> {
+    if request.title.is_none() && request.system_prompt.is_none() && request.model.is_none() {
+        // Nothing to change: the session as it is.
+        return state.store.get_owned_session(user.id, session_id).await?.ok_or(AppError::NotFound);
+    }
+    let title = request.title.as_deref().map(|t| clean_title(Some(t), None)).transpose()?;
+    let model = request.model.as_deref().map(|m| offered_model(state, m)).transpose()?;
+    let system_prompt = match &request.system_prompt {
+        None => None,
+        Some(prompt) => {
+            let for_model = model.clone().unwrap_or_else(|| state.models.default_model().name.clone());
+            Some(clean_system_prompt(state, prompt.as_deref(), &for_model)?)
+        }
+    };
+    let change = SessionChange { title, system_prompt, model };
+    let session = state.sessions.update(user, session_id, change).await?;
     state.hub.publish(user.id, origin, |id| ServerFrame::SessionUpdated { id, session: session.clone() });
     Ok(session)
 }

@@ -89,6 +89,105 @@ impl Rollout {
     }
 }
 
+/// One model users may choose, as `CHAT_MODELS` lists it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name sent to the provider.
+    pub name: String,
+    /// What people see; the name when absent.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Its provider's base URL (`https://…/v1`); absent: `SAMBANOVA_API_BASE`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding its provider's key; absent: `SAMBANOVA_API_KEY`.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Its context window (`CHAT_CONTEXT_TOKENS` when absent).
+    #[serde(default)]
+    pub context_tokens: Option<u32>,
+}
+
+impl std::fmt::Debug for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelConfig")
+            .field("name", &self.name)
+            .field("label", &self.label)
+            .field("base_url", &self.base_url)
+            .field("api_key_env", &self.api_key_env)
+            .field("context_tokens", &self.context_tokens)
+            .finish()
+    }
+}
+
+/// A model experiment: the variant's name and the percent of users it gets.
+pub type Experiment = (String, u8);
+
+/// `CHAT_MODELS`, `CHAT_DEFAULT_MODEL` and `CHAT_MODEL_EXPERIMENT`: the models, the default
+/// first, and the experiment's variant and share.
+fn parse_models(
+    default_name: &str,
+    list: Option<String>,
+    default: Option<String>,
+    experiment: Option<String>,
+) -> Result<(Vec<ModelConfig>, Option<Experiment>), ConfigError> {
+    let err = |var: &'static str, reason: String| ConfigError { var, reason };
+    let mut models: Vec<ModelConfig> = match list.filter(|l| !l.trim().is_empty()) {
+        None => vec![ModelConfig {
+            name: default_name.to_owned(),
+            label: None,
+            base_url: None,
+            api_key_env: None,
+            context_tokens: None,
+        }],
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            err("CHAT_MODELS", format!("expected a JSON list of {{\"name\", \"label\"?, \"base_url\"?, \"api_key_env\"?, \"context_tokens\"?}}: {e}"))
+        })?,
+    };
+    if models.is_empty() {
+        return Err(err("CHAT_MODELS", "lists no model".into()));
+    }
+    for (i, m) in models.iter().enumerate() {
+        if m.name.trim().is_empty() || m.name.len() > 200 {
+            return Err(err("CHAT_MODELS", format!("model {} has an empty or over-long name", i + 1)));
+        }
+        if models[..i].iter().any(|o| o.name == m.name) {
+            return Err(err("CHAT_MODELS", format!("{:?} is listed twice", m.name)));
+        }
+    }
+    if let Some(default) = default.filter(|d| !d.trim().is_empty()) {
+        let at = models
+            .iter()
+            .position(|m| m.name == default)
+            .ok_or_else(|| err("CHAT_DEFAULT_MODEL", format!("{default:?} is not in CHAT_MODELS")))?;
+        let chosen = models.remove(at);
+        models.insert(0, chosen);
+    }
+    let experiment = match experiment.filter(|e| !e.trim().is_empty()) {
+        None => None,
+        Some(spec) => {
+            let (name, percent) = spec.rsplit_once(':').ok_or_else(|| {
+                err("CHAT_MODEL_EXPERIMENT", format!("expected <model>:<percent of users>, got {spec:?}"))
+            })?;
+            let percent: u8 = percent
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| err("CHAT_MODEL_EXPERIMENT", format!("{percent:?} is not a percent (0 to 100)")))?;
+            if !models.iter().any(|m| m.name == name) {
+                return Err(err("CHAT_MODEL_EXPERIMENT", format!("{name:?} is not in CHAT_MODELS")));
+            }
+            if models[0].name == name {
+                return Err(err("CHAT_MODEL_EXPERIMENT", format!("{name:?} is the default model: compare another")));
+            }
+            Some((name.to_owned(), percent))
+        }
+    };
+    Ok((models, experiment))
+}
+
 /// How the server verifies and issues tokens.
 #[derive(Clone)]
 pub struct JwtConfig {
@@ -148,8 +247,15 @@ pub struct Config {
     pub admin_users: Vec<String>,
     /// The model provider or the mock.
     pub model_backend: ModelBackend,
-    /// `SAMBANOVA_MODEL`: model name sent upstream.
+    /// `SAMBANOVA_MODEL`: model name sent upstream (the default model unless
+    /// `CHAT_MODELS` says otherwise).
     pub model: String,
+    /// `CHAT_MODELS` (a JSON list) and `CHAT_DEFAULT_MODEL`: the models users may choose,
+    /// the default first; without `CHAT_MODELS`, just `SAMBANOVA_MODEL`.
+    pub models: Vec<ModelConfig>,
+    /// `CHAT_MODEL_EXPERIMENT` (`<model>:<percent>`): that share of users (by id, stably)
+    /// get the model for their new sessions instead of the default.
+    pub model_experiment: Option<Experiment>,
     /// `CHAT_MAX_TOKENS`: reply token limit sent upstream.
     pub max_tokens: u32,
     /// `LLM_TIMEOUT_SECS`: the default of both timeouts below.
@@ -300,6 +406,8 @@ impl std::fmt::Debug for Config {
             .field("admin_users", &self.admin_users)
             .field("model_backend", &self.model_backend)
             .field("model", &self.model)
+            .field("models", &self.models)
+            .field("model_experiment", &self.model_experiment)
             .field("max_tokens", &self.max_tokens)
             .field("llm_timeout", &self.llm_timeout)
             .field("llm_first_token_timeout", &self.llm_first_token_timeout)
@@ -549,6 +657,23 @@ impl Config {
             leeway: Duration::from_secs(30),
         };
 
+        let max_tokens: u32 = positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), DEFAULT_MAX_TOKENS)?;
+        let (models, model_experiment) = parse_models(
+            &var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
+            var("CHAT_MODELS"),
+            var("CHAT_DEFAULT_MODEL"),
+            var("CHAT_MODEL_EXPERIMENT"),
+        )?;
+        for m in &models {
+            if let Some(env) = &m.api_key_env
+                && var(env).is_none()
+            {
+                return Err(ConfigError {
+                    var: "CHAT_MODELS",
+                    reason: format!("model {:?} takes its key from {env}, which is not set", m.name),
+                });
+            }
+        }
         let model_backend = match (var("SAMBANOVA_API_KEY"), parse_bool("LLM_MOCK", var("LLM_MOCK"))?) {
             (Some(api_key), false) => ModelBackend::Remote {
                 api_key,
@@ -633,8 +758,10 @@ impl Config {
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default(),
             model_backend,
-            model: var("SAMBANOVA_MODEL").unwrap_or_else(|| "Llama-4-Maverick-17B-128E-Instruct".into()),
-            max_tokens: positive("CHAT_MAX_TOKENS", var("CHAT_MAX_TOKENS"), 2048)?,
+            model: models[0].name.clone(),
+            models,
+            model_experiment,
+            max_tokens,
             llm_timeout,
             llm_first_token_timeout: secs(
                 "LLM_FIRST_TOKEN_TIMEOUT_SECS",
@@ -648,7 +775,13 @@ impl Config {
             llm_breaker_cooldown: secs("LLM_BREAKER_COOLDOWN_SECS", var("LLM_BREAKER_COOLDOWN_SECS"), 30)?,
             system_prompt: var("CHAT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             max_context_messages: positive("CHAT_MAX_CONTEXT_MESSAGES", var("CHAT_MAX_CONTEXT_MESSAGES"), 20)?,
-            context_tokens: positive("CHAT_CONTEXT_TOKENS", var("CHAT_CONTEXT_TOKENS"), DEFAULT_CONTEXT_TOKENS)?,
+            // Unset, it leaves the prompt the room the default leaves beside the default
+            // CHAT_MAX_TOKENS, however large CHAT_MAX_TOKENS is.
+            context_tokens: positive(
+                "CHAT_CONTEXT_TOKENS",
+                var("CHAT_CONTEXT_TOKENS"),
+                DEFAULT_CONTEXT_TOKENS.max(max_tokens.saturating_add(DEFAULT_CONTEXT_TOKENS - DEFAULT_MAX_TOKENS)),
+            )?,
             max_message_length: positive("CHAT_MAX_MESSAGE_LENGTH", var("CHAT_MAX_MESSAGE_LENGTH"), 4000)?,
             daily_message_quota: (daily_quota > 0).then_some(daily_quota),
             rate_limit_per_minute: Some(parse("CHAT_RATE_LIMIT_PER_MINUTE", var("CHAT_RATE_LIMIT_PER_MINUTE"), 20u32)?)
@@ -786,6 +919,19 @@ impl Config {
                 ),
             });
         }
+        for m in &config.models {
+            if let Some(window) = m.context_tokens
+                && window < config.max_tokens.saturating_add(MIN_PROMPT_TOKENS)
+            {
+                return Err(ConfigError {
+                    var: "CHAT_MODELS",
+                    reason: format!(
+                        "model {:?} has context_tokens {window}, no room for a prompt beside CHAT_MAX_TOKENS ({})",
+                        m.name, config.max_tokens
+                    ),
+                });
+            }
+        }
         if config.ws_outbound_queue_bytes < 2 * config.max_reply_bytes {
             return Err(ConfigError {
                 var: "WS_OUTBOUND_QUEUE_BYTES",
@@ -819,6 +965,9 @@ fn parse_networks(name: &'static str, value: Option<String>) -> Result<Vec<ipnet
 /// Llama-4-Maverick with (128 K tokens and more), and small enough that a long chat does
 /// not send tens of thousands of tokens with every message; raise it for longer memory.
 pub const DEFAULT_CONTEXT_TOKENS: u32 = 32_768;
+
+/// The default `CHAT_MAX_TOKENS`.
+const DEFAULT_MAX_TOKENS: u32 = 2048;
 
 /// The least room `CHAT_CONTEXT_TOKENS` must leave for the prompt beside `CHAT_MAX_TOKENS`.
 const MIN_PROMPT_TOKENS: u32 = 256;
@@ -952,6 +1101,37 @@ fn parse_duration(name: &'static str, value: Option<String>, default: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_and_the_experiment() {
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            c.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["Llama-4-Maverick-17B-128E-Instruct"]
+        );
+        assert_eq!((c.context_tokens, c.max_tokens), (32_768, 2048));
+        let c = load(&[("CHAT_MAX_TOKENS", "100000")]).unwrap();
+        assert_eq!(c.context_tokens, 100_000 + 30_720, "unset, it grows with CHAT_MAX_TOKENS");
+        assert_eq!(load(&[("CHAT_CONTEXT_TOKENS", "2200")]).unwrap_err().var, "CHAT_CONTEXT_TOKENS");
+        let tight = r#"[{"name": "a", "context_tokens": 2100}]"#;
+        assert_eq!(load(&[("CHAT_MODELS", tight)]).unwrap_err().var, "CHAT_MODELS");
+        let list = r#"[{"name": "a", "label": "A"}, {"name": "b", "context_tokens": 9000}]"#;
+        let c = load(&[("CHAT_MODELS", list), ("CHAT_DEFAULT_MODEL", "b"), ("CHAT_MODEL_EXPERIMENT", "a:25")]).unwrap();
+        assert_eq!((c.model.as_str(), c.models[1].name.as_str()), ("b", "a"), "the default first");
+        assert_eq!(c.model_experiment, Some(("a".into(), 25)));
+        for (pairs, var) in [
+            (vec![("CHAT_MODELS", "[]")], "CHAT_MODELS"),
+            (vec![("CHAT_MODELS", "nope")], "CHAT_MODELS"),
+            (vec![("CHAT_MODELS", r#"[{"name": "a"}, {"name": "a"}]"#)], "CHAT_MODELS"),
+            (vec![("CHAT_MODELS", r#"[{"name": "a", "api_key_env": "NOT_SET_X"}]"#)], "CHAT_MODELS"),
+            (vec![("CHAT_DEFAULT_MODEL", "zzz")], "CHAT_DEFAULT_MODEL"),
+            (vec![("CHAT_MODEL_EXPERIMENT", "zzz:10")], "CHAT_MODEL_EXPERIMENT"),
+            (vec![("CHAT_MODELS", list), ("CHAT_MODEL_EXPERIMENT", "b:101")], "CHAT_MODEL_EXPERIMENT"),
+            (vec![("CHAT_MODELS", list), ("CHAT_MODEL_EXPERIMENT", "a:10")], "CHAT_MODEL_EXPERIMENT"),
+        ] {
+            assert_eq!(load(&pairs).unwrap_err().var, var, "{pairs:?}");
+        }
+    }
 
     fn load(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<&str, String> = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();

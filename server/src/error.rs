@@ -79,6 +79,10 @@ pub enum AppError {
     /// An idempotency key reused for another session's message.
     #[error("this client_message_id was used for a message of another session")]
     KeyReused,
+    /// The request conflicts with the state of what it names (e.g. rating a reply still
+    /// being written).
+    #[error("{0}")]
+    Conflict(String),
     /// A cap on what one user or connection may hold is reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -136,6 +140,7 @@ impl AppError {
             }
             AppError::Store(_) => (ErrorCode::Internal, "internal error".into(), None),
             AppError::KeyReused => (ErrorCode::Conflict, self.to_string(), None),
+            AppError::Conflict(m) => (ErrorCode::Conflict, m.clone(), None),
             AppError::Llm(LlmError::Unavailable { retry_after_ms, .. }) => {
                 (ErrorCode::UpstreamUnavailable, "the model provider is unavailable".into(), *retry_after_ms)
             }

@@ -176,7 +176,7 @@ mod tests {
 
     fn export() -> SessionExport {
         let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc);
-        let session = Session { id: Uuid::nil(), title: "Trip: Paris & Lyon!".into(), created_at: at, updated_at: at };
+        let session = Session::new(Uuid::nil(), "Trip: Paris & Lyon!".into(), at);
         let message = |role, content: &str, status, superseded| Message {
             id: Uuid::new_v4(),
             session_id: Uuid::nil(),
@@ -186,6 +186,7 @@ mod tests {
             status,
             created_at: at,
             superseded,
+            model: None,
         };
         SessionExport {
             session,

@@ -4,7 +4,8 @@
 //! one process, as in the tests, keep separate counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use relay_protocol::FinishReason;
 
@@ -91,6 +92,14 @@ pub struct Metrics {
     pub cluster_forwarded: IntCounter,
     /// Sessions owned elsewhere that connections here watch (relayed from their owner).
     pub cluster_relayed_sessions: IntGauge,
+    /// Replies ended, by model, experiment arm and finish reason (arms compared).
+    pub model_replies: IntCounterVec,
+    /// Tokens the provider reported, by model, arm and kind.
+    pub model_tokens: IntCounterVec,
+    /// Time from starting a reply to its first text, by model and arm.
+    pub model_time_to_first_token: HistogramVec,
+    /// Ratings users gave replies, by model, arm and rating (`up`, `down`).
+    pub model_feedback: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,6 +137,27 @@ impl Metrics {
                 .expect("valid metric");
         let tokens = IntCounterVec::new(Opts::new("llm_tokens_total", "Tokens reported by the provider"), &["kind"])
             .expect("valid metric");
+        let model_replies = IntCounterVec::new(
+            Opts::new("model_replies_total", "Replies ended, by model, experiment arm and finish reason"),
+            &["model", "arm", "finish_reason"],
+        )
+        .expect("valid metric");
+        let model_tokens = IntCounterVec::new(
+            Opts::new("model_tokens_total", "Tokens the provider reported, by model, experiment arm and kind"),
+            &["model", "arm", "kind"],
+        )
+        .expect("valid metric");
+        let model_time_to_first_token = HistogramVec::new(
+            HistogramOpts::new("model_time_to_first_token_seconds", "Time to a reply's first text, by model and arm")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+            &["model", "arm"],
+        )
+        .expect("valid metric");
+        let model_feedback = IntCounterVec::new(
+            Opts::new("model_feedback_total", "Ratings users gave replies, by model, experiment arm and rating"),
+            &["model", "arm", "rating"],
+        )
+        .expect("valid metric");
         let time_to_first_token = Histogram::with_opts(
             HistogramOpts::new("llm_time_to_first_token_seconds", "Time from starting a reply to its first text")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
@@ -262,6 +292,10 @@ impl Metrics {
             cluster_owned_sessions,
             cluster_forwarded,
             cluster_relayed_sessions,
+            model_replies,
+            model_tokens,
+            model_time_to_first_token,
+            model_feedback,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_responses.clone()),
@@ -303,6 +337,10 @@ impl Metrics {
             Box::new(metrics.cluster_owned_sessions.clone()),
             Box::new(metrics.cluster_forwarded.clone()),
             Box::new(metrics.cluster_relayed_sessions.clone()),
+            Box::new(metrics.model_replies.clone()),
+            Box::new(metrics.model_tokens.clone()),
+            Box::new(metrics.model_time_to_first_token.clone()),
+            Box::new(metrics.model_feedback.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");
@@ -311,7 +349,7 @@ impl Metrics {
     }
 
     /// Counts a reply that ended.
-    pub fn generation_ended(&self, reason: FinishReason) {
+    pub fn generation_ended(&self, reason: FinishReason, model: &str, arm: &str) {
         let label = match reason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
@@ -319,6 +357,7 @@ impl Metrics {
             FinishReason::Error => "error",
         };
         self.generations.with_label_values(&[label]).inc();
+        self.model_replies.with_label_values(&[model, arm, label]).inc();
         self.generations_active.dec();
     }
 

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::UserHub;
 use crate::limits::{Limiter, UserLocks};
+use crate::llm::models::Models;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::SessionRegistry;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Whether replies come from the built-in mock model.
     pub mock_model: bool,
+    /// The models users may choose.
+    pub models: Arc<Models>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The cluster this node belongs to (`None` when it runs alone).

@@ -473,7 +473,8 @@ impl Connection {
             }),
             ClientFrame::CreateSession { id, title } => self.spawn(None, permit, async move {
                 let origin = Some((receiver.id, id.clone()));
-                if let Err(e) = catalog::create(&state, &user, title.as_deref(), origin).await {
+                let request = relay_protocol::CreateSessionRequest { title, ..Default::default() };
+                if let Err(e) = catalog::create(&state, &user, request, origin).await {
                     reply_error(&state.metrics, &receiver, id, None, e);
                 }
             }),

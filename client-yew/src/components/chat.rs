@@ -259,6 +259,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             status: MessageStatus::Generating,
             created_at: chat.session.updated_at,
             superseded: false,
+            model: None,
         })
     });
     let mut messages: Vec<Rc<Message>> =

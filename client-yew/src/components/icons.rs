@@ -32,6 +32,10 @@ pub enum Icon {
     Right,
     /// Search.
     Search,
+    /// A good reply.
+    ThumbUp,
+    /// A bad reply.
+    ThumbDown,
 }
 
 impl Icon {
@@ -51,6 +55,8 @@ impl Icon {
             Icon::Left => "M15 18l-6-6 6-6",
             Icon::Right => "M9 18l6-6-6-6",
             Icon::Search => "M11 18a7 7 0 1 0 0-14 7 7 0 0 0 0 14ZM21 21l-5-5",
+            Icon::ThumbUp => "M7 10v11H3V10zM7 10l4-8a3 3 0 0 1 3 3v4h6a2 2 0 0 1 2 2.3l-1.4 8A2 2 0 0 1 18.6 21H7",
+            Icon::ThumbDown => "M17 14V3h4v11zM17 14l-4 8a3 3 0 0 1-3-3v-4H4a2 2 0 0 1-2-2.3l1.4-8A2 2 0 0 1 5.4 3H17",
         }
     }
 }

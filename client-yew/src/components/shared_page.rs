@@ -92,6 +92,7 @@ pub fn shared_page(props: &SharedProps) -> Html {
             status: MessageStatus::Generating,
             created_at: shared.session.as_ref().map(|s| s.updated_at).unwrap_or_default(),
             superseded: false,
+            model: None,
         })
     });
     let streaming_id = streaming.as_ref().map(|s| s.id);

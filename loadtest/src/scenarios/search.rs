@@ -147,8 +147,7 @@ pub async fn fill_store(
                 break;
             }
             let at = now - chrono::Duration::minutes((s * per_session) as i64);
-            let session =
-                Session { id: Uuid::new_v4(), title: format!("conversation {s}"), created_at: at, updated_at: at };
+            let session = Session::new(Uuid::new_v4(), format!("conversation {s}"), at);
             let messages: Vec<Message> = (0..per_session.min(config.messages - written))
                 .map(|i| {
                     let length = 5 + (rng.next() % 56) as usize;
@@ -162,6 +161,7 @@ pub async fn fill_store(
                         status: MessageStatus::Complete,
                         created_at: at + chrono::Duration::seconds(i as i64),
                         superseded: false,
+                        model: None,
                     }
                 })
                 .collect();

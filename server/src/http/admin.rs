@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{NaiveDate, Utc};
-use relay_protocol::{UsageReport, UserRole};
+use relay_protocol::{ModelUsage, UsageReport, UserRole};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -28,7 +28,7 @@ pub struct UsageParams {
     description = "For an admin's `Authorization: Bearer` token. To anyone else the endpoint does not exist: 404, token or not (so no bearer security is declared: a missing token is not a 401 here).",
     params(("day" = Option<String>, Query, description = "The day, YYYY-MM-DD (UTC); today by default"),
         ("user_id" = Option<uuid::Uuid>, Query, description = "One user only")),
-    responses((status = 200, description = "Every user's messages and tokens that day", body = relay_protocol::UsageReport),
+    responses((status = 200, description = "Every user's messages and tokens that day, and every model's replies (by how they ended), tokens and ratings, with its arm of the model experiment", body = relay_protocol::UsageReport),
         (status = 400, description = "bad_request: not a day or not a user id (told to admins only)", body = relay_protocol::ErrorResponse),
         (status = 404, description = "not_found: not an admin's token (or none): to anyone else the endpoint does not exist", body = relay_protocol::ErrorResponse)))]
 /// Every user's (or one user's) messages and tokens on a day, the most tokens first.
@@ -43,5 +43,27 @@ pub async fn usage(
     let ApiQuery(params) = params?;
     let day = params.day.unwrap_or_else(|| Utc::now().date_naive());
     let users = state.store.usage_report(day, params.user_id).await?;
-    Ok(Json(UsageReport { day, users }))
+    let default = &state.models.default_model().name;
+    let models = state
+        .store
+        .model_days(day)
+        .await?
+        .into_iter()
+        .map(|d| {
+            // Replies stored before models were named came from the default model.
+            let model = d.model.unwrap_or_else(|| default.clone());
+            ModelUsage {
+                arm: state.models.arm_of(&model).to_owned(),
+                model,
+                replies: d.complete + d.cancelled + d.failed,
+                complete: d.complete,
+                cancelled: d.cancelled,
+                failed: d.failed,
+                completion_tokens: d.completion_tokens,
+                thumbs_up: d.thumbs.0,
+                thumbs_down: d.thumbs.1,
+            }
+        })
+        .collect();
+    Ok(Json(UsageReport { day, users, models }))
 }

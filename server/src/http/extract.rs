@@ -203,6 +203,17 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionId {
     }
 }
 
+/// A saved prompt's id from the path; anything that is not a UUID is simply not found.
+pub struct PromptId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PromptId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        SessionId::from_request_parts(parts, state).await.map(|SessionId(id)| PromptId(id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

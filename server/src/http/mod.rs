@@ -8,7 +8,9 @@ mod export;
 mod extract;
 pub mod listener;
 mod messages;
+mod models;
 mod openapi;
+mod prompts;
 mod search;
 mod sessions;
 mod share;
@@ -46,7 +48,11 @@ pub fn router(state: AppState) -> Router {
         .route("/shared/{token}/events", get(share::events))
         .route("/chat/sessions/{id}/regenerate", post(messages::regenerate))
         .route("/chat/sessions/{id}/messages/{message_id}/edit", post(messages::edit))
+        .route("/chat/sessions/{id}/messages/{message_id}/feedback", post(models::feedback))
         .route("/chat/search", get(search::search))
+        .route("/models", get(models::list))
+        .route("/prompts", get(prompts::list).post(prompts::create))
+        .route("/prompts/{id}", axum::routing::patch(prompts::update).delete(prompts::delete))
         .route("/chat/quota", get(auth::quota))
         .route("/admin/usage", get(admin::usage))
         .route("/openapi.json", get(openapi::openapi))

@@ -32,6 +32,12 @@ use crate::state::AppState;
         super::search::search,
         super::export::session,
         super::export::everything,
+        super::models::list,
+        super::models::feedback,
+        super::prompts::list,
+        super::prompts::create,
+        super::prompts::update,
+        super::prompts::delete,
         super::share::create,
         super::share::status,
         super::share::revoke,
@@ -93,6 +99,20 @@ pub fn document(config: &Config) -> serde_json::Value {
         if let Some(max) = doc.pointer_mut(&pointer) {
             *max = serde_json::json!(config.max_message_length);
         }
+    }
+    // A session's model is one of those this server offers (`null`: as if absent).
+    let mut names: Vec<serde_json::Value> = config.models.iter().map(|m| serde_json::json!(m.name)).collect();
+    names.push(serde_json::Value::Null);
+    for schema in ["CreateSessionRequest", "UpdateSessionRequest"] {
+        let pointer = format!("/components/schemas/{schema}/properties/model");
+        if let Some(model) = doc.pointer_mut(&pointer) {
+            model["enum"] = serde_json::json!(names);
+        }
+    }
+    // A rating is 1 or -1, nothing between.
+    if let Some(rating) = doc.pointer_mut("/components/schemas/FeedbackRequest/properties/rating") {
+        *rating =
+            serde_json::json!({"type": "integer", "enum": [1, -1], "description": "1 (thumbs up) or -1 (thumbs down)"});
     }
     doc
 }

@@ -37,7 +37,7 @@ pub async fn create(
     ChatUser(user): ChatUser,
     OptionalJson(body): OptionalJson<CreateSessionRequest>,
 ) -> Result<(StatusCode, Json<Session>), AppError> {
-    let session = catalog::create(&state, &user, body.title.as_deref(), None).await?;
+    let session = catalog::create(&state, &user, body, None).await?;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
@@ -87,7 +87,7 @@ pub async fn rename(
     SessionId(id): SessionId,
     ApiJson(body): ApiJson<UpdateSessionRequest>,
 ) -> Result<Json<Session>, AppError> {
-    Ok(Json(catalog::rename(&state, &user, id, &body.title, None).await?))
+    Ok(Json(catalog::update(&state, &user, id, body, None).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/chat/sessions/{id}", tag = "chat", security(("bearer" = [])), params(("id" = uuid::Uuid, Path, description = "The session")),

@@ -72,9 +72,9 @@ pub async fn status(
 
 #[utoipa::path(delete, path = "/api/v1/chat/sessions/{id}/share", tag = "share", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session")),
-    responses((status = 204, description = "Revoked: the link opens nothing from now on, and its viewers' streams end at once"),
+    responses((status = 204, description = "Revoked: the link opens nothing from now on, and its viewers' streams end at once (also when the session had no link)"),
         (status = 401, description = "unauthorized", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found: no such session of the caller's, or it has no link", body = relay_protocol::ErrorResponse)))]
+        (status = 404, description = "not_found: no such session of the caller's", body = relay_protocol::ErrorResponse)))]
 /// `DELETE /chat/sessions/{id}/share`.
 pub async fn revoke(
     State(state): State<AppState>,
@@ -268,11 +268,13 @@ impl Viewer {
 }
 
 /// The snapshot as a viewer gets it: the messages an edit or a regenerate replaced are
-/// left out (a tab shows them as history; what was edited away is not for viewers).
+/// left out (a tab shows them as history; what was edited away is not for viewers), and
+/// so is the session's own system prompt (its owner's instructions).
 fn public_snapshot(frame: &ServerFrame) -> String {
     let mut frame = frame.clone();
-    if let ServerFrame::Subscribed { messages, .. } = &mut frame {
+    if let ServerFrame::Subscribed { messages, session, .. } = &mut frame {
         messages.retain(|m| !m.superseded);
+        session.system_prompt = None;
     }
     serde_json::to_string(&frame).expect("server frames always encode")
 }

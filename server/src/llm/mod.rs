@@ -23,6 +23,7 @@
 
 pub mod breaker;
 mod decode;
+pub mod models;
 
 use std::pin::Pin;
 use std::sync::Arc;

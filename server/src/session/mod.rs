@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::hub::UserHub;
-use crate::llm::LlmClient;
+use crate::llm::models::Models;
 use crate::store::{Store, StoreError};
 
 #[cfg(feature = "fault-injection")]
@@ -122,9 +122,6 @@ pub struct SessionSettings {
     pub system_prompt: String,
     /// How many recent messages are sent as context.
     pub max_context_messages: usize,
-    /// Tokens the context may take (`CHAT_CONTEXT_TOKENS` less `CHAT_MAX_TOKENS`), by
-    /// [`budget::estimate`].
-    pub context_tokens: u32,
     /// Longest user message, in characters.
     pub max_message_length: usize,
     /// Longest reply kept, in bytes; a longer one is cut there and ends with `length`.
@@ -153,8 +150,8 @@ pub struct SessionDeps {
     pub store: Store,
     /// The batched writer in front of it (messages, checkpoints, counters).
     pub writes: crate::store::WriteBehind,
-    /// The model client.
-    pub llm: LlmClient,
+    /// The models on offer, each with its client.
+    pub models: Arc<Models>,
     /// The per-user hub, for session and quota updates.
     pub hub: Arc<UserHub>,
     /// Prometheus metrics.

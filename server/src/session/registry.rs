@@ -20,6 +20,7 @@ use crate::auth::AuthUser;
 use crate::cluster::{Claim, ClusterError, ClusterHandler, Peer};
 use crate::fanout::{Outbound, Receiver, ReceiverId, RemoteSink};
 use crate::store::Fence;
+use crate::store::SessionChange;
 
 /// How often a call is retried when it reached an actor that was just stopping.
 const RETRIES: usize = 3;
@@ -449,20 +450,26 @@ impl SessionRegistry {
         self.call(session_id, |reply| SessionMsg::Stop { user_id, reply }, op, None, (forward, true)).await
     }
 
-    /// Renames a session through its actor, so its snapshots show the new title at once.
-    pub async fn rename(&self, user: &AuthUser, session_id: Uuid, title: &str) -> Result<Session, SessionError> {
-        self.rename_from(user.id, session_id, title, true).await
+    /// Changes a session (title, system prompt, model) through its actor, so its snapshots
+    /// and its next reply use the change at once.
+    pub async fn update(
+        &self,
+        user: &AuthUser,
+        session_id: Uuid,
+        change: SessionChange,
+    ) -> Result<Session, SessionError> {
+        self.update_from(user.id, session_id, change, true).await
     }
 
-    async fn rename_from(
+    async fn update_from(
         &self,
         user_id: Uuid,
         session_id: Uuid,
-        title: &str,
+        change: SessionChange,
         forward: bool,
     ) -> Result<Session, SessionError> {
-        let op = || RemoteOp::Rename { user_id, title: title.to_string() };
-        let make = |reply| SessionMsg::Rename { user_id, title: title.to_string(), reply };
+        let op = || RemoteOp::Update { user_id, change: change.clone() };
+        let make = |reply| SessionMsg::Update { user_id, change: change.clone(), reply };
         self.call(session_id, make, op, None, (forward, true)).await
     }
 
@@ -513,7 +520,11 @@ impl SessionRegistry {
             }
             RemoteOp::Stop { user_id } => self.stop_from(user_id, session_id, false).await.map(FromRemote::into_remote),
             RemoteOp::Rename { user_id, title } => {
-                self.rename_from(user_id, session_id, &title, false).await.map(FromRemote::into_remote)
+                let change = SessionChange { title: Some(title), ..SessionChange::default() };
+                self.update_from(user_id, session_id, change, false).await.map(FromRemote::into_remote)
+            }
+            RemoteOp::Update { user_id, change } => {
+                self.update_from(user_id, session_id, change, false).await.map(FromRemote::into_remote)
             }
             RemoteOp::Delete { user_id } => {
                 self.delete_from(user_id, session_id, false).await.map(FromRemote::into_remote)

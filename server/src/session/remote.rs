@@ -51,8 +51,10 @@ pub enum RemoteOp {
     },
     /// Cancel the running reply.
     Stop { user_id: Uuid },
-    /// Rename the session.
+    /// Rename the session (as nodes of earlier versions ask).
     Rename { user_id: Uuid, title: String },
+    /// Change the session's title, system prompt or model.
+    Update { user_id: Uuid, change: crate::store::SessionChange },
     /// Delete the session.
     Delete { user_id: Uuid },
 }
@@ -74,7 +76,7 @@ pub enum RemoteAnswer {
     Done,
     /// A send was taken (or, with `replay`, repeated an earlier one).
     Accepted { user_message: Message, reply_id: Uuid, rate: Option<RateDecision>, replay: Option<Replay> },
-    /// The session as renamed.
+    /// The session as changed.
     Renamed { session: Session },
 }
 

@@ -86,12 +86,13 @@ pub async fn status(state: &AppState, user: &AuthUser, session_id: Uuid) -> Resu
     Ok(Some(status_of(&share, state.viewers.count(share.share_id).await)))
 }
 
-/// Revokes the caller's link of a session: its viewers' streams end at once.
+/// Revokes the caller's link of a session (if it has one): its viewers' streams end at
+/// once. `NotFound` only when the session is not the caller's.
 pub async fn revoke(state: &AppState, user: &AuthUser, session_id: Uuid) -> Result<(), AppError> {
-    if !state.store.delete_share(user.id, session_id).await? {
-        return Err(AppError::NotFound);
+    state.store.get_owned_session(user.id, session_id).await?.ok_or(AppError::NotFound)?;
+    if state.store.delete_share(user.id, session_id).await? {
+        announce(state, user.id, session_id, None);
     }
-    announce(state, user.id, session_id, None);
     Ok(())
 }
 
@@ -118,7 +119,9 @@ pub async fn read(state: &AppState, token: &str) -> Result<SharedSession, AppErr
     let (share, session) = open(state, token).await?;
     let mut messages = state.store.recent_messages(share.session_id, MAX_SHARED_MESSAGES).await?;
     messages.retain(|m| !m.superseded);
-    Ok(SharedSession { session: session.session, messages, expires_at: share.expires_at })
+    // The session's own system prompt is its owner's instructions, not the conversation.
+    let session = relay_protocol::Session { system_prompt: None, ..session.session };
+    Ok(SharedSession { session, messages, expires_at: share.expires_at })
 }
 
 #[cfg(test)]

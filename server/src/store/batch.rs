@@ -195,10 +195,12 @@ impl Plan {
                 row["at"] = serde_json::json!(save.at);
                 row["supersedes"] = serde_json::json!(save.supersedes);
                 // A missing field reads as NONE, which `option<int>` takes; null it does not.
-                if let Some(fields) = row.as_object_mut()
-                    && fields.get("token_count").is_some_and(serde_json::Value::is_null)
-                {
-                    fields.remove("token_count");
+                if let Some(fields) = row.as_object_mut() {
+                    for field in ["token_count", "model"] {
+                        if fields.get(field).is_some_and(serde_json::Value::is_null) {
+                            fields.remove(field);
+                        }
+                    }
                 }
                 Ok(row)
             })
@@ -351,7 +353,7 @@ FOR $k IN $keys {
 FOR $m IN $messages {
     IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
         UPSERT type::record('chat_message', $m.id) SET session_id = $m.session_id, role = $m.role,
-            content = $m.content, token_count = $m.token_count, status = $m.status,
+            content = $m.content, token_count = $m.token_count, status = $m.status, model = $m.model,
             created_at = <datetime>$m.created_at, superseded = (superseded ?? false) OR $m.superseded;
         IF $m.counts != 0 {
             UPDATE type::record('chat_session', $m.session_id) SET message_count += $m.counts,
@@ -403,11 +405,12 @@ mod tests {
             status: MessageStatus::Complete,
             created_at: Utc::now(),
             superseded: false,
+            model: None,
         }
     }
 
     async fn claimed(store: &Store, user: Uuid) -> Fence {
-        let session = store.create_session(user, "t").await.unwrap();
+        let session = store.create_session(user, "t", None, None).await.unwrap();
         let epoch = store.claim_session(session.id).await.unwrap().unwrap().epoch;
         Fence { session_id: session.id, epoch }
     }

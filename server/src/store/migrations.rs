@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 8, name: "search", sql: include_str!("../../../schema/0008_search.surql") },
     Migration { version: 9, name: "shares", sql: include_str!("../../../schema/0009_shares.surql") },
+    Migration {
+        version: 10,
+        name: "prompts and models",
+        sql: include_str!("../../../schema/0010_prompts_and_models.surql"),
+    },
 ];
 
 const BOOKKEEPING: &str = "

@@ -9,15 +9,17 @@ mod batch;
 mod export;
 mod import;
 mod migrations;
+mod models;
 mod ops;
+mod prompts;
 pub mod search;
 mod share;
 mod write_behind;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use relay_protocol::{Message, Session, UserRole, UserUsage};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 
 pub use batch::IDEMPOTENCY_WINDOW;
 pub use migrations::{MIGRATIONS, Migration};
+pub use models::ModelDay;
 pub use ops::{AfterUsage, Fence, Save, Saved, SendKey, Tokens};
 pub use share::ShareRecord;
 pub use write_behind::{OnFenced, WriteBehind};
@@ -100,6 +103,17 @@ pub struct SessionRecord {
     pub user_id: Uuid,
 }
 
+/// What a `PATCH` of a session changes (each `None` leaves its field as it is).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionChange {
+    /// A new title (checked).
+    pub title: Option<String>,
+    /// A new system prompt (checked), or `Some(None)` to go back to the server's.
+    pub system_prompt: Option<Option<String>>,
+    /// A new model (one the server offers).
+    pub model: Option<String>,
+}
+
 /// A session taken over for a new actor ([`Store::claim_session`]).
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -135,8 +149,8 @@ pub struct Store {
     timeout: std::time::Duration,
 }
 
-const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at";
-const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded";
+const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at, system_prompt, model";
+const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded, model";
 
 /// Attempts at a direct query whose transaction conflicted with another.
 const CONFLICT_ATTEMPTS: u32 = 8;
@@ -275,13 +289,22 @@ impl Store {
     // ---- sessions ----------------------------------------------------------------------
 
     /// Creates a session owned by `user_id`.
-    pub async fn create_session(&self, user_id: Uuid, title: &str) -> Result<Session, StoreError> {
+    pub async fn create_session(
+        &self,
+        user_id: Uuid,
+        title: &str,
+        system_prompt: Option<String>,
+        model: Option<String>,
+    ) -> Result<Session, StoreError> {
         let now = Utc::now();
-        let session = Session { id: Uuid::new_v4(), title: title.to_string(), created_at: now, updated_at: now };
+        let session = Session { system_prompt, model, ..Session::new(Uuid::new_v4(), title.to_string(), now) };
         self.execute(
             "CREATE type::record('chat_session', $id) CONTENT { user_id: $user_id, title: $title, \
-             created_at: <datetime>$now, updated_at: <datetime>$now }",
-            serde_json::json!({"id": session.id, "user_id": user_id, "title": title, "now": now}),
+             created_at: <datetime>$now, updated_at: <datetime>$now, \
+             system_prompt: IF $system_prompt = NULL { NONE } ELSE { $system_prompt }, \
+             model: IF $model = NULL { NONE } ELSE { $model } }",
+            serde_json::json!({"id": session.id, "user_id": user_id, "title": title, "now": now,
+                "system_prompt": session.system_prompt, "model": session.model}),
         )
         .await?;
         Ok(session)
@@ -335,22 +358,36 @@ impl Store {
         Ok((sessions, total))
     }
 
-    /// Renames a session the user owns, under its actor's fence; `None` when it is not
-    /// theirs or is deleted.
-    pub async fn rename_session(
+    /// Changes a session the user owns (title, system prompt, model), under its actor's
+    /// fence; `None` when it is not theirs or is deleted.
+    pub async fn update_session(
         &self,
         fence: Fence,
         user_id: Uuid,
-        title: &str,
+        change: &SessionChange,
     ) -> Result<Option<Session>, StoreError> {
+        let mut set = vec!["updated_at = time::now()"];
+        if change.title.is_some() {
+            set.push("title = $title");
+        }
+        match &change.system_prompt {
+            Some(Some(_)) => set.push("system_prompt = $system_prompt"),
+            Some(None) => set.push("system_prompt = NONE"),
+            None => {}
+        }
+        if change.model.is_some() {
+            set.push("model = $model");
+        }
         let rows: Vec<SessionRecord> = self
             .fenced_rows(
                 fence,
                 &format!(
-                    "UPDATE type::record('chat_session', $fence_session) SET title = $title, updated_at = time::now() \
-                     WHERE user_id = $user_id AND deleted_at = NONE RETURN {SESSION_FIELDS}"
+                    "UPDATE type::record('chat_session', $fence_session) SET {} \
+                     WHERE user_id = $user_id AND deleted_at = NONE RETURN {SESSION_FIELDS}",
+                    set.join(", ")
                 ),
-                serde_json::json!({"user_id": user_id, "title": title}),
+                serde_json::json!({"user_id": user_id, "title": change.title, "model": change.model,
+                    "system_prompt": change.system_prompt.clone().flatten()}),
             )
             .await?;
         Ok(rows.into_iter().next().map(|r| r.session))

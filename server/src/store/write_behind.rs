@@ -383,7 +383,7 @@ pub(crate) mod tests {
 
     /// A session claimed for an actor, as the registry does: its fence.
     async fn claimed(store: &Store, user: Uuid, title: &str) -> Fence {
-        let session = store.create_session(user, title).await.unwrap();
+        let session = store.create_session(user, title, None, None).await.unwrap();
         let claimed = store.claim_session(session.id).await.unwrap().unwrap();
         Fence { session_id: session.id, epoch: claimed.epoch }
     }
@@ -398,6 +398,7 @@ pub(crate) mod tests {
             status,
             created_at: Utc::now(),
             superseded: false,
+            model: None,
         }
     }
 
@@ -428,7 +429,16 @@ pub(crate) mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     for i in 0..100 {
-                        let renamed = store.rename_session(fence, user, &format!("title {k}.{i}")).await;
+                        let renamed = store
+                            .update_session(
+                                fence,
+                                user,
+                                &crate::store::SessionChange {
+                                    title: Some(format!("title {k}.{i}")),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
                         assert!(matches!(renamed, Ok(Some(_))), "rename {k}.{i}: {renamed:?}");
                     }
                 })
@@ -590,7 +600,16 @@ pub(crate) mod tests {
         assert!(!fenced.lock().unwrap().contains(&new));
         assert!(metrics.write_fenced.get() >= 1);
         // Direct writes are fenced too.
-        assert!(matches!(store.rename_session(old, user, "x").await, Err(StoreError::Fenced)));
+        assert!(matches!(
+            store
+                .update_session(
+                    old,
+                    user,
+                    &crate::store::SessionChange { title: Some("x".into()), ..Default::default() }
+                )
+                .await,
+            Err(StoreError::Fenced)
+        ));
         assert!(matches!(store.soft_delete_session(old, user).await, Err(StoreError::Fenced)));
         assert!(store.get_session(old.session_id).await.unwrap().is_some(), "not deleted by the stale actor");
     }

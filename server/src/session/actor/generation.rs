@@ -50,6 +50,8 @@ pub(super) struct Running {
     pub(super) finish: Option<UpstreamFinish>,
     pub(super) task: JoinHandle<()>,
     pub(super) started: Instant,
+    /// The model writing it.
+    pub(super) model: String,
     pub(super) last_checkpoint: Instant,
     pub(super) checkpointed_len: usize,
 }
@@ -79,6 +81,7 @@ impl SessionState {
             finish: None,
             task,
             started,
+            model: self.model_name(),
             last_checkpoint: Instant::now(),
             checkpointed_len: 0,
         });
@@ -96,7 +99,7 @@ impl SessionState {
         let context = self.context_for(answering, leaving_out);
         self.next_generation += 1;
         let generation = self.next_generation;
-        let llm = self.deps.llm.clone();
+        let llm = self.deps.models.for_session(self.session.model.as_deref()).client.clone();
         let actor = myself.clone();
         let session_id = self.session.id;
         let task = tokio::spawn(async move {
@@ -144,14 +147,29 @@ impl SessionState {
             })
             .collect();
         let newest = &earlier[earlier.len().saturating_sub(settings.max_context_messages.saturating_sub(1))..];
-        let fixed =
-            budget::message_cost(&settings.system_prompt).saturating_add(budget::message_cost(&answering.content));
-        let keep = budget::fitting(settings.context_tokens, fixed, newest.iter().map(|m| m.content.as_str()));
+        let system_prompt = self.system_prompt().to_owned();
+        let fixed = budget::message_cost(&system_prompt).saturating_add(budget::message_cost(&answering.content));
+        let keep = budget::fitting(self.context_tokens(), fixed, newest.iter().map(|m| m.content.as_str()));
         let mut context = Vec::with_capacity(keep + 2);
-        context.push(ContextMessage { role: Role::System, content: settings.system_prompt.clone() });
+        context.push(ContextMessage { role: Role::System, content: system_prompt });
         context.extend(newest[newest.len() - keep..].iter().map(|m| ContextMessage::from(*m)));
         context.push(ContextMessage::from(answering));
         context
+    }
+
+    /// The system prompt of this session: its own, else the server's.
+    pub(super) fn system_prompt(&self) -> &str {
+        self.session.system_prompt.as_deref().unwrap_or(&self.deps.settings.system_prompt)
+    }
+
+    /// Tokens this session's prompt may take: its model's budget.
+    pub(super) fn context_tokens(&self) -> u32 {
+        self.deps.models.for_session(self.session.model.as_deref()).context_tokens
+    }
+
+    /// The model that answers in this session now.
+    pub(super) fn model_name(&self) -> String {
+        self.deps.models.for_session(self.session.model.as_deref()).name.clone()
     }
 
     pub(super) async fn on_generation_event(&mut self, event: GenerationEvent) {
@@ -188,7 +206,14 @@ impl SessionState {
         let Some(running) = self.current.as_mut() else { return };
         // Deltas are never empty, so empty content means this is the first text.
         if running.content.is_empty() {
-            self.deps.metrics.time_to_first_token.observe(running.started.elapsed().as_secs_f64());
+            let seconds = running.started.elapsed().as_secs_f64();
+            self.deps.metrics.time_to_first_token.observe(seconds);
+            let arm = self.deps.models.arm_of(&running.model);
+            self.deps
+                .metrics
+                .model_time_to_first_token
+                .with_label_values(&[running.model.as_str(), arm])
+                .observe(seconds);
         }
         let room = max.saturating_sub(running.content.len());
         let full = text.len() >= room;
@@ -230,6 +255,7 @@ impl SessionState {
             status: MessageStatus::Generating,
             created_at: running.created_at,
             superseded: false,
+            model: Some(running.model.clone()),
         };
         self.deps.writes.checkpoint(self.fence, message);
     }
@@ -274,9 +300,11 @@ impl SessionState {
             status,
             created_at: running.created_at,
             superseded: false,
+            model: Some(running.model.clone()),
         };
         let metrics = &self.deps.metrics;
-        metrics.generation_ended(reason);
+        let arm = self.deps.models.arm_of(&running.model);
+        metrics.generation_ended(reason, &running.model, arm);
         metrics.reply_duration.observe(running.started.elapsed().as_secs_f64());
         if let Some(error) = &error {
             metrics.error(error.code);
@@ -284,6 +312,9 @@ impl SessionState {
         if let Some(usage) = running.usage {
             metrics.tokens.with_label_values(&["prompt"]).inc_by(u64::from(usage.prompt_tokens));
             metrics.tokens.with_label_values(&["completion"]).inc_by(u64::from(usage.completion_tokens));
+            let by_model = |kind| metrics.model_tokens.with_label_values(&[running.model.as_str(), arm, kind]);
+            by_model("prompt").inc_by(u64::from(usage.prompt_tokens));
+            by_model("completion").inc_by(u64::from(usage.completion_tokens));
         }
         let now = Utc::now();
         let tokens = running.usage.map(|usage| Tokens {

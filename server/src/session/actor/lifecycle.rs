@@ -7,15 +7,15 @@ use uuid::Uuid;
 
 use super::*;
 use crate::fanout::Outbound;
-use crate::store::StoreError;
+use crate::store::{SessionChange, StoreError};
 
 impl SessionState {
     // ---- renaming and deleting ------------------------------------------------------------
 
-    pub(super) async fn rename(&mut self, user_id: Uuid, title: &str) -> Result<Session, SessionError> {
+    pub(super) async fn update(&mut self, user_id: Uuid, change: &SessionChange) -> Result<Session, SessionError> {
         self.check_owner(user_id)?;
-        let renamed = self.deps.store.rename_session(self.fence, self.owner, title).await;
-        let session = self.fenced(renamed)?.ok_or(SessionError::NotFound)?;
+        let changed = self.deps.store.update_session(self.fence, self.owner, change).await;
+        let session = self.fenced(changed)?.ok_or(SessionError::NotFound)?;
         self.session = session.clone();
         Ok(session)
     }

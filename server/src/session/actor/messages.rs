@@ -94,13 +94,13 @@ pub enum SessionMsg {
         /// Answer.
         reply: oneshot::Sender<Result<(), SessionError>>,
     },
-    /// Rename the session.
-    Rename {
+    /// Change the session's title, system prompt or model.
+    Update {
         /// Who asks (must own the session).
         user_id: Uuid,
-        /// The new title (already checked).
-        title: String,
-        /// Answer: the session as renamed.
+        /// The change (already checked).
+        change: crate::store::SessionChange,
+        /// Answer: the session as changed.
         reply: oneshot::Sender<Result<Session, SessionError>>,
     },
     /// Soft-delete the session, cancel everything and stop.

@@ -255,8 +255,8 @@ impl SessionState {
                 let _ = reply.send(result);
                 self.start_next(myself);
             }
-            SessionMsg::Rename { user_id, title, reply } => {
-                let _ = reply.send(self.rename(user_id, &title).await);
+            SessionMsg::Update { user_id, change, reply } => {
+                let _ = reply.send(self.update(user_id, &change).await);
             }
             SessionMsg::Delete { user_id, reply } => {
                 let result = self.delete(user_id).await;

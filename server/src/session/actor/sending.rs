@@ -23,10 +23,11 @@ impl SessionState {
         myself: &ActorRef<SessionMsg>,
     ) -> Result<SendAccepted, SessionError> {
         self.check_can_take(&request.requester.user)?;
+        // Bad input is refused as such, also under a key used before.
+        validate_content(&request.content, self.deps.settings.max_message_length)?;
         if let Some(stored) = self.earlier_send(&request.requester).await? {
             return self.replay(&request.requester, stored).await;
         }
-        validate_content(&request.content, self.deps.settings.max_message_length)?;
         self.check_fits(&request.content)?;
         if self.queue.len() >= self.deps.settings.max_queued_sends {
             return Err(SessionError::Busy);
@@ -38,14 +39,13 @@ impl SessionState {
     /// Refuses a message the model's context cannot hold beside the system prompt (it
     /// could never be answered).
     fn check_fits(&self, content: &str) -> Result<(), SessionError> {
-        let settings = &self.deps.settings;
-        let system = budget::message_cost(&settings.system_prompt);
+        let (system, budget) = (budget::message_cost(self.system_prompt()), self.context_tokens());
         let cost = budget::message_cost(content);
-        if system.saturating_add(cost) > settings.context_tokens {
+        if system.saturating_add(cost) > budget {
             return Err(SessionError::InvalidContent(format!(
                 "the message is about {cost} tokens; the model's context holds {} beside the system prompt \
                  (CHAT_CONTEXT_TOKENS less CHAT_MAX_TOKENS): shorten it",
-                settings.context_tokens.saturating_sub(system)
+                budget.saturating_sub(system)
             )));
         }
         Ok(())
@@ -126,10 +126,11 @@ impl SessionState {
         myself: &ActorRef<SessionMsg>,
     ) -> Result<SendAccepted, SessionError> {
         self.check_can_take(&request.requester.user)?;
+        // Bad input is refused as such, also under a key used before.
+        validate_content(&request.content, self.deps.settings.max_message_length)?;
         if let Some(stored) = self.earlier_send(&request.requester).await? {
             return self.replay(&request.requester, stored).await;
         }
-        validate_content(&request.content, self.deps.settings.max_message_length)?;
         self.check_fits(&request.content)?;
         self.check_settled()?;
         let live: Vec<&Message> = self.history.iter().filter(|m| !m.superseded).collect();
@@ -318,6 +319,7 @@ impl SessionState {
             status: MessageStatus::Complete,
             created_at: earliest.map_or(now, |e| e.max(now)),
             superseded: false,
+            model: None,
         }
     }
 }
