@@ -183,7 +183,7 @@ struct Run {
 
 /// What woke the connection's loop.
 enum Event {
-    Frame(Result<ServerFrame, Error>, Instant),
+    Frame(Box<Result<ServerFrame, Error>>, Instant),
     SendDue,
     Silent,
 }
@@ -229,7 +229,7 @@ async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measure
         let due = runs.iter().filter_map(|r| r.next_send).min();
         let waiting = runs.iter().any(|r| r.reply.is_some());
         let event = tokio::select! {
-            frame = conn.recv() => Event::Frame(frame, Instant::now()),
+            frame = conn.recv() => Event::Frame(Box::new(frame), Instant::now()),
             _ = tokio::time::sleep_until(due.unwrap_or(now).into()), if due.is_some() => Event::SendDue,
             _ = tokio::time::sleep_until((last_frame + timeout).into()), if waiting => Event::Silent,
         };
@@ -258,7 +258,7 @@ async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measure
             }
             Event::Frame(frame, at) => {
                 last_frame = at;
-                match frame? {
+                match (*frame)? {
                     ServerFrame::Delta { session_id, text, .. } => {
                         let run = index.get(&session_id).map(|&k| &mut runs[k]);
                         m.delta(run.and_then(|r| r.reply.as_mut()), at, &text, live);
