@@ -359,6 +359,9 @@ pub struct UserExport {
     pub sessions: Vec<ExportedSession>,
     /// Usage by UTC day, oldest first.
     pub usage: Vec<DayUsageExport>,
+    /// The user's saved prompts (added).
+    #[serde(default)]
+    pub prompts: Vec<crate::Prompt>,
 }
 
 /// One session in a [`UserExport`].

@@ -172,13 +172,21 @@ pub async fn update(
     }
     let title = request.title.as_deref().map(|t| clean_title(Some(t), None)).transpose()?;
     let model = request.model.as_deref().map(|m| offered_model(state, m)).transpose()?;
-    let system_prompt = match &request.system_prompt {
-        None => None,
-        Some(prompt) => {
-            let for_model = model.clone().unwrap_or_else(|| state.models.default_model().name.clone());
-            Some(clean_system_prompt(state, prompt.as_deref(), &for_model)?)
+    let mut system_prompt = None;
+    if request.system_prompt.is_some() || model.is_some() {
+        // The instructions must fit the model that will read them: the new prompt the
+        // session's model (or the new one), the kept prompt a new model.
+        let current = state.store.get_owned_session(user.id, session_id).await?.ok_or(AppError::NotFound)?;
+        let for_model =
+            model.clone().unwrap_or_else(|| state.models.for_session(current.model.as_deref()).name.clone());
+        let kept = current.system_prompt;
+        match &request.system_prompt {
+            Some(prompt) => system_prompt = Some(clean_system_prompt(state, prompt.as_deref(), &for_model)?),
+            None => {
+                clean_system_prompt(state, kept.as_deref(), &for_model)?;
+            }
         }
-    };
+    }
     let change = SessionChange { title, system_prompt, model };
     let session = state.sessions.update(user, session_id, change).await?;
     state.hub.publish(user.id, origin, |id| ServerFrame::SessionUpdated { id, session: session.clone() });

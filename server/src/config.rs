@@ -107,6 +107,9 @@ pub struct ModelConfig {
     /// Its context window (`CHAT_CONTEXT_TOKENS` when absent).
     #[serde(default)]
     pub context_tokens: Option<u32>,
+    /// The key read from `api_key_env` when the configuration was loaded (never printed).
+    #[serde(skip)]
+    pub api_key: Option<String>,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -114,8 +117,9 @@ impl std::fmt::Debug for ModelConfig {
         f.debug_struct("ModelConfig")
             .field("name", &self.name)
             .field("label", &self.label)
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(redact_url))
             .field("api_key_env", &self.api_key_env)
+            .field("api_key", &self.api_key.as_ref().map(|_| REDACTED))
             .field("context_tokens", &self.context_tokens)
             .finish()
     }
@@ -140,6 +144,7 @@ fn parse_models(
             base_url: None,
             api_key_env: None,
             context_tokens: None,
+            api_key: None,
         }],
         Some(json) => serde_json::from_str(&json).map_err(|e| {
             err("CHAT_MODELS", format!("expected a JSON list of {{\"name\", \"label\"?, \"base_url\"?, \"api_key_env\"?, \"context_tokens\"?}}: {e}"))
@@ -664,13 +669,19 @@ impl Config {
             var("CHAT_DEFAULT_MODEL"),
             var("CHAT_MODEL_EXPERIMENT"),
         )?;
-        for m in &models {
-            if let Some(env) = &m.api_key_env
-                && var(env).is_none()
-            {
-                return Err(ConfigError {
+        let mut models = models;
+        for m in &mut models {
+            if let Some(env) = &m.api_key_env {
+                m.api_key = Some(var(env).ok_or_else(|| ConfigError {
                     var: "CHAT_MODELS",
                     reason: format!("model {:?} takes its key from {env}, which is not set", m.name),
+                })?);
+            }
+            m.base_url = m.base_url.take().map(|u| u.trim().trim_end_matches('/').to_owned());
+            if m.base_url.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+                return Err(ConfigError {
+                    var: "CHAT_MODELS",
+                    reason: format!("model {:?} has a base_url that is not http(s)://…", m.name),
                 });
             }
         }

@@ -65,7 +65,8 @@ pub async fn everything(state: &AppState, user: &AuthUser) -> Result<UserExport,
         sessions.push(ExportedSession { session, deleted_at, messages });
     }
     let usage = state.store.all_usage(user.id).await?;
-    Ok(UserExport { user: user.to_user(), exported_at: Utc::now(), sessions, usage })
+    let prompts = state.store.prompts(user.id).await?;
+    Ok(UserExport { user: user.to_user(), exported_at: Utc::now(), sessions, usage, prompts })
 }
 
 /// The file: its body in `format`.

@@ -1136,3 +1136,71 @@ async fn a_shared_link_shows_the_chat_live_to_a_browser_without_a_login() {
         })
         .await;
 }
+
+/// A chat's settings choose its model (each reply names the model that wrote it, and the
+/// provider is asked for it) and its own instructions (the model receives them); replies
+/// are rated with thumbs; `/` in the composer offers saved prompts, saves a new one, and
+/// inserts the one chosen. The screen passes axe with the settings and the prompts open.
+#[tokio::test]
+async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let models = r#"[{"name": "alpha", "label": "Alpha"}, {"name": "beta", "label": "Beta"}]"#;
+    let harness = Harness::start("models", &[("CHAT_MODELS", models)]).await.expect("harness");
+    let axe = axe_source();
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("ula").await?;
+            h.tab(a).send("hello [[mock tokens=3]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            h.tab(a).wait_text("#messages article.message.assistant .model-name", "alpha").await?;
+
+            h.tab(a).click("#chat-settings summary").await?;
+            h.tab(a).choose("#model-picker", "beta").await?;
+            h.tab(a).wait("the model changed", "return document.querySelector('#chat-settings summary').innerText.trim() === 'Beta'").await?;
+            h.tab(a).element("#system-prompt").await?.send_keys("Answer in French.").await?;
+            h.tab(a).click("#save-system-prompt").await?;
+            h.tab(a).wait_text("#system-prompt-saved", "Saved").await?;
+            let findings = accessibility_findings(h.tab(a), &axe).await?;
+            assert!(findings.is_empty(), "the chat settings: {findings:#?}");
+            h.tab(a).click("#chat-settings summary").await?;
+
+            h.tab(a).send("and now? [[mock tokens=3]]").await?;
+            h.tab(a).wait_settled(4).await?;
+            let last_model = "const m = document.querySelectorAll('#messages article.message.assistant .model-name'); \
+                              return m.length === 2 ? m[1].innerText : false";
+            assert_eq!(h.tab(a).wait("the second reply's model", last_model).await?, json!("beta"));
+            let asked = h.server.mock.stats().last_request.expect("the model was asked");
+            assert_eq!((asked["model"].as_str(), asked["messages"][0]["content"].as_str()), (Some("beta"), Some("Answer in French.")));
+
+            // Thumbs up on the last reply: pressed once the server stored it.
+            h.tab(a).js("document.querySelectorAll('#messages .rate-up')[1].click(); return true").await?;
+            h.tab(a).wait("the rating stored", "const b = document.querySelectorAll('#messages .rate-up')[1]; return b.getAttribute('aria-pressed') === 'true'").await?;
+
+            // "/" offers the saved prompts; one is saved, then found and inserted.
+            let composer = h.tab(a).element("#composer").await?;
+            composer.send_keys("/").await?;
+            h.tab(a).wait_text("#prompt-picker", "No saved prompt matches").await?;
+            h.tab(a).element("#prompt-new-title").await?.send_keys("Greet").await?;
+            h.tab(a).element("#prompt-new-content").await?.send_keys("Say hello in five languages").await?;
+            h.tab(a).click("#prompt-save").await?;
+            h.tab(a).wait_text("#prompt-options", "Greet").await?;
+            let findings = accessibility_findings(h.tab(a), &axe).await?;
+            assert!(findings.is_empty(), "the saved prompts: {findings:#?}");
+            composer.send_keys("gr").await?;
+            h.tab(a).wait("one match, highlighted", "const o = document.querySelectorAll('#prompt-options [role=option]'); return o.length === 1 && o[0].getAttribute('aria-selected') === 'true'").await?;
+            composer.send_keys(Key::Enter).await?;
+            h.tab(a).wait("the prompt inserted", "return document.querySelector('#composer').value === 'Say hello in five languages'").await?;
+            h.tab(a).wait_gone("#prompt-picker").await?;
+            // Deleted from the picker, it is gone for good.
+            h.tab(a).fill_composer("/").await?;
+            h.tab(a).wait_text("#prompt-options", "Greet").await?;
+            h.tab(a).click("#prompt-delete").await?;
+            h.tab(a).wait_text("#prompt-picker", "No saved prompt matches").await?;
+            let token = token_of(h.tab(a)).await?;
+            let (_, prompts) = h.server.get(&token, "/api/v1/prompts").await;
+            assert_eq!(prompts, json!({"prompts": []}));
+            Ok(())
+        })
+        .await;
+}

@@ -123,6 +123,9 @@ async fn a_sessions_own_system_prompt_replaces_the_servers() {
     let page = page.await.unwrap().text().await.unwrap();
     assert!(!page.contains("Answer in French"), "{page}");
 
+    let r = call(&server, Method::PATCH, &token, &path, Some(json!({}))).await;
+    let same = r.json::<Session>().await.unwrap();
+    assert_eq!(same.system_prompt.as_deref(), Some("Answer in French."), "nothing to change: the session as it is");
     let r = call(&server, Method::PATCH, &token, &path, Some(json!({"system_prompt": null}))).await;
     assert_eq!(r.json::<Session>().await.unwrap().system_prompt, None);
     server.send_rest(&token, session.id, "third [[mock tokens=2]]").await;
@@ -134,8 +137,6 @@ async fn a_sessions_own_system_prompt_replaces_the_servers() {
         call(&server, Method::POST, &token, "/api/v1/chat/sessions", Some(json!({"system_prompt": "x".repeat(4001)})))
             .await;
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
-    let r = call(&server, Method::PATCH, &token, &path, Some(json!({}))).await;
-    assert_eq!(r.json::<Session>().await.unwrap().system_prompt, None, "nothing to change: the session as it is");
 }
 
 const MODELS: &str = r#"[{"name": "alpha", "label": "Alpha"}, {"name": "beta", "label": "Beta 2"}]"#;
@@ -171,6 +172,26 @@ async fn sessions_choose_among_the_configured_models() {
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "a model not offered");
     let r = call(&server, Method::POST, &token, "/api/v1/chat/sessions", Some(json!({"model": "gamma"}))).await;
     assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest));
+}
+
+#[tokio::test]
+async fn instructions_must_fit_the_model_that_reads_them() {
+    use reqwest::Method;
+    // "tiny" leaves its prompt 300 tokens: instructions may take at most half.
+    let models = r#"[{"name": "big"}, {"name": "tiny", "context_tokens": 2348}]"#;
+    let server = TestServer::with(&[("CHAT_MODELS", models)]).await;
+    let (token, _) = server.register("tia").await;
+    let long = "lorem ".repeat(200); // about 334 tokens: fits "big", not half of "tiny"
+    let r = call(&server, Method::POST, &token, "/api/v1/chat/sessions", Some(json!({"system_prompt": long}))).await;
+    let session: Session = r.json().await.unwrap();
+    let path = format!("/api/v1/chat/sessions/{}", session.id);
+    let r = call(&server, Method::PATCH, &token, &path, Some(json!({"model": "tiny"}))).await;
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "the kept instructions do not fit the new model");
+    let r =
+        call(&server, Method::PATCH, &token, &path, Some(json!({"model": "tiny", "system_prompt": "Be brief."}))).await;
+    assert_eq!(r.json::<Session>().await.unwrap().model.as_deref(), Some("tiny"));
+    let r = call(&server, Method::PATCH, &token, &path, Some(json!({"system_prompt": long}))).await;
+    assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "checked against the session's model, not the default");
 }
 
 #[tokio::test]

@@ -60,6 +60,7 @@ pub fn app() -> Html {
         use_effect_with((token.clone(), online), move |(token, online)| {
             if token.is_some() && *online {
                 ctx.load_sessions(1);
+                ctx.load_models();
             }
         });
     }
@@ -163,7 +164,8 @@ pub fn app() -> Html {
                         open={model.chat.as_ref().map(|c| c.session.id)} connection={model.connection.clone()}
                         quota={model.quota.clone()} username={user.username.clone()} />
                     <ChatView {chat} menu_open={model.menu_open} blocked={model.blocked.clone()}
-                        online={model.connection == Some(Connection::Online)} returned={model.returned.clone()} />
+                        online={model.connection == Some(Connection::Online)} returned={model.returned.clone()}
+                        models={model.models.clone()} />
                     if model.search_open {
                         <SearchBox />
                     }

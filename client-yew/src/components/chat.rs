@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use relay_protocol::{Message, MessageStatus, Role};
+use relay_protocol::{Message, MessageStatus, ModelList, Role};
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::Element;
 use yew::prelude::*;
 
+use super::chat_settings::ChatSettings;
 use super::composer::Composer;
 use super::export_menu::ExportMenu;
 use super::icons::{self, Icon};
@@ -39,6 +40,8 @@ pub struct ChatProps {
     pub online: bool,
     /// A send the server refused, to take back.
     pub returned: Option<InFlight>,
+    /// The models a session may use.
+    pub models: Option<ModelList>,
 }
 
 /// The longest reply read out whole when it completes; a longer one is read up to here.
@@ -67,6 +70,8 @@ pub fn chat_view(props: &ChatProps) -> Html {
     // The version shown of each message that replaced others (by the live message's id);
     // the live one when not chosen.
     let shown_versions = use_state(HashMap::<Uuid, usize>::new);
+    // The ratings given in this tab, by reply.
+    let ratings = use_state(HashMap::<Uuid, i8>::new);
     let chat = props.chat.clone();
 
     // A reply is announced to screen readers once, when it is complete (not every token).
@@ -309,9 +314,22 @@ pub fn chat_view(props: &ChatProps) -> Html {
             });
             let on_regenerate = (!old && settled && Some(message.id) == last_reply).then(|| regenerate.clone());
             let versions = if i == 0 { picker.clone() } else { None };
+            let rating = ratings.get(&message.id).copied();
+            let on_rate = (!is_streaming && message.role == Role::Assistant).then(|| {
+                let (ctx, ratings, id) = (ctx.clone(), ratings.clone(), message.id);
+                Callback::from(move |rating: i8| {
+                    let ratings = ratings.clone();
+                    let rated = Callback::from(move |stored: i8| {
+                        let mut now = (*ratings).clone();
+                        now.insert(id, stored);
+                        ratings.set(now);
+                    });
+                    ctx.rate(session_id, id, rating, rated);
+                })
+            });
             views.push(html! {
                 <MessageView key={message.id.to_string()} message={message.clone()} streaming={is_streaming}
-                    {on_edit} {on_regenerate} {versions} />
+                    {on_edit} {on_regenerate} {versions} {rating} {on_rate} />
             });
         }
         if old {
@@ -337,6 +355,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             <header class="chat-head">
                 { menu_button }
                 <h1 id="chat-title">{ &chat.session.title }</h1>
+                <ChatSettings session={chat.session.clone()} models={props.models.clone()} />
                 <ShareMenu {session_id} share={chat.share.clone()} />
                 <ExportMenu {session_id} />
             </header>

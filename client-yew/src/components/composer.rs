@@ -7,7 +7,10 @@ use wasm_bindgen::JsCast;
 use web_sys::HtmlTextAreaElement;
 use yew::prelude::*;
 
+use relay_protocol::Prompt;
+
 use super::icons::{self, Icon};
+use super::prompt_picker::{self, PromptPicker};
 use crate::ctx::Ctx;
 use crate::state::{Action, Blocked, InFlight, Retry};
 use crate::storage;
@@ -72,14 +75,54 @@ pub fn composer(props: &ComposerProps) -> Html {
         });
     }
     let disabled = props.blocked.is_some() || !props.online;
+    // Saved prompts: `/` at the start of a one-line text offers them.
+    let prompts = use_state(|| None::<Vec<Prompt>>);
+    let highlight = use_state(|| 0usize);
+    let picking = editing.is_none() && text.starts_with('/') && !text.contains('\n');
+    {
+        let (ctx, prompts) = (ctx.clone(), prompts.clone());
+        use_effect_with(picking, move |picking| {
+            if *picking && prompts.is_none() {
+                ctx.load_prompts(Callback::from(move |list| prompts.set(Some(list))));
+            }
+        });
+    }
+    let shown: Option<Vec<Prompt>> = picking
+        .then(|| prompts.as_ref().map(|all| prompt_picker::matching(all, &text[1..]).into_iter().cloned().collect()))
+        .flatten();
+    let chosen = shown.as_ref().and_then(|s| s.get((*highlight).min(s.len().saturating_sub(1)))).cloned();
+    let insert = {
+        let (text, highlight, area) = (text.clone(), highlight.clone(), area.clone());
+        Callback::from(move |prompt: Prompt| {
+            storage::save_draft(session_id, &prompt.content);
+            text.set(prompt.content);
+            highlight.set(0);
+            if let Some(area) = area.cast::<web_sys::HtmlElement>() {
+                let _ = area.focus();
+            }
+        })
+    };
+    let refresh = {
+        let prompts = prompts.clone();
+        Callback::from(move |list| prompts.set(Some(list)))
+    };
+    let delete_prompt = {
+        let (ctx, refresh) = (ctx.clone(), refresh.clone());
+        Callback::from(move |id| ctx.delete_prompt(id, refresh.clone()))
+    };
+    let save_prompt = {
+        let (ctx, refresh) = (ctx.clone(), refresh.clone());
+        Callback::from(move |(title, content)| ctx.save_prompt(title, content, refresh.clone()))
+    };
     let oninput = {
-        let text = text.clone();
+        let (text, highlight) = (text.clone(), highlight.clone());
         Callback::from(move |e: InputEvent| {
             let Some(area) = e.target().and_then(|t| t.dyn_into::<HtmlTextAreaElement>().ok()) else { return };
             if editing.is_none() {
                 storage::save_draft(session_id, &area.value());
             }
             text.set(area.value());
+            highlight.set(0);
         })
     };
     let submit = {
@@ -111,7 +154,37 @@ pub fn composer(props: &ComposerProps) -> Html {
     };
     let onkeydown = {
         let (submit, done, text) = (submit.clone(), props.on_done_editing.clone(), text.clone());
+        let (highlight, insert, count, chosen) =
+            (highlight.clone(), insert.clone(), shown.as_ref().map_or(0, Vec::len), chosen.clone());
         Callback::from(move |e: KeyboardEvent| {
+            if picking && count > 0 {
+                match e.key().as_str() {
+                    "ArrowDown" => {
+                        e.prevent_default();
+                        highlight.set((*highlight + 1) % count);
+                        return;
+                    }
+                    "ArrowUp" => {
+                        e.prevent_default();
+                        highlight.set((*highlight + count - 1) % count);
+                        return;
+                    }
+                    "Enter" if !e.shift_key() && !e.is_composing() => {
+                        e.prevent_default();
+                        if let Some(prompt) = chosen.clone() {
+                            insert.emit(prompt);
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if picking && e.key() == "Escape" {
+                e.prevent_default();
+                storage::save_draft(session_id, "");
+                text.set(String::new());
+                return;
+            }
             if e.key() == "Enter" && !e.shift_key() && !e.is_composing() {
                 e.prevent_default();
                 submit.emit(());
@@ -152,7 +225,7 @@ pub fn composer(props: &ComposerProps) -> Html {
     let placeholder = match (&props.blocked, props.online) {
         (Some(b), _) => b.reason.clone(),
         (None, false) => "Reconnecting…".to_string(),
-        (None, true) => "Message (Enter to send, Shift+Enter for a new line)".to_string(),
+        (None, true) => "Message (Enter to send, Shift+Enter for a new line, / for saved prompts)".to_string(),
     };
     let empty = text.trim().is_empty();
     html! {
@@ -163,9 +236,15 @@ pub fn composer(props: &ComposerProps) -> Html {
             if editing.is_some() {
                 <p class="editing-note">{ "Editing your message: the answers after it are replaced." }</p>
             }
+            if picking {
+                <PromptPicker prompts={shown.clone()} highlight={(*highlight).min(shown.as_ref().map_or(0, |s| s.len().saturating_sub(1)))}
+                    on_pick={insert.clone()} on_delete={delete_prompt} on_save={save_prompt} />
+            }
             <div class="composer-box">
                 <textarea id="composer" ref={area} rows={composer_rows(&text).to_string()} value={(*text).clone()}
-                    aria-label="Message" {oninput} {onkeydown} {placeholder} {disabled} />
+                    aria-label="Message" aria-controls={picking.then_some("prompt-options")}
+                    aria-activedescendant={chosen.as_ref().map(|p| prompt_picker::option_id(p.id))}
+                    {oninput} {onkeydown} {placeholder} {disabled} />
                 <div class="composer-buttons">
                     if editing.is_some() {
                         <button type="button" class="link" onclick={cancel}>{ "Cancel" }</button>

@@ -40,6 +40,12 @@ pub struct MessageProps {
     /// Its versions, when it replaced others.
     #[prop_or_default]
     pub versions: Option<VersionPicker>,
+    /// The user's rating of this reply, if they gave one here.
+    #[prop_or_default]
+    pub rating: Option<i8>,
+    /// Rates the reply (1 good, -1 bad); none where replies cannot be rated.
+    #[prop_or_default]
+    pub on_rate: Option<Callback<i8>>,
 }
 
 /// One message.
@@ -113,6 +119,23 @@ pub fn message_view(props: &MessageProps) -> Html {
                         <button class="link edit" type="button" onclick={ let on_edit = on_edit.clone(); Callback::from(move |_| on_edit.emit(())) }>
                             { icons::show(Icon::Pencil) }{ "Edit" }
                         </button>
+                    }
+                    if let Some(on_rate) = props.on_rate.as_ref().filter(|_| m.role == Role::Assistant) {
+                        <span class="rating" role="group" aria-label="Rate this reply">
+                            <button class={classes!("icon", "rate-up", (props.rating == Some(1)).then_some("chosen"))} type="button"
+                                aria-label="Good reply" title="Good reply" aria-pressed={(props.rating == Some(1)).to_string()}
+                                onclick={ let r = on_rate.clone(); Callback::from(move |_| r.emit(1)) }>
+                                { icons::show(Icon::ThumbUp) }
+                            </button>
+                            <button class={classes!("icon", "rate-down", (props.rating == Some(-1)).then_some("chosen"))} type="button"
+                                aria-label="Bad reply" title="Bad reply" aria-pressed={(props.rating == Some(-1)).to_string()}
+                                onclick={ let r = on_rate.clone(); Callback::from(move |_| r.emit(-1)) }>
+                                { icons::show(Icon::ThumbDown) }
+                            </button>
+                        </span>
+                    }
+                    if let Some(model) = m.model.as_ref().filter(|_| m.role == Role::Assistant) {
+                        <span class="model-name" title="The model that wrote this reply">{ model }</span>
                     }
                     if let Some(on_regenerate) = &props.on_regenerate {
                         <button id="regenerate" class="link" type="button" onclick={ let r = on_regenerate.clone(); Callback::from(move |_| r.emit(())) }>

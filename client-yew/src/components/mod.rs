@@ -4,12 +4,14 @@
 pub mod app;
 pub mod banner;
 pub mod chat;
+pub mod chat_settings;
 pub mod composer;
 pub mod export_menu;
 pub mod icons;
 pub mod load_more;
 pub mod login;
 pub mod message;
+pub mod prompt_picker;
 pub mod search;
 pub mod share_menu;
 pub mod shared_page;

@@ -44,26 +44,34 @@ pub async fn usage(
     let day = params.day.unwrap_or_else(|| Utc::now().date_naive());
     let users = state.store.usage_report(day, params.user_id).await?;
     let default = &state.models.default_model().name;
-    let models = state
-        .store
-        .model_days(day)
-        .await?
-        .into_iter()
-        .map(|d| {
-            // Replies stored before models were named came from the default model.
-            let model = d.model.unwrap_or_else(|| default.clone());
-            ModelUsage {
-                arm: state.models.arm_of(&model).to_owned(),
-                model,
-                replies: d.complete + d.cancelled + d.failed,
-                complete: d.complete,
-                cancelled: d.cancelled,
-                failed: d.failed,
-                completion_tokens: d.completion_tokens,
-                thumbs_up: d.thumbs.0,
-                thumbs_down: d.thumbs.1,
+    let mut models: Vec<ModelUsage> = Vec::new();
+    for d in state.store.model_days(day).await? {
+        // Replies stored before models were named came from the default model.
+        let model = d.model.unwrap_or_else(|| default.clone());
+        let row = match models.iter().position(|m| m.model == model) {
+            Some(i) => &mut models[i],
+            None => {
+                models.push(ModelUsage {
+                    arm: state.models.arm_of(&model).to_owned(),
+                    model,
+                    replies: 0,
+                    complete: 0,
+                    cancelled: 0,
+                    failed: 0,
+                    completion_tokens: 0,
+                    thumbs_up: 0,
+                    thumbs_down: 0,
+                });
+                models.last_mut().expect("just pushed")
             }
-        })
-        .collect();
+        };
+        row.replies += d.complete + d.cancelled + d.failed;
+        row.complete += d.complete;
+        row.cancelled += d.cancelled;
+        row.failed += d.failed;
+        row.completion_tokens += d.completion_tokens;
+        row.thumbs_up += d.thumbs.0;
+        row.thumbs_down += d.thumbs.1;
+    }
     Ok(Json(UsageReport { day, users, models }))
 }

@@ -49,6 +49,6 @@ pub async fn feedback(
     let model = reply.model.clone().unwrap_or_else(|| state.models.default_model().name.clone());
     state.store.put_feedback(user.id, &reply, &model, body.rating).await?;
     let rating = if body.rating > 0 { "up" } else { "down" };
-    state.metrics.model_feedback.with_label_values(&[model.as_str(), state.models.arm_of(&model), rating]).inc();
+    state.metrics.model_feedback.with_label_values(&[model.as_str(), state.models.arm_label(user.id), rating]).inc();
     Ok(Json(Feedback { message_id, rating: body.rating, model }))
 }

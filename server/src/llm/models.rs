@@ -61,12 +61,11 @@ impl Models {
         };
         let mut models = Vec::new();
         for m in &config.models {
-            let (api_base, api_key) = match mock_base {
-                Some(mock) => (mock.to_owned(), None),
-                None => (
-                    m.base_url.clone().unwrap_or_else(|| default_base.clone()),
-                    m.api_key_env.as_ref().and_then(|env| std::env::var(env).ok()).or_else(|| default_key.clone()),
-                ),
+            let (api_base, api_key) = match (mock_base, &m.base_url) {
+                (Some(mock), _) => (mock.to_owned(), None),
+                (None, None) => (default_base.clone(), m.api_key.clone().or_else(|| default_key.clone())),
+                // Another provider never gets the default provider's key: only its own.
+                (None, Some(base)) => (base.clone(), m.api_key.clone()),
             };
             let settings = LlmSettings {
                 api_base,
@@ -132,7 +131,13 @@ impl Models {
         }
     }
 
-    /// The experiment's arm a model stands for, for metrics (`none` outside one).
+    /// The arm a user is in, as metrics label it (`none` without an experiment).
+    pub fn arm_label(&self, user_id: Uuid) -> &'static str {
+        self.arm(user_id).map_or("none", Arm::as_str)
+    }
+
+    /// The role a model plays in the experiment (`control` the default, `variant`, or
+    /// `none`), as the usage report labels its rows.
     pub fn arm_of(&self, model: &str) -> &'static str {
         match self.experiment {
             Some((variant, _)) if self.models[variant].name == model => Arm::Variant.as_str(),

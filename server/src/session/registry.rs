@@ -468,7 +468,13 @@ impl SessionRegistry {
         change: SessionChange,
         forward: bool,
     ) -> Result<Session, SessionError> {
-        let op = || RemoteOp::Update { user_id, change: change.clone() };
+        // A title alone travels as a rename, which nodes of earlier versions understand too.
+        let op = || match &change {
+            SessionChange { title: Some(title), system_prompt: None, model: None } => {
+                RemoteOp::Rename { user_id, title: title.clone() }
+            }
+            change => RemoteOp::Update { user_id, change: change.clone() },
+        };
         let make = |reply| SessionMsg::Update { user_id, change: change.clone(), reply };
         self.call(session_id, make, op, None, (forward, true)).await
     }

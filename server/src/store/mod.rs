@@ -108,10 +108,28 @@ pub struct SessionRecord {
 pub struct SessionChange {
     /// A new title (checked).
     pub title: Option<String>,
-    /// A new system prompt (checked), or `Some(None)` to go back to the server's.
+    /// A new system prompt (checked), or `Some(None)` to go back to the server's (kept
+    /// apart from "unchanged" when forwarded to another node as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "cleared_or_set")]
     pub system_prompt: Option<Option<String>>,
     /// A new model (one the server offers).
     pub model: Option<String>,
+}
+
+/// A field that is absent (unchanged), `null` (cleared) or a value, as JSON.
+mod cleared_or_set {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
 }
 
 /// A session taken over for a new actor ([`Store::claim_session`]).
@@ -490,6 +508,7 @@ impl Store {
              LET $live = DELETE chat_message WHERE session_id IN $ids RETURN BEFORE;
              DELETE chat_session WHERE record::id(id) IN $ids;
              DELETE chat_share WHERE session_id IN $ids;
+             DELETE message_feedback WHERE session_id IN $ids;
              RETURN { sessions: array::len($ids), messages: array::len($archived) + array::len($live) };",
             cutoff,
             batch,
@@ -820,4 +839,21 @@ fn embedded_path_ready(url: &str) -> &str {
         }
     }
     url
+}
+
+#[cfg(test)]
+mod session_change_tests {
+    use super::SessionChange;
+
+    #[test]
+    fn a_cleared_system_prompt_survives_json() {
+        for change in [
+            SessionChange { system_prompt: Some(None), ..SessionChange::default() },
+            SessionChange { system_prompt: Some(Some("be brief".into())), ..SessionChange::default() },
+            SessionChange { title: Some("t".into()), ..SessionChange::default() },
+        ] {
+            let json = serde_json::to_string(&change).unwrap();
+            assert_eq!(serde_json::from_str::<SessionChange>(&json).unwrap(), change, "{json}");
+        }
+    }
 }

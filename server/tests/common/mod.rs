@@ -260,6 +260,7 @@ pub struct Ws {
 
 /// What a WebSocket read gave.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a test helper: one read at a time
 pub enum Read {
     Frame(ServerFrame),
     Closed(Option<u16>),

@@ -208,7 +208,7 @@ impl SessionState {
         if running.content.is_empty() {
             let seconds = running.started.elapsed().as_secs_f64();
             self.deps.metrics.time_to_first_token.observe(seconds);
-            let arm = self.deps.models.arm_of(&running.model);
+            let arm = self.deps.models.arm_label(running.user.id);
             self.deps
                 .metrics
                 .model_time_to_first_token
@@ -303,7 +303,7 @@ impl SessionState {
             model: Some(running.model.clone()),
         };
         let metrics = &self.deps.metrics;
-        let arm = self.deps.models.arm_of(&running.model);
+        let arm = self.deps.models.arm_label(running.user.id);
         metrics.generation_ended(reason, &running.model, arm);
         metrics.reply_duration.observe(running.started.elapsed().as_secs_f64());
         if let Some(error) = &error {

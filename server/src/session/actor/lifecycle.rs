@@ -15,9 +15,20 @@ impl SessionState {
     pub(super) async fn update(&mut self, user_id: Uuid, change: &SessionChange) -> Result<Session, SessionError> {
         self.check_owner(user_id)?;
         let changed = self.deps.store.update_session(self.fence, self.owner, change).await;
-        let session = self.fenced(changed)?.ok_or(SessionError::NotFound)?;
-        self.session = session.clone();
-        Ok(session)
+        let stored = self.fenced(changed)?.ok_or(SessionError::NotFound)?;
+        // Only what changed: a title derived from the first message may still be on its way
+        // to the store (queued), and this actor's copy already has it.
+        if let Some(title) = &change.title {
+            self.session.title = title.clone();
+        }
+        if let Some(prompt) = &change.system_prompt {
+            self.session.system_prompt = prompt.clone();
+        }
+        if let Some(model) = &change.model {
+            self.session.model = Some(model.clone());
+        }
+        self.session.updated_at = stored.updated_at;
+        Ok(self.session.clone())
     }
 
     pub(super) async fn delete(&mut self, user_id: Uuid) -> Result<(), SessionError> {
