@@ -164,6 +164,7 @@ impl Server {
             every: config.retention_interval,
             metrics: metrics.clone(),
         });
+        let config_search_concurrency = config.search_concurrency;
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -181,6 +182,7 @@ impl Server {
             cluster,
             mock_model: mock.is_some(),
             models,
+            searches: Arc::new(tokio::sync::Semaphore::new(config_search_concurrency)),
             metrics,
         };
 

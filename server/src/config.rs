@@ -390,6 +390,11 @@ pub struct Config {
     /// `CHAT_SHARE_STREAMS_PER_ADDRESS`: live share streams one client address may hold
     /// open at once on a node (IPv6 counted by /64).
     pub share_streams_per_address: usize,
+    /// `CHAT_SEARCH_CONCURRENCY`: searches that run at once on a node (more wait up to 2 s,
+    /// then are refused `503`), so searching cannot crowd out streaming.
+    pub search_concurrency: usize,
+    /// `CHAT_SEARCHES_PER_MINUTE`: searches one user may make per minute.
+    pub searches_per_minute: u32,
     /// `CHAT_SHARE_READS_PER_MINUTE`: share reads (page loads and stream starts) one client
     /// address may make per minute.
     pub share_reads_per_minute: u32,
@@ -470,6 +475,8 @@ impl std::fmt::Debug for Config {
             .field("share_max_viewers", &self.share_max_viewers)
             .field("share_streams_per_address", &self.share_streams_per_address)
             .field("share_reads_per_minute", &self.share_reads_per_minute)
+            .field("search_concurrency", &self.search_concurrency)
+            .field("searches_per_minute", &self.searches_per_minute)
             .finish()
     }
 }
@@ -919,6 +926,12 @@ impl Config {
                 20,
             )?,
             share_reads_per_minute: positive("CHAT_SHARE_READS_PER_MINUTE", var("CHAT_SHARE_READS_PER_MINUTE"), 120)?,
+            search_concurrency: positive(
+                "CHAT_SEARCH_CONCURRENCY",
+                var("CHAT_SEARCH_CONCURRENCY"),
+                std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+            )?,
+            searches_per_minute: positive("CHAT_SEARCHES_PER_MINUTE", var("CHAT_SEARCHES_PER_MINUTE"), 60)?,
         };
         // The prompt needs room beside the reply: the system prompt and a message at least.
         if config.context_tokens < config.max_tokens.saturating_add(MIN_PROMPT_TOKENS) {

@@ -25,6 +25,29 @@ const SNIPPET_CHARS: usize = 200;
 /// How many of them come before the first match, at most.
 const CONTEXT_BEFORE: usize = 60;
 
+/// How long a search waits for a turn among those running before it is refused.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Lets a search run: within the user's per-minute allowance (`CHAT_SEARCHES_PER_MINUTE`),
+/// and as one of at most `CHAT_SEARCH_CONCURRENCY` on this node, so searches cannot take
+/// the database (and the cores) away from the streams.
+async fn take_turn(state: &AppState, user_id: Uuid) -> Result<tokio::sync::SemaphorePermit<'_>, AppError> {
+    let rate =
+        crate::limits::Rate { limit: state.config.searches_per_minute, period: std::time::Duration::from_secs(60) };
+    let decision = state.limiter.rate(&format!("search:{user_id}"), rate).await;
+    if !decision.allowed {
+        state.metrics.limit_refused("searches_per_minute");
+        return Err(AppError::TooManyAttempts { retry_after_ms: decision.retry_after.as_millis() as u64 });
+    }
+    match tokio::time::timeout(TURN_WAIT, state.searches.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            state.metrics.limit_refused("search_concurrency");
+            Err(AppError::Unavailable { reason: "too many searches are running; retry", retry_after_ms: 500 })
+        }
+    }
+}
+
 /// One page of the user's messages matching `q`, best first.
 pub async fn search(
     state: &AppState,
@@ -34,6 +57,7 @@ pub async fn search(
     per_page: Option<u32>,
 ) -> Result<SearchResults, AppError> {
     let (q, page, per_page) = check(q, page, per_page).map_err(AppError::BadRequest)?;
+    let _turn = take_turn(state, user_id).await?;
     let start = u64::from(page - 1) * u64::from(per_page);
     let found = if start < MAX_RESULTS_REACHABLE {
         let limit = per_page.min((MAX_RESULTS_REACHABLE - start) as u32);

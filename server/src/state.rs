@@ -53,6 +53,8 @@ pub struct AppState {
     pub mock_model: bool,
     /// The models users may choose.
     pub models: Arc<Models>,
+    /// Turns for searches running at once on this node (`CHAT_SEARCH_CONCURRENCY`).
+    pub searches: Arc<tokio::sync::Semaphore>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The cluster this node belongs to (`None` when it runs alone).

@@ -194,3 +194,24 @@ async fn bad_searches_get_clear_errors() {
     let r = server.http.get(server.url("/api/v1/chat/search?q=x")).send().await.unwrap();
     assert_eq!(error_of(r).await, (401, ErrorCode::Unauthorized));
 }
+
+/// A user's searches are limited per minute (`CHAT_SEARCHES_PER_MINUTE`): past it, `429`
+/// with when to retry; another user's allowance is their own.
+#[tokio::test]
+async fn searches_are_limited_per_user() {
+    let server = TestServer::with(&[("CHAT_SEARCHES_PER_MINUTE", "3")]).await;
+    let (token, _) = server.register("rita").await;
+    let url = server.url("/api/v1/chat/search");
+    let ask = |token: String| {
+        let (http, url) = (server.http.clone(), url.clone());
+        async move { http.get(url).query(&[("q", "anything")]).bearer_auth(token).send().await.unwrap() }
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(token.clone()).await.status(), 200);
+    }
+    let refused = ask(token.clone()).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_of(refused).await, (429, relay_protocol::ErrorCode::RateLimited));
+    let (other, _) = server.register("saul").await;
+    assert_eq!(ask(other).await.status(), 200, "per user");
+}

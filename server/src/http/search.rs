@@ -25,7 +25,9 @@ pub struct SearchParams {
     responses((status = 200, description = "One page of the caller's messages that match, best first (BM25); never another user's, a deleted session's, or a superseded message", body = relay_protocol::SearchResults),
         (status = 400, description = "bad_request: q missing, blank or over 200 characters, or a page (1 to 1,000) or page size (1 to 50) out of range", body = relay_protocol::ErrorResponse),
         (status = 401, description = "unauthorized: missing, malformed, forged or expired token", body = relay_protocol::ErrorResponse),
-        (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse)))]
+        (status = 404, description = "not_found: chat is not available to the caller", body = relay_protocol::ErrorResponse),
+        (status = 429, description = "rate_limited: over CHAT_SEARCHES_PER_MINUTE", body = relay_protocol::ErrorResponse),
+        (status = 503, description = "unavailable: CHAT_SEARCH_CONCURRENCY searches were running for 2 s", body = relay_protocol::ErrorResponse)))]
 /// `GET /chat/search?q=&page=&per_page=`.
 pub async fn search(
     State(state): State<AppState>,
