@@ -1092,6 +1092,12 @@ async fn a_shared_link_shows_the_chat_live_to_a_browser_without_a_login() {
             assert!(url.starts_with(&format!("{}/s/", h.server.url(""))), "{url}");
             h.tab(a).wait_text("#share-status", "Nobody is watching now").await?;
 
+            // The page a link opens is not for search engines or caches, and sends no referrer.
+            let page = h.server.http.get(&url).send().await?;
+            assert_eq!(page.status(), 200);
+            assert_eq!(page.headers()["x-robots-tag"], "noindex, nofollow");
+            assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+            assert_eq!(page.headers()["cache-control"], "no-store");
             let v = h.open_at("viewer", url.clone()).await?;
             h.tab(v).wait_text("#shared-live", "Live").await?;
             h.tab(v).wait_text("#messages", "What is a fjord?").await?;
