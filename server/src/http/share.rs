@@ -171,6 +171,8 @@ async fn follow(
     };
     if !viewer.still_shared().await {
         viewer.place.ended.cancel();
+        // The count this viewer's arrival published may name the link that just ended.
+        share::restate(state, share.user_id, share.session_id).await;
     }
     Ok(futures::stream::unfold(viewer, |mut viewer| async move {
         let event = viewer.next().await?;

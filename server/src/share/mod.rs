@@ -96,6 +96,23 @@ pub async fn revoke(state: &AppState, user: &AuthUser, session_id: Uuid) -> Resu
     Ok(())
 }
 
+/// Tells the owner's tabs what the session's link is now, as stored (after a count that may
+/// have been published for a link that had just ended).
+pub async fn restate(state: &AppState, owner: Uuid, session_id: Uuid) {
+    let now = state.store.share_of(owner, session_id).await;
+    let status = match now {
+        Ok(Some(share)) if share.live_at(Utc::now()) => {
+            Some(status_of(&share, state.viewers.count(share.share_id).await))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%session_id, error = %e, "cannot read the share link to restate it");
+            return;
+        }
+    };
+    announce(state, owner, session_id, status);
+}
+
 /// Tells the owner's tabs (and every node's viewers of the session) what the link is now.
 fn announce(state: &AppState, owner: Uuid, session_id: Uuid, share: Option<ShareStatus>) {
     state.hub.publish(owner, None, |_| ServerFrame::ShareUpdated { session_id, share: share.clone() });
