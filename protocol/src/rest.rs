@@ -216,8 +216,8 @@ pub struct UsageReport {
     /// One row per user who used chat that day.
     pub users: Vec<UserUsage>,
     /// One row per model that replied that day, with its arm of the model experiment, to
-    /// compare them (added).
-    #[serde(default)]
+    /// compare them (added; absent when none replied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelUsage>,
 }
 
@@ -359,8 +359,8 @@ pub struct UserExport {
     pub sessions: Vec<ExportedSession>,
     /// Usage by UTC day, oldest first.
     pub usage: Vec<DayUsageExport>,
-    /// The user's saved prompts (added).
-    #[serde(default)]
+    /// The user's saved prompts (added; absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<crate::Prompt>,
 }
 
