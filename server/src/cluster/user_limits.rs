@@ -11,49 +11,40 @@ use uuid::Uuid;
 use super::keys::*;
 use super::{Cluster, ClusterError};
 
-/// Takes a place (a WebSocket connection of a user, a viewer of a share link) against a
-/// cluster-wide cap, unless that many are held on live instances. KEYS[1] the count hash (a
-/// field per instance); ARGV[1] instance; ARGV[2] cap; ARGV[3] prefix of heartbeat keys.
-/// Fields of instances that are gone are dropped (their places went with them). Returns the
-/// places held with this one when taken, 0 when the cap is reached.
-pub(super) static TAKE_PLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+/// Lua that sums a count hash's places (a field per instance) held by live instances into
+/// `total`, dropping the fields of instances that are gone (their places went with them).
+/// KEYS[1] the count hash; ARGV[1] the prefix of heartbeat keys.
+const LIVE_TOTAL: &str = r#"
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local instance = fields[i]
   local node = string.match(instance, '^(.*)#') or instance
-  if redis.call('GET', ARGV[3] .. node) == instance then
+  if redis.call('GET', ARGV[1] .. node) == instance then
     total = total + tonumber(fields[i + 1])
   else
     redis.call('HDEL', KEYS[1], instance)
   end
 end
-if total >= tonumber(ARGV[2]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"#;
+
+/// Takes a place (a WebSocket connection of a user, a viewer of a share link) against a
+/// cluster-wide cap, unless that many are held on live instances. KEYS[1] the count hash;
+/// ARGV[1] prefix of heartbeat keys; ARGV[2] instance; ARGV[3] cap. Returns the places held
+/// with this one when taken, 0 when the cap is reached.
+pub(super) static TAKE_PLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{LIVE_TOTAL}
+if total >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('EXPIRE', KEYS[1], 86400)
-return total + 1
-"#,
-    )
+return total + 1"
+    ))
 });
 
 /// How many places live instances hold. KEYS[1] the count hash; ARGV[1] prefix of
 /// heartbeat keys.
-static COUNT_PLACES: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local total = 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local instance = fields[i]
-  local node = string.match(instance, '^(.*)#') or instance
-  if redis.call('GET', ARGV[1] .. node) == instance then total = total + tonumber(fields[i + 1]) end
-end
-return total
-"#,
-    )
-});
+static COUNT_PLACES: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{LIVE_TOTAL}\nreturn total")));
 
 /// Gives a place back. KEYS[1] the count hash; ARGV[1] instance.
 pub(super) static GIVE_PLACE: LazyLock<Script> = LazyLock::new(|| {
@@ -109,7 +100,7 @@ impl Cluster {
     async fn take_place(&self, key: String, max: usize) -> Result<Option<u32>, ClusterError> {
         let mut redis = self.redis.clone();
         let held: u32 =
-            TAKE_PLACE.key(key).arg(&*self.instance).arg(max).arg(ALIVE_PREFIX).invoke_async(&mut redis).await?;
+            TAKE_PLACE.key(key).arg(ALIVE_PREFIX).arg(&*self.instance).arg(max).invoke_async(&mut redis).await?;
         Ok((held > 0).then_some(held))
     }
 
