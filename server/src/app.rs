@@ -20,7 +20,7 @@ use crate::llm::models::Models;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
-use crate::share::Viewers;
+use crate::share::viewers::Viewers;
 use crate::state::AppState;
 use crate::store::{Store, WriteBehind};
 use relay_mock_llm::MockLlm;

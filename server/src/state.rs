@@ -17,7 +17,7 @@ use crate::llm::models::Models;
 use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::session::SessionRegistry;
-use crate::share::Viewers;
+use crate::share::viewers::Viewers;
 use crate::store::{Store, WriteBehind};
 
 /// Everything a request handler or connection needs; cheap to clone.
