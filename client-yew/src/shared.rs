@@ -81,6 +81,8 @@ impl Shared {
                 if self.live != Live::Live {
                     self.session = Some(page.session);
                     self.messages = page.messages.into_iter().map(Rc::new).collect();
+                    // A reply that was streaming is shown as stored; no more pieces come.
+                    self.generating = None;
                     self.live = Live::Static;
                 }
             }

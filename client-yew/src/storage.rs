@@ -41,6 +41,15 @@ pub fn clear_drafts() {
 
 const SHARE_PREFIX: &str = "relay.share.";
 
+/// Forgets every share link made here (also when a login expires: a link reads a chat).
+pub fn clear_share_urls() {
+    let storage = LocalStorage::raw();
+    let keys: Vec<String> = (0..storage.length().unwrap_or(0)).filter_map(|i| storage.key(i).ok().flatten()).collect();
+    for key in keys.into_iter().filter(|k| k.starts_with(SHARE_PREFIX)) {
+        LocalStorage::delete(key);
+    }
+}
+
 /// The address of a share link made in this browser (the server shows a token only once).
 pub fn share_url(share: Uuid) -> Option<String> {
     LocalStorage::get(format!("{SHARE_PREFIX}{share}")).ok()

@@ -1198,6 +1198,12 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
             composer.send_keys(Key::Enter).await?;
             h.tab(a).wait("the prompt inserted", "return document.querySelector('#composer').value === 'Say hello in five languages'").await?;
             h.tab(a).wait_gone("#prompt-picker").await?;
+            // Esc closes the list (clearing the `/` text), and nothing was sent.
+            h.tab(a).fill_composer("/gre").await?;
+            h.tab(a).wait_text("#prompt-options", "Greet").await?;
+            h.tab(a).element("#composer").await?.send_keys(Key::Escape).await?;
+            h.tab(a).wait_gone("#prompt-picker").await?;
+            assert_eq!(h.tab(a).count("#messages article.message.user").await?, 2, "nothing was sent");
             // Deleted from the picker, it is gone for good.
             h.tab(a).fill_composer("/").await?;
             h.tab(a).wait_text("#prompt-options", "Greet").await?;

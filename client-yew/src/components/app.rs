@@ -150,6 +150,7 @@ pub fn app() -> Html {
         use_effect_with(logged_out, |logged_out| {
             if *logged_out {
                 storage::clear_auth();
+                storage::clear_share_urls();
             }
         });
     }

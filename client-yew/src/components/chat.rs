@@ -44,6 +44,20 @@ pub struct ChatProps {
     pub models: Option<ModelList>,
 }
 
+/// The ratings given in a tab, by reply.
+#[derive(Default, PartialEq)]
+struct Ratings(HashMap<Uuid, i8>);
+
+impl Reducible for Ratings {
+    type Action = (Uuid, i8);
+
+    fn reduce(self: Rc<Self>, (id, rating): (Uuid, i8)) -> Rc<Self> {
+        let mut ratings = self.0.clone();
+        ratings.insert(id, rating);
+        Rc::new(Ratings(ratings))
+    }
+}
+
 /// The longest reply read out whole when it completes; a longer one is read up to here.
 const ANNOUNCED_CHARS: usize = 600;
 
@@ -70,8 +84,9 @@ pub fn chat_view(props: &ChatProps) -> Html {
     // The version shown of each message that replaced others (by the live message's id);
     // the live one when not chosen.
     let shown_versions = use_state(HashMap::<Uuid, usize>::new);
-    // The ratings given in this tab, by reply.
-    let ratings = use_state(HashMap::<Uuid, i8>::new);
+    // The ratings given in this tab, by reply (a reducer: answers that arrive together
+    // each add to the map as it is then).
+    let ratings = use_reducer(Ratings::default);
     let chat = props.chat.clone();
 
     // A reply is announced to screen readers once, when it is complete (not every token).
@@ -314,17 +329,12 @@ pub fn chat_view(props: &ChatProps) -> Html {
             });
             let on_regenerate = (!old && settled && Some(message.id) == last_reply).then(|| regenerate.clone());
             let versions = if i == 0 { picker.clone() } else { None };
-            let rating = ratings.get(&message.id).copied();
+            let rating = ratings.0.get(&message.id).copied();
             let on_rate = (!is_streaming && message.role == Role::Assistant).then(|| {
-                let (ctx, ratings, id) = (ctx.clone(), ratings.clone(), message.id);
+                let (ctx, ratings, id) = (ctx.clone(), ratings.dispatcher(), message.id);
                 Callback::from(move |rating: i8| {
                     let ratings = ratings.clone();
-                    let rated = Callback::from(move |stored: i8| {
-                        let mut now = (*ratings).clone();
-                        now.insert(id, stored);
-                        ratings.set(now);
-                    });
-                    ctx.rate(session_id, id, rating, rated);
+                    ctx.rate(session_id, id, rating, Callback::from(move |stored: i8| ratings.dispatch((id, stored))));
                 })
             });
             views.push(html! {

@@ -72,28 +72,50 @@ pub fn prompt_picker(props: &PickerProps) -> Html {
     let chosen = props.prompts.as_ref().and_then(|p| p.get(props.highlight)).cloned();
     let delete = chosen.map(|p| {
         let (on_delete, id) = (props.on_delete.clone(), p.id);
-        // On mouse down, so the composer keeps its focus.
-        let onmousedown = Callback::from(move |e: MouseEvent| {
-            e.prevent_default();
-            on_delete.emit(id);
-        });
+        let onclick = Callback::from(move |_: MouseEvent| on_delete.emit(id));
         html! {
-            <button type="button" class="link prompt-delete" id="prompt-delete" {onmousedown}>
+            <button type="button" class="link prompt-delete" id="prompt-delete" {onclick}>
                 { icons::show(Icon::Trash) }{ format!("Delete “{}”", p.title) }
             </button>
         }
     });
+    let (title_field, content_field) = (use_node_ref(), use_node_ref());
     let save = {
-        let (title, content, on_save) = (title.clone(), content.clone(), props.on_save.clone());
+        let (title_field, content_field, on_save) = (title_field.clone(), content_field.clone(), props.on_save.clone());
         // A button, not a form: the picker sits inside the composer's form, whose submit
-        // would send the `/` as a message.
-        Callback::from(move |_: MouseEvent| {
+        // would send the `/` as a message. The fields are read as they are now (a key
+        // pressed right after typing may come before the state of the last keystroke).
+        Callback::from(move |()| {
+            let title = title_field.cast::<HtmlInputElement>().map(|i| i.value()).unwrap_or_default();
+            let content = content_field.cast::<HtmlTextAreaElement>().map(|a| a.value()).unwrap_or_default();
             if title.trim().is_empty() || content.trim().is_empty() {
                 return;
             }
-            on_save.emit(((*title).clone(), (*content).clone()));
+            on_save.emit((title, content));
+        })
+    };
+    // The form empties once the list comes back with the new prompt (not before: a save the
+    // server refuses keeps what was typed).
+    {
+        let (title, content) = (title.clone(), content.clone());
+        let count = props.prompts.as_ref().map(Vec::len);
+        use_effect_with(count, move |_| {
             title.set(String::new());
             content.set(String::new());
+        });
+    }
+    let save_click = {
+        let save = save.clone();
+        Callback::from(move |_: MouseEvent| save.emit(()))
+    };
+    // Enter in the name saves (and never submits the composer's form around the picker).
+    let title_key = {
+        let save = save.clone();
+        Callback::from(move |e: KeyboardEvent| {
+            if e.key() == "Enter" {
+                e.prevent_default();
+                save.emit(());
+            }
         })
     };
     let set_title = {
@@ -117,11 +139,12 @@ pub fn prompt_picker(props: &PickerProps) -> Html {
             <ul id="prompt-options" role="listbox" aria-label="Saved prompts">{ items }</ul>
             { for delete }
             <div class="prompt-new" role="group" aria-label="Save a new prompt">
-                <input id="prompt-new-title" type="text" placeholder="New prompt's name" aria-label="New prompt's name"
-                    maxlength={MAX_PROMPT_TITLE_CHARS.to_string()} value={(*title).clone()} oninput={set_title} />
-                <textarea id="prompt-new-content" rows="2" placeholder="Its text" aria-label="New prompt's text"
+                <input id="prompt-new-title" ref={title_field} type="text" placeholder="New prompt's name" aria-label="New prompt's name"
+                    maxlength={MAX_PROMPT_TITLE_CHARS.to_string()} value={(*title).clone()} oninput={set_title}
+                    onkeydown={title_key} />
+                <textarea id="prompt-new-content" ref={content_field} rows="2" placeholder="Its text" aria-label="New prompt's text"
                     maxlength={MAX_PROMPT_CONTENT_CHARS.to_string()} value={(*content).clone()} oninput={set_content} />
-                <button type="button" id="prompt-save" onclick={save}>{ "Save prompt" }</button>
+                <button type="button" id="prompt-save" onclick={save_click}>{ "Save prompt" }</button>
             </div>
         </div>
     }

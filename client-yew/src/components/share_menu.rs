@@ -39,6 +39,9 @@ pub fn share_menu(props: &ShareProps) -> Html {
         let ctx = ctx.clone();
         use_effect_with(props.session_id, move |session_id| ctx.load_share(*session_id));
     }
+    // A link that expired is no link (the server says nothing when it does).
+    let now = chrono::DateTime::from_timestamp_millis(js_sys::Date::now() as i64).unwrap_or_default();
+    let share = props.share.as_ref().filter(|s| s.expires_at.is_none_or(|at| at > now));
     let session_id = props.session_id;
     let done = {
         let busy = busy.clone();
@@ -74,11 +77,11 @@ pub fn share_menu(props: &ShareProps) -> Html {
             <label for="share-expiry">{ "Link works" }</label>
             <select id="share-expiry" onchange={choose}>{ for options }</select>
             <button type="button" id="share-create" onclick={create} disabled={*busy}>
-                { if props.share.is_some() { "Make a new link" } else { "Create link" } }
+                { if share.is_some() { "Make a new link" } else { "Create link" } }
             </button>
         </div>
     };
-    let body = match &props.share {
+    let body = match share {
         None => html! {
             <>
                 <p class="share-about">{ "Anyone with the link can read this chat and watch new replies as they are written, without an account. They cannot write in it." }</p>
@@ -120,7 +123,7 @@ pub fn share_menu(props: &ShareProps) -> Html {
             }
         }
     };
-    let summary = match &props.share {
+    let summary = match share {
         Some(share) => {
             html! { <>{ "Shared" }<span id="share-viewers" class="share-count">{ format!(" · {} watching", share.viewers) }</span></> }
         }

@@ -78,7 +78,7 @@ pub fn shared_page(props: &SharedProps) -> Html {
         Live::Ended(Some(ShareEnd::Expired)) => Some("This share link has expired."),
         Live::Ended(None) => Some("This link does not open anything: it was revoked, it expired, or it never existed."),
         Live::Static => Some(
-            "Too many people are watching right now: this is the conversation as it was when the page loaded. Reload to try again.",
+            "This conversation cannot be followed live right now (many people may be watching): it is shown as it was when the page loaded. Reload to try again.",
         ),
         _ => None,
     };
