@@ -41,6 +41,15 @@ async fn answer<T: DeserializeOwned>(response: Result<Response, gloo_net::Error>
     }
 }
 
+/// The answer to a delete: done, also when it was gone already (`404`).
+async fn gone(response: Result<Response, gloo_net::Error>) -> Result<(), ApiError> {
+    let response = response.map_err(ApiError::network)?;
+    if response.ok() || response.status() == 404 {
+        return Ok(());
+    }
+    Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")))
+}
+
 fn authed(builder: RequestBuilder, token: &str) -> RequestBuilder {
     builder.header("Authorization", &format!("Bearer {token}"))
 }
@@ -139,11 +148,7 @@ pub async fn share_status(token: &str, session: Uuid) -> Result<Option<ShareStat
 /// Revokes a session's share link.
 pub async fn revoke_share(token: &str, session: Uuid) -> Result<(), ApiError> {
     let url = format!("/api/v1/chat/sessions/{session}/share");
-    let response = authed(Request::delete(&url), token).send().await.map_err(ApiError::network)?;
-    if response.ok() || response.status() == 404 {
-        return Ok(());
-    }
-    Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")))
+    gone(authed(Request::delete(&url), token).send().await).await
 }
 
 /// What a share link shows (no login).
@@ -187,10 +192,5 @@ pub async fn create_prompt(token: &str, title: &str, content: &str) -> Result<Pr
 
 /// Deletes a saved prompt.
 pub async fn delete_prompt(token: &str, id: Uuid) -> Result<(), ApiError> {
-    let response =
-        authed(Request::delete(&format!("/api/v1/prompts/{id}")), token).send().await.map_err(ApiError::network)?;
-    if response.ok() || response.status() == 404 {
-        return Ok(());
-    }
-    Err(answer::<serde_json::Value>(Ok(response)).await.err().unwrap_or_else(|| ApiError::network("?")))
+    gone(authed(Request::delete(&format!("/api/v1/prompts/{id}")), token).send().await).await
 }

@@ -32,9 +32,14 @@ fn draft_key(session: Uuid) -> String {
 /// Forgets every session's unsent text and every share link made here (at logout: the
 /// next user of this browser must not find them).
 pub fn clear_drafts() {
+    clear_prefixed(&[DRAFT_PREFIX, SHARE_PREFIX]);
+}
+
+/// Forgets every key that starts with one of `prefixes`.
+fn clear_prefixed(prefixes: &[&str]) {
     let storage = LocalStorage::raw();
     let keys: Vec<String> = (0..storage.length().unwrap_or(0)).filter_map(|i| storage.key(i).ok().flatten()).collect();
-    for key in keys.into_iter().filter(|k| k.starts_with(DRAFT_PREFIX) || k.starts_with(SHARE_PREFIX)) {
+    for key in keys.into_iter().filter(|k| prefixes.iter().any(|p| k.starts_with(p))) {
         LocalStorage::delete(key);
     }
 }
@@ -43,11 +48,7 @@ const SHARE_PREFIX: &str = "relay.share.";
 
 /// Forgets every share link made here (also when a login expires: a link reads a chat).
 pub fn clear_share_urls() {
-    let storage = LocalStorage::raw();
-    let keys: Vec<String> = (0..storage.length().unwrap_or(0)).filter_map(|i| storage.key(i).ok().flatten()).collect();
-    for key in keys.into_iter().filter(|k| k.starts_with(SHARE_PREFIX)) {
-        LocalStorage::delete(key);
-    }
+    clear_prefixed(&[SHARE_PREFIX]);
 }
 
 /// The address of a share link made in this browser (the server shows a token only once).

@@ -253,6 +253,12 @@ impl Store {
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(StoreError::from)).collect()
     }
 
+    /// The `total` of a counting query's first row (0 when it has none: nothing counted).
+    async fn total(&self, sql: &str, bind: serde_json::Value) -> Result<u64, StoreError> {
+        let rows: Vec<serde_json::Value> = self.rows(sql, bind).await?;
+        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
     async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
         self.timed(retry_conflicts(|| async {
             match self.db.query(sql).bind(bind.clone()).await?.check() {
@@ -443,13 +449,11 @@ impl Store {
 
     /// How many live (not deleted) sessions a user has.
     pub async fn count_sessions(&self, user_id: Uuid) -> Result<u64, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "SELECT count() AS total FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL",
-                serde_json::json!({"user_id": user_id}),
-            )
-            .await?;
-        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+        self.total(
+            "SELECT count() AS total FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL",
+            serde_json::json!({"user_id": user_id}),
+        )
+        .await
     }
 
     /// Marks a session the user owns as deleted, under its actor's fence; false when it is
@@ -471,14 +475,12 @@ impl Store {
 
     /// How many messages a user's live (not deleted) sessions hold.
     pub async fn stored_messages(&self, user_id: Uuid) -> Result<u64, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "SELECT math::sum(message_count) AS total FROM chat_session \
+        self.total(
+            "SELECT math::sum(message_count) AS total FROM chat_session \
                  WHERE user_id = $user_id AND deleted_at = NONE GROUP ALL",
-                serde_json::json!({"user_id": user_id}),
-            )
-            .await?;
-        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+            serde_json::json!({"user_id": user_id}),
+        )
+        .await
     }
 
     /// Archives up to `batch` sessions deleted before `cutoff`: their messages move out of

@@ -20,13 +20,11 @@ impl Store {
 
     /// How many prompts a user has.
     pub async fn count_prompts(&self, user_id: Uuid) -> Result<u64, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "SELECT count() AS total FROM prompt WHERE user_id = $user_id GROUP ALL",
-                serde_json::json!({"user_id": user_id}),
-            )
-            .await?;
-        Ok(rows.first().and_then(|r| r.get("total")).and_then(|v| v.as_u64()).unwrap_or(0))
+        self.total(
+            "SELECT count() AS total FROM prompt WHERE user_id = $user_id GROUP ALL",
+            serde_json::json!({"user_id": user_id}),
+        )
+        .await
     }
 
     /// Saves a new prompt.
