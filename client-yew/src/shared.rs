@@ -160,6 +160,7 @@ mod tests {
             created_at: Default::default(),
             superseded,
             model: None,
+            replaced_by: None,
         }
     }
 

@@ -357,10 +357,12 @@ impl Model {
                 }
                 self.bump_session(session_id);
             }
-            ServerFrame::Superseded { session_id, message_ids, .. } => {
+            ServerFrame::Superseded { session_id, message_ids, by, .. } => {
                 if let Some(chat) = self.chat_of(session_id) {
                     for message in chat.messages.iter_mut().filter(|m| message_ids.contains(&m.id)) {
-                        Rc::make_mut(message).superseded = true;
+                        let message = Rc::make_mut(message);
+                        message.superseded = true;
+                        message.replaced_by = by;
                     }
                 }
             }
@@ -502,6 +504,7 @@ mod tests {
             created_at: t(),
             superseded: false,
             model: None,
+            replaced_by: None,
         }
     }
 
@@ -644,10 +647,16 @@ mod tests {
             0.0,
         );
         m = m.reduce(
-            Action::Frame(ServerFrame::Superseded { session_id: sid, seq: 3, message_ids: vec![Uuid::from_u128(11)] }),
+            Action::Frame(ServerFrame::Superseded {
+                session_id: sid,
+                seq: 3,
+                message_ids: vec![Uuid::from_u128(11)],
+                by: Some(Uuid::from_u128(12)),
+            }),
             0.0,
         );
         assert!(m.chat.as_ref().unwrap().messages[1].superseded);
+        assert_eq!(m.chat.as_ref().unwrap().messages[1].replaced_by, Some(Uuid::from_u128(12)));
         assert!(m.chat.as_ref().unwrap().has_older, "as the snapshot says, not guessed from its length");
         m = m.reduce(
             Action::Older {

@@ -2,9 +2,12 @@
 //! that replaced others (a regenerated reply, an edited question) carries the versions it
 //! replaced, to browse as `‹ 1/2 ›`.
 //!
-//! Superseded messages are stored in order, just before the message that replaced them.
-//! A reply's versions are the superseded replies before it; an edited question's versions
-//! are the superseded questions before it, each with the replies it had.
+//! Superseded messages are stored in order, just before the message that replaced them,
+//! and each names it (`replaced_by`): every message one edit replaced (the question and
+//! the rest of the conversation after it) names the edit's new question, so that earlier
+//! conversation is one version, followed from its question to its end. A reply's versions
+//! are the replies each regenerate replaced. Messages replaced before servers recorded
+//! `replaced_by` are grouped by role instead: each older question with the last reply it had.
 
 use std::rc::Rc;
 
@@ -35,15 +38,38 @@ pub fn slots(messages: &[Rc<Message>]) -> Vec<Slot> {
             replaced.push(message.clone());
             continue;
         }
-        let mut versions = versions_of(&replaced, message.role);
-        replaced.clear();
+        let (named, unnamed): (Vec<_>, Vec<_>) = replaced.drain(..).partition(|m| m.replaced_by.is_some());
+        let mut versions = versions_of(&unnamed, message.role);
+        versions.extend(replaced_chain(&named, message));
         versions.push(vec![message.clone()]);
         slots.push(Slot { versions });
     }
     slots
 }
 
-/// Replaced messages as versions of a live message of `role`: each version starts at a
+/// The versions `message` replaced, oldest first, followed back through what each replaced:
+/// the messages that name it as their replacement, when the first of them has its role,
+/// are the version before it, and so on. Replaced messages off the chain (a reply
+/// regenerated inside an older version) are left out.
+fn replaced_chain(replaced: &[Rc<Message>], message: &Message) -> Vec<Vec<Rc<Message>>> {
+    let mut versions = Vec::new();
+    let mut by = message.id;
+    loop {
+        let version: Vec<Rc<Message>> = replaced.iter().filter(|m| m.replaced_by == Some(by)).cloned().collect();
+        match version.first() {
+            Some(head) if head.role == message.role && versions.len() < replaced.len() => {
+                by = head.id;
+                versions.push(version);
+            }
+            _ => break,
+        }
+    }
+    versions.reverse();
+    versions
+}
+
+/// Messages replaced before `replaced_by` was recorded, as versions of a live message of
+/// `role`: each version starts at a
 /// message of that role (what came before the first such message is left out); an older
 /// question comes with the last reply it had.
 fn versions_of(replaced: &[Rc<Message>], role: Role) -> Vec<Vec<Rc<Message>>> {
@@ -82,7 +108,15 @@ mod tests {
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
             superseded,
             model: None,
+            replaced_by: None,
         })
+    }
+
+    /// A message replaced by message `by`.
+    fn r(id: u128, role: Role, by: u128) -> Rc<Message> {
+        let mut message = (*m(id, role, true)).clone();
+        message.replaced_by = Some(Uuid::from_u128(by));
+        Rc::new(message)
     }
 
     fn ids(slot: &Slot) -> Vec<Vec<u128>> {
@@ -133,5 +167,57 @@ mod tests {
     fn replaced_messages_cut_off_by_paging_are_left_out() {
         let messages = [m(2, Role::Assistant, true), m(3, Role::User, false)];
         assert_eq!(ids(&slots(&messages)[0]), [[3]]);
+    }
+
+    #[test]
+    fn an_earlier_question_edited_keeps_the_rest_of_that_conversation_as_one_version() {
+        // q1 a1, then q2 a2; q1 edited to q5: q1 a1 q2 a2 are one version of q5.
+        let messages = [
+            r(1, Role::User, 5),
+            r(2, Role::Assistant, 5),
+            r(3, Role::User, 5),
+            r(4, Role::Assistant, 5),
+            m(5, Role::User, false),
+            m(6, Role::Assistant, false),
+        ];
+        let slots = slots(&messages);
+        assert_eq!(slots.len(), 2);
+        assert_eq!(ids(&slots[0]), [vec![1, 2, 3, 4], vec![5]]);
+        assert_eq!(ids(&slots[1]), [[6]]);
+    }
+
+    #[test]
+    fn successive_edits_are_followed_back_one_version_each() {
+        // q1 a1 edited to q3 (a3), then q3 edited to q5; a3 had been regenerated from a2'.
+        let messages = [
+            r(1, Role::User, 3),
+            r(2, Role::Assistant, 3),
+            r(7, Role::Assistant, 4),
+            r(3, Role::User, 5),
+            r(4, Role::Assistant, 5),
+            m(5, Role::User, false),
+            m(6, Role::Assistant, false),
+        ];
+        let slots = slots(&messages);
+        assert_eq!(
+            ids(&slots[0]),
+            [vec![1, 2], vec![3, 4], vec![5]],
+            "the reply regenerated inside a version is left out"
+        );
+    }
+
+    #[test]
+    fn regenerated_replies_are_followed_back_by_what_replaced_them() {
+        let messages =
+            [m(1, Role::User, false), r(2, Role::Assistant, 3), r(3, Role::Assistant, 4), m(4, Role::Assistant, false)];
+        assert_eq!(ids(&slots(&messages)[1]), [vec![2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn a_loop_in_what_replaced_what_ends() {
+        let messages = [r(1, Role::User, 2), r(2, Role::User, 1), m(3, Role::User, false)];
+        assert_eq!(ids(&slots(&messages)[0]), [[3]]);
+        let messages = [r(1, Role::User, 3), r(3, Role::User, 3), m(3, Role::User, false)];
+        assert!(slots(&messages)[0].versions.len() <= 3);
     }
 }

@@ -250,6 +250,10 @@ pub enum ServerFrame {
         seq: u64,
         /// The messages now superseded.
         message_ids: Vec<Uuid>,
+        /// The message that takes their place (their `replaced_by`): the new reply or the
+        /// edit's new message (added; absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Uuid>,
     },
     /// A reply started.
     GenerationStarted {

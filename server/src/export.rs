@@ -188,6 +188,7 @@ mod tests {
             created_at: at,
             superseded,
             model: None,
+            replaced_by: None,
         };
         SessionExport {
             session,

@@ -856,6 +856,26 @@ async fn replaced_replies_and_questions_can_be_browsed() {
             let session = h.tab(a).session_id().await?;
             let live = stored(&h.server, &token_of(h.tab(a)).await?, session).await;
             assert_eq!(live.len(), 2, "the store keeps the edited question and its answer live: {live:?}");
+
+            // The conversation that edit replaced is one version, from its question to its
+            // end (question three is not a version of the first question); the same after a
+            // reload, from the server's snapshot.
+            for pass in ["live", "after a reload"] {
+                h.tab(a).wait_text("#messages article.user .version-count", "3/3").await?;
+                h.tab(a).click("#messages article.user .previous-version").await?;
+                h.tab(a).wait_text("#messages article.user .version-count", "2/3").await?;
+                let shown = h.tab(a).messages().await?;
+                let questions: Vec<&str> =
+                    shown.iter().filter(|m| m.0 == "user").map(|m| m.1.split(' ').take(2).last().unwrap_or("")).collect();
+                assert_eq!(questions, ["two", "three"], "{pass}: {shown:?}");
+                assert_eq!(shown.len(), 4, "{pass}: each question with its reply: {shown:?}");
+                h.tab(a).click("#messages article.user .previous-version").await?;
+                h.tab(a).wait_text("#messages article.user .version-count", "1/3").await?;
+                assert!(h.tab(a).messages().await?[0].1.starts_with("question one"), "{pass}");
+                h.tab(a).driver.refresh().await?;
+                h.tab(a).wait_online().await?;
+                h.tab(a).wait_settled(2).await?;
+            }
             h.tab(a).assert_clean_console(&[]).await
         })
         .await;
@@ -1198,12 +1218,19 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
             composer.send_keys(Key::Enter).await?;
             h.tab(a).wait("the prompt inserted", "return document.querySelector('#composer').value === 'Say hello in five languages'").await?;
             h.tab(a).wait_gone("#prompt-picker").await?;
-            // Esc closes the list (clearing the `/` text), and nothing was sent.
+            // Esc closes the list and keeps the text, which stays a message to send: the
+            // list stays closed as it is typed on.
             h.tab(a).fill_composer("/gre").await?;
             h.tab(a).wait_text("#prompt-options", "Greet").await?;
             h.tab(a).element("#composer").await?.send_keys(Key::Escape).await?;
             h.tab(a).wait_gone("#prompt-picker").await?;
             assert_eq!(h.tab(a).count("#messages article.message.user").await?, 2, "nothing was sent");
+            h.tab(a).element("#composer").await?.send_keys("et [[mock tokens=2]]").await?;
+            assert_eq!(h.tab(a).js("return document.querySelector('#composer').value").await?, json!("/greet [[mock tokens=2]]"));
+            assert_eq!(h.tab(a).count("#prompt-picker").await?, 0, "closed while the text is typed on");
+            h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
+            h.tab(a).wait_settled(6).await?;
+            assert!(h.tab(a).messages().await?[4].1.starts_with("/greet"), "sent as typed");
             // Deleted from the picker, it is gone for good.
             h.tab(a).fill_composer("/").await?;
             h.tab(a).wait_text("#prompt-options", "Greet").await?;

@@ -24,10 +24,15 @@ fn last_context(server: &TestServer) -> Vec<(String, String)> {
 }
 
 fn superseded_ids(frames: &[ServerFrame]) -> Vec<Uuid> {
+    superseded_by(frames).0
+}
+
+/// The messages the `superseded` event names, and the message it says replaced them.
+fn superseded_by(frames: &[ServerFrame]) -> (Vec<Uuid>, Option<Uuid>) {
     frames
         .iter()
         .find_map(|f| match f {
-            ServerFrame::Superseded { message_ids, .. } => Some(message_ids.clone()),
+            ServerFrame::Superseded { message_ids, by, .. } => Some((message_ids.clone(), *by)),
             _ => None,
         })
         .expect("a superseded event")
@@ -58,8 +63,8 @@ async fn regenerate_replaces_the_last_reply_in_every_tab() {
         )
     );
     for frames in [&frames_a, &frames_b] {
-        assert_eq!(superseded_ids(frames), vec![old_reply]);
         let new_reply = started_reply(frames);
+        assert_eq!(superseded_by(frames), (vec![old_reply], Some(new_reply)), "replaced by the new reply");
         assert_ne!(new_reply, old_reply);
         assert_eq!(done_of(frames, new_reply), FinishReason::Stop);
     }
@@ -71,8 +76,9 @@ async fn regenerate_replaces_the_last_reply_in_every_tab() {
     assert_eq!(context.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), ["system", "user"]);
 
     let messages = stored(&server, &token, sid).await.messages;
-    let summary: Vec<(Uuid, bool)> = messages.iter().map(|m| (m.id, m.superseded)).collect();
-    assert_eq!(summary[1..], [(old_reply, true), (new_reply, false)]);
+    let summary: Vec<(Uuid, bool, Option<Uuid>)> =
+        messages.iter().map(|m| (m.id, m.superseded, m.replaced_by)).collect();
+    assert_eq!(summary[1..], [(old_reply, true, Some(new_reply)), (new_reply, false, None)]);
     // A late tab's snapshot says the same.
     let mut late = server.ws(&token).await;
     late.send(json!({"type": "subscribe", "id": "late", "session_id": sid})).await;
@@ -168,7 +174,11 @@ async fn edit_of_an_earlier_message_replaces_everything_after_it() {
         panic!("the edit was refused: {:?}", answer.last())
     };
     let frames = [answer, until_dones(&mut ws, sid, 1).await].concat();
-    assert_eq!(superseded_ids(&frames), old, "the edited message and all five after it, in order");
+    assert_eq!(
+        superseded_by(&frames),
+        (old.clone(), Some(new_message.id)),
+        "the edited message and all five after it, in order"
+    );
     assert!(new_message.content.starts_with("rewritten") && !old.contains(&new_message.id));
     let new_reply = started_reply(&frames);
     assert_eq!(reply_text(&frames, new_reply), mock::reply_text(3, None));
@@ -180,9 +190,12 @@ async fn edit_of_an_earlier_message_replaces_everything_after_it() {
 
     let messages = stored(&server, &token, sid).await.messages;
     assert_eq!(messages.len(), 8, "nothing deleted");
-    let summary: Vec<(Uuid, bool)> = messages.iter().map(|m| (m.id, m.superseded)).collect();
-    let mut want: Vec<(Uuid, bool)> = old.iter().map(|id| (*id, true)).collect();
-    want.extend([(new_message.id, false), (new_reply, false)]);
+    // Each replaced message names the edit's new message: the conversation it replaced is
+    // one version of it.
+    let summary: Vec<(Uuid, bool, Option<Uuid>)> =
+        messages.iter().map(|m| (m.id, m.superseded, m.replaced_by)).collect();
+    let mut want: Vec<(Uuid, bool, Option<Uuid>)> = old.iter().map(|id| (*id, true, Some(new_message.id))).collect();
+    want.extend([(new_message.id, false, None), (new_reply, false, None)]);
     assert_eq!(summary, want);
     // A late tab's snapshot says the same.
     let mut late = server.ws(&token).await;
@@ -210,6 +223,12 @@ async fn edit_of_an_earlier_message_replaces_everything_after_it() {
     assert_eq!(messages.len(), 12, "nothing deleted");
     let live: Vec<Uuid> = messages.iter().filter(|m| !m.superseded).map(|m| m.id).collect();
     assert_eq!(live, [edited.user_message.id, edited.assistant_message.id]);
+    // The second edit's version is the first edit's conversation; the first version keeps
+    // naming the first edit.
+    let replaced_by: Vec<Option<Uuid>> = messages[..10].iter().map(|m| m.replaced_by).collect();
+    let mut want = vec![Some(new_message.id); 6];
+    want.extend([Some(edited.user_message.id); 4]);
+    assert_eq!(replaced_by, want);
 }
 
 /// Only the messages the session holds in memory (its last 200) can be edited: an older

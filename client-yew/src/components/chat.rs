@@ -280,6 +280,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
             created_at: chat.session.updated_at,
             superseded: false,
             model: None,
+            replaced_by: None,
         })
     });
     let mut messages: Vec<Rc<Message>> =

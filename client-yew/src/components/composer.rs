@@ -75,10 +75,16 @@ pub fn composer(props: &ComposerProps) -> Html {
         });
     }
     let disabled = props.blocked.is_some() || !props.online;
-    // Saved prompts: `/` at the start of a one-line text offers them.
+    // Saved prompts: `/` at the start of a one-line text offers them. Esc closes the list
+    // and keeps the text (it may be a message that starts with `/`); the list stays closed
+    // while that text is typed on, and opens again once it is erased.
     let prompts = use_state(|| None::<Vec<Prompt>>);
     let highlight = use_state(|| 0usize);
-    let picking = editing.is_none() && text.starts_with('/') && !text.contains('\n');
+    let dismissed = use_state(|| None::<String>);
+    let picking = editing.is_none()
+        && text.starts_with('/')
+        && !text.contains('\n')
+        && !dismissed.as_deref().is_some_and(|d| text.starts_with(d));
     {
         let (ctx, prompts) = (ctx.clone(), prompts.clone());
         use_effect_with(picking, move |picking| {
@@ -153,7 +159,8 @@ pub fn composer(props: &ComposerProps) -> Html {
         })
     };
     let onkeydown = {
-        let (submit, done, text) = (submit.clone(), props.on_done_editing.clone(), text.clone());
+        let (submit, done, text, dismissed) =
+            (submit.clone(), props.on_done_editing.clone(), text.clone(), dismissed.clone());
         let (highlight, insert, count, chosen) =
             (highlight.clone(), insert.clone(), shown.as_ref().map_or(0, Vec::len), chosen.clone());
         Callback::from(move |e: KeyboardEvent| {
@@ -181,8 +188,7 @@ pub fn composer(props: &ComposerProps) -> Html {
             }
             if picking && e.key() == "Escape" {
                 e.prevent_default();
-                storage::save_draft(session_id, "");
-                text.set(String::new());
+                dismissed.set(Some((*text).clone()));
                 return;
             }
             if e.key() == "Enter" && !e.shift_key() && !e.is_composing() {

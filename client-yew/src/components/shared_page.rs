@@ -93,6 +93,7 @@ pub fn shared_page(props: &SharedProps) -> Html {
             created_at: shared.session.as_ref().map(|s| s.updated_at).unwrap_or_default(),
             superseded: false,
             model: None,
+            replaced_by: None,
         })
     });
     let streaming_id = streaming.as_ref().map(|s| s.id);

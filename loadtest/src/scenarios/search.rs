@@ -162,6 +162,7 @@ pub async fn fill_store(
                         created_at: at + chrono::Duration::seconds(i as i64),
                         superseded: false,
                         model: None,
+                        replaced_by: None,
                     }
                 })
                 .collect();

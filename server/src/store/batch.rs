@@ -194,6 +194,9 @@ impl Plan {
                 row["counts"] = serde_json::json!(save.counts);
                 row["at"] = serde_json::json!(save.at);
                 row["supersedes"] = serde_json::json!(save.supersedes);
+                if let Some(by) = save.replaced_by {
+                    row["replacer"] = serde_json::json!(by);
+                }
                 // A missing field reads as NONE, which `option<int>` takes; null it does not.
                 if let Some(fields) = row.as_object_mut() {
                     for field in ["token_count", "model"] {
@@ -364,7 +367,8 @@ FOR $m IN $messages {
 FOR $m IN $messages {
     IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
         FOR $id IN $m.supersedes {
-            UPDATE type::record('chat_message', $id) SET superseded = true WHERE session_id = $m.session_id;
+            UPDATE type::record('chat_message', $id) SET superseded = true, replaced_by = replaced_by ?? $m.replacer
+                WHERE session_id = $m.session_id;
         };
     };
 };
@@ -406,6 +410,7 @@ mod tests {
             created_at: Utc::now(),
             superseded: false,
             model: None,
+            replaced_by: None,
         }
     }
 
@@ -477,24 +482,31 @@ mod tests {
         plan.write(&store, &BatchId { run: 7, writer: 0, n: 1 }, false).await.unwrap();
 
         let key = |key: &str| Some(SendKey { user_id: user, key: key.into(), reply_id: Uuid::new_v4() });
-        let regenerate = || save(fence, Save::of(question.clone()).keyed(key("r-1")).superseding(vec![answer.id]));
+        let new_reply = Uuid::new_v4();
+        let regenerate =
+            || save(fence, Save::of(question.clone()).keyed(key("r-1")).superseding(vec![answer.id], new_reply));
         let mut plan = Plan::default();
         plan.add(regenerate());
         assert!(!plan.takes(&regenerate()), "a second use of a key waits for the next batch");
         plan.write(&store, &BatchId { run: 7, writer: 0, n: 2 }, false).await.unwrap();
         let stored = store.get_message(fence.session_id, answer.id).await.unwrap().unwrap();
         assert!(stored.superseded, "the regenerate superseded the reply");
+        assert_eq!(stored.replaced_by, Some(new_reply), "and names the reply that took its place");
 
         // A late version of the superseded reply keeps it superseded.
         let mut plan = Plan::default();
         plan.add(save(fence, Save::of(Message { content: "late".into(), ..answer.clone() })));
         // A repeat of the key supersedes nothing, counts nothing.
         let other = message(fence.session_id, Role::User, "other");
-        plan.add(save(fence, Save::of(other.clone()).counted().keyed(key("r-1")).superseding(vec![question.id])));
+        plan.add(save(
+            fence,
+            Save::of(other.clone()).counted().keyed(key("r-1")).superseding(vec![question.id], Uuid::new_v4()),
+        ));
         let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 3 }, false).await.unwrap();
         assert_eq!(outcome.repeats.len(), 1, "{outcome:?}");
         let stored = store.get_message(fence.session_id, answer.id).await.unwrap().unwrap();
         assert!(stored.superseded && stored.content == "late", "{stored:?}");
+        assert_eq!(stored.replaced_by, Some(new_reply), "a late version keeps what replaced it");
         assert!(store.get_message(fence.session_id, other.id).await.unwrap().is_none());
         assert!(!store.get_message(fence.session_id, question.id).await.unwrap().unwrap().superseded);
         assert_eq!(store.stored_messages(user).await.unwrap(), 2, "the repeat was not counted");
@@ -504,7 +516,7 @@ mod tests {
         store.claim_session(fence.session_id).await.unwrap().unwrap();
         let edit = message(fence.session_id, Role::User, "edited");
         let mut plan = Plan::default();
-        plan.add(save(fence, Save::of(edit.clone()).counted().superseding(vec![question.id])));
+        plan.add(save(fence, Save::of(edit.clone()).counted().superseding(vec![question.id], Uuid::new_v4())));
         let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 4 }, false).await.unwrap();
         assert_eq!(outcome.stale, vec![0]);
         assert!(store.get_message(fence.session_id, edit.id).await.unwrap().is_none());

@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "prompts and models",
         sql: include_str!("../../../schema/0010_prompts_and_models.surql"),
     },
+    Migration { version: 11, name: "replaced_by", sql: include_str!("../../../schema/0011_replaced_by.surql") },
 ];
 
 const BOOKKEEPING: &str = "

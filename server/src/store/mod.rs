@@ -168,7 +168,7 @@ pub struct Store {
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at, system_prompt, model";
-const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded, model";
+const MESSAGE_FIELDS: &str = "record::id(id) AS id, session_id, role, content, token_count, status, created_at, superseded ?? false AS superseded, model, replaced_by";
 
 /// Attempts at a direct query whose transaction conflicted with another.
 const CONFLICT_ATTEMPTS: u32 = 8;

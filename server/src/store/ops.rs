@@ -55,6 +55,9 @@ pub struct Save {
     /// Messages this one replaces (an edit's old message and reply, a regenerated reply):
     /// marked superseded once this is stored.
     pub supersedes: Vec<Uuid>,
+    /// The message that takes their place (an edit's new message, a regenerate's new
+    /// reply), stored as their `replaced_by`.
+    pub replaced_by: Option<Uuid>,
     /// How many messages the session's count grows by (1 for a new message, 0 for a
     /// checkpoint or another version), moving its `updated_at` to `at`.
     pub counts: i32,
@@ -68,7 +71,7 @@ pub struct Save {
 impl Save {
     /// A save of `message` alone: nothing counted, keyed or replaced.
     pub fn of(message: Message) -> Save {
-        Save { message, key: None, supersedes: Vec::new(), counts: 0, at: Utc::now(), tokens: None }
+        Save { message, key: None, supersedes: Vec::new(), replaced_by: None, counts: 0, at: Utc::now(), tokens: None }
     }
 
     /// Counts the message as a new one of its session, active now.
@@ -84,9 +87,10 @@ impl Save {
         self
     }
 
-    /// Marks `ids` superseded with the message.
-    pub fn superseding(mut self, ids: Vec<Uuid>) -> Save {
+    /// Marks `ids` superseded with the message, replaced by the message `by`.
+    pub fn superseding(mut self, ids: Vec<Uuid>, by: Uuid) -> Save {
         self.supersedes = ids;
+        self.replaced_by = Some(by);
         self
     }
 

@@ -399,6 +399,7 @@ pub(crate) mod tests {
             created_at: Utc::now(),
             superseded: false,
             model: None,
+            replaced_by: None,
         }
     }
 

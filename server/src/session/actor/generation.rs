@@ -256,6 +256,7 @@ impl SessionState {
             created_at: running.created_at,
             superseded: false,
             model: Some(running.model.clone()),
+            replaced_by: None,
         };
         self.deps.writes.checkpoint(self.fence, message);
     }
@@ -301,6 +302,7 @@ impl SessionState {
             created_at: running.created_at,
             superseded: false,
             model: Some(running.model.clone()),
+            replaced_by: None,
         };
         let metrics = &self.deps.metrics;
         let arm = self.deps.models.arm_label(running.user.id);

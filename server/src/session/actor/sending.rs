@@ -76,7 +76,7 @@ impl SessionState {
         if key.is_some() || !replaced.is_empty() {
             // The message answered is stored again as it is, carrying the key and what
             // the regenerate replaces.
-            let save = Save::of(answering.clone()).keyed(key).superseding(replaced.clone());
+            let save = Save::of(answering.clone()).keyed(key).superseding(replaced.clone(), reply_id);
             match self.store_durably(save).await {
                 Ok(Saved::Stored) => {}
                 Ok(Saved::Repeat { session_id, message_id, reply_id }) => {
@@ -95,7 +95,7 @@ impl SessionState {
             self.keys
                 .remember(key.clone(), StoredSend { session_id: self.session.id, message_id: answering.id, reply_id });
         }
-        self.superseded(&replaced);
+        self.superseded(&replaced, reply_id);
         self.count_usage(&requester.user);
         self.watch(&requester.origin)?;
         self.ack(&requester.origin, requester.request_id.clone(), &answering);
@@ -217,16 +217,18 @@ impl SessionState {
         }
     }
 
-    /// Marks stored messages superseded in memory and tells every watcher.
-    fn superseded(&mut self, ids: &[Uuid]) {
+    /// Marks stored messages superseded by the message `by` in memory and tells every
+    /// watcher.
+    fn superseded(&mut self, ids: &[Uuid], by: Uuid) {
         if ids.is_empty() {
             return;
         }
         for message in self.history.iter_mut().filter(|m| ids.contains(&m.id)) {
             message.superseded = true;
+            message.replaced_by = Some(by);
         }
         let (session_id, message_ids) = (self.session.id, ids.to_vec());
-        self.emit(|seq| ServerFrame::Superseded { session_id, seq, message_ids });
+        self.emit(|seq| ServerFrame::Superseded { session_id, seq, message_ids, by: Some(by) });
     }
 
     /// Takes an admitted user message in: stores it (with the messages it `replaces`, for
@@ -248,7 +250,7 @@ impl SessionState {
         let key = requester.key.as_ref().map(|key| SendKey { user_id: requester.user.id, key: key.clone(), reply_id });
         let runs_next = self.current.is_none() && self.queue.is_empty();
         let prepared = runs_next.then(|| self.spawn_generation(&message, &replaces, myself));
-        let save = Save::of(message.clone()).counted().keyed(key).superseding(replaces.clone());
+        let save = Save::of(message.clone()).counted().keyed(key).superseding(replaces.clone(), message.id);
         let saved = match self.store_durably(save).await {
             Ok(saved) => saved,
             Err(e) => {
@@ -284,7 +286,7 @@ impl SessionState {
         self.name_after_first_message(&message);
         self.count_usage(&requester.user);
         self.ack(&requester.origin, requester.request_id.clone(), &message);
-        self.superseded(&replaces);
+        self.superseded(&replaces, message.id);
         self.publish_message(message.clone());
         self.queue.push_back(Queued {
             user: requester.user,
@@ -320,6 +322,7 @@ impl SessionState {
             created_at: earliest.map_or(now, |e| e.max(now)),
             superseded: false,
             model: None,
+            replaced_by: None,
         }
     }
 }
