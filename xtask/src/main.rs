@@ -182,8 +182,8 @@ fn wasm_bindgen() -> Result<PathBuf> {
 
 /// binaryen's `wasm-opt` of `BINARYEN_VERSION`, from the npm registry (seconds to install;
 /// the `wasm-opt` crate compiles an older binaryen's C++ for a quarter of an hour). None
-/// without npm: the build does not depend on it (the Rust image of `deploy/Dockerfile` has
-/// no Node.js).
+/// without npm: the build does not depend on it (`deploy/Dockerfile` brings Node.js into its
+/// Rust image for it).
 fn wasm_opt() -> Result<Option<PathBuf>> {
     let prefix = tools_dir().join("binaryen");
     let cached = prefix.join("node_modules/.bin/wasm-opt");
