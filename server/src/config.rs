@@ -1194,6 +1194,14 @@ mod tests {
         assert_eq!(load(&[("REDIS_URL", "localhost:6379")]).unwrap_err().var, "REDIS_URL");
         assert_eq!(load(&[("FEATURE_CHAT_ENABLED", "maybe")]).unwrap_err().var, "FEATURE_CHAT_ENABLED");
         assert_eq!(load(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "101")]).unwrap_err().var, "FEATURE_CHAT_ROLLOUT_PERCENT");
+        for url in ["chat.example", "ftp://chat.example", "https://", "https://chat.example/?x=1", "https://a b"] {
+            assert_eq!(load(&[("PUBLIC_URL", url)]).unwrap_err().var, "PUBLIC_URL", "{url}");
+        }
+        assert_eq!(
+            load(&[("PUBLIC_URL", " https://chat.example/relay/ ")]).unwrap().public_url.as_deref(),
+            Some("https://chat.example/relay")
+        );
+        assert_eq!(load(&[("PUBLIC_URL", "")]).unwrap().public_url, None, "empty is unset");
         assert_eq!(
             load(&[("CORS_ALLOWED_ORIGINS", "https://a.example, http://b.example/")]).unwrap().cors_allowed_origins,
             ["https://a.example", "http://b.example"]

@@ -83,6 +83,25 @@ async fn saved_prompts_are_the_users_own_and_bounded() {
     assert_eq!(call(&server, Method::DELETE, &token, &path, None).await.status(), 204);
     let list: PromptList = call(&server, Method::GET, &token, "/api/v1/prompts", None).await.json().await.unwrap();
     assert_eq!(list.prompts.iter().map(|p| p.id).collect::<Vec<_>>(), [translate.id]);
+
+    // At most MAX_PROMPTS_PER_USER each: the next is refused until one is deleted.
+    let save = |n: usize| {
+        call(&server, Method::POST, &token, "/api/v1/prompts", Some(json!({"title": format!("p{n}"), "content": "x"})))
+    };
+    let mut last = None;
+    for n in 1..relay_protocol::MAX_PROMPTS_PER_USER {
+        let r = save(n).await;
+        assert_eq!(r.status(), 201, "prompt {n}");
+        last = Some(r.json::<Prompt>().await.unwrap());
+    }
+    let refused = save(0).await;
+    assert_eq!(error_of(refused).await, (403, ErrorCode::LimitExceeded), "one more than the limit");
+    let other_user =
+        call(&server, Method::POST, &other, "/api/v1/prompts", Some(json!({"title": "t", "content": "x"}))).await;
+    assert_eq!(other_user.status(), 201, "the limit is each user's own");
+    let path = format!("/api/v1/prompts/{}", last.unwrap().id);
+    assert_eq!(call(&server, Method::DELETE, &token, &path, None).await.status(), 204);
+    assert_eq!(save(0).await.status(), 201, "room again after a delete");
 }
 
 #[tokio::test]
