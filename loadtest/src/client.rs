@@ -74,7 +74,7 @@ impl Error {
             Error::Closed(None) => "closed".into(),
             Error::Timeout => "timeout".into(),
             Error::Unexpected(_) => "unexpected".into(),
-            Error::Ws(_) => "websocket".into(),
+            Error::Ws(e) => format!("websocket_{}", ws_cause(e)),
             Error::Request(_) => "request".into(),
         }
     }
@@ -287,5 +287,22 @@ impl Conn {
     /// Closes the connection (without waiting long for the server's answer).
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+/// What a WebSocket failure was, in a word or two: an I/O error's kind (`connectionreset`,
+/// `brokenpipe`, …), a protocol violation, a message over the size limit, …
+fn ws_cause(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Io(io) => format!("io_{:?}", io.kind()).to_lowercase(),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
+        tungstenite::Error::Protocol(p) => {
+            let debug = format!("{p:?}");
+            format!("protocol_{}", debug.split(['(', ' ', '{']).next().unwrap_or_default().to_lowercase())
+        }
+        tungstenite::Error::Capacity(_) => "capacity".into(),
+        tungstenite::Error::WriteBufferFull(_) => "write_buffer_full".into(),
+        tungstenite::Error::Utf8(_) => "utf8".into(),
+        _ => "other".into(),
     }
 }

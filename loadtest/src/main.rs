@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relay_loadtest::scenarios::{chat, compare, direct, idle, search, tabs};
+use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, tabs};
 use relay_loadtest::{SpawnOptions, SpawnedServer, Target};
 use relay_mock_llm::{MockLlm, MockSettings};
 use serde::Serialize;
@@ -162,6 +162,23 @@ enum Command {
         requests: usize,
     },
     /// Direct and through the server, interleaved: the TTFT the server adds.
+    /// Everyone presses Enter at once: all connections open and all sessions created
+    /// first, then every send released together; the TTFT the server adds, beside as many
+    /// simultaneous requests straight to the model.
+    Burst {
+        /// Users (one connection each).
+        #[arg(long, default_value_t = 10)]
+        users: usize,
+        /// Sessions per user, each sending once in the burst.
+        #[arg(long, default_value_t = 10)]
+        sessions: usize,
+        /// Answer every session once before the burst (its actor running).
+        #[arg(long)]
+        warm: bool,
+        /// Rounds (each one direct and one server burst).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     Compare {
         /// Concurrent streams per phase.
         #[arg(long, default_value_t = 10)]
@@ -198,8 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => eprintln!("note: cannot raise the open files limit: {e}"),
     }
-    let needs_model =
-        matches!(cli.command, Command::Direct { .. } | Command::Compare { .. }) || c.spawn_server.is_some();
+    let needs_model = matches!(cli.command, Command::Direct { .. } | Command::Compare { .. } | Command::Burst { .. })
+        || c.spawn_server.is_some();
     let mock = match (&c.upstream, needs_model) {
         (None, true) => {
             let settings = MockSettings {
@@ -218,7 +235,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let what = if mock.is_some() { "built-in mock" } else { "given" };
         eprintln!("model: {what} {url}");
     }
-    if matches!(cli.command, Command::Compare { .. }) && c.spawn_server.is_none() && c.upstream.is_none() {
+    if matches!(cli.command, Command::Compare { .. } | Command::Burst { .. })
+        && c.spawn_server.is_none()
+        && c.upstream.is_none()
+    {
         eprintln!(
             "note: the server answers from its own model; give it and --upstream the same model for a fair comparison"
         );
@@ -342,6 +362,10 @@ async fn scenario(command: &Command, c: &Common, target: &Target, upstream: Opti
             emit("direct", &direct::run(upstream()?, &config, target.progress).await?, c)
         }
         Command::Search { .. } => unreachable!("search runs on its own server"),
+        Command::Burst { users, sessions, warm, rounds } => {
+            let config = burst::BurstConfig { users, sessions, warm, rounds, content, reply_timeout_secs };
+            emit("burst", &burst::run(target, upstream()?, &config).await?, c)
+        }
         Command::Compare { streams, rounds } => {
             let config = compare::CompareConfig { streams, rounds, content, reply_timeout_secs };
             emit("compare", &compare::run(target, upstream()?, &config).await?, c)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use relay_loadtest::Target;
-use relay_loadtest::scenarios::{chat, compare, direct, idle, search, tabs};
+use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, tabs};
 use relay_mock_llm::{MockLlm, MockSettings};
 use relay_server::{Config, Server};
 
@@ -124,6 +124,31 @@ async fn direct_streams_from_the_model() {
     assert_eq!(report.replies.deltas, 3 * TOKENS);
     assert_eq!(report.replies.delivery.count as u64, 3 * TOKENS);
     assert_eq!(mock.stats().streams_completed, 3);
+}
+
+/// Cold and warm bursts: every send released together is answered, through the server and
+/// straight from the model; the warm-up replies are not measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_releases_every_send_together_and_answers_each() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    for warm in [false, true] {
+        let before = mock.stats().streams_completed;
+        let config = burst::BurstConfig { users: 3, sessions: 4, warm, rounds: 2, ..burst::BurstConfig::default() };
+        let report = burst::run(&s.target, &mock.base_url(), &config).await.unwrap();
+        println!("{report}");
+        assert_eq!(report.errors.total(), 0, "{}", report.errors);
+        assert_eq!(report.sends, 24, "12 sends in each of 2 server bursts");
+        assert_eq!((report.direct.completed, report.via_server.completed), (24, 24));
+        assert_eq!((report.direct.ttft.count, report.via_server.ttft.count), (24, 24));
+        assert_eq!(report.via_server.delivery.count as u64, 24 * TOKENS);
+        assert_eq!(report.release_spread.count, 2, "one release per server burst");
+        let warmed = if warm { 24 } else { 0 };
+        assert_eq!(mock.stats().streams_completed - before, 48 + warmed, "warm: every session answered once before");
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["added_ttft"]["p99_ms"].is_number() && json["config"]["warm"] == warm);
+    }
+    s.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

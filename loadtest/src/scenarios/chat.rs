@@ -188,14 +188,13 @@ enum Event {
     Silent,
 }
 
-/// Creates the sessions over the connection, then runs them to the end.
-async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measured) -> Result<(), Error> {
-    let timeout = Duration::from_secs(config.reply_timeout_secs);
-    for k in 0..config.sessions {
+/// Creates `n` sessions over the connection, all asked at once; their ids in order.
+pub(crate) async fn create_sessions(conn: &mut Conn, n: usize, timeout: Duration) -> Result<Vec<Uuid>, Error> {
+    for k in 0..n {
         conn.send(&ClientFrame::CreateSession { id: Some(format!("c{k}")), title: Some(format!("loadtest {k}")) })
             .await?;
     }
-    let mut ids: Vec<Option<Uuid>> = vec![None; config.sessions];
+    let mut ids: Vec<Option<Uuid>> = vec![None; n];
     while ids.iter().any(Option::is_none) {
         match conn.recv_timeout(timeout).await? {
             ServerFrame::SessionCreated { id: Some(id), session } => {
@@ -211,9 +210,15 @@ async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measure
             _ => {}
         }
     }
+    Ok(ids.into_iter().flatten().collect())
+}
+
+/// Creates the sessions over the connection, then runs them to the end.
+async fn chat(conn: &mut Conn, config: &ChatConfig, live: &Live, m: &mut Measured) -> Result<(), Error> {
+    let timeout = Duration::from_secs(config.reply_timeout_secs);
+    let ids = create_sessions(conn, config.sessions, timeout).await?;
     let now = Instant::now();
-    let mut runs: Vec<Run> =
-        ids.into_iter().flatten().map(|id| Run { id, sent: 0, reply: None, next_send: Some(now) }).collect();
+    let mut runs: Vec<Run> = ids.into_iter().map(|id| Run { id, sent: 0, reply: None, next_send: Some(now) }).collect();
     let index: HashMap<Uuid, usize> = runs.iter().enumerate().map(|(k, r)| (r.id, k)).collect();
     let mut last_frame = Instant::now();
     let think = ms(config.think_ms);

@@ -51,7 +51,7 @@ pub struct Added {
 }
 
 impl Added {
-    fn between(direct: &Summary, server: &Summary) -> Added {
+    pub(crate) fn between(direct: &Summary, server: &Summary) -> Added {
         let ratio = |s: f64, d: f64| if d > 0.0 { s / d } else { 0.0 };
         Added {
             p50_ms: server.p50_ms - direct.p50_ms,

@@ -1,5 +1,6 @@
 //! The scenarios, and the reply measurements they share.
 
+pub mod burst;
 pub mod chat;
 pub mod compare;
 pub mod direct;
