@@ -1163,6 +1163,49 @@ async fn a_shared_link_shows_the_chat_live_to_a_browser_without_a_login() {
         .await;
 }
 
+/// A link whose every place is taken (CHAT_SHARE_MAX_VIEWERS) still shows the conversation
+/// as it was, says why it is not live, and joins live by itself once a place frees.
+#[tokio::test]
+async fn a_full_share_link_shows_the_chat_and_joins_live_when_a_place_frees() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("share-full", &[("CHAT_SHARE_MAX_VIEWERS", "1")]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("wren").await?;
+            h.tab(a).send("Where do puffins nest? [[mock tokens=3]]").await?;
+            h.tab(a).wait_settled(2).await?;
+            h.tab(a).click("#share summary").await?;
+            h.tab(a).click("#share-create").await?;
+            h.tab(a).element("#share-url").await?;
+            let url = h.tab(a).js("return document.querySelector('#share-url').value").await?;
+            let url = url.as_str().unwrap_or_default().to_string();
+            let first = h.open_at("first", url.clone()).await?;
+            h.tab(first).wait_text("#shared-live", "Live").await?;
+            let second = h.open_at("second", url.clone()).await?;
+            h.tab(second).wait_text("#shared-ended", "cannot be followed live right now").await?;
+            h.tab(second).wait_text("#messages", "Where do puffins nest?").await?;
+            assert_eq!(h.tab(second).text("#shared-live").await?, "Not live");
+
+            // The first viewer leaves; its place frees once the server sees it gone (at the
+            // stream's next keep-alive, within 15 s), and the second joins at its next try.
+            h.tab(first).driver.goto("about:blank").await?;
+            let mut joined = false;
+            for _ in 0..3 {
+                if h.tab(second).wait_text("#shared-live", "Live").await.is_ok() {
+                    joined = true;
+                    break;
+                }
+            }
+            assert!(joined, "the second viewer never joined live");
+            h.tab(second).wait_gone("#shared-ended").await?;
+            h.tab(a).send("And in winter? [[mock tokens=3]]").await?;
+            h.tab(second).wait_text("#messages", "And in winter?").await?;
+            Ok(())
+        })
+        .await;
+}
+
 /// A chat's settings choose its model (each reply names the model that wrote it, and the
 /// provider is asked for it) and its own instructions (the model receives them); replies
 /// are rated with thumbs; `/` in the composer offers saved prompts, saves a new one, and

@@ -1,6 +1,8 @@
 //! The page a share link opens (`/s/<token>`), for anyone, without logging in: the
 //! conversation, read-only, followed live over the link's SSE stream (a reply shows as it
-//! is written), until the owner ends the link.
+//! is written), until the owner ends the link. A stream the server refuses (too many
+//! watching) is asked for again, less and less often, while the page shows the
+//! conversation as it was.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -43,6 +45,22 @@ impl Reducible for State {
 /// The names of the stream's events that carry a frame.
 const FRAME_EVENTS: [&str; 6] = ["snapshot", "message", "superseded", "generation_started", "delta", "done"];
 
+/// How long after a refused stream it is asked for again: this, doubled at each refusal
+/// up to [`RETRY_MAX_MS`].
+const RETRY_FIRST_MS: u32 = 3_000;
+/// The longest wait between two attempts.
+const RETRY_MAX_MS: u32 = 30_000;
+
+/// The page's hold on its stream: the open one, and whether the page is gone (then
+/// nothing is opened again).
+#[derive(Default)]
+struct Follow {
+    source: Option<EventSource>,
+    gone: bool,
+}
+
+type FollowCell = Rc<RefCell<Follow>>;
+
 /// The page.
 #[function_component(SharedPage)]
 pub fn shared_page(props: &SharedProps) -> Html {
@@ -50,9 +68,12 @@ pub fn shared_page(props: &SharedProps) -> Html {
     {
         let dispatch = state.dispatcher();
         use_effect_with(props.token.clone(), move |token| {
-            let stream = follow(token, dispatch);
+            let stream = FollowCell::default();
+            follow(token, dispatch, stream.clone(), 0);
             move || {
-                if let Some(source) = stream.borrow_mut().take() {
+                let mut stream = stream.borrow_mut();
+                stream.gone = true;
+                if let Some(source) = stream.source.take() {
                     source.close();
                 }
             }
@@ -78,8 +99,9 @@ pub fn shared_page(props: &SharedProps) -> Html {
         Live::Ended(Some(ShareEnd::Expired)) => Some("This share link has expired."),
         Live::Ended(None) => Some("This link does not open anything: it was revoked, it expired, or it never existed."),
         Live::Static => Some(
-            "This conversation cannot be followed live right now (many people may be watching): it is shown as it was when the page loaded. Reload to try again.",
+            "This conversation cannot be followed live right now (many people may be watching): it is shown as it was when the page loaded, and it joins live as soon as it can.",
         ),
+        Live::Refused => Some("This conversation cannot be opened right now; trying again shortly."),
         _ => None,
     };
     let streaming = shared.generating.as_ref().map(|g| {
@@ -122,14 +144,14 @@ pub fn shared_page(props: &SharedProps) -> Html {
     }
 }
 
-/// Opens the link's stream and feeds the page from it; the stream is kept in the returned
-/// cell (closed when the page goes, or when the link ends).
-fn follow(token: &str, dispatch: UseReducerDispatcher<State>) -> Rc<RefCell<Option<EventSource>>> {
-    let cell = Rc::new(RefCell::new(None));
+/// Opens the link's stream and feeds the page from it; the stream is kept in `cell`
+/// (closed when the page goes, or when the link ends). `refused` counts the refusals so
+/// far, for the wait before the next attempt.
+fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, refused: u32) {
     let encoded = String::from(js_sys::encode_uri_component(token));
     let Ok(source) = EventSource::new(&format!("/api/v1/shared/{encoded}/events")) else {
         dispatch.dispatch(SharedAction::Read(None));
-        return cell;
+        return;
     };
     for name in FRAME_EVENTS {
         let dispatch = dispatch.clone();
@@ -150,7 +172,7 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>) -> Rc<RefCell<Opti
                 .as_string()
                 .and_then(|d| serde_json::from_str::<ShareEnded>(&d).ok())
                 .map_or(ShareEnd::Revoked, |e| e.reason);
-            if let Some(source) = cell.borrow_mut().take() {
+            if let Some(source) = cell.borrow_mut().source.take() {
                 source.close();
             }
             dispatch.dispatch(SharedAction::Ended(reason));
@@ -161,26 +183,32 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>) -> Rc<RefCell<Opti
     {
         let (token, cell) = (token.to_owned(), cell.clone());
         let on_error = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| {
-            let closed = cell.borrow().as_ref().is_none_or(|s: &EventSource| s.ready_state() == EventSource::CLOSED);
+            let closed =
+                cell.borrow().source.as_ref().is_none_or(|s: &EventSource| s.ready_state() == EventSource::CLOSED);
             if !closed {
                 // The browser opens the stream again by itself (a fresh snapshot follows).
                 dispatch.dispatch(SharedAction::Dropped);
                 return;
             }
-            // Refused (the link is gone, or too many watch): what does the page say?
-            cell.borrow_mut().take();
-            let (dispatch, token) = (dispatch.clone(), token.clone());
+            // Refused (the link is gone, or too many watch): what does the page say? Unless
+            // the link is gone, the stream is asked for again later.
+            cell.borrow_mut().source.take();
+            let (dispatch, token, cell) = (dispatch.clone(), token.clone(), cell.clone());
             wasm_bindgen_futures::spawn_local(async move {
                 match api::shared(&token).await {
                     Ok(page) => dispatch.dispatch(SharedAction::Read(Some(page))),
-                    Err(e) if e.status == 404 => dispatch.dispatch(SharedAction::Read(None)),
+                    Err(e) if e.status == 404 => return dispatch.dispatch(SharedAction::Read(None)),
                     Err(_) => dispatch.dispatch(SharedAction::Refused),
+                }
+                let wait = RETRY_FIRST_MS.saturating_mul(1 << refused.min(4)).min(RETRY_MAX_MS);
+                gloo_timers::future::TimeoutFuture::new(wait).await;
+                if !cell.borrow().gone {
+                    follow(&token, dispatch, cell, refused + 1);
                 }
             });
         });
         source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_error.forget();
     }
-    *cell.borrow_mut() = Some(source);
-    cell
+    cell.borrow_mut().source = Some(source);
 }
