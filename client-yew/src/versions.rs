@@ -31,6 +31,9 @@ impl Slot {
 /// The conversation's slots, in order. Superseded messages with no live message of their
 /// role after them (history cut by paging) are shown as versions of nothing: left out.
 pub fn slots(messages: &[Rc<Message>]) -> Vec<Slot> {
+    // A message replaced by one never stored (a regenerate whose reply was lost) is
+    // grouped as if nothing named what replaced it.
+    let ids: std::collections::HashSet<uuid::Uuid> = messages.iter().map(|m| m.id).collect();
     let mut slots = Vec::new();
     let mut replaced: Vec<Rc<Message>> = Vec::new();
     for message in messages {
@@ -38,7 +41,8 @@ pub fn slots(messages: &[Rc<Message>]) -> Vec<Slot> {
             replaced.push(message.clone());
             continue;
         }
-        let (named, unnamed): (Vec<_>, Vec<_>) = replaced.drain(..).partition(|m| m.replaced_by.is_some());
+        let (named, unnamed): (Vec<_>, Vec<_>) =
+            replaced.drain(..).partition(|m| m.replaced_by.is_some_and(|by| ids.contains(&by)));
         let mut versions = versions_of(&unnamed, message.role);
         versions.extend(replaced_chain(&named, message));
         versions.push(vec![message.clone()]);
@@ -215,9 +219,16 @@ mod tests {
 
     #[test]
     fn a_loop_in_what_replaced_what_ends() {
-        let messages = [r(1, Role::User, 2), r(2, Role::User, 1), m(3, Role::User, false)];
-        assert_eq!(ids(&slots(&messages)[0]), [[3]]);
-        let messages = [r(1, Role::User, 3), r(3, Role::User, 3), m(3, Role::User, false)];
+        // Ids are unique in a real session; a loop can only come from broken data.
+        let messages = [r(1, Role::User, 3), r(3, Role::User, 1), m(3, Role::User, false)];
         assert!(slots(&messages)[0].versions.len() <= 3);
+    }
+
+    #[test]
+    fn a_reply_replaced_by_one_never_stored_still_shows() {
+        // A regenerate whose reply was lost (the server stopped first): the old reply names
+        // a message that does not exist, and is a version of the next reply like before.
+        let messages = [m(1, Role::User, false), r(2, Role::Assistant, 9), m(3, Role::Assistant, false)];
+        assert_eq!(ids(&slots(&messages)[1]), [vec![2], vec![3]]);
     }
 }

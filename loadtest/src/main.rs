@@ -161,7 +161,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         requests: usize,
     },
-    /// Direct and through the server, interleaved: the TTFT the server adds.
     /// Everyone presses Enter at once: all connections open and all sessions created
     /// first, then every send released together; the TTFT the server adds, beside as many
     /// simultaneous requests straight to the model.
@@ -179,6 +178,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// Direct and through the server, interleaved: the TTFT the server adds.
     Compare {
         /// Concurrent streams per phase.
         #[arg(long, default_value_t = 10)]

@@ -114,7 +114,7 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// When superseded, the message that took its place: a regenerate's new reply, an
-    /// edit's new message. Every message one edit replaced names the same new message, so
+    /// edit's new message. Every live message one edit replaced names the same new message, so
     /// one earlier version of a conversation can be told from the next. Absent when live,
     /// or when replaced before this was recorded (added).
     #[serde(default, skip_serializing_if = "Option::is_none")]

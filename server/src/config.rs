@@ -1002,7 +1002,7 @@ fn parse_public_url(value: Option<String>) -> Result<Option<String>, ConfigError
         return Ok(None);
     };
     let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    if host.is_none_or(|h| h.is_empty() || h.contains(['?', '#', ' '])) {
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/') || h.contains(['?', '#', ' '])) {
         return Err(ConfigError {
             var: "PUBLIC_URL",
             reason: format!("expected http(s)://host[:port][/path], got {url:?}"),
@@ -1194,7 +1194,9 @@ mod tests {
         assert_eq!(load(&[("REDIS_URL", "localhost:6379")]).unwrap_err().var, "REDIS_URL");
         assert_eq!(load(&[("FEATURE_CHAT_ENABLED", "maybe")]).unwrap_err().var, "FEATURE_CHAT_ENABLED");
         assert_eq!(load(&[("FEATURE_CHAT_ROLLOUT_PERCENT", "101")]).unwrap_err().var, "FEATURE_CHAT_ROLLOUT_PERCENT");
-        for url in ["chat.example", "ftp://chat.example", "https://", "https://chat.example/?x=1", "https://a b"] {
+        for url in
+            ["chat.example", "ftp://chat.example", "https://", "https:///x", "https://chat.example/?x=1", "https://a b"]
+        {
             assert_eq!(load(&[("PUBLIC_URL", url)]).unwrap_err().var, "PUBLIC_URL", "{url}");
         }
         assert_eq!(

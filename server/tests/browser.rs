@@ -1274,6 +1274,11 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
             h.tab(a).element("#composer").await?.send_keys(Key::Enter).await?;
             h.tab(a).wait_settled(6).await?;
             assert!(h.tab(a).messages().await?[4].1.starts_with("/greet"), "sent as typed");
+            // Typed again from the start, the list opens again, also past where it was closed.
+            h.tab(a).element("#composer").await?.send_keys("/gre").await?;
+            h.tab(a).wait_text("#prompt-options", "Greet").await?;
+            h.tab(a).element("#composer").await?.send_keys(Key::Escape).await?;
+            h.tab(a).wait_gone("#prompt-picker").await?;
             // Deleted from the picker, it is gone for good.
             h.tab(a).fill_composer("/").await?;
             h.tab(a).wait_text("#prompt-options", "Greet").await?;

@@ -121,13 +121,18 @@ pub fn composer(props: &ComposerProps) -> Html {
         Callback::from(move |(title, content)| ctx.save_prompt(title, content, refresh.clone()))
     };
     let oninput = {
-        let (text, highlight) = (text.clone(), highlight.clone());
+        let (text, highlight, dismissed) = (text.clone(), highlight.clone(), dismissed.clone());
         Callback::from(move |e: InputEvent| {
             let Some(area) = e.target().and_then(|t| t.dyn_into::<HtmlTextAreaElement>().ok()) else { return };
+            let value = area.value();
             if editing.is_none() {
-                storage::save_draft(session_id, &area.value());
+                storage::save_draft(session_id, &value);
             }
-            text.set(area.value());
+            // The list closed with Esc opens again once the text it closed on is erased.
+            if dismissed.as_deref().is_some_and(|d| !value.starts_with(d)) {
+                dismissed.set(None);
+            }
+            text.set(value);
             highlight.set(0);
         })
     };

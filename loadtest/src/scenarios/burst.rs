@@ -2,8 +2,10 @@
 //! every session created first (`warm`: each also answered once, so its actor runs and
 //! holds its history; cold: never used), then every send is released together, and each
 //! reply's time to first token is measured from its own send. Rounds alternate (ABBA) with
-//! as many simultaneous requests straight to the model, released the same way, so the TTFT
-//! the server adds is measured side by side with the model's own.
+//! as many simultaneous requests straight to the model, so the TTFT the server adds is
+//! measured side by side with the model's own. The direct requests each open their HTTP
+//! connection as they start (their TTFT includes a loopback connect, well under a
+//! millisecond), while the server's connections are open before the release.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -262,6 +264,7 @@ async fn user(
     if let Err(e) = read_replies(&mut conn, &ids, Some(&mut replies), &mut m, &live, timeout).await {
         m.error(format!("burst_{}", e.key()), &live);
     }
+    Live::add(&live.connections, -1);
     conn.close().await;
     (m, Some(sent))
 }
