@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use super::compare::Added;
-use super::direct::{self, DirectConfig};
+use super::compare::{Added, Compared, Rounds};
+use super::direct::DirectConfig;
 use super::{Measured, Replies, Reply, live, secs_since};
 use crate::client::{Conn, Endpoint, Error};
 use crate::report::{latency_rows, line};
@@ -101,15 +101,7 @@ impl fmt::Display for BurstReport {
                 ("release to last send", &self.release_spread),
             ],
         )?;
-        let a = &self.added_ttft;
-        line(
-            f,
-            "server adds to TTFT",
-            format!(
-                "p50 {:+.2} ms (×{:.2}), p90 {:+.2} ms (×{:.2}), p99 {:+.2} ms (×{:.2})",
-                a.p50_ms, a.p50_ratio, a.p90_ms, a.p90_ratio, a.p99_ms, a.p99_ratio
-            ),
-        )?;
+        self.added_ttft.write(f)?;
         line(
             f,
             "replies direct / server",
@@ -126,7 +118,7 @@ impl fmt::Display for BurstReport {
 /// Registers the users, then runs the rounds.
 pub async fn run(target: &Target, upstream: &str, config: &BurstConfig) -> anyhow::Result<BurstReport> {
     let endpoint = Endpoint::new(target).await?;
-    let (tokens, mut errors) = endpoint.register_many(config.users).await;
+    let (tokens, errors) = endpoint.register_many(config.users).await;
     let monitor = target.monitor();
     let direct_config = DirectConfig {
         streams: config.users * config.sessions,
@@ -134,36 +126,23 @@ pub async fn run(target: &Target, upstream: &str, config: &BurstConfig) -> anyho
         content: config.content.clone(),
         reply_timeout_secs: config.reply_timeout_secs,
     };
-    let (mut direct, mut via_server) = (Measured::default(), Measured::default());
-    let (mut direct_secs, mut server_secs, mut spread, mut sends) = (0.0, 0.0, Samples::default(), 0);
-    for round in 0..config.rounds {
-        for server_phase in [round % 2 == 1, round % 2 == 0] {
-            if server_phase {
-                let burst = server_burst(&endpoint, &tokens, config, target.progress).await;
-                via_server.merge(burst.measured);
-                server_secs += burst.secs;
-                sends += burst.sends;
-                if let Some(s) = burst.spread {
-                    spread.record(s);
-                }
-            } else {
-                let (m, secs) = direct::drive(upstream, &direct_config, target.progress).await?;
-                direct.merge(m);
-                direct_secs += secs;
-            }
+    let rounds = Rounds::run(config.rounds, upstream, &direct_config, target.progress, || async {
+        let burst = server_burst(&endpoint, &tokens, config, target.progress).await;
+        (burst.measured, burst.secs, (burst.sends, burst.spread))
+    })
+    .await?;
+    let (mut spread, mut sends) = (Samples::default(), 0);
+    for &(n, s) in &rounds.extras {
+        sends += n;
+        if let Some(s) = s {
+            spread.record(s);
         }
     }
-    let server = match monitor {
-        Some(m) => Some(m.finish(Duration::from_secs(target.settle_secs)).await),
-        None => None,
-    };
-    errors.merge(direct.errors.clone());
-    errors.merge(via_server.errors.clone());
-    let (direct, via_server) = (direct.replies(direct_secs), via_server.replies(server_secs));
+    let Compared { direct, via_server, added_ttft, errors, server } = rounds.compare(errors, monitor, target).await;
     Ok(BurstReport {
         config: config.clone(),
         upstream: upstream.into(),
-        added_ttft: Added::between(&direct.ttft, &via_server.ttft),
+        added_ttft,
         direct,
         via_server,
         release_spread: spread.summary(),
