@@ -12,6 +12,8 @@
 //!   (the window in which a new actor of the same session claims it).
 //! - `RELAY_FAULT_FAIL_PUBLISH=<text>[*<count>]`: the first `count` (default 1) publish
 //!   pipelines holding a message that contains `text` fail as if the connection broke.
+//! - `RELAY_FAULT_SEARCH_DELAY_MS`: every search holds its turn this long before it asks
+//!   the database (a slow search, so the next ones find every turn taken).
 
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ mod injected {
         pub write_stall_file: Option<std::path::PathBuf>,
         pub release_delay: Option<Duration>,
         pub fail_publish: Option<(String, AtomicU32)>,
+        pub search_delay: Option<Duration>,
     }
 
     fn millis(name: &str) -> Option<Duration> {
@@ -43,6 +46,7 @@ mod injected {
                     spec.rsplit_once('*').map_or((spec.as_str(), 1), |(t, n)| (t, n.parse().unwrap_or(1)));
                 (text.to_owned(), AtomicU32::new(count))
             }),
+            search_delay: millis("RELAY_FAULT_SEARCH_DELAY_MS"),
         })
     }
 
@@ -78,6 +82,14 @@ pub async fn write_stall() {
 pub fn release_delay() -> Option<Duration> {
     #[cfg(feature = "fault-injection")]
     return injected::get().release_delay;
+    #[cfg(not(feature = "fault-injection"))]
+    None
+}
+
+/// How long a search holds its turn before it asks the database (`None` normally).
+pub fn search_delay() -> Option<Duration> {
+    #[cfg(feature = "fault-injection")]
+    return injected::get().search_delay;
     #[cfg(not(feature = "fault-injection"))]
     None
 }

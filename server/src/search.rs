@@ -58,6 +58,9 @@ pub async fn search(
 ) -> Result<SearchResults, AppError> {
     let (q, page, per_page) = check(q, page, per_page).map_err(AppError::BadRequest)?;
     let _turn = take_turn(state, user_id).await?;
+    if let Some(delay) = crate::faults::search_delay() {
+        tokio::time::sleep(delay).await;
+    }
     let start = u64::from(page - 1) * u64::from(per_page);
     let found = if start < MAX_RESULTS_REACHABLE {
         let limit = per_page.min((MAX_RESULTS_REACHABLE - start) as u32);

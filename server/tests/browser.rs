@@ -1227,6 +1227,21 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
             h.tab(a).click("#chat-settings summary").await?;
             h.tab(a).choose("#model-picker", "beta").await?;
             h.tab(a).wait("the model changed", "return document.querySelector('#chat-settings summary').innerText.trim() === 'Beta'").await?;
+            // Changed elsewhere (here over REST), the model shows in the picker too, even the
+            // option this tab chose by hand (whose `selected` attribute no longer moves the
+            // choice once clicked): the picker follows the session, not the last click.
+            let token = token_of(h.tab(a)).await?;
+            let sid = h.tab(a).js("return location.pathname.split('/').pop()").await?;
+            let path = format!("/api/v1/chat/sessions/{}", sid.as_str().unwrap_or_default());
+            for (model, label) in [("alpha", "Alpha"), ("beta", "Beta")] {
+                let change = h.server.http.patch(h.server.url(&path)).bearer_auth(&token).json(&json!({"model": model}));
+                assert_eq!(change.send().await?.status(), 200);
+                let shown = format!(
+                    "return document.querySelector('#model-picker').value === '{model}' && \
+                     document.querySelector('#chat-settings summary').innerText.trim() === '{label}'"
+                );
+                h.tab(a).wait("the picker follows", &shown).await?;
+            }
             h.tab(a).element("#system-prompt").await?.send_keys("Answer in French.").await?;
             h.tab(a).click("#save-system-prompt").await?;
             h.tab(a).wait_text("#system-prompt-saved", "Saved").await?;

@@ -215,3 +215,43 @@ async fn searches_are_limited_per_user() {
     let (other, _) = server.register("saul").await;
     assert_eq!(ask(other).await.status(), 200, "per user");
 }
+
+/// Searches run at most `CHAT_SEARCH_CONCURRENCY` at once on a node: one more waits up to
+/// 2 s for a turn, then is refused with `503` and when to retry, counted in `/metrics`;
+/// the turn is given back when the search ends. (A fault holds each search 3 s, so the
+/// server runs as its own process, built with the fault switches.)
+#[tokio::test]
+async fn a_search_finding_every_turn_taken_is_refused_after_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("JWT_SECRET", common::SECRET),
+        ("METRICS_TOKEN", "scrape"),
+        ("CHAT_SEARCH_CONCURRENCY", "1"),
+        ("RELAY_FAULT_SEARCH_DELAY_MS", "3000"),
+    ];
+    let node = common::Process::start_with(dir.path(), &vars, std::process::Stdio::inherit());
+    let http = reqwest::Client::new();
+    node.ready(&http).await;
+    let first = node.register(&http, "fern").await.token;
+    let second = node.register(&http, "gus").await.token;
+    let ask = |token: String| {
+        let (http, url) = (http.clone(), node.url("/api/v1/chat/search"));
+        async move {
+            let started = std::time::Instant::now();
+            let r = http.get(url).query(&[("q", "anything")]).bearer_auth(token).send().await.unwrap();
+            (r, started.elapsed())
+        }
+    };
+    let holding = tokio::spawn(ask(first));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (refused, waited) = ask(second.clone()).await;
+    assert!(waited >= std::time::Duration::from_millis(1900), "waited {waited:?} for a turn");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_of(refused).await, (503, ErrorCode::Unavailable));
+    let (held, _) = holding.await.unwrap();
+    assert_eq!(held.status(), 200, "the search holding the turn ends well");
+    let (after, _) = ask(second).await;
+    assert_eq!(after.status(), 200, "the turn was given back");
+    let metrics = http.get(node.url("/metrics")).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"relay_limits_refused_total{limit="search_concurrency"} 1"#), "{metrics}");
+}

@@ -39,12 +39,36 @@ pub fn chat_settings(props: &SettingsProps) -> Html {
     let current_model = props.models.as_ref().map(|m| {
         session.model.clone().filter(|name| m.models.iter().any(|o| &o.name == name)).unwrap_or(m.default.clone())
     });
+    // The picker shows the session's model, whatever was clicked last: an option's
+    // `selected` attribute stops moving the choice once the user has picked one, so the
+    // select's value is set after every render, and again when a change is refused.
+    let picker_ref = use_node_ref();
+    let redraw = use_force_update();
+    {
+        let (picker_ref, current_model) = (picker_ref.clone(), current_model.clone());
+        use_effect(move || {
+            if let (Some(select), Some(model)) = (picker_ref.cast::<HtmlSelectElement>(), current_model)
+                && select.value() != model
+            {
+                select.set_value(&model);
+            }
+        });
+    }
     let choose = {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
             let Some(select) = e.target_dyn_into::<HtmlSelectElement>() else { return };
             let change = UpdateSessionRequest { model: Some(select.value()), ..Default::default() };
-            ctx.update_session(session_id, change, Callback::noop());
+            let redraw = redraw.clone();
+            ctx.update_session(
+                session_id,
+                change,
+                Callback::from(move |ok: bool| {
+                    if !ok {
+                        redraw.force_update()
+                    }
+                }),
+            );
         })
     };
     let edit = {
@@ -75,7 +99,7 @@ pub fn chat_settings(props: &SettingsProps) -> Html {
         html! {
             <div class="setting">
                 <label for="model-picker">{ "Model" }</label>
-                <select id="model-picker" onchange={choose}>{ for options }</select>
+                <select id="model-picker" ref={picker_ref} onchange={choose}>{ for options }</select>
             </div>
         }
     });

@@ -51,12 +51,27 @@ const RETRY_FIRST_MS: u32 = 3_000;
 /// The longest wait between two attempts.
 const RETRY_MAX_MS: u32 = 30_000;
 
-/// The page's hold on its stream: the open one, and whether the page is gone (then
-/// nothing is opened again).
+/// The page's hold on its stream: the open one, the handlers of the last attempt (dropped
+/// when the next attempt replaces them, or when the page goes), and whether the page is
+/// gone (then nothing is opened again).
 #[derive(Default)]
 struct Follow {
     source: Option<EventSource>,
+    on_frame: Vec<Closure<dyn Fn(MessageEvent)>>,
+    on_error: Option<Closure<dyn Fn(web_sys::Event)>>,
     gone: bool,
+}
+
+impl Follow {
+    /// Closes the stream, then lets go of its handlers (the closures hold the cell, so
+    /// keeping them would keep the page's state alive after it is gone).
+    fn close(&mut self) {
+        if let Some(source) = self.source.take() {
+            source.close();
+        }
+        self.on_frame.clear();
+        self.on_error = None;
+    }
 }
 
 type FollowCell = Rc<RefCell<Follow>>;
@@ -73,9 +88,7 @@ pub fn shared_page(props: &SharedProps) -> Html {
             move || {
                 let mut stream = stream.borrow_mut();
                 stream.gone = true;
-                if let Some(source) = stream.source.take() {
-                    source.close();
-                }
+                stream.close();
             }
         });
     }
@@ -153,6 +166,7 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
         dispatch.dispatch(SharedAction::Read(None));
         return;
     };
+    let mut on_frames = Vec::with_capacity(FRAME_EVENTS.len() + 1);
     for name in FRAME_EVENTS {
         let dispatch = dispatch.clone();
         let on_frame = Closure::<dyn Fn(MessageEvent)>::new(move |event: MessageEvent| {
@@ -162,7 +176,7 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
             }
         });
         let _ = source.add_event_listener_with_callback(name, on_frame.as_ref().unchecked_ref());
-        on_frame.forget();
+        on_frames.push(on_frame);
     }
     {
         let (dispatch, cell) = (dispatch.clone(), cell.clone());
@@ -178,9 +192,9 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
             dispatch.dispatch(SharedAction::Ended(reason));
         });
         let _ = source.add_event_listener_with_callback("ended", on_ended.as_ref().unchecked_ref());
-        on_ended.forget();
+        on_frames.push(on_ended);
     }
-    {
+    let on_error = {
         let (token, cell) = (token.to_owned(), cell.clone());
         let on_error = Closure::<dyn Fn(web_sys::Event)>::new(move |_: web_sys::Event| {
             let closed =
@@ -191,7 +205,9 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
                 return;
             }
             // Refused (the link is gone, or too many watch): what does the page say? Unless
-            // the link is gone, the stream is asked for again later.
+            // the link is gone, the stream is asked for again later. Each refusal reads the
+            // page again (at most one read every 30 s once the waits have grown), so the
+            // conversation shown keeps up, and a link revoked meanwhile shows as ended.
             cell.borrow_mut().source.take();
             let (dispatch, token, cell) = (dispatch.clone(), token.clone(), cell.clone());
             wasm_bindgen_futures::spawn_local(async move {
@@ -208,7 +224,11 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
             });
         });
         source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-        on_error.forget();
-    }
-    cell.borrow_mut().source = Some(source);
+        on_error
+    };
+    // The previous attempt's handlers go now: its stream is closed and fires no more.
+    let mut follow = cell.borrow_mut();
+    follow.on_error = Some(on_error);
+    follow.on_frame = on_frames;
+    follow.source = Some(source);
 }
