@@ -135,6 +135,8 @@ pub struct ServerFigures {
     pub rss_settled_bytes: Option<u64>,
     /// CPU used over the load, in percent of one core.
     pub cpu_avg_pct: f64,
+    /// CPU time used over the load (s): the server's and, embedded, its database's.
+    pub cpu_secs: f64,
     /// Highest one-second CPU sample, in percent of one core.
     pub cpu_peak_pct: f64,
 }
@@ -272,6 +274,7 @@ impl Monitor {
             rss_end_bytes: end.rss,
             rss_settled_bytes: settled,
             cpu_avg_pct: cpu_pct(&s.first, &end),
+            cpu_secs: end.cpu_ticks.saturating_sub(s.first.cpu_ticks) as f64 / ticks_per_sec(),
             cpu_peak_pct: s.cpu_peak,
         }
     }

@@ -63,9 +63,14 @@ async fn chat_completes_every_reply_with_stamps() {
         ramp_secs: 0.2,
         ..chat::ChatConfig::default()
     };
-    let report = chat::run(&s.target, &config).await.unwrap();
+    // The server runs in this process: sampling it gives the CPU lines.
+    let target = Target { pid: Some(std::process::id()), ..s.target.clone() };
+    let report = chat::run(&target, &config).await.unwrap();
     println!("{report}");
     assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    let printed = report.to_string();
+    assert!(printed.contains("replies completed per second") && printed.contains("server CPU per reply"), "{printed}");
+    assert!(report.server.as_ref().is_some_and(|s| s.cpu_secs > 0.0), "the run used some CPU");
     assert_eq!((report.connections, report.connect.count), (2, 2));
     assert_eq!(report.replies_expected, 8);
     assert_eq!(report.replies.completed, 8);

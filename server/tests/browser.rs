@@ -1104,11 +1104,7 @@ async fn a_shared_link_shows_the_chat_live_to_a_browser_without_a_login() {
             h.tab(a).register("vera").await?;
             h.tab(a).send("What is a fjord? [[mock echo]]").await?;
             h.tab(a).wait_settled(2).await?;
-            h.tab(a).click("#share summary").await?;
-            h.tab(a).click("#share-create").await?;
-            h.tab(a).element("#share-url").await?;
-            let url = h.tab(a).js("return document.querySelector('#share-url').value").await?;
-            let url = url.as_str().unwrap_or_default().to_string();
+            let url = h.tab(a).create_share_link().await?;
             assert!(url.starts_with(&format!("{}/s/", h.server.url(""))), "{url}");
             h.tab(a).wait_text("#share-status", "Nobody is watching now").await?;
 
@@ -1175,11 +1171,7 @@ async fn a_full_share_link_shows_the_chat_and_joins_live_when_a_place_frees() {
             h.tab(a).register("wren").await?;
             h.tab(a).send("Where do puffins nest? [[mock tokens=3]]").await?;
             h.tab(a).wait_settled(2).await?;
-            h.tab(a).click("#share summary").await?;
-            h.tab(a).click("#share-create").await?;
-            h.tab(a).element("#share-url").await?;
-            let url = h.tab(a).js("return document.querySelector('#share-url').value").await?;
-            let url = url.as_str().unwrap_or_default().to_string();
+            let url = h.tab(a).create_share_link().await?;
             let first = h.open_at("first", url.clone()).await?;
             h.tab(first).wait_text("#shared-live", "Live").await?;
             let second = h.open_at("second", url.clone()).await?;

@@ -82,9 +82,20 @@ impl fmt::Display for ChatReport {
         line(f, "replies expected", self.replies_expected)?;
         line(f, "connections", self.connections)?;
         line(f, "duration", format!("{:.2} s", self.duration_secs))?;
+        if self.duration_secs > 0.0 {
+            line(
+                f,
+                "replies completed per second",
+                format!("{:.0}", self.replies.completed as f64 / self.duration_secs),
+            )?;
+        }
         line(f, "errors", &self.errors)?;
         if let Some(server) = &self.server {
             server.write(f)?;
+            if self.replies.completed > 0 {
+                let per_reply = server.cpu_secs * 1000.0 / self.replies.completed as f64;
+                line(f, "server CPU per reply", format!("{per_reply:.2} ms"))?;
+            }
         }
         Ok(())
     }

@@ -164,6 +164,15 @@ impl Harness {
 }
 
 impl Tab {
+    /// Makes a share link of the open chat through its Share menu and returns the link.
+    pub async fn create_share_link(&self) -> Result<String> {
+        self.click("#share summary").await?;
+        self.click("#share-create").await?;
+        self.element("#share-url").await?;
+        let url = self.js("return document.querySelector('#share-url').value").await?;
+        url.as_str().map(str::to_owned).ok_or_else(|| anyhow!("the share link has no address"))
+    }
+
     /// Chooses the option of value `value` in the `<select>` at `selector`, as a user does.
     pub async fn choose(&self, selector: &str, value: &str) -> Result<()> {
         let select = thirtyfour::components::SelectElement::new(&self.element(selector).await?).await?;
