@@ -2,7 +2,7 @@
 # Runs the benchmarks of BENCHMARKS.md against a release build, one after another, each
 # with a freshly spawned server, and keeps every report (table and JSON) in $OUT.
 #
-#   loadtest/bench.sh                          # every benchmark, mem:// and the on-disk default
+#   loadtest/bench.sh                          # ttft-1 ttft-1000 tabs idle-10k idle-max, mem:// and on disk
 #   DATABASES="ws://127.0.0.1:8000" loadtest/bench.sh ttft-1 ttft-1000 tabs   # some, on a SurrealDB server
 #   SETTLE=120 loadtest/bench.sh ttft-1000      # and the memory two minutes after the load
 #   loadtest/bench.sh burst-cold burst-warm burst-10x100    # 1,000 sends released at once

@@ -218,7 +218,7 @@ async fn searches_are_limited_per_user() {
 
 /// Searches run at most `CHAT_SEARCH_CONCURRENCY` at once on a node: one more waits up to
 /// 2 s for a turn, then is refused with `503` and when to retry, counted in `/metrics`;
-/// the turn is given back when the search ends. (A fault holds each search 3 s, so the
+/// the turn is given back when the search ends. (A fault holds each search 5 s, so the
 /// server runs as its own process, built with the fault switches.)
 #[tokio::test]
 async fn a_search_finding_every_turn_taken_is_refused_after_waiting() {
@@ -227,13 +227,11 @@ async fn a_search_finding_every_turn_taken_is_refused_after_waiting() {
         ("JWT_SECRET", common::SECRET),
         ("METRICS_TOKEN", "scrape"),
         ("CHAT_SEARCH_CONCURRENCY", "1"),
-        ("RELAY_FAULT_SEARCH_DELAY_MS", "3000"),
+        ("RELAY_FAULT_SEARCH_DELAY_MS", "5000"),
     ];
     let node = common::Process::start_with(dir.path(), &vars, std::process::Stdio::inherit());
     let http = reqwest::Client::new();
     node.ready(&http).await;
-    let first = node.register(&http, "fern").await.token;
-    let second = node.register(&http, "gus").await.token;
     let ask = |token: String| {
         let (http, url) = (http.clone(), node.url("/api/v1/chat/search"));
         async move {
@@ -242,15 +240,22 @@ async fn a_search_finding_every_turn_taken_is_refused_after_waiting() {
             (r, started.elapsed())
         }
     };
-    let holding = tokio::spawn(ask(first));
+    let tokens = [node.register(&http, "fern").await.token, node.register(&http, "gus").await.token];
+    // Both at once (the second a little later): whichever reaches the server first holds
+    // the turn for 5 s, the other waits 2 s for it and is refused.
+    let first = tokio::spawn(ask(tokens[0].clone()));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (refused, waited) = ask(second.clone()).await;
-    assert!(waited >= std::time::Duration::from_millis(1900), "waited {waited:?} for a turn");
-    assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(error_of(refused).await, (503, ErrorCode::Unavailable));
-    let (held, _) = holding.await.unwrap();
+    let second = tokio::spawn(ask(tokens[1].clone()));
+    let answers = [first.await.unwrap(), second.await.unwrap()];
+    let refused: Vec<usize> = (0..2).filter(|&i| answers[i].0.status() == 503).collect();
+    assert_eq!(refused.len(), 1, "one search held the turn, the other was refused");
+    let [a, b] = answers;
+    let ((held, _), (refusal, waited)) = if refused[0] == 0 { (b, a) } else { (a, b) };
     assert_eq!(held.status(), 200, "the search holding the turn ends well");
-    let (after, _) = ask(second).await;
+    assert!(waited >= std::time::Duration::from_millis(1900), "waited {waited:?} for a turn");
+    assert!(refusal.headers().contains_key("retry-after"));
+    assert_eq!(error_of(refusal).await, (503, ErrorCode::Unavailable));
+    let (after, _) = ask(tokens[refused[0]].clone()).await;
     assert_eq!(after.status(), 200, "the turn was given back");
     let metrics = http.get(node.url("/metrics")).bearer_auth("scrape").send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"relay_limits_refused_total{limit="search_concurrency"} 1"#), "{metrics}");

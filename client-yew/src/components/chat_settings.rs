@@ -41,13 +41,17 @@ pub fn chat_settings(props: &SettingsProps) -> Html {
     });
     // The picker shows the session's model, whatever was clicked last: an option's
     // `selected` attribute stops moving the choice once the user has picked one, so the
-    // select's value is set after every render, and again when a change is refused.
+    // select's value is set after every render. A choice being saved is shown meanwhile
+    // (a render before the answer must not put the old model back); once answered, the
+    // session's model again, whether the change was taken or refused.
     let picker_ref = use_node_ref();
+    let pending = use_mut_ref(|| None::<String>);
     let redraw = use_force_update();
     {
-        let (picker_ref, current_model) = (picker_ref.clone(), current_model.clone());
+        let (picker_ref, pending, current_model) = (picker_ref.clone(), pending.clone(), current_model.clone());
         use_effect(move || {
-            if let (Some(select), Some(model)) = (picker_ref.cast::<HtmlSelectElement>(), current_model)
+            let shown = pending.borrow().clone().or(current_model);
+            if let (Some(select), Some(model)) = (picker_ref.cast::<HtmlSelectElement>(), shown)
                 && select.value() != model
             {
                 select.set_value(&model);
@@ -58,15 +62,15 @@ pub fn chat_settings(props: &SettingsProps) -> Html {
         let ctx = ctx.clone();
         Callback::from(move |e: Event| {
             let Some(select) = e.target_dyn_into::<HtmlSelectElement>() else { return };
+            *pending.borrow_mut() = Some(select.value());
             let change = UpdateSessionRequest { model: Some(select.value()), ..Default::default() };
-            let redraw = redraw.clone();
+            let (pending, redraw) = (pending.clone(), redraw.clone());
             ctx.update_session(
                 session_id,
                 change,
-                Callback::from(move |ok: bool| {
-                    if !ok {
-                        redraw.force_update()
-                    }
+                Callback::from(move |_saved: bool| {
+                    pending.borrow_mut().take();
+                    redraw.force_update();
                 }),
             );
         })
