@@ -227,8 +227,8 @@ fn follow(token: &str, dispatch: UseReducerDispatcher<State>, cell: FollowCell, 
         on_error
     };
     // The previous attempt's handlers go now: its stream is closed and fires no more.
-    let mut follow = cell.borrow_mut();
-    follow.on_error = Some(on_error);
-    follow.on_frame = on_frames;
-    follow.source = Some(source);
+    let mut hold = cell.borrow_mut();
+    hold.on_error = Some(on_error);
+    hold.on_frame = on_frames;
+    hold.source = Some(source);
 }

@@ -225,19 +225,13 @@ async fn user(
         return (m, None);
     }
     let mut replies: HashMap<Uuid, Reply> = HashMap::with_capacity(ids.len());
-    for (k, id) in ids.iter().enumerate() {
-        let frame = ClientFrame::Send {
-            id: Some(format!("b{k}")),
-            session_id: *id,
-            content: config.content.clone(),
-            client_message_id: None,
-        };
-        if let Err(e) = conn.send(&frame).await {
-            m.error(format!("burst_{}", e.key()), &live);
-            return (m, None);
-        }
-        replies.insert(*id, Reply::new());
+    let sending = send_to_each(&mut conn, &ids, "b", &config.content, |id| {
+        replies.insert(id, Reply::new());
         Live::add(&live.streams, 1);
+    });
+    if let Err(e) = sending.await {
+        m.error(format!("burst_{}", e.key()), &live);
+        return (m, None);
     }
     let sent = Instant::now();
     if let Err(e) = read_replies(&mut conn, &ids, Some(&mut replies), &mut m, &live, timeout).await {
@@ -246,6 +240,28 @@ async fn user(
     Live::add(&live.connections, -1);
     conn.close().await;
     (m, Some(sent))
+}
+
+/// Sends `content` once to each session (request ids `{prefix}0`, `{prefix}1`, …), calling
+/// `sent` after each send leaves; stops at the first that fails.
+async fn send_to_each(
+    conn: &mut Conn,
+    ids: &[Uuid],
+    prefix: &str,
+    content: &str,
+    mut sent: impl FnMut(Uuid),
+) -> Result<(), Error> {
+    for (k, id) in ids.iter().enumerate() {
+        let frame = ClientFrame::Send {
+            id: Some(format!("{prefix}{k}")),
+            session_id: *id,
+            content: content.to_owned(),
+            client_message_id: None,
+        };
+        conn.send(&frame).await?;
+        sent(*id);
+    }
+    Ok(())
 }
 
 /// Connects and creates the sessions, each answered once if warm; errors are counted under
@@ -274,17 +290,9 @@ async fn prepare(
         }
     };
     if config.warm {
-        for (k, id) in ids.iter().enumerate() {
-            let frame = ClientFrame::Send {
-                id: Some(format!("w{k}")),
-                session_id: *id,
-                content: config.content.clone(),
-                client_message_id: None,
-            };
-            if let Err(e) = conn.send(&frame).await {
-                m.error(format!("warm_{}", e.key()), live);
-                return None;
-            }
+        if let Err(e) = send_to_each(&mut conn, &ids, "w", &config.content, |_| {}).await {
+            m.error(format!("warm_{}", e.key()), live);
+            return None;
         }
         // The warm-up replies are read to their end but not measured.
         let mut warm = Measured::default();
