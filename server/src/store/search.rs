@@ -1,12 +1,14 @@
 //! Full-text search over a user's messages, through the `chat_message_text` index
 //! (schema migration 8): BM25 ranks, highlights mark the matched words.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use relay_protocol::Role;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{LIVE_SESSIONS_OF_USER, Store, StoreError};
 
 /// Put before each matched word in [`SearchHit::marked`] (a private-use character, which
 /// chat text does not hold; one that does only gains a stray mark).
@@ -46,8 +48,10 @@ pub struct SearchPage {
 /// SurrealDB 3.3 intersects the full-text match with the session index as bitmaps
 /// (`BitmapAnd` in `EXPLAIN`), and scores only what is left. Superseded messages and
 /// deleted sessions never show.
-const SEARCH_SQL: &str = "
-LET $sessions = SELECT VALUE record::id(id) FROM chat_session WHERE user_id = $user_id AND deleted_at = NONE;
+static SEARCH_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("LET $sessions = SELECT VALUE record::id(id) FROM {LIVE_SESSIONS_OF_USER};{SEARCH_AFTER_SESSIONS}")
+});
+const SEARCH_AFTER_SESSIONS: &str = "
 LET $hits = SELECT record::id(id) AS id, session_id, role, created_at, search::score(1) AS score,
         search::highlight($open, $close, 1) AS marked
     FROM chat_message WHERE content @1@ $q AND session_id INSIDE $sessions AND superseded != true
@@ -77,7 +81,7 @@ impl Store {
         });
         let page: Option<serde_json::Value> = self
             .timed(async {
-                let mut response = self.db.query(SEARCH_SQL).bind(bind).await?.check()?;
+                let mut response = self.db.query(SEARCH_SQL.as_str()).bind(bind).await?.check()?;
                 Ok(response.take(response.num_statements() - 1)?)
             })
             .await?;

@@ -1,0 +1,40 @@
+//! The reads on the hot paths go through the index meant for them. SurrealDB's planner,
+//! left to choose, once picked indexes whose entries span the whole table (every live
+//! session, every reply being generated), so a send or a claim cost more the more the
+//! database held; `EXPLAIN` shows which index a query walks.
+
+use uuid::Uuid;
+
+use super::write_behind::tests::store;
+use super::{LEFTOVERS_OF_SESSION, LIVE_SESSIONS_OF_USER, Store};
+
+/// The plan SurrealDB would run for `sql` (which ends in `EXPLAIN`), as text.
+async fn plan(store: &Store, sql: &str, bind: serde_json::Value) -> String {
+    let mut response = store.db.query(sql).bind(bind).await.unwrap().check().unwrap();
+    let plan: Option<serde_json::Value> = response.take(0).unwrap();
+    plan.expect("a plan").to_string()
+}
+
+#[tokio::test]
+async fn a_users_live_sessions_are_read_through_the_users_index() {
+    let store = store().await;
+    let bind = serde_json::json!({"user_id": Uuid::new_v4()});
+    for sql in [
+        format!("SELECT VALUE id FROM {LIVE_SESSIONS_OF_USER} EXPLAIN"),
+        format!("SELECT count() AS total FROM {LIVE_SESSIONS_OF_USER} GROUP ALL EXPLAIN"),
+        format!("SELECT math::sum(message_count) AS total FROM {LIVE_SESSIONS_OF_USER} GROUP ALL EXPLAIN"),
+    ] {
+        let plan = plan(&store, &sql, bind.clone()).await;
+        assert!(plan.contains("\"chat_session_user\""), "{sql}: {plan}");
+        assert!(!plan.contains("chat_session_deleted"), "{sql} walks every live session: {plan}");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_finds_its_leftover_replies_through_the_sessions_index() {
+    let store = store().await;
+    let sql = format!("{LEFTOVERS_OF_SESSION} EXPLAIN");
+    let plan = plan(&store, &sql, serde_json::json!({"id": Uuid::new_v4()})).await;
+    assert!(plan.contains("\"chat_message_session\""), "{plan}");
+    assert!(!plan.contains("chat_message_status"), "a claim walks every reply being generated: {plan}");
+}
