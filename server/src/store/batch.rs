@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -191,7 +191,9 @@ impl Plan {
                 row["superseded"] = serde_json::json!(save.message.superseded);
                 row["i"] = serde_json::json!(i);
                 row["fence"] = serde_json::json!(f);
-                row["counts"] = serde_json::json!(save.counts);
+                // A message without a key cannot be a repeat: its count goes with its fence's
+                // write (see `BatchSql`).
+                row["counts"] = serde_json::json!(if save.key.is_some() { save.counts } else { 0 });
                 row["at"] = serde_json::json!(save.at);
                 row["supersedes"] = serde_json::json!(save.supersedes);
                 if let Some(by) = save.replaced_by {
@@ -208,11 +210,25 @@ impl Plan {
                 Ok(row)
             })
             .collect::<Result<_, serde_json::Error>>()?;
+        // What each fence's write adds: the counts of its messages that carry no key.
+        let mut counted: HashMap<FenceIx, (i64, DateTime<Utc>)> = HashMap::new();
+        for (f, save) in self.messages.iter().filter(|(_, save)| save.key.is_none() && save.counts != 0) {
+            let entry = counted.entry(*f).or_insert((0, save.at));
+            entry.0 += i64::from(save.counts);
+            entry.1 = entry.1.max(save.at);
+        }
         let fences: Vec<serde_json::Value> = self
             .fences
             .iter()
             .enumerate()
-            .map(|(i, fence)| serde_json::json!({"i": i, "session": fence.session_id, "epoch": fence.epoch}))
+            .map(|(i, fence)| {
+                let mut row = serde_json::json!({"i": i, "session": fence.session_id, "epoch": fence.epoch});
+                if let Some((counts, at)) = counted.get(&i) {
+                    row["counts"] = serde_json::json!(counts);
+                    row["at"] = serde_json::json!(at);
+                }
+                row
+            })
             .collect();
         let keys: Vec<serde_json::Value> = self
             .messages
@@ -247,7 +263,15 @@ impl Plan {
             "batch": batch.record(), "previous": batch.previous(), "messages": messages, "fences": fences,
             "keys": keys, "retitles": retitles, "usage": usage, "wanted": wanted, "cutoff": cutoff,
         });
-        store.apply_batch(BATCH_SQL, bind).await
+        let sql = BatchSql {
+            keyed: !keys.is_empty(),
+            keyed_counts: self.messages.iter().any(|(_, save)| save.key.is_some() && save.counts != 0),
+            supersedes: self.messages.iter().any(|(_, save)| !save.supersedes.is_empty()),
+            retitles: !self.retitles.is_empty(),
+            usage: !usage.is_empty(),
+            wanted: !wanted.is_empty(),
+        };
+        store.apply_batch(&sql.text(), bind).await
     }
 
     /// What the committed batch means for everyone waiting: the answers to durable saves,
@@ -326,45 +350,91 @@ impl BatchId {
     }
 }
 
-/// The batch transaction. Fences are checked first: a session whose epoch in the database
-/// is not the fence's (another actor claimed it since) gets none of its writes. Then keys:
-/// a send whose key holds a send from the last 24 hours is a repeat, and nothing of it is
-/// stored (its message, its count, what it replaces). Each session's fence is written too
-/// (its epoch, unchanged), so a claim that raises the epoch at the same moment conflicts
-/// with this transaction instead of slipping past it. A message once superseded stays so,
+/// The batch transaction, of the parts a batch needs (a statement costs its parsing and
+/// running even over an empty list). Fences are checked first: a session whose epoch in
+/// the database is not the fence's (another actor claimed it since) gets none of its
+/// writes. Then keys: a send whose key holds a send from the last 24 hours is a repeat, and
+/// nothing of it is stored (its message, its count, what it replaces). Each session's fence
+/// is written too (its epoch, unchanged), so a claim that raises the epoch at the same
+/// moment conflicts with this transaction instead of slipping past it; the same write adds
+/// the session's counted messages that carry no key (they cannot be repeats), while a keyed
+/// message adds its own after its key is checked. A message once superseded stays so,
 /// whatever later version of it lands. Usage is not fenced (it counts what was stored and
-/// billed); the days someone waits for are read back in the same transaction.
-const BATCH_SQL: &str = "BEGIN TRANSACTION;
-CREATE type::record('write_batch', $batch) SET at = time::now();
+/// billed); the days someone waits for are read back in the same transaction. The marker
+/// is created last, with the outcome: it exists exactly when the batch committed.
+struct BatchSql {
+    keyed: bool,
+    keyed_counts: bool,
+    supersedes: bool,
+    retitles: bool,
+    usage: bool,
+    wanted: bool,
+}
+
+impl BatchSql {
+    fn text(&self) -> String {
+        let mut sql = String::from(
+            "BEGIN TRANSACTION;
 DELETE type::record('write_batch', $previous);
 LET $stale = SELECT VALUE i FROM $fences WHERE type::record('chat_session', session).epoch != epoch;
-LET $repeats = SELECT VALUE { i: i, session_id: type::record('idempotency', id).session_id,
+",
+        );
+        sql.push_str(if self.keyed {
+            "LET $repeats = SELECT VALUE { i: i, session_id: type::record('idempotency', id).session_id,
     message_id: type::record('idempotency', id).message_id, reply_id: type::record('idempotency', id).reply_id }
     FROM $keys WHERE fence NOTINSIDE $stale AND type::record('idempotency', id).at > <datetime>$cutoff;
 LET $skip = $repeats.map(|$r| $r.i);
-FOR $f IN $fences {
+"
+        } else {
+            "LET $repeats = [];
+LET $skip = [];
+"
+        });
+        sql.push_str(
+            "FOR $f IN $fences {
     IF $f.i NOTINSIDE $stale {
-        UPDATE type::record('chat_session', $f.session) SET epoch = $f.epoch;
+        IF $f.counts != NONE {
+            UPDATE type::record('chat_session', $f.session) SET epoch = $f.epoch, message_count += $f.counts,
+                updated_at = time::max([updated_at, <datetime>$f.at]);
+        } ELSE {
+            UPDATE type::record('chat_session', $f.session) SET epoch = $f.epoch;
+        };
     };
 };
-FOR $k IN $keys {
+",
+        );
+        if self.keyed {
+            sql.push_str(
+                "FOR $k IN $keys {
     IF $k.fence NOTINSIDE $stale AND $k.i NOTINSIDE $skip {
         UPSERT type::record('idempotency', $k.id) CONTENT { session_id: $k.session_id, message_id: $k.message_id,
             reply_id: $k.reply_id, at: time::now() };
     };
 };
-FOR $m IN $messages {
+",
+            );
+        }
+        sql.push_str(
+            "FOR $m IN $messages {
     IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
         UPSERT type::record('chat_message', $m.id) SET session_id = $m.session_id, role = $m.role,
             content = $m.content, token_count = $m.token_count, status = $m.status, model = $m.model,
             created_at = <datetime>$m.created_at, superseded = (superseded ?? false) OR $m.superseded;
-        IF $m.counts != 0 {
+",
+        );
+        if self.keyed_counts {
+            sql.push_str(
+                "        IF $m.counts != 0 {
             UPDATE type::record('chat_session', $m.session_id) SET message_count += $m.counts,
                 updated_at = time::max([updated_at, <datetime>$m.at]);
         };
-    };
-};
-FOR $m IN $messages {
+",
+            );
+        }
+        sql.push_str("    };\n};\n");
+        if self.supersedes {
+            sql.push_str(
+                "FOR $m IN $messages {
     IF $m.fence NOTINSIDE $stale AND $m.i NOTINSIDE $skip {
         FOR $id IN $m.supersedes {
             UPDATE type::record('chat_message', $id) SET superseded = true, replaced_by = replaced_by ?? $m.replacer
@@ -372,23 +442,47 @@ FOR $m IN $messages {
         };
     };
 };
-FOR $r IN $retitles {
+",
+            );
+        }
+        if self.retitles {
+            sql.push_str(
+                "FOR $r IN $retitles {
     IF $r.fence NOTINSIDE $stale {
         UPDATE type::record('chat_session', $r.id) SET title = $r.to, updated_at = time::now()
             WHERE title = $r.from AND deleted_at = NONE;
     };
 };
-FOR $u IN $usage {
+",
+            );
+        }
+        if self.usage {
+            sql.push_str(
+                "FOR $u IN $usage {
     UPSERT type::record('daily_usage', [$u.user_id, $u.day]) SET user_id = $u.user_id, day = $u.day,
         messages += $u.messages, prompt_tokens += $u.prompt, completion_tokens += $u.completion,
         tokens += $u.prompt + $u.completion;
 };
-LET $days = $wanted.map(|$w| { user_id: $w.user_id, day: $w.day,
+",
+            );
+        }
+        sql.push_str(if self.wanted {
+            "LET $days = $wanted.map(|$w| { user_id: $w.user_id, day: $w.day,
     usage: (SELECT messages, prompt_tokens, completion_tokens FROM type::record('daily_usage', [$w.user_id, $w.day]))[0] });
-LET $outcome = { stale: $stale, repeats: $repeats, days: $days };
-UPDATE type::record('write_batch', $batch) SET outcome = $outcome;
+"
+        } else {
+            "LET $days = [];
+"
+        });
+        sql.push_str(
+            "LET $outcome = { stale: $stale, repeats: $repeats, days: $days };
+CREATE type::record('write_batch', $batch) SET at = time::now(), outcome = $outcome;
 RETURN $outcome;
-COMMIT TRANSACTION;";
+COMMIT TRANSACTION;",
+        );
+        sql
+    }
+}
 
 #[cfg(test)]
 mod tests {
