@@ -112,7 +112,8 @@ impl SessionRegistry {
     async fn start_actor(&self, session_id: Uuid, lease: Option<u64>) -> Result<ActorRef<SessionMsg>, SessionError> {
         if self.is_settling(session_id) {
             let writes = &self.deps.writes;
-            if tokio::time::timeout(writes.deadline(), writes.flush_session(session_id)).await.is_err() {
+            // The owner is known only once the session is read: every writer is flushed.
+            if tokio::time::timeout(writes.deadline(), writes.flush()).await.is_err() {
                 tracing::warn!(%session_id, "the session's earlier writes are not stored yet; not starting it");
                 return Err(SessionError::Unavailable);
             }
@@ -122,7 +123,7 @@ impl SessionRegistry {
             tracing::warn!(%session_id, failed = claimed.failed, "a reply cut off by a stopped actor is stored as error");
         }
         let history = self.deps.store.recent_messages(session_id, actor::HISTORY_CAP).await?;
-        let fence = Fence { session_id, epoch: claimed.epoch };
+        let fence = Fence { session_id, epoch: claimed.epoch, owner: claimed.record.user_id };
         let args = SessionArgs {
             record: claimed.record,
             history,
@@ -148,7 +149,7 @@ impl SessionRegistry {
             }
             // The lease goes once the session's writes are stored: a node that takes the
             // session over must find them, and would refuse them after its claim.
-            registry.deps.writes.flush_session(session_id).await;
+            registry.deps.writes.flush_user(fence.owner).await;
             registry.settled(session_id, watched.get_id());
             if let (Some(cluster), Some(token)) = (&registry.deps.cluster, lease) {
                 if let Some(delay) = crate::faults::release_delay() {

@@ -511,7 +511,7 @@ mod tests {
     async fn claimed(store: &Store, user: Uuid) -> Fence {
         let session = store.create_session(user, "t", None, None).await.unwrap();
         let epoch = store.claim_session(session.id).await.unwrap().unwrap().epoch;
-        Fence { session_id: session.id, epoch }
+        Fence { session_id: session.id, epoch, owner: user }
     }
 
     fn save(fence: Fence, save: Save) -> Op {

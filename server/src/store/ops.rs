@@ -17,6 +17,10 @@ pub struct Fence {
     pub session_id: Uuid,
     /// The epoch its actor holds.
     pub epoch: u64,
+    /// The session's owner: every write of a user goes to one writer, so two writers'
+    /// transactions never write the same user's rows (the day's usage, send keys) at once,
+    /// which conflicted, and a conflict retries a whole batch after a wait.
+    pub owner: Uuid,
 }
 
 /// A send's idempotency key, stored with its user message: a repeat of the key by the same

@@ -112,8 +112,8 @@ impl WriteBehind {
         self.deadline
     }
 
-    /// The queue of the writer that owns `key` (a session, or a user for usage counts), so
-    /// one key's writes are applied in the order they were queued.
+    /// The queue of the writer that owns user `key` (every write of theirs: sessions and
+    /// usage alike), so one user's writes are applied in the order they were queued.
     fn lane(&self, key: Uuid) -> &Lane {
         &self.queues[(key.as_u128() % self.queues.len() as u128) as usize]
     }
@@ -145,7 +145,7 @@ impl WriteBehind {
         let deadline = tokio::time::Instant::now() + self.deadline;
         let (done, committed) = oneshot::channel();
         let op = Op::Save { fence, save: Box::new(save), done: Some(done) };
-        let lane = self.lane(fence.session_id);
+        let lane = self.lane(fence.owner);
         let room = tokio::time::timeout_at(deadline, lane.room.clone().acquire_owned()).await.ok().and_then(Result::ok);
         self.put(lane, op, room)?;
         match tokio::time::timeout_at(deadline, committed).await {
@@ -159,13 +159,13 @@ impl WriteBehind {
 
     /// Queues a save without waiting for it; never dropped.
     pub fn save_soon(&self, fence: Fence, save: Save) {
-        self.enqueue_soon(fence.session_id, Op::Save { fence, save: Box::new(save), done: None });
+        self.enqueue_soon(fence.owner, Op::Save { fence, save: Box::new(save), done: None });
     }
 
     /// Queues a checkpoint of a reply in progress, if there is room: a checkpoint only
     /// narrows what a crash can lose, and the reply's final save replaces it anyway.
     pub fn checkpoint(&self, fence: Fence, message: Message) {
-        let lane = self.lane(fence.session_id);
+        let lane = self.lane(fence.owner);
         let Ok(room) = lane.room.clone().try_acquire_owned() else {
             self.metrics.checkpoints_skipped.inc();
             return;
@@ -177,7 +177,7 @@ impl WriteBehind {
     /// Queues naming a session `to` if its title is still `from`: a rename that came first
     /// is never overwritten.
     pub fn retitle_soon(&self, fence: Fence, from: &str, to: &str) {
-        self.enqueue_soon(fence.session_id, Op::Retitle { fence, from: from.into(), to: to.into() });
+        self.enqueue_soon(fence.owner, Op::Retitle { fence, from: from.into(), to: to.into() });
     }
 
     /// Queues adding one message to the user's day; once committed, `then` gets the day's
@@ -186,11 +186,11 @@ impl WriteBehind {
         self.enqueue_soon(user_id, Op::CountMessage { user_id, day, then });
     }
 
-    /// Returns once every write of a session (its writer's queue) queued before it is
+    /// Returns once every write of user `owner` (their writer's queue) queued before it is
     /// committed.
-    pub async fn flush_session(&self, session_id: Uuid) {
+    pub async fn flush_user(&self, owner: Uuid) {
         let (done, answered) = oneshot::channel();
-        if self.put(self.lane(session_id), Op::Flush(done), None).is_ok() {
+        if self.put(self.lane(owner), Op::Flush(done), None).is_ok() {
             let _ = answered.await;
         }
     }
@@ -385,7 +385,7 @@ pub(crate) mod tests {
     async fn claimed(store: &Store, user: Uuid, title: &str) -> Fence {
         let session = store.create_session(user, title, None, None).await.unwrap();
         let claimed = store.claim_session(session.id).await.unwrap().unwrap();
-        Fence { session_id: session.id, epoch: claimed.epoch }
+        Fence { session_id: session.id, epoch: claimed.epoch, owner: user }
     }
 
     fn reply(session_id: Uuid, id: Uuid, content: &str, status: MessageStatus) -> Message {
@@ -575,10 +575,7 @@ pub(crate) mod tests {
         });
         let user = Uuid::new_v4();
         let old = claimed(&store, user, "New chat").await;
-        let new = Fence {
-            session_id: old.session_id,
-            epoch: store.claim_session(old.session_id).await.unwrap().unwrap().epoch,
-        };
+        let new = Fence { epoch: store.claim_session(old.session_id).await.unwrap().unwrap().epoch, ..old };
         assert_eq!(new.epoch, old.epoch + 1, "each claim raises the epoch");
 
         let (stale, fresh) = (Uuid::new_v4(), Uuid::new_v4());

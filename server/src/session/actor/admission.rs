@@ -55,12 +55,12 @@ impl Admission {
 
     /// Keeps what the send took (its message is queued, and is stored once the database
     /// takes it) and lets the user's next send check the storage cap only once the
-    /// session's queued writes are stored, or the lock's time is up.
-    pub(super) fn keep_until_stored(self, deps: &SessionDeps, session_id: Uuid) {
+    /// user's queued writes are stored, or the lock's time is up.
+    pub(super) fn keep_until_stored(self, deps: &SessionDeps, owner: Uuid) {
         let writes = deps.writes.clone();
         let hold = STORAGE_LOCK_DEADLINES * writes.deadline();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(hold, writes.flush_session(session_id)).await;
+            let _ = tokio::time::timeout(hold, writes.flush_user(owner)).await;
             self.release().await;
         });
     }

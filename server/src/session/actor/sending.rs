@@ -211,7 +211,7 @@ impl SessionState {
     async fn settle_failed(&self, admission: Admission, user: &AuthUser, error: &StoreError) {
         if matches!(error, StoreError::Timeout) {
             self.count_usage(user);
-            admission.keep_until_stored(&self.deps, self.session.id);
+            admission.keep_until_stored(&self.deps, self.owner);
         } else {
             admission.give_back(&self.deps).await;
         }
