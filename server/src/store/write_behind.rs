@@ -523,6 +523,39 @@ pub(crate) mod tests {
         assert!(batches < 200, "200 saves took {batches} transactions");
     }
 
+    /// The sessions of one user, saved at once with their replies' tokens, never make the
+    /// writers' transactions conflict: a user's writes (and so their day of usage) are all
+    /// on one writer. Spread by session, both writers wrote the same usage row at once.
+    #[tokio::test]
+    async fn one_users_sessions_saving_at_once_never_conflict() {
+        let store = store().await;
+        let metrics = Arc::new(Metrics::new());
+        let writes = WriteBehind::start(store.clone(), 4096, Duration::from_secs(5), metrics.clone());
+        assert!(writes.queues.len() >= 2, "two writers at least");
+        let user = Uuid::new_v4();
+        let mut fences = Vec::new();
+        for _ in 0..40 {
+            fences.push(claimed(&store, user, "t").await);
+        }
+        let day = Utc::now().date_naive();
+        for round in 0..5 {
+            let saves = fences.iter().map(|&fence| {
+                let writes = writes.clone();
+                tokio::spawn(async move {
+                    let message =
+                        reply(fence.session_id, Uuid::new_v4(), &format!("r{round}"), MessageStatus::Complete);
+                    let tokens = Tokens { user_id: user, day, prompt: 1, completion: 1 };
+                    writes.save(fence, Save::of(message).counted().with_tokens(Some(tokens))).await.unwrap();
+                })
+            });
+            for save in saves.collect::<Vec<_>>() {
+                save.await.unwrap();
+            }
+        }
+        assert_eq!(metrics.write_failures.get(), 0, "no batch was tried twice");
+        assert_eq!(store.usage_on(user, day).await.unwrap().completion_tokens, 200);
+    }
+
     /// A durable save that finds no room in the queue in time answers `Timeout` and is
     /// queued all the same, so it is stored (with its count) once the writer takes it; the
     /// queue gauge counts what is queued; once the writers have stopped, a save fails at
@@ -534,12 +567,12 @@ pub(crate) mod tests {
         let writes = WriteBehind::start(store.clone(), 1, Duration::from_millis(100), metrics.clone());
         let user = Uuid::new_v4();
         let fence = claimed(&store, user, "t").await;
-        // A follow-up runs on its writer's thread: one that sleeps holds the writer. Keyed
-        // by the session, the counts go to the session's writer.
+        // A follow-up runs on its writer's thread: one that sleeps holds the writer. The
+        // user's counts go to the writer of the user's sessions.
         let day = Utc::now().date_naive();
-        writes.count_message_soon(fence.session_id, day, Box::new(|_| std::thread::sleep(Duration::from_millis(600))));
+        writes.count_message_soon(user, day, Box::new(|_| std::thread::sleep(Duration::from_millis(600))));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        writes.count_message_soon(fence.session_id, day, Box::new(|_| ()));
+        writes.count_message_soon(user, day, Box::new(|_| ()));
         let question = user_message(fence.session_id, "q");
         let saved = writes.save(fence, Save::of(question.clone()).counted()).await;
         assert!(matches!(saved, Err(StoreError::Timeout)), "{saved:?}");
