@@ -324,6 +324,8 @@ pub struct Config {
     /// `WS_MAX_FRAME_BYTES`: largest WebSocket frame; larger closes with 1009.
     pub ws_max_frame_bytes: usize,
     /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
+    /// The byte bound is what holds memory; this one leaves room for a connection that
+    /// multiplexes many streaming sessions (64 frames each at the subscription cap).
     pub ws_outbound_queue: usize,
     /// `WS_OUTBOUND_QUEUE_BYTES`: bytes buffered per connection before it counts as too slow.
     pub ws_outbound_queue_bytes: usize,
@@ -836,7 +838,7 @@ impl Config {
             )?)
             .filter(|n| *n > 0),
             ws_max_frame_bytes: positive("WS_MAX_FRAME_BYTES", var("WS_MAX_FRAME_BYTES"), 64 * 1024)?,
-            ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 1024)?,
+            ws_outbound_queue: positive("WS_OUTBOUND_QUEUE", var("WS_OUTBOUND_QUEUE"), 16_384)?,
             ws_outbound_queue_bytes: positive(
                 "WS_OUTBOUND_QUEUE_BYTES",
                 var("WS_OUTBOUND_QUEUE_BYTES"),
