@@ -324,8 +324,9 @@ pub struct Config {
     /// `WS_MAX_FRAME_BYTES`: largest WebSocket frame; larger closes with 1009.
     pub ws_max_frame_bytes: usize,
     /// `WS_OUTBOUND_QUEUE`: frames buffered per connection before it counts as too slow.
-    /// The byte bound is what holds memory; this one leaves room for a connection that
-    /// multiplexes many streaming sessions (64 frames each at the subscription cap).
+    /// The byte bound is what holds memory (each queued frame adds about 40 bytes of its
+    /// own); this one leaves room for a connection that multiplexes many streaming
+    /// sessions (64 frames each at the subscription cap).
     pub ws_outbound_queue: usize,
     /// `WS_OUTBOUND_QUEUE_BYTES`: bytes buffered per connection before it counts as too slow.
     pub ws_outbound_queue_bytes: usize,

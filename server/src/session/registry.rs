@@ -34,10 +34,11 @@ pub struct SessionRegistry {
     /// Set when shutdown begins: no actor starts and no actor accepts a send after it.
     closing: Arc<AtomicBool>,
     started: AtomicU64,
-    /// Actors that stopped and whose writes may still be queued, by session: a new actor
-    /// of the session waits for those writes before it claims the session (the claim
-    /// raises the epoch, which would refuse them) and loads it.
-    settling: Mutex<HashMap<Uuid, HashSet<ActorId>>>,
+    /// Actors that stopped and whose writes may still be queued, by session, with the
+    /// session's owner (whose writer holds them): a new actor of the session waits for
+    /// those writes before it claims the session (the claim raises the epoch, which would
+    /// refuse them) and loads it.
+    settling: Mutex<HashMap<Uuid, (Uuid, HashSet<ActorId>)>>,
     me: Weak<SessionRegistry>,
 }
 
@@ -110,10 +111,9 @@ impl SessionRegistry {
     /// database timeout, else the start fails `unavailable`), then the session's epoch is
     /// raised, so whatever ran it before writes nothing more.
     async fn start_actor(&self, session_id: Uuid, lease: Option<u64>) -> Result<ActorRef<SessionMsg>, SessionError> {
-        if self.is_settling(session_id) {
+        if let Some(owner) = self.settling_owner(session_id) {
             let writes = &self.deps.writes;
-            // The owner is known only once the session is read: every writer is flushed.
-            if tokio::time::timeout(writes.deadline(), writes.flush()).await.is_err() {
+            if tokio::time::timeout(writes.deadline(), writes.flush_user(owner)).await.is_err() {
                 tracing::warn!(%session_id, "the session's earlier writes are not stored yet; not starting it");
                 return Err(SessionError::Unavailable);
             }
@@ -142,7 +142,7 @@ impl SessionRegistry {
         tokio::spawn(async move {
             let _ = ended.await;
             let Some(registry) = registry.upgrade() else { return };
-            registry.stopping(session_id, &watched);
+            registry.stopping(session_id, fence.owner, &watched);
             // At shutdown, every write is stored and every lease given up together.
             if registry.closing.load(Ordering::Acquire) {
                 return;
@@ -163,15 +163,17 @@ impl SessionRegistry {
 
     /// An actor of a session stops (or has stopped): its writes may still be queued, and
     /// the next use of the session starts a fresh actor.
-    pub(super) fn stopping(&self, session_id: Uuid, actor: &ActorRef<SessionMsg>) {
-        self.settling.lock().expect("settling lock").entry(session_id).or_default().insert(actor.get_id());
+    pub(super) fn stopping(&self, session_id: Uuid, owner: Uuid, actor: &ActorRef<SessionMsg>) {
+        let mut settling = self.settling.lock().expect("settling lock");
+        settling.entry(session_id).or_insert_with(|| (owner, HashSet::new())).1.insert(actor.get_id());
+        drop(settling);
         self.forget(session_id, actor);
     }
 
     /// The writes of a stopped actor of a session are stored.
     fn settled(&self, session_id: Uuid, actor: ActorId) {
         let mut settling = self.settling.lock().expect("settling lock");
-        if let Some(actors) = settling.get_mut(&session_id) {
+        if let Some((_, actors)) = settling.get_mut(&session_id) {
             actors.remove(&actor);
             if actors.is_empty() {
                 settling.remove(&session_id);
@@ -179,9 +181,9 @@ impl SessionRegistry {
         }
     }
 
-    /// Whether a stopped actor of a session may still have writes queued.
-    fn is_settling(&self, session_id: Uuid) -> bool {
-        self.settling.lock().expect("settling lock").contains_key(&session_id)
+    /// The owner of a session one of whose stopped actors may still have writes queued.
+    fn settling_owner(&self, session_id: Uuid) -> Option<Uuid> {
+        self.settling.lock().expect("settling lock").get(&session_id).map(|(owner, _)| *owner)
     }
 
     /// Forgets a session's actor (if it is still the registered one), so the next use

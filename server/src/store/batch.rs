@@ -363,11 +363,17 @@ impl BatchId {
 /// billed); the days someone waits for are read back in the same transaction. The marker
 /// is created last, with the outcome: it exists exactly when the batch committed.
 struct BatchSql {
+    /// Some save carries an idempotency key (its repeats are looked for and recorded).
     keyed: bool,
+    /// Some keyed save adds to its session's message count (after its key is checked).
     keyed_counts: bool,
+    /// Some save supersedes messages.
     supersedes: bool,
+    /// Some session is renamed.
     retitles: bool,
+    /// Some user's day is added to.
     usage: bool,
+    /// Someone waits for a day's usage after the batch.
     wanted: bool,
 }
 

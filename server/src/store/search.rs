@@ -51,6 +51,7 @@ pub struct SearchPage {
 static SEARCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!("LET $sessions = SELECT VALUE record::id(id) FROM {LIVE_SESSIONS_OF_USER};{SEARCH_AFTER_SESSIONS}")
 });
+/// The search once `$sessions` holds the user's live sessions.
 const SEARCH_AFTER_SESSIONS: &str = "
 LET $hits = SELECT record::id(id) AS id, session_id, role, created_at, search::score(1) AS score,
         search::highlight($open, $close, 1) AS marked

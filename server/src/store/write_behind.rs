@@ -3,9 +3,11 @@
 //! transaction (one round trip, one fsync), so a thousand concurrent replies cost a handful
 //! of commits a second instead of thousands, and database latency stays off the path of
 //! the stream. There is one writer per core, each on a thread of its own with its own
-//! queue, so batches are applied in parallel with each other and with the streams; a
-//! session's writes (and a user's message counts, whose quota frames must not go back)
-//! always go to the same one.
+//! queue, so batches are applied in parallel with each other and with the streams; every
+//! write of a user (their sessions' messages, counts and titles, their usage, whose quota
+//! frames must not go back) goes to the same one, so two writers never write the same
+//! rows at once (a conflict retries a whole batch). One user's writes thus take at most
+//! one writer, and fill one writer's share of the queue.
 //!
 //! Nothing queued is ever given up: a batch the database refuses or cannot take is retried
 //! until it is stored (a retry never applies a batch twice, see [`super::batch`]). Durable
@@ -54,7 +56,7 @@ pub type OnFenced = Arc<dyn Fn(Fence) + Send + Sync>;
 /// The handle on the write queue; cheap to clone.
 #[derive(Clone)]
 pub struct WriteBehind {
-    /// One queue per writer; a key's writes always go to the same one.
+    /// One queue per writer; a user's writes always go to the same one.
     queues: Arc<[Lane]>,
     /// How long a durable write is waited for.
     deadline: Duration,
@@ -112,10 +114,10 @@ impl WriteBehind {
         self.deadline
     }
 
-    /// The queue of the writer that owns user `key` (every write of theirs: sessions and
+    /// The queue of the writer that owns `user` (every write of theirs: sessions and
     /// usage alike), so one user's writes are applied in the order they were queued.
-    fn lane(&self, key: Uuid) -> &Lane {
-        &self.queues[(key.as_u128() % self.queues.len() as u128) as usize]
+    fn lane(&self, user: Uuid) -> &Lane {
+        &self.queues[(user.as_u128() % self.queues.len() as u128) as usize]
     }
 
     /// Puts `op` in `lane`, holding `room` (if any) until the writer takes it.
@@ -128,8 +130,8 @@ impl WriteBehind {
     /// Queues `op` at once, with room or beyond it: bookkeeping that must not be lost, and
     /// must not hold up the session that made it while the database is down. It keeps its
     /// place after everything its caller queued before.
-    fn enqueue_soon(&self, key: Uuid, op: Op) {
-        let lane = self.lane(key);
+    fn enqueue_soon(&self, user: Uuid, op: Op) {
+        let lane = self.lane(user);
         let room = lane.room.clone().try_acquire_owned().ok();
         if self.put(lane, op, room).is_err() {
             tracing::warn!("a write was not queued: the writers have stopped");
@@ -531,7 +533,6 @@ pub(crate) mod tests {
         let store = store().await;
         let metrics = Arc::new(Metrics::new());
         let writes = WriteBehind::start(store.clone(), 4096, Duration::from_secs(5), metrics.clone());
-        assert!(writes.queues.len() >= 2, "two writers at least");
         let user = Uuid::new_v4();
         let mut fences = Vec::new();
         for _ in 0..40 {

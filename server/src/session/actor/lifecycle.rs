@@ -180,7 +180,7 @@ impl SessionState {
             cluster.publish_event(self.session.id, &out);
         }
         if let Some(registry) = self.registry.upgrade() {
-            registry.stopping(self.session.id, myself);
+            registry.stopping(self.session.id, self.owner, myself);
         }
         myself.stop(None);
     }

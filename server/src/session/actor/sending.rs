@@ -205,7 +205,7 @@ impl SessionState {
     /// Settles what a request whose save failed took from the user's limits. A save that
     /// timed out is still queued and will be stored (see [`WriteBehind::save`]): the request
     /// stays charged and counted (sent again with its key, its reply is generated at no new
-    /// charge), and the storage cap's lock is held until the session's writes are stored,
+    /// charge), and the storage cap's lock is held until the user's queued writes are stored,
     /// so no other send passes the cap before this message counts. Any other failure
     /// stored nothing: what it took is given back.
     async fn settle_failed(&self, admission: Admission, user: &AuthUser, error: &StoreError) {
