@@ -497,7 +497,7 @@ mod tests {
 
     use super::*;
     use crate::store::ops::{SendKey, Tokens};
-    use crate::store::write_behind::tests::store;
+    use crate::store::write_behind::tests::{claimed, store};
 
     fn message(session_id: Uuid, role: Role, content: &str) -> Message {
         Message {
@@ -514,12 +514,6 @@ mod tests {
         }
     }
 
-    async fn claimed(store: &Store, user: Uuid) -> Fence {
-        let session = store.create_session(user, "t", None, None).await.unwrap();
-        let epoch = store.claim_session(session.id).await.unwrap().unwrap().epoch;
-        Fence { session_id: session.id, epoch, owner: user }
-    }
-
     fn save(fence: Fence, save: Save) -> Op {
         Op::Save { fence, save: Box::new(save), done: None }
     }
@@ -530,7 +524,7 @@ mod tests {
     async fn a_retried_batch_is_applied_once() {
         let store = store().await;
         let user = Uuid::new_v4();
-        let fence = claimed(&store, user).await;
+        let fence = claimed(&store, user, "t").await;
         let day = Utc::now().date_naive();
         let mut plan = Plan::default();
         for _ in 0..3 {
@@ -573,7 +567,7 @@ mod tests {
     async fn a_save_and_what_it_replaces_land_together() {
         let store = store().await;
         let user = Uuid::new_v4();
-        let fence = claimed(&store, user).await;
+        let fence = claimed(&store, user, "t").await;
         let question = message(fence.session_id, Role::User, "q");
         let answer = message(fence.session_id, Role::Assistant, "a");
         let mut plan = Plan::default();
@@ -628,7 +622,7 @@ mod tests {
     #[tokio::test]
     async fn versions_under_two_fences_never_share_a_batch() {
         let store = store().await;
-        let old = claimed(&store, Uuid::new_v4()).await;
+        let old = claimed(&store, Uuid::new_v4(), "t").await;
         let new = Fence { epoch: store.claim_session(old.session_id).await.unwrap().unwrap().epoch, ..old };
         let reply = message(old.session_id, Role::Assistant, "current");
         let (done, answered) = oneshot::channel();

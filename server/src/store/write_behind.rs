@@ -384,7 +384,7 @@ pub(crate) mod tests {
     }
 
     /// A session claimed for an actor, as the registry does: its fence.
-    async fn claimed(store: &Store, user: Uuid, title: &str) -> Fence {
+    pub(crate) async fn claimed(store: &Store, user: Uuid, title: &str) -> Fence {
         let session = store.create_session(user, title, None, None).await.unwrap();
         let claimed = store.claim_session(session.id).await.unwrap().unwrap();
         Fence { session_id: session.id, epoch: claimed.epoch, owner: user }
