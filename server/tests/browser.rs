@@ -927,6 +927,42 @@ async fn older_messages_load_as_the_top_comes_into_view() {
         .await;
 }
 
+/// A reply streaming in is followed to its end while the view is there, and left alone once
+/// the reader scrolls up to read.
+#[tokio::test]
+async fn the_view_follows_a_reply_only_from_the_end() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("follow", &[]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("fol").await?;
+            h.tab(a).send("Tell me a lot [[mock demo tokens=3000 tps=150]]").await?;
+            let tall = "const m = document.querySelector('#messages'); \
+                        return !!document.querySelector('#streaming') && m.scrollHeight > m.clientHeight + 600 && m.scrollHeight";
+            let height = h.tab(a).wait("a reply taller than the view", tall).await?.as_f64().unwrap_or_default();
+            // Sampled as it grows: each time the reply is taller, the view is at its end.
+            for step in 1..=3 {
+                let at_end_of_taller = format!(
+                    "const m = document.querySelector('#messages'); return !!document.querySelector('#streaming') \
+                     && m.scrollHeight > {} && m.scrollTop > 0 && m.scrollTop + m.clientHeight >= m.scrollHeight - 60",
+                    height + 400.0 * f64::from(step)
+                );
+                h.tab(a).wait("the view at the end of a longer reply", &at_end_of_taller).await?;
+            }
+            // Scrolled up to read: the reply goes on growing below, the view stays.
+            h.tab(a).js("document.querySelector('#messages').scrollTop = 0; return true").await?;
+            let grown = h.tab(a).js("return document.querySelector('#messages').scrollHeight").await?;
+            let later = format!("return document.querySelector('#messages').scrollHeight > {grown} + 400");
+            h.tab(a).wait("the reply growing", &later).await?;
+            let top = h.tab(a).js("return document.querySelector('#messages').scrollTop").await?;
+            anyhow::ensure!(top.as_f64().is_some_and(|t| t < 50.0), "the view was pulled down to {top}");
+            anyhow::ensure!(h.tab(a).count("#streaming").await? == 1, "the reply ended too soon for the test");
+            Ok(())
+        })
+        .await;
+}
+
 /// While a reply streams in, what is already written stays put: a selection in a finished
 /// paragraph survives the next pieces (each finished block is drawn once).
 #[tokio::test]

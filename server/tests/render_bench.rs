@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 /// app sees it), when the page changes, and every long task.
 const PROBE: &str = r#"
 (() => {
-  const bench = window.__bench = { deltas: [], mutations: [], longtasks: [], login_ms: null };
+  const bench = window.__bench = { deltas: [], mutations: [], longtasks: [], login_ms: null, since: 0 };
   const Native = window.WebSocket;
   function Probed(url, protocols) {
     const ws = protocols === undefined ? new Native(url) : new Native(url, protocols);
@@ -41,12 +41,15 @@ const PROBE: &str = r#"
   Object.assign(Probed, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
   window.WebSocket = Probed;
   new PerformanceObserver(list => {
-    for (const e of list.getEntries()) bench.longtasks.push([e.startTime, e.duration, bench.deltas.length]);
+    // Entries are delivered late: one that began before the reply was asked for is not its.
+    for (const e of list.getEntries())
+      if (e.startTime >= bench.since) bench.longtasks.push([e.startTime, e.duration, bench.deltas.length]);
   }).observe({ type: 'longtask', buffered: true });
   bench.frames = []; bench.invokers = {};
   try {
     new PerformanceObserver(list => {
       for (const f of list.getEntries()) {
+        if (f.startTime < bench.since) continue;
         const scripts = f.scripts.reduce((t, s) => t + s.duration, 0);
         for (const s of f.scripts) {
           const key = s.invoker + ' ' + s.invokerType;
@@ -93,7 +96,7 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
     let average = relay_mock_llm::demo_reply_text(1000).len() as f64 / 1000.0;
     let tokens = (bytes as f64 / average) as usize;
     let expected = relay_mock_llm::demo_reply_text(tokens);
-    tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = []; window.__bench.frames = []; window.__bench.invokers = {};").await?;
+    tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = []; window.__bench.frames = []; window.__bench.invokers = {}; window.__bench.since = performance.now();").await?;
     let started = Instant::now();
     tab.send(&format!("bench [[mock demo tokens={tokens} tps=1000]]")).await?;
     tab.element("#streaming").await?;

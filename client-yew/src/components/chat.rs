@@ -78,6 +78,8 @@ pub fn chat_view(props: &ChatProps) -> Html {
     let ctx = use_context::<Ctx>().expect("inside the app");
     let list = use_node_ref();
     let stick = use_mut_ref(|| true);
+    // The list's scroll position at its last scroll event, to tell the reader scrolling up.
+    let last_top = use_mut_ref(|| 0);
     // The list's height before older messages were put above, to keep the view still.
     let height_before_older = use_mut_ref(|| None::<i32>);
     let editing = use_state(|| None::<Uuid>);
@@ -108,7 +110,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
     }
     let announcer =
         html! { <div class="sr-only" id="announcer" role="status" aria-live="polite">{ (*announced).clone() }</div> };
-    let generating_len = chat.as_ref().and_then(|c| c.generating.as_ref()).map_or(0, |g| g.content.len());
+    let streaming_id = chat.as_ref().and_then(|c| c.generating.as_ref()).map(|g| g.message_id);
     let count = chat.as_ref().map_or(0, |c| c.messages.len());
     let first = chat.as_ref().and_then(|c| c.messages.first().map(|m| m.id));
     // The session whose view has been placed at its end: only then may older messages load
@@ -118,7 +120,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
     {
         let (list, stick, height_before_older, placed) =
             (list.clone(), stick.clone(), height_before_older.clone(), placed.clone());
-        use_effect_with((count, generating_len, first, loaded), move |&(_, _, _, loaded)| {
+        use_effect_with((count, streaming_id, first, loaded), move |&(_, _, _, loaded)| {
             // A session just opened starts at its end.
             if loaded.is_some() && *placed != loaded {
                 *stick.borrow_mut() = true;
@@ -133,6 +135,32 @@ pub fn chat_view(props: &ChatProps) -> Html {
             }
             if loaded.is_some() && *placed != loaded {
                 placed.set(loaded);
+            }
+        });
+    }
+    // While a reply streams in, the view follows it when it was at the end. A ResizeObserver
+    // is told after the frame's layout, so following costs no layout of its own; reading the
+    // list's height as each piece is drawn forced one (the reply's whole growth, in the
+    // script's task).
+    {
+        let (list, stick) = (list.clone(), stick.clone());
+        use_effect_with(streaming_id, move |streaming_id| {
+            let observer = streaming_id.and_then(|_| {
+                let el = list.cast::<Element>()?;
+                let reply = el.query_selector("#streaming").ok().flatten()?;
+                let follow = Closure::<dyn Fn()>::new(move || {
+                    if *stick.borrow() {
+                        el.set_scroll_top(el.scroll_height());
+                    }
+                });
+                let observer = web_sys::ResizeObserver::new(follow.as_ref().unchecked_ref()).ok()?;
+                observer.observe(&reply);
+                Some((observer, follow))
+            });
+            move || {
+                if let Some((observer, _follow)) = observer {
+                    observer.disconnect();
+                }
             }
         });
     }
@@ -238,11 +266,20 @@ pub fn chat_view(props: &ChatProps) -> Html {
     };
     let session_id = chat.session.id;
 
+    // The view follows the reply again once it is back at the end, and stops when the
+    // reader scrolls up; a scroll that reads the end as farther away only because the reply
+    // grew since the view was put there (the follower moves it after layout) changes nothing.
     let onscroll = {
-        let stick = stick.clone();
+        let (stick, last_top) = (stick.clone(), last_top.clone());
         Callback::from(move |event: Event| {
             let Some(el) = event.target_dyn_into::<Element>() else { return };
-            *stick.borrow_mut() = el.scroll_top() + el.client_height() >= el.scroll_height() - STICKY_PX;
+            let top = el.scroll_top();
+            let went_up = top < std::mem::replace(&mut *last_top.borrow_mut(), top);
+            if top + el.client_height() >= el.scroll_height() - STICKY_PX {
+                *stick.borrow_mut() = true;
+            } else if went_up {
+                *stick.borrow_mut() = false;
+            }
         })
     };
     let oldest = chat.messages.first().map(|m| m.id);
