@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, tabs};
+use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, search_streams, tabs};
 use relay_loadtest::{SpawnOptions, SpawnedServer, Target};
 use relay_mock_llm::{MockLlm, MockSettings};
 use serde::Serialize;
@@ -99,6 +99,12 @@ enum Command {
         /// Words in the vocabulary.
         #[arg(long, default_value_t = 20_000)]
         vocabulary: usize,
+        /// Then replies streamed to this many users, alone and again beside searches (0: not).
+        #[arg(long, default_value_t = 50)]
+        streams: usize,
+        /// Searches kept running at once beside those streams.
+        #[arg(long, default_value_t = 4)]
+        searchers: usize,
     },
     /// Users chatting: each on one WebSocket with several sessions, a few messages each.
     Chat {
@@ -243,9 +249,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "note: the server answers from its own model; give it and --upstream the same model for a fair comparison"
         );
     }
-    if let Command::Search { messages, users, sessions, queries, vocabulary } = cli.command {
+    if let Command::Search { messages, users, sessions, queries, vocabulary, streams, searchers } = cli.command {
         let config = search::SearchConfig { messages, users, sessions_per_user: sessions, queries, vocabulary };
-        return search_scenario(c, upstream.clone().unwrap_or_default(), config).await;
+        let streams = (streams > 0).then(|| search_streams::StreamsConfig {
+            streams,
+            searchers,
+            ..search_streams::StreamsConfig::default()
+        });
+        return search_scenario(c, upstream.clone().unwrap_or_default(), config, streams).await;
     }
     let spawned = match &c.spawn_server {
         Some(binary) => {
@@ -278,7 +289,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The `search` scenario: its users registered through a spawned server, its messages
 /// written into that server's database (stopped meanwhile when it is embedded), then the
 /// searches against the server started again on the filled database.
-async fn search_scenario(c: &Common, upstream: String, config: search::SearchConfig) -> anyhow::Result<()> {
+async fn search_scenario(
+    c: &Common,
+    upstream: String,
+    config: search::SearchConfig,
+    streams: Option<search_streams::StreamsConfig>,
+) -> anyhow::Result<()> {
     let Some(binary) = &c.spawn_server else {
         anyhow::bail!("search fills the server's database itself: give --spawn-server");
     };
@@ -326,6 +342,13 @@ async fn search_scenario(c: &Common, upstream: String, config: search::SearchCon
         took.as_secs_f64()
     );
     let result = search::run(&target(&server), &users, &config, took).await;
+    let result = match (result, streams) {
+        (Ok(mut report), Some(streams)) => {
+            report.streams = Some(search_streams::run(&target(&server), &users, &streams).await?);
+            Ok(report)
+        }
+        (result, _) => result,
+    };
     server.stop().await;
     emit("search", &result?, c)
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use relay_loadtest::Target;
-use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, tabs};
+use relay_loadtest::scenarios::{burst, chat, compare, direct, idle, search, search_streams, tabs};
 use relay_mock_llm::{MockLlm, MockSettings};
 use relay_server::{Config, Server};
 
@@ -187,4 +187,25 @@ async fn search_fills_and_every_search_answers() {
     assert_eq!((report.one_word.count, report.three_words.count), (20, 20));
     // Common words of a small vocabulary: every one-word search finds something.
     assert!(report.mean_matches.0 >= 1.0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_measured_alone_and_beside_searches() {
+    let mock = mock().await;
+    let s = server(&mock).await;
+    let config = search::SearchConfig { messages: 200, users: 2, sessions_per_user: 2, queries: 1, vocabulary: 100 };
+    let users = search::register(&s.target, config.users).await.unwrap();
+    search::fill_store(&s.server.state.store, &users, &config, false).await.unwrap();
+    let streams = search_streams::StreamsConfig {
+        streams: 3,
+        searchers: 2,
+        replies: 2,
+        content: "beside [[mock tokens=20 tps=40]]".into(),
+    };
+    let report = search_streams::run(&s.target, &users, &streams).await.unwrap();
+    assert_eq!((report.alone.completed, report.beside.completed), (6, 6), "{report:?}");
+    assert_eq!((report.alone_errors.total(), report.beside_errors.total()), (0, 0), "{report:?}");
+    assert!(report.alone.delta_gap.count > 0 && report.beside.delta_gap.count > 0, "{report:?}");
+    assert!(report.searches.count > 0, "searches ran beside the streams: {report:?}");
+    assert!(report.to_string().contains("inter-delta gap, beside searches"));
 }

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod direct;
 pub mod idle;
 pub mod search;
+pub mod search_streams;
 pub mod tabs;
 
 use std::fmt;

@@ -46,6 +46,8 @@ pub struct SearchReport {
     pub mean_matches: (f64, f64),
     /// Searches that failed.
     pub errors: u64,
+    /// Streams measured alone and beside searches, when asked for.
+    pub streams: Option<super::search_streams::StreamsReport>,
 }
 
 impl fmt::Display for SearchReport {
@@ -62,12 +64,16 @@ impl fmt::Display for SearchReport {
             f,
             "mean matches per search: {:.1} (one word), {:.1} (three words); errors: {}",
             self.mean_matches.0, self.mean_matches.1, self.errors
-        )
+        )?;
+        match &self.streams {
+            Some(streams) => write!(f, "{streams}"),
+            None => Ok(()),
+        }
     }
 }
 
 /// The vocabulary's word of rank `i`: made-up syllables, distinct for every rank.
-fn word(i: usize) -> String {
+pub(crate) fn word(i: usize) -> String {
     const SYLLABLES: [&str; 20] = [
         "ka", "lo", "mi", "su", "te", "ra", "no", "vi", "de", "pu", "ze", "ho", "ba", "gi", "fu", "ye", "co", "wa",
         "ni", "tor",
@@ -82,10 +88,10 @@ fn word(i: usize) -> String {
 }
 
 /// A small deterministic generator (xorshift), so runs store the same text.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -251,6 +257,7 @@ pub async fn run(
         three_words: three.summary(),
         mean_matches: (per(matches_one), per(matches_three)),
         errors,
+        streams: None,
     })
 }
 
