@@ -207,5 +207,5 @@ async fn streams_are_measured_alone_and_beside_searches() {
     assert_eq!((report.alone_errors.total(), report.beside_errors.total()), (0, 0), "{report:?}");
     assert!(report.alone.delta_gap.count > 0 && report.beside.delta_gap.count > 0, "{report:?}");
     assert!(report.searches.count > 0, "searches ran beside the streams: {report:?}");
-    assert!(report.to_string().contains("inter-delta gap, beside searches"));
+    assert!(report.to_string().contains("gap, beside searches"));
 }

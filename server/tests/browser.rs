@@ -958,6 +958,14 @@ async fn the_view_follows_a_reply_only_from_the_end() {
             let top = h.tab(a).js("return document.querySelector('#messages').scrollTop").await?;
             anyhow::ensure!(top.as_f64().is_some_and(|t| t < 50.0), "the view was pulled down to {top}");
             anyhow::ensure!(h.tab(a).count("#streaming").await? == 1, "the reply ended too soon for the test");
+            // Back at the end, the view follows again.
+            h.tab(a).js("const m = document.querySelector('#messages'); m.scrollTop = m.scrollHeight; return true").await?;
+            let back = h.tab(a).js("return document.querySelector('#messages').scrollHeight").await?;
+            let followed = format!(
+                "const m = document.querySelector('#messages'); return !!document.querySelector('#streaming') \
+                 && m.scrollHeight > {back} + 400 && m.scrollTop + m.clientHeight >= m.scrollHeight - 60"
+            );
+            h.tab(a).wait("the view following again", &followed).await?;
             Ok(())
         })
         .await;

@@ -118,8 +118,8 @@ pub fn chat_view(props: &ChatProps) -> Html {
     let placed = use_state(|| None::<Uuid>);
     let loaded = chat.as_ref().filter(|c| c.loaded).map(|c| c.session.id);
     {
-        let (list, stick, height_before_older, placed) =
-            (list.clone(), stick.clone(), height_before_older.clone(), placed.clone());
+        let (list, stick, last_top, height_before_older, placed) =
+            (list.clone(), stick.clone(), last_top.clone(), height_before_older.clone(), placed.clone());
         use_effect_with((count, streaming_id, first, loaded), move |&(_, _, _, loaded)| {
             // A session just opened starts at its end.
             if loaded.is_some() && *placed != loaded {
@@ -132,6 +132,7 @@ pub fn chat_view(props: &ChatProps) -> Html {
                 } else if *stick.borrow() {
                     el.set_scroll_top(el.scroll_height());
                 }
+                *last_top.borrow_mut() = el.scroll_top();
             }
             if loaded.is_some() && *placed != loaded {
                 placed.set(loaded);
@@ -141,16 +142,20 @@ pub fn chat_view(props: &ChatProps) -> Html {
     // While a reply streams in, the view follows it when it was at the end. A ResizeObserver
     // is told after the frame's layout, so following costs no layout of its own; reading the
     // list's height as each piece is drawn forced one (the reply's whole growth, in the
-    // script's task).
+    // script's task). Where the view was put is noted, so that only a move up from there
+    // counts as the reader leaving the end. The reply is not drawn while an older version
+    // of an earlier message is shown: the observer is set again when the choice changes.
     {
-        let (list, stick) = (list.clone(), stick.clone());
-        use_effect_with(streaming_id, move |streaming_id| {
+        let (list, stick, last_top) = (list.clone(), stick.clone(), last_top.clone());
+        let versions_shown = (*shown_versions).clone();
+        use_effect_with((streaming_id, versions_shown), move |(streaming_id, _)| {
             let observer = streaming_id.and_then(|_| {
                 let el = list.cast::<Element>()?;
                 let reply = el.query_selector("#streaming").ok().flatten()?;
                 let follow = Closure::<dyn Fn()>::new(move || {
                     if *stick.borrow() {
                         el.set_scroll_top(el.scroll_height());
+                        *last_top.borrow_mut() = el.scroll_top();
                     }
                 });
                 let observer = web_sys::ResizeObserver::new(follow.as_ref().unchecked_ref()).ok()?;

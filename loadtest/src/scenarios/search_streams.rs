@@ -67,11 +67,11 @@ impl fmt::Display for StreamsReport {
         latency_rows(
             f,
             &[
-                ("TTFT, streams alone", &self.alone.ttft),
+                ("TTFT, alone", &self.alone.ttft),
                 ("TTFT, beside searches", &self.beside.ttft),
-                ("inter-delta gap, alone", &self.alone.delta_gap),
-                ("inter-delta gap, beside searches", &self.beside.delta_gap),
-                ("search beside streams", &self.searches),
+                ("delta gap, alone", &self.alone.delta_gap),
+                ("gap, beside searches", &self.beside.delta_gap),
+                ("search, beside streams", &self.searches),
             ],
         )?;
         line(
@@ -132,6 +132,9 @@ pub async fn run(target: &Target, users: &[AuthResponse], config: &StreamsConfig
     })
 }
 
+/// How long a searcher waits after a refusal.
+const BACK_OFF: Duration = Duration::from_millis(200);
+
 /// One searcher: common words (the costliest searches), as different users, until `stop`;
 /// the time of each answered search, and the refusals (busy, rate-limited, failed).
 async fn search_until(
@@ -156,9 +159,19 @@ async fn search_until(
                 let _ = r.bytes().await;
                 took.record(started.elapsed());
             }
-            Ok(r) if r.status() == 503 => refused.0 += 1,
-            Ok(r) if r.status() == 429 => refused.1 += 1,
-            _ => refused.2 += 1,
+            // Refused: back off as a client would, so refusals do not become the load.
+            Ok(r) if r.status() == 503 => {
+                refused.0 += 1;
+                tokio::time::sleep(BACK_OFF).await;
+            }
+            Ok(r) if r.status() == 429 => {
+                refused.1 += 1;
+                tokio::time::sleep(BACK_OFF).await;
+            }
+            _ => {
+                refused.2 += 1;
+                tokio::time::sleep(BACK_OFF).await;
+            }
         }
     }
     (took, refused)
