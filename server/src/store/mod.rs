@@ -747,16 +747,25 @@ impl Store {
     }
 
     /// The last `limit` messages of a session, oldest first.
+    ///
+    /// Read forwards first: SurrealKV's reverse index scans (`ORDER BY … DESC`) cost far
+    /// more than forward ones (in a burst of cold sessions on disk, both runtime workers were
+    /// found inside them, and the burst's p90 went from 28 s to 2.7 s without them;
+    /// BENCHMARKS.md). Most sessions hold fewer than `limit` messages, so one forward read of
+    /// at most `limit + 1` answers; only a longer session is read backwards.
     pub async fn recent_messages(&self, session_id: Uuid, limit: usize) -> Result<Vec<Message>, StoreError> {
-        let mut rows: Vec<Message> = self
-            .rows(
-                &format!(
-                    "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
-                     ORDER BY created_at DESC LIMIT $limit"
-                ),
-                serde_json::json!({"session_id": session_id, "limit": limit}),
+        let sql = |order: &str| {
+            format!(
+                "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                 ORDER BY created_at {order} LIMIT $limit"
             )
-            .await?;
+        };
+        let bind = |limit: usize| serde_json::json!({"session_id": session_id, "limit": limit});
+        let first: Vec<Message> = self.rows(&sql("ASC"), bind(limit + 1)).await?;
+        if first.len() <= limit {
+            return Ok(first);
+        }
+        let mut rows: Vec<Message> = self.rows(&sql("DESC"), bind(limit)).await?;
         rows.reverse();
         Ok(rows)
     }

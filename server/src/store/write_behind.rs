@@ -409,6 +409,28 @@ pub(crate) mod tests {
         Message { role: Role::User, ..reply(session_id, Uuid::new_v4(), content, MessageStatus::Complete) }
     }
 
+    /// A session's recent messages are its newest, oldest first, whether the session holds
+    /// fewer than asked (read forwards, once) or more (read backwards).
+    #[tokio::test]
+    async fn recent_messages_are_the_newest_in_order_however_many_there_are() {
+        let store = store().await;
+        let writes = writes(&store, 64, Arc::new(Metrics::new()));
+        let fence = claimed(&store, Uuid::new_v4(), "t").await;
+        let mut sent = Vec::new();
+        for i in 0..7 {
+            let mut message = user_message(fence.session_id, &format!("m{i}"));
+            message.created_at = Utc::now() + chrono::Duration::milliseconds(i);
+            sent.push(message.id);
+            writes.save(fence, Save::of(message)).await.unwrap();
+        }
+        let ids = |messages: Vec<Message>| messages.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        for limit in [3, 6, 7, 8, 50] {
+            let newest = sent[sent.len().saturating_sub(limit)..].to_vec();
+            assert_eq!(ids(store.recent_messages(fence.session_id, limit).await.unwrap()), newest, "limit {limit}");
+        }
+        writes.close().await;
+    }
+
     /// A direct write (a rename) racing the writers' batches on the same session never
     /// fails: a transaction conflict is retried, on both sides, and nothing is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
