@@ -716,12 +716,12 @@ impl Store {
     ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
         let bind = serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1});
         let rows: Vec<serde_json::Value> = match before {
+            // The newest page: read as the actor reads its history (forwards when it can).
             None => {
-                let sql = format!(
-                    "SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
-                     ORDER BY created_at DESC LIMIT $limit"
-                );
-                self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?.take(0)?) }).await?
+                let mut newest = self.recent_messages(session_id, limit + 1).await?;
+                let has_more = newest.len() > limit;
+                newest.drain(..newest.len().saturating_sub(limit));
+                return Ok(Some((newest, has_more)));
             }
             Some(_) => {
                 let sql = format!(
