@@ -714,31 +714,27 @@ impl Store {
         before: Option<Uuid>,
         limit: usize,
     ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
-        let bind = serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1});
-        let rows: Vec<serde_json::Value> = match before {
-            // The newest page: read as the actor reads its history (forwards when it can).
-            None => {
-                let mut newest = self.recent_messages(session_id, limit + 1).await?;
-                let has_more = newest.len() > limit;
-                newest.drain(..newest.len().saturating_sub(limit));
-                return Ok(Some((newest, has_more)));
-            }
-            Some(_) => {
-                let sql = format!(
-                    "LET $at = (SELECT VALUE created_at FROM type::record('chat_message', $before) \
-                         WHERE session_id = $session_id)[0];
-                     SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
-                         AND created_at < $at ORDER BY created_at DESC LIMIT $limit;
-                     RETURN $at;"
-                );
-                let mut response = self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?) }).await?;
-                let at: Option<serde_json::Value> = response.take(2)?;
-                if at.is_none_or(|v| v.is_null()) {
-                    return Ok(None);
-                }
-                response.take(1)?
-            }
+        // The newest page: read as the actor reads its history (forwards when it can).
+        let Some(before) = before else {
+            let mut newest = self.recent_messages(session_id, limit + 1).await?;
+            let has_more = newest.len() > limit;
+            newest.drain(..newest.len().saturating_sub(limit));
+            return Ok(Some((newest, has_more)));
         };
+        let sql = format!(
+            "LET $at = (SELECT VALUE created_at FROM type::record('chat_message', $before) \
+                 WHERE session_id = $session_id)[0];
+             SELECT {MESSAGE_FIELDS} FROM chat_message WHERE session_id = $session_id \
+                 AND created_at < $at ORDER BY created_at DESC LIMIT $limit;
+             RETURN $at;"
+        );
+        let bind = serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1});
+        let mut response = self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?) }).await?;
+        let at: Option<serde_json::Value> = response.take(2)?;
+        if at.is_none_or(|v| v.is_null()) {
+            return Ok(None);
+        }
+        let rows: Vec<serde_json::Value> = response.take(1)?;
         let mut messages = rows.into_iter().map(serde_json::from_value::<Message>).collect::<Result<Vec<_>, _>>()?;
         let has_more = messages.len() > limit;
         messages.truncate(limit);
