@@ -52,8 +52,9 @@ struct Inner {
     wake: RefCell<Option<oneshot::Sender<()>>>,
     /// Pieces of a reply waiting for the next animation frame, joined into one `delta`.
     pending: RefCell<Option<ServerFrame>>,
-    /// Whether a flush of the pending pieces is scheduled.
-    flush_scheduled: Cell<bool>,
+    /// The animation frame and the timer scheduled to flush the pending pieces, if any:
+    /// whichever comes first cancels the other, so a piece is rendered once.
+    flush_scheduled: Cell<Option<(i32, i32)>>,
     /// Lets the pending pieces through; called by the next animation frame, and by a timer
     /// for a hidden tab (which draws no frames). Made once per login; left to the garbage
     /// collector (a callback still scheduled may run after the connection is gone).
@@ -80,7 +81,7 @@ impl Socket {
                 next_id: Cell::new(0),
                 wake: RefCell::new(None),
                 pending: RefCell::new(None),
-                flush_scheduled: Cell::new(false),
+                flush_scheduled: Cell::new(None),
                 flusher: RefCell::new(None),
             }),
         };
@@ -305,7 +306,10 @@ impl Socket {
 
     /// Lets the waiting pieces through now.
     fn flush(&self) {
-        self.inner.flush_scheduled.set(false);
+        if let (Some((frame, timer)), Some(window)) = (self.inner.flush_scheduled.take(), web_sys::window()) {
+            let _ = window.cancel_animation_frame(frame);
+            window.clear_timeout_with_handle(timer);
+        }
         let pending = self.inner.pending.borrow_mut().take();
         if let Some(frame) = pending {
             self.inner.dispatch.emit(Action::Frame(frame));
@@ -315,14 +319,18 @@ impl Socket {
     /// Lets the waiting pieces through at the next animation frame, or after a tenth of a
     /// second in a tab that draws none (hidden).
     fn schedule_flush(&self) {
-        if self.inner.flush_scheduled.replace(true) {
+        if self.inner.flush_scheduled.get().is_some() {
             return;
         }
         let (Some(window), Some(flusher)) = (web_sys::window(), self.inner.flusher.borrow().clone()) else {
             return self.flush();
         };
-        let _ = window.request_animation_frame(&flusher);
-        let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&flusher, 100);
+        let frame = window.request_animation_frame(&flusher);
+        let timer = window.set_timeout_with_callback_and_timeout_and_arguments_0(&flusher, 100);
+        match (frame, timer) {
+            (Ok(frame), Ok(timer)) => self.inner.flush_scheduled.set(Some((frame, timer))),
+            _ => self.flush(),
+        }
     }
 }
 

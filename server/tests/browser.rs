@@ -1342,3 +1342,34 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
         })
         .await;
 }
+
+/// A reply too long for one batch of groups (over a thousand blocks) shows every block once
+/// and in order while it streams in: the same blocks as the stored reply drawn at once after
+/// a reload.
+#[tokio::test]
+async fn a_long_reply_shows_every_block_once_in_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let harness = Harness::start("long_reply", &[("CHAT_MAX_TOKENS", "100000")]).await.expect("harness");
+    harness
+        .run(async |h| {
+            let a = h.open("a").await?;
+            h.tab(a).register("lon").await?;
+            h.tab(a).send("A long one [[mock demo tokens=40000 tps=4000]]").await?;
+            h.tab(a).element("#streaming").await?;
+            h.tab(a).wait("the reply to end", "return !document.querySelector('#streaming')").await?;
+            let blocks = "const r = [...document.querySelectorAll('#messages article.assistant')].pop(); \
+                          return [...r.querySelectorAll('.md-group')].map(g => [...g.querySelectorAll('.md-block')].map(b => b.textContent))";
+            let streamed = h.tab(a).js(blocks).await?;
+            h.tab(a).driver.refresh().await?;
+            h.tab(a).element("#messages article.assistant .md-block").await?;
+            let stored = h.tab(a).js(blocks).await?;
+            let groups = streamed.as_array().map(Vec::len).unwrap_or_default();
+            let counts: Vec<usize> = streamed.as_array().into_iter().flatten().filter_map(|g| g.as_array().map(Vec::len)).collect();
+            println!("{groups} groups, {} blocks", counts.iter().sum::<usize>());
+            anyhow::ensure!(streamed == stored, "the streamed blocks differ from the stored reply's");
+            anyhow::ensure!(groups > 32, "{groups} groups: too short a reply to cross a batch");
+            anyhow::ensure!(counts.iter().all(|&c| c <= 32), "a group holds more than 32 blocks: {counts:?}");
+            Ok(())
+        })
+        .await;
+}

@@ -98,7 +98,10 @@ async fn stream(tab: &Tab, bytes: usize) -> Result<Figures> {
     let expected = relay_mock_llm::demo_reply_text(tokens);
     tab.js("window.__bench.deltas = []; window.__bench.mutations = []; window.__bench.longtasks = []; window.__bench.frames = []; window.__bench.invokers = {}; window.__bench.since = performance.now();").await?;
     let started = Instant::now();
-    tab.send(&format!("bench [[mock demo tokens={tokens} tps=1000]]")).await?;
+    // Typed as a paste and sent by an Enter from the page: WebDriver's typing runs its own
+    // scripts in the page, which are not the client's.
+    tab.fill_composer(&format!("bench [[mock demo tokens={tokens} tps=1000]]")).await?;
+    tab.js("document.querySelector('#composer').dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true}))").await?;
     tab.element("#streaming").await?;
     let deadline = Instant::now() + Duration::from_secs(30 + (tokens / 500) as u64);
     while tab.js("return !!document.querySelector('#streaming')").await? == json!(true) {

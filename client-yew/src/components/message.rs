@@ -162,21 +162,27 @@ struct BodyProps {
 /// (the last) is, and it is highlighted once the reply is complete.
 #[function_component(MarkdownBody)]
 fn markdown_body(props: &BodyProps) -> Html {
-    let blocks = use_mut_ref(Blocks::default);
+    let shared = use_mut_ref(Blocks::default);
     let text = &props.text.content;
-    let mut blocks = blocks.borrow_mut();
+    let mut blocks = shared.borrow_mut();
     blocks.update(text);
-    let finished = blocks.finished();
-    let open = blocks.open(text);
+    let (finished, generation) = (blocks.finished().len(), blocks.generation());
+    let open = Rc::<str>::from(blocks.open(text));
+    drop(blocks);
     // Finished blocks go in groups, so the page's layout deals with a few dozen boxes, not
-    // thousands, and a group off screen is skipped whole. Every child keyed, always: a list
-    // that is keyed only at times is rebuilt whole by Yew each time it changes kind.
-    let items = finished
-        .chunks(BLOCKS_PER_GROUP)
+    // thousands, and a group off screen is skipped whole; groups go in batches, so a piece
+    // of a long reply costs this render a few batches, not every group. Every child keyed,
+    // always: a list that is keyed only at times is rebuilt whole by Yew each time it
+    // changes kind.
+    let items = (0..finished)
+        .step_by(BLOCKS_PER_BATCH)
         .enumerate()
-        .map(|(i, blocks)| html! { <BlockGroup key={i} blocks={blocks.to_vec()} /> })
+        .map(|(i, start)| {
+            let run = Run { blocks: shared.clone(), generation, start, end: finished.min(start + BLOCKS_PER_BATCH) };
+            html! { <GroupBatch key={i} run={run} /> }
+        })
         .chain(std::iter::once(html! {
-            <MarkdownBlock key="open" source={Rc::<str>::from(open)} highlight={!props.streaming} />
+            <MarkdownBlock key="open" source={open} highlight={!props.streaming} />
         }));
     html! {
         <div class="content markdown">{ for items }</div>
@@ -186,16 +192,51 @@ fn markdown_body(props: &BodyProps) -> Html {
 /// How many finished blocks of a reply make a group.
 const BLOCKS_PER_GROUP: usize = 32;
 
-/// Props of [`BlockGroup`].
+/// How many finished blocks of a reply make a batch of groups.
+const BLOCKS_PER_BATCH: usize = 32 * BLOCKS_PER_GROUP;
+
+/// A range of a reply's finished blocks, read from the blocks they share with the reply.
+/// Equal runs show the same text: a finished block never changes within a generation.
+#[derive(Clone)]
+struct Run {
+    blocks: Rc<std::cell::RefCell<Blocks>>,
+    generation: u64,
+    start: usize,
+    end: usize,
+}
+
+impl PartialEq for Run {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.blocks, &other.blocks)
+            && (self.generation, self.start, self.end) == (other.generation, other.start, other.end)
+    }
+}
+
+/// Props of [`GroupBatch`] and [`BlockGroup`].
 #[derive(Properties, PartialEq)]
-struct GroupProps {
-    blocks: Vec<Rc<str>>,
+struct RunProps {
+    run: Run,
+}
+
+/// Groups of finished blocks, side by side in the reply (no element of its own).
+#[function_component(GroupBatch)]
+fn group_batch(props: &RunProps) -> Html {
+    let run = &props.run;
+    let groups = (run.start..run.end).step_by(BLOCKS_PER_GROUP).enumerate().map(|(i, start)| {
+        let group = Run { start, end: run.end.min(start + BLOCKS_PER_GROUP), ..run.clone() };
+        html! { <BlockGroup key={i} run={group} /> }
+    });
+    html! { <>{ for groups }</> }
 }
 
 /// Finished blocks of a reply; a block is drawn once (the group's last may gain blocks).
 #[function_component(BlockGroup)]
-fn block_group(props: &GroupProps) -> Html {
-    let items = props.blocks.iter().enumerate().map(|(i, block)| {
+fn block_group(props: &RunProps) -> Html {
+    let blocks = props.run.blocks.borrow();
+    // A run is read in the render that made it, so it is within the blocks; a panic would
+    // end the app, so a stale one shows nothing instead.
+    let shown = blocks.finished().get(props.run.start..props.run.end).unwrap_or_default();
+    let items = shown.iter().enumerate().map(|(i, block)| {
         html! { <MarkdownBlock key={i} source={block.clone()} highlight=true /> }
     });
     html! { <div class="md-group">{ for items }</div> }

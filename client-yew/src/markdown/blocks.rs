@@ -21,6 +21,9 @@ pub struct Blocks {
     fence: Option<(u8, usize)>,
     /// Whether a blank line (outside a fence) ended the open block's last paragraph.
     after_blank: bool,
+    /// How many times the blocks were cut again from the start: finished blocks never
+    /// change within one generation, so a range of them names its text.
+    generation: u64,
 }
 
 impl Blocks {
@@ -28,7 +31,7 @@ impl Blocks {
     /// where the last look stopped; any other text is cut again from the start.
     pub fn update(&mut self, text: &str) {
         if !text.as_bytes().starts_with(self.seen.as_bytes()) {
-            *self = Blocks::default();
+            *self = Blocks { generation: self.generation + 1, ..Blocks::default() };
         }
         // Whole lines: the last one may still grow.
         let mut start = self.seen.len();
@@ -77,6 +80,11 @@ impl Blocks {
     /// The finished blocks, in order.
     pub fn finished(&self) -> &[Rc<str>] {
         &self.finished
+    }
+
+    /// Which cut of the text the finished blocks belong to (see [`Blocks::update`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The open block of `text` (the text last given to [`Blocks::update`]).

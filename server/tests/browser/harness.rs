@@ -116,6 +116,11 @@ impl Harness {
             caps.add_arg(arg)?;
         }
         caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        // More flags for Chromium, to look into it: `--trace-startup=devtools.timeline
+        // --trace-startup-file=/tmp/trace.pb` records what its threads did.
+        for arg in std::env::var("RELAY_CHROME_ARGS").unwrap_or_default().split_whitespace() {
+            caps.add_arg(arg)?;
+        }
         caps.set_browser_log_level(LoggingPrefsLogLevel::All)?;
         let driver = WebDriver::new(&self.chromedriver.url, caps).await.context("starting chromium")?;
         let tab = Tab { name, driver, base, _profile: profile };
