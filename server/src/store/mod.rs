@@ -57,6 +57,9 @@ pub enum StoreError {
     /// actor (on this node or another) has taken the session over. Nothing was written.
     #[error("the session is run by another actor now")]
     Fenced,
+    /// The embedded database's own thread could not be started, or its work was lost.
+    #[error("embedded database thread: {0}")]
+    Engine(std::io::Error),
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
     SchemaTooNew {
@@ -167,6 +170,37 @@ pub struct Store {
     // WebSocket connection and work on every request before (see BENCHMARKS.md).
     db: Arc<Surreal<Any>>,
     timeout: std::time::Duration,
+    /// The runtime an embedded database was started on (`None` for a remote server).
+    engine: Option<Arc<EngineRuntime>>,
+}
+
+/// Threads of their own for an embedded database. The engine's background work (the
+/// full-text index's compaction) runs on the runtime it was started on, and SurrealDB runs a
+/// query's filter in tasks it spawns on the runtime the query runs on; searches run here
+/// too (see [`Store::on_engine`]). So that work competes with the streams only as threads
+/// do, for the cores, and never holds a worker of the runtime that serves requests and
+/// streams replies (BENCHMARKS.md, "Streams beside searches"). One worker per core, so a
+/// search keeps its parallelism. The threads end when the last handle to them is gone.
+struct EngineRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EngineRuntime {
+    fn start() -> std::io::Result<EngineRuntime> {
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("relay-db")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("relay-db-keeper".into()).spawn(move || {
+            let _ = runtime.block_on(stopped);
+        })?;
+        Ok(EngineRuntime { handle, _stop: stop })
+    }
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at, system_prompt, model";
@@ -218,8 +252,17 @@ pub(crate) fn is_retryable(error: &StoreError) -> bool {
 impl Store {
     /// Connects, selects namespace and database, and applies pending migrations.
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
-        let url = embedded_path_ready(&config.url);
-        let db = surrealdb::engine::any::connect(url).await?;
+        let url = embedded_path_ready(&config.url).to_owned();
+        let remote = ["ws://", "wss://", "http://", "https://"].iter().any(|p| url.starts_with(p));
+        let engine = if remote { None } else { Some(Arc::new(EngineRuntime::start().map_err(StoreError::Engine)?)) };
+        let db = match &engine {
+            Some(engine) => engine
+                .handle
+                .spawn(async move { surrealdb::engine::any::connect(url).await })
+                .await
+                .map_err(|e| StoreError::Engine(std::io::Error::other(e)))??,
+            None => surrealdb::engine::any::connect(url).await?,
+        };
         if let Some((username, password)) = &config.credentials {
             db.signin(Root { username: username.clone(), password: password.clone() }).await?;
         }
@@ -241,7 +284,27 @@ impl Store {
             migrations::apply(&db, MIGRATIONS).await
         })
         .await?;
-        Ok(Store { db, timeout: config.timeout })
+        Ok(Store { db, timeout: config.timeout, engine })
+    }
+
+    /// Runs `work` on the embedded database's own threads (see [`EngineRuntime`]), or here
+    /// for a remote server. Dropped before it ends (a timeout), the work stops, as it
+    /// would here.
+    async fn on_engine<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        /// Stops the task when the caller stops waiting for it.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let Some(engine) = &self.engine else { return work.await };
+        let task = engine.handle.spawn(work);
+        let _abort = AbortOnDrop(task.abort_handle());
+        task.await.map_err(|e| StoreError::Engine(std::io::Error::other(e)))?
     }
 
     /// Runs a query future within the query timeout: a database that does not answer (a
@@ -875,6 +938,34 @@ mod session_change_tests {
         ] {
             let json = serde_json::to_string(&change).unwrap();
             assert_eq!(serde_json::from_str::<SessionChange>(&json).unwrap(), change, "{json}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// Work given to an embedded database runs on its threads, and those threads end with
+    /// the last handle on the store.
+    #[tokio::test]
+    async fn an_embedded_database_works_on_threads_of_its_own_that_end_with_it() {
+        let store = super::write_behind::tests::store().await;
+        let (name, task) = store
+            .on_engine(async {
+                let task = std::fs::read_link("/proc/thread-self").expect("a thread's own /proc entry");
+                Ok((std::thread::current().name().map(str::to_owned), task))
+            })
+            .await
+            .expect("the work ran");
+        assert_eq!(name.as_deref(), Some("relay-db"));
+        let entry = std::path::Path::new("/proc").join(task);
+        assert!(entry.exists(), "{} is not there while the store is", entry.display());
+        drop(store);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while entry.exists() {
+            assert!(Instant::now() < deadline, "{} is still there after the store was dropped", entry.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -80,11 +80,12 @@ impl Store {
             "user_id": user_id, "q": query, "start": start, "limit": limit,
             "open": MARK_OPEN.to_string(), "close": MARK_CLOSE.to_string(),
         });
+        let db = self.db.clone();
         let page: Option<serde_json::Value> = self
-            .timed(async {
-                let mut response = self.db.query(SEARCH_SQL.as_str()).bind(bind).await?.check()?;
+            .timed(self.on_engine(async move {
+                let mut response = db.query(SEARCH_SQL.as_str()).bind(bind).await?.check()?;
                 Ok(response.take(response.num_statements() - 1)?)
-            })
+            }))
             .await?;
         Ok(page.map(serde_json::from_value).transpose()?.unwrap_or(SearchPage { hits: Vec::new(), total: 0 }))
     }
