@@ -57,8 +57,8 @@ pub enum StoreError {
     /// actor (on this node or another) has taken the session over. Nothing was written.
     #[error("the session is run by another actor now")]
     Fenced,
-    /// The embedded database's own thread could not be started, or its work was lost.
-    #[error("embedded database thread: {0}")]
+    /// The embedded database's own threads could not be started, or its work was lost.
+    #[error("embedded database threads: {0}")]
     Engine(std::io::Error),
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
@@ -187,18 +187,40 @@ struct EngineRuntime {
 }
 
 impl EngineRuntime {
-    fn start() -> std::io::Result<EngineRuntime> {
-        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("relay-db")
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
+    /// How long the database's tasks get to finish (its own shutdown, once the last
+    /// handle is dropped) before its threads end.
+    const WIND_DOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
+    async fn start() -> std::io::Result<EngineRuntime> {
+        let (started, handle) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // The runtime is made and dropped on the keeper thread only: a runtime dropped
+        // where async code runs panics.
         std::thread::Builder::new().name("relay-db-keeper".into()).spawn(move || {
-            let _ = runtime.block_on(stopped);
+            let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("relay-db")
+                .enable_all()
+                .build();
+            let runtime = match built {
+                Ok(runtime) => runtime,
+                Err(error) => return drop(started.send(Err(error))),
+            };
+            if started.send(Ok(runtime.handle().clone())).is_err() {
+                return;
+            }
+            runtime.block_on(async {
+                let _ = stopped.await;
+                // The database shuts itself down in a task once its last handle is gone.
+                let deadline = tokio::time::Instant::now() + Self::WIND_DOWN;
+                let metrics = tokio::runtime::Handle::current().metrics();
+                while metrics.num_alive_tasks() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            });
         })?;
+        let handle = handle.await.map_err(std::io::Error::other)??;
         Ok(EngineRuntime { handle, _stop: stop })
     }
 }
@@ -254,7 +276,8 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
         let url = embedded_path_ready(&config.url).to_owned();
         let remote = ["ws://", "wss://", "http://", "https://"].iter().any(|p| url.starts_with(p));
-        let engine = if remote { None } else { Some(Arc::new(EngineRuntime::start().map_err(StoreError::Engine)?)) };
+        let engine =
+            if remote { None } else { Some(Arc::new(EngineRuntime::start().await.map_err(StoreError::Engine)?)) };
         let db = match &engine {
             Some(engine) => engine
                 .handle
@@ -288,8 +311,8 @@ impl Store {
     }
 
     /// Runs `work` on the embedded database's own threads (see [`EngineRuntime`]), or here
-    /// for a remote server. Dropped before it ends (a timeout), the work stops, as it
-    /// would here.
+    /// for a remote server. Dropped before it ends (a timeout), the caller stops waiting at
+    /// once and the work stops at its next await (a poll already running finishes there).
     async fn on_engine<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
