@@ -154,25 +154,19 @@ async fn search_until(
             (0..3).map(|_| word((rng.next() % 30) as usize)).collect::<Vec<_>>().join(" ")
         };
         let started = Instant::now();
-        match http.get(&url).query(&[("q", query.as_str())]).bearer_auth(token).send().await {
+        let refusals = match http.get(&url).query(&[("q", query.as_str())]).bearer_auth(token).send().await {
             Ok(r) if r.status() == 200 => {
                 let _ = r.bytes().await;
                 took.record(started.elapsed());
+                continue;
             }
-            // Refused: back off as a client would, so refusals do not become the load.
-            Ok(r) if r.status() == 503 => {
-                refused.0 += 1;
-                tokio::time::sleep(BACK_OFF).await;
-            }
-            Ok(r) if r.status() == 429 => {
-                refused.1 += 1;
-                tokio::time::sleep(BACK_OFF).await;
-            }
-            _ => {
-                refused.2 += 1;
-                tokio::time::sleep(BACK_OFF).await;
-            }
-        }
+            Ok(r) if r.status() == 503 => &mut refused.0,
+            Ok(r) if r.status() == 429 => &mut refused.1,
+            _ => &mut refused.2,
+        };
+        *refusals += 1;
+        // Refused: back off as a client would, so refusals do not become the load.
+        tokio::time::sleep(BACK_OFF).await;
     }
     (took, refused)
 }

@@ -223,6 +223,15 @@ impl EngineRuntime {
         let handle = handle.await.map_err(std::io::Error::other)??;
         Ok(EngineRuntime { handle, _stop: stop })
     }
+
+    /// Runs `work` on these threads; dropped before it ends, the work is aborted.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let task = tokio_util::task::AbortOnDropHandle::new(self.handle.spawn(work));
+        task.await.map_err(|e| StoreError::Engine(std::io::Error::other(e)))?
+    }
 }
 
 const SESSION_FIELDS: &str = "record::id(id) AS id, user_id, title, created_at, updated_at, system_prompt, model";
@@ -278,13 +287,10 @@ impl Store {
         let remote = ["ws://", "wss://", "http://", "https://"].iter().any(|p| url.starts_with(p));
         let engine =
             if remote { None } else { Some(Arc::new(EngineRuntime::start().await.map_err(StoreError::Engine)?)) };
+        let connecting = async move { Ok(surrealdb::engine::any::connect(url).await?) };
         let db = match &engine {
-            Some(engine) => engine
-                .handle
-                .spawn(async move { surrealdb::engine::any::connect(url).await })
-                .await
-                .map_err(|e| StoreError::Engine(std::io::Error::other(e)))??,
-            None => surrealdb::engine::any::connect(url).await?,
+            Some(engine) => engine.run(connecting).await?,
+            None => connecting.await?,
         };
         if let Some((username, password)) = &config.credentials {
             db.signin(Root { username: username.clone(), password: password.clone() }).await?;
@@ -317,17 +323,10 @@ impl Store {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        /// Stops the task when the caller stops waiting for it.
-        struct AbortOnDrop(tokio::task::AbortHandle);
-        impl Drop for AbortOnDrop {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
+        match &self.engine {
+            Some(engine) => engine.run(work).await,
+            None => work.await,
         }
-        let Some(engine) = &self.engine else { return work.await };
-        let task = engine.handle.spawn(work);
-        let _abort = AbortOnDrop(task.abort_handle());
-        task.await.map_err(|e| StoreError::Engine(std::io::Error::other(e)))?
     }
 
     /// Runs a query future within the query timeout: a database that does not answer (a
