@@ -220,6 +220,18 @@ async fn long_replies_stream_without_blocking_the_page() {
                 devtools.send_raw("Profiler.start", json!({})).await?;
             }
             let f = stream(h.tab(a), bytes).await?;
+            // What the page holds after the reply: the JavaScript heap, Blink's heap (the
+            // DOM and its layout) and array buffers' backing stores.
+            let heap = devtools.send_raw("Runtime.getHeapUsage", json!({})).await?;
+            let elements = h.tab(a).js("return document.getElementsByTagName('*').length").await?;
+            let mib = |key: &str| heap[key].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+            println!(
+                "  after the reply: {elements} elements; heap: JavaScript {:.1} of {:.1} MiB, DOM {:.1} MiB, buffers {:.1} MiB",
+                mib("usedSize"),
+                mib("totalSize"),
+                mib("embedderHeapUsedSize"),
+                mib("backingStorageSize")
+            );
             if let Some(dir) = &profile {
                 let taken = devtools.send_raw("Profiler.stop", json!({})).await?;
                 let path = std::path::Path::new(dir).join(format!("render-{bytes}.cpuprofile"));
