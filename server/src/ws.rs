@@ -86,7 +86,7 @@ struct PreAuthenticated {
 pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, headers: HeaderMap) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !crate::http::origin_allowed(&state.config.cors_allowed_origins, origin, host) {
+    if !crate::http::origin::origin_allowed(&state.config.cors_allowed_origins, origin, host) {
         tracing::info!(origin, "websocket from a disallowed origin refused");
         return AppError::ForbiddenOrigin.into_response();
     }

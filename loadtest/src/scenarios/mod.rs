@@ -8,6 +8,7 @@ pub mod idle;
 pub mod search;
 pub mod search_streams;
 pub mod tabs;
+mod words;
 
 use std::fmt;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Replies;
 use super::chat::{ChatConfig, drive};
-use super::search::{Rng, word};
+use super::words::{Rng, word};
 use crate::report::{Errors, latency_rows, line};
 use crate::{Endpoint, Samples, Summary, Target};
 
