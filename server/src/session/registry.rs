@@ -12,7 +12,7 @@ use relay_protocol::{ServerFrame, Session};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::actor::{self, Requester, SendRequest, SessionActor, SessionArgs, SessionMsg, Stale};
+use super::actor::{self, Requester, SendRequest, SessionActor, SessionArgs, SessionMsg, Stale, StopListener};
 use super::remote::{FromRemote, Origin, RemoteAnswer, RemoteCall, RemoteError, RemoteOp, RemoteResult};
 use super::slots::Slots;
 use super::{SendAccepted, SessionDeps, SessionError};
@@ -159,15 +159,6 @@ impl SessionRegistry {
             }
         });
         Ok(actor)
-    }
-
-    /// An actor of a session stops (or has stopped): its writes may still be queued, and
-    /// the next use of the session starts a fresh actor.
-    pub(super) fn stopping(&self, session_id: Uuid, owner: Uuid, actor: &ActorRef<SessionMsg>) {
-        let mut settling = self.settling.lock().expect("settling lock");
-        settling.entry(session_id).or_insert_with(|| (owner, HashSet::new())).1.insert(actor.get_id());
-        drop(settling);
-        self.forget(session_id, actor);
     }
 
     /// The writes of a stopped actor of a session are stored.
@@ -674,5 +665,16 @@ pub struct SubscriptionGuard {
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         self.registry.unsubscribe(self.session_id, self.receiver, None);
+    }
+}
+
+impl StopListener for SessionRegistry {
+    /// An actor of a session stops (or has stopped): its writes may still be queued, and
+    /// the next use of the session starts a fresh actor.
+    fn stopping(&self, session_id: Uuid, owner: Uuid, actor: &ActorRef<SessionMsg>) {
+        let mut settling = self.settling.lock().expect("settling lock");
+        settling.entry(session_id).or_insert_with(|| (owner, HashSet::new())).1.insert(actor.get_id());
+        drop(settling);
+        self.forget(session_id, actor);
     }
 }

@@ -43,7 +43,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use relay_protocol::{Message, Session};
 use uuid::Uuid;
 
-use super::registry::SessionRegistry;
 use super::{SessionDeps, SessionError};
 use crate::error::AppError;
 use crate::fanout::Receiver;
@@ -68,6 +67,13 @@ const REPLY_SLOT: chrono::TimeDelta = chrono::TimeDelta::microseconds(1);
 /// The actor (stateless; its state is [`SessionState`]).
 pub struct SessionActor;
 
+/// Told when an actor stops, so that the next use of its session starts a fresh one. The
+/// registry, which starts actors, is one: the actor knows it only as this.
+pub trait StopListener: Send + Sync {
+    /// The actor of `session_id` (owned by `owner`) stops; its writes may still be queued.
+    fn stopping(&self, session_id: Uuid, owner: Uuid, actor: &ActorRef<SessionMsg>);
+}
+
 /// What an actor starts from.
 pub struct SessionArgs {
     /// The session and its owner.
@@ -76,8 +82,8 @@ pub struct SessionArgs {
     pub history: Vec<Message>,
     /// Shared dependencies.
     pub deps: Arc<SessionDeps>,
-    /// The registry, told when the actor stops.
-    pub registry: Weak<SessionRegistry>,
+    /// Who is told when the actor stops (the registry).
+    pub registry: Weak<dyn StopListener>,
     /// Set when the server begins shutting down: sends are refused from then on.
     pub closing: Arc<AtomicBool>,
     /// The session's epoch this actor claimed: every write it makes carries it.
@@ -100,7 +106,7 @@ pub struct SessionState {
     session: Session,
     owner: Uuid,
     deps: Arc<SessionDeps>,
-    registry: Weak<SessionRegistry>,
+    registry: Weak<dyn StopListener>,
     closing: Arc<AtomicBool>,
     /// Stored messages, oldest first, in `created_at` order (the store's order).
     history: VecDeque<Message>,
