@@ -148,7 +148,7 @@ async fn search_until(
     let (mut took, mut refused) = (Samples::default(), (0, 0, 0));
     while !stop.load(Ordering::Relaxed) {
         let token = &tokens[(rng.next() % tokens.len() as u64) as usize];
-        let query = if rng.next() % 2 == 0 {
+        let query = if rng.next().is_multiple_of(2) {
             word((rng.next() % 8) as usize)
         } else {
             (0..3).map(|_| word((rng.next() % 30) as usize)).collect::<Vec<_>>().join(" ")

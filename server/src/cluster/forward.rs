@@ -45,12 +45,6 @@ impl RemoteSink for Peer {
 /// A forwarded request waiting for its answer: the instance asked, and where the answer goes.
 pub(super) type PendingCall = (Arc<str>, oneshot::Sender<Result<serde_json::Value, ClusterError>>);
 
-/// What an instance answers a request that was meant for an earlier instance of its node:
-/// the registry's "not the owner" (ask the lease again).
-pub(super) fn not_owner() -> serde_json::Value {
-    serde_json::json!({"Err": {"error": "not_owner"}})
-}
-
 impl Cluster {
     // ---- requests --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@
 //! consensus of our own: atomic Redis scripts, key expiry and the database's epoch check
 //! decide.
 
+mod dispatch;
 mod forward;
 mod heartbeat;
 mod keys;

@@ -1,5 +1,6 @@
 //! Moving messages between nodes: one publishing connection and one subscribing
-//! connection per node, in order; what travels on them; and dispatching what arrives.
+//! connection per node, in order, and what travels on them (what is done with what
+//! arrives: [`super::dispatch`]).
 //!
 //! Redis pub/sub delivers at most once, so every message says who published it, and what
 //! travels on a node's channel (requests, answers, snapshots, acks) is numbered per
@@ -27,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::keys::*;
-use super::relay::Activation;
 use super::{Cluster, ClusterError};
 use crate::fanout::{Outbound, ReceiverId};
 
@@ -70,11 +70,14 @@ pub(super) enum SubscriberCommand {
 pub(super) type Outgoing = (String, Vec<u8>);
 
 /// A received message, unframed.
-struct Framed<'a> {
-    from: &'a str,
-    n: Option<u64>,
-    lost: bool,
-    payload: &'a [u8],
+pub(super) struct Framed<'a> {
+    /// The publishing instance.
+    pub(super) from: &'a str,
+    /// Its number on the channel (`None` on a session's channel).
+    pub(super) n: Option<u64>,
+    /// A loss notice: messages from `from` on this channel were lost.
+    pub(super) lost: bool,
+    pub(super) payload: &'a [u8],
 }
 
 fn frame(from: &str, n: Option<u64>, payload: &[u8]) -> Vec<u8> {
@@ -92,7 +95,7 @@ fn loss_notice(from: &str) -> Vec<u8> {
     format!("{from} - lost\n").into_bytes()
 }
 
-fn unframe(bytes: &[u8]) -> Option<Framed<'_>> {
+pub(super) fn unframe(bytes: &[u8]) -> Option<Framed<'_>> {
     let newline = bytes.iter().position(|&b| b == b'\n')?;
     let header = std::str::from_utf8(&bytes[..newline]).ok()?;
     let mut fields = header.split(' ');
@@ -117,6 +120,18 @@ impl Numbering {
     /// Forgets what was heard from the publishers `gone` names (instances that left).
     pub(super) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
         self.heard.retain(|(_, from), _| !gone(from));
+    }
+
+    /// Notes a message numbered `n` from `from` (on the users channel, or this node's);
+    /// false when numbers before it were missed.
+    pub(super) fn heard(&mut self, users: bool, from: &str, n: Option<u64>) -> bool {
+        let Some(n) = n else { return true };
+        // The first message heard from a publisher (since this subscription began) sets
+        // where its numbers are; every later one must follow on.
+        match self.heard.insert((users, from.into()), n) {
+            Some(last) => n == last + 1,
+            None => true,
+        }
     }
 }
 
@@ -143,136 +158,6 @@ impl Cluster {
         *n += 1;
         let bytes = frame(&self.instance, Some(*n), &payload);
         let _ = self.outbox.send((channel, bytes));
-    }
-
-    // ---- incoming --------------------------------------------------------------------------
-
-    pub(super) fn dispatch(&self, channel: &str, bytes: &[u8]) {
-        let Some(framed) = unframe(bytes) else {
-            tracing::warn!(channel, "unframed cluster message");
-            return;
-        };
-        if let Some(session) = channel.strip_prefix(SESSION_CHANNEL_PREFIX) {
-            let Ok(session_id) = session.parse::<Uuid>() else { return };
-            if framed.lost {
-                self.metrics.cluster_gaps.with_label_values(&["session"]).inc();
-                self.relays.fail_from(session_id, framed.from, "events of this session were lost between servers");
-                return;
-            }
-            match Outbound::decode(framed.payload) {
-                Ok(out) => {
-                    if !self.relays.on_event(session_id, framed.from, out) {
-                        self.metrics.cluster_gaps.with_label_values(&["session"]).inc();
-                    }
-                }
-                Err(e) => tracing::warn!(%session_id, error = %e, "undecodable session event from the cluster"),
-            }
-            return;
-        }
-        let users = channel == USERS_CHANNEL;
-        if framed.from == &*self.instance {
-            return;
-        }
-        if framed.lost || !self.heard(users, framed.from, framed.n) {
-            self.metrics.cluster_gaps.with_label_values(&[if users { "users" } else { "node" }]).inc();
-            if !users {
-                self.peer_lost(framed.from);
-            }
-            if framed.lost {
-                return;
-            }
-        }
-        let envelope: Envelope = match serde_json::from_slice(framed.payload) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                tracing::warn!(channel, error = %e, "undecodable cluster message");
-                return;
-            }
-        };
-        self.deliver_envelope(framed.from, envelope);
-    }
-
-    /// Notes a message numbered `n` from `from`; false when numbers before it were missed.
-    fn heard(&self, users: bool, from: &str, n: Option<u64>) -> bool {
-        let Some(n) = n else { return true };
-        let mut numbering = self.numbering.lock().expect("numbering lock");
-        // The first message heard from a publisher (since this subscription began) sets
-        // where its numbers are; every later one must follow on.
-        match numbering.heard.insert((users, from.into()), n) {
-            Some(last) => n == last + 1,
-            None => true,
-        }
-    }
-
-    /// Messages from `instance` to this node were lost: whatever may have depended on them
-    /// ends now (its relayed sessions' tabs subscribe again; requests to it fail).
-    fn peer_lost(&self, instance: &str) {
-        tracing::warn!(peer = instance, "messages from a node were lost; its relayed sessions and requests to it end");
-        self.relays.fail_owners(|owner| owner == instance, "messages between servers were lost");
-        self.fail_calls(|to| to == instance);
-    }
-
-    fn deliver_envelope(&self, from: &str, envelope: Envelope) {
-        match envelope {
-            Envelope::Call { to, call, body } => {
-                let (node, me) = (node_of(from).to_owned(), self.me.clone());
-                if to != *self.instance {
-                    // Meant for an earlier instance of this node: the session is not here.
-                    let answer = Envelope::Answer { to: from.to_owned(), call, body: super::forward::not_owner() };
-                    self.publish(node_channel(&node), &answer);
-                    return;
-                }
-                let Some(handler) = self.handler() else { return };
-                let peer = self.peer(&node, from);
-                let to = from.to_owned();
-                tokio::spawn(async move {
-                    let body = handler.request(peer, body).await;
-                    if let Some(cluster) = me.upgrade() {
-                        cluster.publish(node_channel(&node), &Envelope::Answer { to, call, body });
-                    }
-                });
-            }
-            Envelope::Answer { to, call, body } => {
-                if to == *self.instance
-                    && let Some((_, (_, waiting))) = self.calls.remove(&call)
-                {
-                    let _ = waiting.send(Ok(body));
-                }
-            }
-            Envelope::Direct { to, receiver, activates, text } => {
-                if to != *self.instance {
-                    return;
-                }
-                let Some(target) = self.direct.get(&receiver).map(|r| r.clone()) else { return };
-                match Outbound::decode(text.as_bytes()) {
-                    Ok(out) => {
-                        if let Some((session_id, seq)) = activates {
-                            match self.relays.activate(session_id, receiver, from, seq) {
-                                Activation::Active => {}
-                                Activation::Gap => self.metrics.cluster_gaps.with_label_values(&["session"]).inc(),
-                                // A snapshot from an instance this node no longer relays the
-                                // session from: its events would not follow it.
-                                Activation::Stale => return,
-                            }
-                        }
-                        target.deliver(&out);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable frame from the cluster"),
-                }
-            }
-            Envelope::Watching { to, session, receivers } => {
-                if to == *self.instance
-                    && let Some(handler) = self.handler()
-                {
-                    handler.watching(from.into(), session, receivers);
-                }
-            }
-            Envelope::User { user, text } => {
-                if let (Some(handler), Ok(out)) = (self.handler(), Outbound::decode(text.as_bytes())) {
-                    handler.user_event(user, out);
-                }
-            }
-        }
     }
 }
 
