@@ -298,7 +298,7 @@ async fn search_scenario(
     let Some(binary) = &c.spawn_server else {
         anyhow::bail!("search fills the server's database itself: give --spawn-server");
     };
-    let remote = c.database.starts_with("ws://") || c.database.starts_with("wss://");
+    let remote = relay_server::store::is_server(&c.database);
     anyhow::ensure!(
         remote || c.database.starts_with("surrealkv"),
         "search needs a database that outlives the server: --database surrealkv or ws://…"

@@ -3,6 +3,9 @@
 //! second, and reports the main thread's long tasks (`PerformanceObserver` `longtask`, over
 //! 50 ms) and how long each piece took from its arrival on the WebSocket to the page.
 //!
+//! After each reply it prints the page's elements and heaps (`Runtime.getHeapUsage`: the
+//! JavaScript heap, Blink's heap with the DOM, array buffers).
+//!
 //! A benchmark, not a test: it prints figures (BENCHMARKS.md keeps them) and fails only if
 //! the reply does not arrive. Run it with `scripts/render-bench.sh` (or
 //! `cargo test -p relay-server --test render_bench -- --ignored --nocapture`)

@@ -1,4 +1,4 @@
-//! Made-up text for the search scenario: a vocabulary of distinct words, drawn by a Zipf
+//! Made-up text for the search scenarios (`search`, `search_streams`): a vocabulary of distinct words, drawn by a Zipf
 //! law from a deterministic generator, so runs store the same text.
 
 /// The vocabulary's word of rank `i`: made-up syllables, distinct for every rank.
@@ -27,7 +27,7 @@ impl Rng {
         self.0
     }
 
-    /// A rank from a Zipf law over `n` words (by inverting its cumulative weights).
+    /// A rank from a Zipf law, given its cumulative weights (one per word, by rank).
     pub(crate) fn zipf(&mut self, cumulative: &[f64]) -> usize {
         let total = cumulative.last().copied().unwrap_or(1.0);
         let x = (self.next() >> 11) as f64 / (1u64 << 53) as f64 * total;

@@ -77,6 +77,7 @@ pub(super) struct Framed<'a> {
     pub(super) n: Option<u64>,
     /// A loss notice: messages from `from` on this channel were lost.
     pub(super) lost: bool,
+    /// What it carries.
     pub(super) payload: &'a [u8],
 }
 
@@ -113,13 +114,13 @@ pub(super) fn unframe(bytes: &[u8]) -> Option<Framed<'_>> {
 #[derive(Default)]
 pub(super) struct Numbering {
     sent: HashMap<String, u64>,
-    heard: HashMap<(bool, Arc<str>), u64>,
+    last_heard: HashMap<(bool, Arc<str>), u64>,
 }
 
 impl Numbering {
     /// Forgets what was heard from the publishers `gone` names (instances that left).
     pub(super) fn forget(&mut self, gone: impl Fn(&str) -> bool) {
-        self.heard.retain(|(_, from), _| !gone(from));
+        self.last_heard.retain(|(_, from), _| !gone(from));
     }
 
     /// Notes a message numbered `n` from `from` (on the users channel, or this node's);
@@ -128,7 +129,7 @@ impl Numbering {
         let Some(n) = n else { return true };
         // The first message heard from a publisher (since this subscription began) sets
         // where its numbers are; every later one must follow on.
-        match self.heard.insert((users, from.into()), n) {
+        match self.last_heard.insert((users, from.into()), n) {
             Some(last) => n == last + 1,
             None => true,
         }
@@ -308,7 +309,7 @@ pub(super) async fn subscribe_loop(
             me.relays.fail_owners(|_| true, "the server lost its connection to the cluster");
             me.relays.clear();
             me.fail_calls(|_| true);
-            me.numbering.lock().expect("numbering lock").heard.clear();
+            me.numbering.lock().expect("numbering lock").last_heard.clear();
         }
     }
 }

@@ -165,7 +165,7 @@ impl Config {
         };
 
         let daily_quota: u32 = parse("CHAT_DAILY_MESSAGE_QUOTA", var("CHAT_DAILY_MESSAGE_QUOTA"), 100)?;
-        let shared_database = database_url.starts_with("ws://") || database_url.starts_with("wss://");
+        let shared_database = crate::store::is_server(&database_url);
         let cluster = match var("CLUSTER").as_deref().map(str::trim) {
             None | Some("auto") => var("REDIS_URL").is_some() && shared_database,
             Some("on" | "1" | "true") => {

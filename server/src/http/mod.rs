@@ -10,7 +10,7 @@ pub mod listener;
 mod messages;
 mod models;
 mod openapi;
-pub mod origin;
+pub(crate) mod origin;
 mod prompts;
 mod search;
 mod sessions;

@@ -1,4 +1,5 @@
-//! Chat messages and sends: claiming a session (and failing the replies it left), the
+//! Chat messages and sends: failing replies left `generating` (at start, and a claimed
+//! session's), claiming a session, the
 //! write-behind batches' transactions and markers, idempotency keys, and a session's
 //! history.
 

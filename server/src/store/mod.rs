@@ -352,8 +352,9 @@ fn is_unique_violation(e: &surrealdb::Error) -> bool {
 }
 
 /// Whether `url` names a SurrealDB server (`ws://`, `wss://`) rather than a database this
-/// process embeds (`surrealkv://`, `mem://`); `DATABASE_URL` accepts no other scheme.
-fn is_server(url: &str) -> bool {
+/// process embeds (`surrealkv://`, `mem://`, `memory`); `DATABASE_URL` accepts no other
+/// scheme.
+pub fn is_server(url: &str) -> bool {
     url.starts_with("ws://") || url.starts_with("wss://")
 }
 

@@ -119,7 +119,7 @@ impl Store {
     /// Runs writes of a session in one transaction, only if `fence` is still the session's
     /// epoch (else [`StoreError::Fenced`], and nothing is written); returns the rows of the
     /// last statement. The fence is written too, so a claim racing it conflicts with it.
-    pub(super) async fn fenced_rows<T: DeserializeOwned>(
+    async fn fenced_rows<T: DeserializeOwned>(
         &self,
         fence: Fence,
         sql: &str,
@@ -217,12 +217,7 @@ impl Store {
     }
 
     /// Runs one retention statement list in a transaction; it returns `{sessions, messages}`.
-    pub(super) async fn retention_step(
-        &self,
-        sql: &str,
-        cutoff: DateTime<Utc>,
-        batch: usize,
-    ) -> Result<(u64, u64), StoreError> {
+    async fn retention_step(&self, sql: &str, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64), StoreError> {
         let sql = format!("BEGIN TRANSACTION;\n{sql}\nCOMMIT TRANSACTION;");
         let mut response = retry_conflicts(|| async {
             let mut response =
