@@ -74,7 +74,7 @@ impl MockLlm {
             }
         });
         let state = MockState::new(settings);
-        let shutdown = state.inner.shutdown.clone();
+        let shutdown = state.shutdown_token();
         let app = router(state.clone());
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });

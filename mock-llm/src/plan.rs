@@ -1,5 +1,6 @@
 //! One request's reply, planned: the settings, the message's `[[mock ...]]` directives and
-//! `max_tokens` merged.
+//! `max_tokens` merged; and the JSON it is answered with (SSE chunks as SambaNova sends
+//! them, or one completion).
 
 use std::fmt;
 use std::time::{Duration, Instant};

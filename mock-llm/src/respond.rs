@@ -1,5 +1,5 @@
-//! Answering HTTP: the chat completions endpoint (a whole reply, or SSE chunks as
-//! SambaNova sends them, with injected faults), the stats and reset endpoints, and errors.
+//! Answering HTTP: the chat completions endpoint (a whole reply, or a stream of the
+//! plan's chunks, paced, with injected faults), the stats and reset endpoints, and errors.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ struct ResponseGuard {
 }
 
 impl ResponseGuard {
-    pub(crate) fn new(state: MockState, streaming: bool, entry: Option<usize>) -> Self {
+    fn new(state: MockState, streaming: bool, entry: Option<usize>) -> Self {
         if streaming {
             state.modify(|s| {
                 s.streams_started += 1;
@@ -208,10 +208,7 @@ pub(crate) async fn chat_completions(State(state): State<MockState>, headers: He
     if let Some(n) = directives.fail_first {
         // The fault applies to the first `n` requests with this message; later ones (a
         // client's retries) get a normal reply.
-        let mut attempts = state.inner.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = attempts.entry(last_user.clone()).or_default();
-        *seen += 1;
-        if *seen > n {
+        if state.attempt(&last_user) > n {
             directives.fault = Some(None);
         }
     }
@@ -244,7 +241,7 @@ fn bad_request(message: &str) -> Response {
 /// Answers a non-streaming request after the time the whole reply would have taken.
 async fn unary_response(state: MockState, plan: Plan, mut timing: Timing, entry: Option<usize>) -> Response {
     let mut guard = ResponseGuard::new(state.clone(), false, entry);
-    let cancel = state.inner.shutdown.clone();
+    let cancel = state.shutdown_token();
     let wait = async {
         tokio::time::sleep(plan.first_token_delay).await;
         if plan.fault == Some(Fault::Stall) {
@@ -378,7 +375,7 @@ fn sse(value: &Value) -> Bytes {
 }
 
 fn streaming_response(state: MockState, plan: Plan, timing: Timing, entry: Option<usize>) -> Response {
-    let cancel = state.inner.shutdown.clone();
+    let cancel = state.shutdown_token();
     let sse_state =
         SseStream { guard: ResponseGuard::new(state, true, entry), plan, timing, phase: Phase::Role, sent: 0 };
     let body = futures::stream::unfold((sse_state, cancel), |(mut st, cancel)| async move {

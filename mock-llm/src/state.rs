@@ -60,21 +60,21 @@ pub struct MockStats {
 /// The shared state behind a mock router: settings, live stats and the shutdown signal.
 #[derive(Clone, Debug)]
 pub struct MockState {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
+struct Inner {
     settings: MockSettings,
     // A watch channel doubles as the stats store and the change notifier, so
     // `wait_for_closed_early` wakes exactly when a counter moves, without polling.
     stats: watch::Sender<MockStats>,
     // Ends stalled and in-flight streams on shutdown; otherwise graceful
     // shutdown would wait forever for a stalled client.
-    pub(crate) shutdown: CancellationToken,
+    shutdown: CancellationToken,
     // How many requests carried each last user message with a `fail_first` directive, so
     // the first N of them fail and the rest (a client's retries) succeed.
-    pub(crate) attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     // Every request, when `settings.journal` is on.
     journal: std::sync::Mutex<Vec<JournalEntry>>,
 }
@@ -149,6 +149,20 @@ impl MockState {
             tokio::time::timeout(timeout, async { rx.wait_for(|s| s.streams_closed_early >= at_least).await.is_ok() })
                 .await;
         matches!(waited, Ok(true))
+    }
+
+    /// Cancelled when the mock shuts down: ends stalled and in-flight streams.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Counts one more request carrying `message` (for `fail_first`); returns how many
+    /// have, this one included.
+    pub(crate) fn attempt(&self, message: &str) -> usize {
+        let mut attempts = self.inner.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = attempts.entry(message.to_owned()).or_default();
+        *seen += 1;
+        *seen
     }
 
     /// Ends every in-flight response abruptly; used when the server stops.

@@ -27,7 +27,6 @@ const MOCK_VARS: [&str; 9] = [
 
 const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful AI assistant.";
 
-/// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
 /// The default `CHAT_CONTEXT_TOKENS`: well inside the windows providers serve
 /// Llama-4-Maverick with (128 K tokens and more), and small enough that a long chat does
 /// not send tens of thousands of tokens with every message; raise it for longer memory.
@@ -455,6 +454,7 @@ fn parse_public_url(value: Option<String>) -> Result<Option<String>, ConfigError
     Ok(Some(url))
 }
 
+/// Parses a comma-separated list of origins such as `https://app.example.com` (or `*`).
 fn parse_origins(value: Option<String>) -> Result<Vec<String>, ConfigError> {
     let origins: Vec<String> = value
         .unwrap_or_default()
