@@ -107,13 +107,11 @@ impl Store {
     /// How many idempotency keys a user's sends stored (for tests of clients that key them).
     #[cfg(any(test, feature = "fault-injection"))]
     pub async fn count_send_keys(&self, user_id: Uuid) -> Result<u64, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "SELECT count() AS n FROM idempotency WHERE record::id(id)[0] = $user_id GROUP ALL",
-                serde_json::json!({"user_id": user_id}),
-            )
-            .await?;
-        Ok(rows.first().and_then(|r| r.get("n")).and_then(|v| v.as_u64()).unwrap_or(0))
+        self.total(
+            "SELECT count() AS total FROM idempotency WHERE record::id(id)[0] = $user_id GROUP ALL",
+            serde_json::json!({"user_id": user_id}),
+        )
+        .await
     }
 
     /// Makes an idempotency key look `age` old (for tests of its expiry).

@@ -234,12 +234,10 @@ impl Store {
 
     /// How many archived messages a session has (they leave the live table when archived).
     pub async fn archived_messages(&self, session_id: Uuid) -> Result<u64, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "SELECT count() AS n FROM chat_message_archive WHERE session_id = $id GROUP ALL",
-                serde_json::json!({"id": session_id}),
-            )
-            .await?;
-        Ok(rows.first().and_then(|r| r.get("n")).and_then(|v| v.as_u64()).unwrap_or(0))
+        self.total(
+            "SELECT count() AS total FROM chat_message_archive WHERE session_id = $id GROUP ALL",
+            serde_json::json!({"id": session_id}),
+        )
+        .await
     }
 }
