@@ -326,6 +326,7 @@ async fn search_scenario(
         namespace: env("DATABASE_NS").unwrap_or_else(|| "relay".into()),
         database: env("DATABASE_DB").unwrap_or_else(|| "chat".into()),
         timeout: std::time::Duration::from_secs(600),
+        embedded: relay_server::store::EmbeddedSizes::DEFAULT,
     };
     let server = if remote {
         let took = search::fill(&database, &users, &config, !c.quiet).await?;

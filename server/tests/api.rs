@@ -599,6 +599,27 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(got["messages"].as_array().unwrap().len(), 2);
 }
 
+/// `DATABASE_CACHE_BYTES` and `DATABASE_MEMTABLE_BYTES` reach the embedded SurrealKV of the
+/// real binary: the engine logs the sizes it was built with (by default it would take half
+/// the machine's memory less 1 GiB for its cache).
+#[tokio::test]
+async fn the_embedded_database_takes_its_memory_sizes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let vars = [
+        ("DATABASE_CACHE_BYTES", "33554432"),
+        ("DATABASE_MEMTABLE_BYTES", "50331648"),
+        ("RUST_LOG", "warn,surrealdb::core::kvs::surrealkv=info"),
+    ];
+    let node = Process::start_with(&dir.path().join("data"), &vars, log.into());
+    node.ready(&reqwest::Client::new()).await;
+    assert!(node.terminate().success());
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("Setting block cache capacity: 33554432"), "{logs}");
+    assert!(logs.contains("Setting max memtable size: 50331648"), "{logs}");
+}
+
 #[tokio::test]
 async fn refuses_a_database_with_a_newer_schema() {
     use relay_server::store::{MIGRATIONS, Migration, Store, StoreConfig, StoreError};
@@ -609,6 +630,7 @@ async fn refuses_a_database_with_a_newer_schema() {
         namespace: "relay".into(),
         database: "chat".into(),
         timeout: std::time::Duration::from_secs(5),
+        embedded: relay_server::store::EmbeddedSizes::DEFAULT,
     };
     {
         let store = Store::connect(&config).await.unwrap();

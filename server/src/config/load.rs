@@ -226,6 +226,18 @@ impl Config {
                 MAX_SECS * 1000,
                 "milliseconds",
             )?),
+            database_embedded: crate::store::EmbeddedSizes {
+                cache_bytes: positive(
+                    "DATABASE_CACHE_BYTES",
+                    var("DATABASE_CACHE_BYTES"),
+                    crate::store::EmbeddedSizes::DEFAULT.cache_bytes,
+                )?,
+                memtable_bytes: positive(
+                    "DATABASE_MEMTABLE_BYTES",
+                    var("DATABASE_MEMTABLE_BYTES"),
+                    crate::store::EmbeddedSizes::DEFAULT.memtable_bytes,
+                )?,
+            },
             jwt,
             admin_users: var("CHAT_ADMIN_USERS")
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
@@ -417,6 +429,18 @@ impl Config {
                 reason: format!(
                     "{} is less than twice CHAT_MAX_REPLY_BYTES ({}): a whole reply travels as one frame",
                     config.ws_outbound_queue_bytes, config.max_reply_bytes
+                ),
+            });
+        }
+        let largest_batch = crate::store::MAX_BATCH_CONTENT_BYTES.max(config.max_reply_bytes) as u64;
+        if config.database_embedded.memtable_bytes < 4 * largest_batch {
+            return Err(ConfigError {
+                var: "DATABASE_MEMTABLE_BYTES",
+                reason: format!(
+                    "{} is less than {} (4 × the larger of a write batch's 8 MiB of text and \
+                     CHAT_MAX_REPLY_BYTES): a transaction must fit the memtable",
+                    config.database_embedded.memtable_bytes,
+                    4 * largest_batch
                 ),
             });
         }

@@ -52,6 +52,9 @@ pub struct Config {
     /// `DATABASE_TIMEOUT_MS`: how long a request waits for the database (a query, or the
     /// commit of a user message or a final reply) before it answers `unavailable`.
     pub database_timeout: Duration,
+    /// `DATABASE_CACHE_BYTES` / `DATABASE_MEMTABLE_BYTES`: the embedded SurrealKV's block
+    /// cache and memtable (a SurrealDB server sizes its own).
+    pub database_embedded: crate::store::EmbeddedSizes,
     /// JWT settings.
     pub jwt: JwtConfig,
     /// `CHAT_ADMIN_USERS`: usernames that are admins.
@@ -299,6 +302,7 @@ impl Config {
             namespace: self.database_ns.clone(),
             database: self.database_db.clone(),
             timeout: self.database_timeout,
+            embedded: self.database_embedded,
         }
     }
 

@@ -137,6 +137,29 @@ fn a_shared_database_and_redis_make_a_cluster() {
     assert_eq!(load(&[("WS_SUBSCRIBES_PER_MINUTE", "0")]).unwrap_err().var, "WS_SUBSCRIBES_PER_MINUTE");
 }
 
+/// The embedded database's memory: bounded by default, set by two variables, and a memtable
+/// too small for the largest transaction the server writes is refused at start.
+#[test]
+fn embedded_database_sizes() {
+    use crate::store::EmbeddedSizes;
+    assert_eq!(
+        load(&[]).unwrap().database_embedded,
+        EmbeddedSizes { cache_bytes: 256 << 20, memtable_bytes: 128 << 20 }
+    );
+    let set = load(&[("DATABASE_CACHE_BYTES", "1048576"), ("DATABASE_MEMTABLE_BYTES", "33554432")]).unwrap();
+    assert_eq!(set.database_embedded, EmbeddedSizes { cache_bytes: 1 << 20, memtable_bytes: 32 << 20 });
+    assert_eq!(load(&[("DATABASE_CACHE_BYTES", "0")]).unwrap_err().var, "DATABASE_CACHE_BYTES");
+    assert_eq!(load(&[("DATABASE_CACHE_BYTES", "1GiB")]).unwrap_err().var, "DATABASE_CACHE_BYTES");
+    let small = load(&[("DATABASE_MEMTABLE_BYTES", "33554431")]).unwrap_err();
+    assert_eq!(small.var, "DATABASE_MEMTABLE_BYTES");
+    assert!(small.to_string().contains("33554432"), "{small}");
+    // A larger reply cap needs a larger memtable: 4 × 40 MiB, more than the default.
+    let big_replies = [("CHAT_MAX_REPLY_BYTES", "41943040"), ("WS_OUTBOUND_QUEUE_BYTES", "83886080")];
+    assert_eq!(load(&big_replies).unwrap_err().var, "DATABASE_MEMTABLE_BYTES");
+    let fits = [big_replies[0], big_replies[1], ("DATABASE_MEMTABLE_BYTES", "167772160")];
+    assert_eq!(load(&fits).unwrap().database_embedded.memtable_bytes, 160 << 20);
+}
+
 #[test]
 fn production_demands_a_strong_secret() {
     assert_eq!(load(&[("RELAY_ENV", "production")]).unwrap_err().var, "JWT_SECRET");

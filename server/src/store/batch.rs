@@ -23,6 +23,12 @@ pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// A fence's index in a batch: writes name the fence they were made under.
 type FenceIx = usize;
 
+/// The message text a batch takes before it refuses further saves (one save of any size
+/// is always taken alone). A transaction must fit the database's memtable, and the
+/// embedded one holds `DATABASE_MEMTABLE_BYTES`: a batch of 128 whole replies of 1 MiB
+/// would not fit the default, and a batch that cannot be applied is retried for ever.
+pub const MAX_BATCH_CONTENT_BYTES: usize = 8 << 20;
+
 /// One batch, merged: the last version of each message, one fence check per session
 /// epoch, one usage row per user and day.
 #[derive(Default)]
@@ -45,6 +51,8 @@ pub struct Plan {
     after_usage: Vec<((Uuid, NaiveDate), AfterUsage)>,
     flushes: Vec<oneshot::Sender<()>>,
     ops: usize,
+    /// The text of the saves taken (a replaced version still counts: it was written).
+    content_bytes: usize,
 }
 
 /// What a committed batch reports: the fences it found stale (their writes were not
@@ -105,6 +113,9 @@ impl Plan {
     /// stores decides it.
     pub fn takes(&self, op: &Op) -> bool {
         let Op::Save { fence, save, .. } = op else { return true };
+        if self.ops > 0 && self.content_bytes + save.message.content.len() > MAX_BATCH_CONTENT_BYTES {
+            return false;
+        }
         let other_fence =
             self.message_at.get(&save.message.id).is_some_and(|&i| self.fences[self.messages[i].0] != *fence);
         if other_fence {
@@ -122,6 +133,7 @@ impl Plan {
         self.ops += 1;
         match op {
             Op::Save { fence, save, done } => {
+                self.content_bytes += save.message.content.len();
                 let f = self.fence(fence);
                 if let Some(tokens) = save.tokens {
                     let entry = self.usage.entry((tokens.user_id, tokens.day)).or_default();

@@ -30,7 +30,7 @@ impl Store {
             })
             .collect();
         let bind = serde_json::json!({"sessions": sessions, "messages": messages});
-        let mut response = self.db.query(IMPORT_SQL).bind(bind).await?;
+        let mut response = self.db.query(IMPORT_SQL, Some(bind)).await?;
         match super::cause_of(response.take_errors()) {
             Some(e) => Err(e.into()),
             None => Ok(()),

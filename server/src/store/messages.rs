@@ -45,7 +45,7 @@ impl Store {
         );
         let claimed: Option<serde_json::Value> = self
             .timed(retry_conflicts(|| async {
-                let mut response = self.db.query(sql.as_str()).bind(serde_json::json!({"id": session_id})).await?;
+                let mut response = self.db.query(sql.as_str(), Some(serde_json::json!({"id": session_id}))).await?;
                 transaction_result(&mut response)?;
                 Ok(response.take(response.num_statements() - 2)?)
             }))
@@ -82,7 +82,7 @@ impl Store {
     /// attempt, and the writer tries again (its marker keeps a retry from applying twice).
     pub(super) async fn apply_batch(&self, sql: &str, bind: serde_json::Value) -> Result<batch::Outcome, StoreError> {
         self.timed(async {
-            let mut response = self.db.query(sql).bind(bind).await?;
+            let mut response = self.db.query(sql, Some(bind)).await?;
             if let Some(e) = cause_of(response.take_errors()) {
                 return Err(StoreError::Batch(e.to_string()));
             }
@@ -179,7 +179,7 @@ impl Store {
              RETURN $at;"
         );
         let bind = serde_json::json!({"session_id": session_id, "before": before, "limit": limit + 1});
-        let mut response = self.timed(async { Ok(self.db.query(sql).bind(bind).await?.check()?) }).await?;
+        let mut response = self.timed(async { Ok(self.db.query(sql, Some(bind)).await?.check()?) }).await?;
         let at: Option<serde_json::Value> = response.take(2)?;
         if at.is_none_or(|v| v.is_null()) {
             return Ok(None);

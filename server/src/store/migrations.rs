@@ -12,9 +12,6 @@
 //! another node committed after this one read the version fails as a duplicate; the
 //! version is read again then too.
 
-use surrealdb::Surreal;
-use surrealdb::engine::any::Any;
-
 use super::StoreError;
 
 /// One schema migration.
@@ -68,8 +65,8 @@ const BOOKKEEPING: &str = "
 ";
 
 /// Applies the migrations newer than the database's version; returns the version after.
-pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result<u32, StoreError> {
-    db.query(BOOKKEEPING).await?.check()?;
+pub(super) async fn apply(db: &super::Database, migrations: &[Migration]) -> Result<u32, StoreError> {
+    db.query(BOOKKEEPING, None).await?.check()?;
     let current = current_version(db).await?;
     let known = migrations.last().map_or(0, |m| m.version);
     if current > known {
@@ -83,8 +80,7 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
             migration.sql
         );
         let applied = db
-            .query(sql)
-            .bind(serde_json::json!({"version": migration.version, "name": migration.name}))
+            .query(sql, Some(serde_json::json!({"version": migration.version, "name": migration.name})))
             .await
             .and_then(|mut r| super::cause_of(r.take_errors()).map_or(Ok(()), Err));
         if let Err(e) = applied {
@@ -98,9 +94,9 @@ pub(super) async fn apply(db: &Surreal<Any>, migrations: &[Migration]) -> Result
     current_version(db).await
 }
 
-async fn current_version(db: &Surreal<Any>) -> Result<u32, StoreError> {
+async fn current_version(db: &super::Database) -> Result<u32, StoreError> {
     // One small row per migration, so reading them all and taking the maximum is cheap.
-    let mut response = db.query("SELECT VALUE version FROM schema_migration").await?.check()?;
+    let mut response = db.query("SELECT VALUE version FROM schema_migration", None).await?.check()?;
     let versions: Vec<serde_json::Value> = response.take(0)?;
     Ok(versions.iter().filter_map(|v| v.as_u64()).max().unwrap_or(0) as u32)
 }

@@ -1,11 +1,12 @@
 //! Persistence in SurrealDB: users, chat sessions, chat messages and daily usage.
 //!
-//! The store speaks SurrealQL through the `surrealdb` crate's `any` engine, so one code
-//! path serves the embedded on-disk database (`surrealkv://`), the in-memory one (`mem://`)
-//! and a remote server (`ws://`). Rows come back as JSON and are decoded into the
+//! The store speaks SurrealQL to a [`Database`]: the embedded on-disk database
+//! (`surrealkv://`), the in-memory one (`mem://`) or a remote server (`ws://`), through one
+//! code path. Rows come back as JSON and are decoded into the
 //! protocol's types, which keeps the SDK's own value types out of the rest of the server.
 
 mod batch;
+mod database;
 mod engine_runtime;
 mod export;
 mod import;
@@ -27,12 +28,11 @@ use relay_protocol::{Session, UserRole};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use surrealdb::Surreal;
-use surrealdb::engine::any::Any;
 use surrealdb::opt::auth::Root;
 use uuid::Uuid;
 
-pub use batch::IDEMPOTENCY_WINDOW;
+pub use batch::{IDEMPOTENCY_WINDOW, MAX_BATCH_CONTENT_BYTES};
+pub use database::EmbeddedSizes;
 pub use migrations::{MIGRATIONS, Migration};
 pub use models::ModelDay;
 pub use ops::{AfterUsage, Fence, Save, Saved, SendKey, Tokens};
@@ -40,6 +40,7 @@ pub use share::ShareRecord;
 pub use usage::DayUsage;
 pub use write_behind::{OnFenced, WriteBehind};
 
+use database::Database;
 use engine_runtime::EngineRuntime;
 
 /// Errors of the persistence layer.
@@ -67,6 +68,9 @@ pub enum StoreError {
     /// The embedded database's own threads could not be started, or its work was lost.
     #[error("embedded database threads: {0}")]
     Engine(std::io::Error),
+    /// The embedded database could not be opened (its files, its version).
+    #[error("cannot open the embedded database: {0}")]
+    Open(String),
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
     SchemaTooNew {
@@ -90,6 +94,8 @@ pub struct StoreConfig {
     pub database: String,
     /// How long a query may take before it answers [`StoreError::Timeout`].
     pub timeout: std::time::Duration,
+    /// The embedded SurrealKV's memory (`DATABASE_CACHE_BYTES`, `DATABASE_MEMTABLE_BYTES`).
+    pub embedded: EmbeddedSizes,
 }
 
 /// A stored user with the password hash (never sent to clients).
@@ -175,7 +181,7 @@ pub struct Store {
     // Shared, not cloned: cloning a `Surreal` handle opens a new database session (its own
     // maps and a message to the router each way), which cost about 35 KiB of memory per
     // WebSocket connection and work on every request before (see BENCHMARKS.md).
-    db: Arc<Surreal<Any>>,
+    db: Arc<Database>,
     timeout: std::time::Duration,
     /// The runtime an embedded database was started on (`None` for a remote server).
     engine: Option<Arc<EngineRuntime>>,
@@ -236,10 +242,12 @@ impl Store {
         } else {
             Some(Arc::new(EngineRuntime::start().await.map_err(StoreError::Engine)?))
         };
-        let connecting = async move { Ok(surrealdb::engine::any::connect(url).await?) };
         let db = match &engine {
-            Some(engine) => engine.run(connecting).await?,
-            None => connecting.await?,
+            Some(engine) => {
+                let sizes = config.embedded;
+                engine.run(async move { Database::open_embedded(&url, sizes).await }).await?
+            }
+            None => Database::connect_server(&url).await?,
         };
         if let Some((username, password)) = &config.credentials {
             db.signin(Root { username: username.clone(), password: password.clone() }).await?;
@@ -250,15 +258,18 @@ impl Store {
         retry_conflicts(|| async {
             if is_server(&config.url) {
                 // A remote server may not have them yet; defining is idempotent.
-                db.query(format!(
-                    "DEFINE NAMESPACE IF NOT EXISTS `{ns}`; USE NS `{ns}`; DEFINE DATABASE IF NOT EXISTS `{db}`;",
-                    ns = config.namespace,
-                    db = config.database
-                ))
+                db.query(
+                    format!(
+                        "DEFINE NAMESPACE IF NOT EXISTS `{ns}`; USE NS `{ns}`; DEFINE DATABASE IF NOT EXISTS `{db}`;",
+                        ns = config.namespace,
+                        db = config.database
+                    ),
+                    None,
+                )
                 .await?
                 .check()?;
             }
-            db.use_ns(config.namespace.clone()).use_db(config.database.clone()).await?;
+            db.use_ns_db(&config.namespace, &config.database).await?;
             migrations::apply(&db, MIGRATIONS).await
         })
         .await?;
@@ -291,13 +302,13 @@ impl Store {
 
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.timed(async { Ok(self.db.query("RETURN 1").await?.check().map(|_| ())?) }).await
+        self.timed(async { Ok(self.db.query("RETURN 1", None).await?.check().map(|_| ())?) }).await
     }
 
     async fn rows<T: DeserializeOwned>(&self, sql: &str, bind: serde_json::Value) -> Result<Vec<T>, StoreError> {
         let rows: Vec<serde_json::Value> = self
             .timed(retry_conflicts(|| async {
-                let mut response = self.db.query(sql).bind(bind.clone()).await?.check()?;
+                let mut response = self.db.query(sql, Some(bind.clone())).await?.check()?;
                 Ok(response.take(response.num_statements() - 1)?)
             }))
             .await?;
@@ -312,7 +323,7 @@ impl Store {
 
     async fn execute(&self, sql: &str, bind: serde_json::Value) -> Result<(), StoreError> {
         self.timed(retry_conflicts(|| async {
-            match self.db.query(sql).bind(bind.clone()).await?.check() {
+            match self.db.query(sql, Some(bind.clone())).await?.check() {
                 Ok(_) => Ok(()),
                 Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict),
                 Err(e) => Err(e.into()),

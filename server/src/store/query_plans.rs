@@ -11,7 +11,7 @@ use super::{LEFTOVERS_OF_SESSION, LIVE_SESSIONS_OF_USER, LIVE_SESSIONS_OF_USER_N
 
 /// The plan SurrealDB would run for `sql` (which ends in `EXPLAIN`), as text.
 async fn plan(store: &Store, sql: &str, bind: serde_json::Value) -> String {
-    let mut response = store.db.query(sql).bind(bind).await.unwrap().check().unwrap();
+    let mut response = store.db.query(sql, Some(bind)).await.unwrap().check().unwrap();
     let plan: Option<serde_json::Value> = response.take(0).unwrap();
     plan.expect("a plan").to_string()
 }

@@ -83,7 +83,7 @@ impl Store {
         let db = self.db.clone();
         let page: Option<serde_json::Value> = self
             .timed(self.on_engine(async move {
-                let mut response = db.query(SEARCH_SQL.as_str()).bind(bind).await?.check()?;
+                let mut response = db.query(SEARCH_SQL.as_str(), Some(bind)).await?.check()?;
                 Ok(response.take(response.num_statements() - 1)?)
             }))
             .await?;

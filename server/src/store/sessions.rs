@@ -62,11 +62,13 @@ impl Store {
             .timed(async {
                 Ok(self
                     .db
-                    .query(format!(
+                    .query(
+                        format!(
                         "SELECT {SESSION_FIELDS} FROM {LIVE_SESSIONS_OF_USER_NEWEST_FIRST} LIMIT $limit START $start;
                  SELECT count() AS total FROM {LIVE_SESSIONS_OF_USER} GROUP ALL;"
-                    ))
-                    .bind(serde_json::json!({"user_id": user_id, "limit": per_page, "start": start}))
+                    ),
+                        Some(serde_json::json!({"user_id": user_id, "limit": per_page, "start": start})),
+                    )
                     .await?
                     .check()?)
             })
@@ -136,7 +138,7 @@ impl Store {
         );
         let rows: Vec<serde_json::Value> = self
             .timed(retry_conflicts(|| async {
-                let mut response = self.db.query(sql.as_str()).bind(bind.clone()).await?;
+                let mut response = self.db.query(sql.as_str(), Some(bind.clone())).await?;
                 if let Some(e) = cause_of(response.take_errors()) {
                     return Err(if e.to_string().contains(FENCED) { StoreError::Fenced } else { e.into() });
                 }
@@ -221,7 +223,7 @@ impl Store {
         let sql = format!("BEGIN TRANSACTION;\n{sql}\nCOMMIT TRANSACTION;");
         let mut response = retry_conflicts(|| async {
             let mut response =
-                self.db.query(sql.as_str()).bind(serde_json::json!({"cutoff": cutoff, "batch": batch})).await?;
+                self.db.query(sql.as_str(), Some(serde_json::json!({"cutoff": cutoff, "batch": batch}))).await?;
             transaction_result(&mut response)?;
             Ok(response)
         })

@@ -375,6 +375,7 @@ pub(crate) mod tests {
             namespace: "test".into(),
             database: "test".into(),
             timeout: Duration::from_secs(5),
+            embedded: crate::store::EmbeddedSizes::DEFAULT,
         };
         Store::connect(&config).await.expect("in-memory store")
     }
@@ -545,6 +546,48 @@ pub(crate) mod tests {
         }
         let batches = metrics.write_batch.get_sample_count();
         assert!(batches < 200, "200 saves took {batches} transactions");
+    }
+
+    /// Whole replies of 1 MiB saved at once into an on-disk database whose memtable is the
+    /// smallest the configuration allows (4 × the batch's text budget) are all stored:
+    /// batches stop taking text at [`MAX_BATCH_CONTENT_BYTES`]. One transaction of all of
+    /// them would not fit the memtable, fail, and be retried for ever.
+    #[tokio::test]
+    async fn large_replies_saved_at_once_fit_the_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            url: format!("surrealkv://{}", dir.path().join("db").display()),
+            credentials: None,
+            namespace: "test".into(),
+            database: "test".into(),
+            timeout: Duration::from_secs(30),
+            embedded: crate::store::EmbeddedSizes {
+                cache_bytes: 16 << 20,
+                memtable_bytes: 4 * crate::store::batch::MAX_BATCH_CONTENT_BYTES as u64,
+            },
+        };
+        let store = Store::connect(&config).await.expect("on-disk store");
+        let metrics = Arc::new(Metrics::new());
+        let writes = WriteBehind::start(store.clone(), 1024, Duration::from_secs(30), metrics.clone());
+        let fence = claimed(&store, Uuid::new_v4(), "t").await;
+        let text = "x".repeat(1 << 20);
+        let saves: Vec<_> = (0..48)
+            .map(|_| {
+                let (writes, text) = (writes.clone(), text.clone());
+                tokio::spawn(async move {
+                    let message = reply(fence.session_id, Uuid::new_v4(), &text, MessageStatus::Complete);
+                    writes.save(fence, Save::of(message)).await
+                })
+            })
+            .collect();
+        let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(saves))
+            .await
+            .expect("every save is stored within a minute");
+        let failed: Vec<_> = all.iter().filter(|saved| !matches!(saved, Ok(Ok(_)))).collect();
+        assert!(failed.is_empty(), "{} saves failed: {:?}", failed.len(), failed.first());
+        let page = store.messages_before(fence.session_id, None, 100).await.unwrap().unwrap().0;
+        assert_eq!(page.len(), 48);
+        assert_eq!(metrics.write_failures.get(), 0, "no batch was refused");
     }
 
     /// The sessions of one user, saved at once with their replies' tokens, never make the
