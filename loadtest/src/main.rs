@@ -320,13 +320,19 @@ async fn search_scenario(
     };
     let users = search::register(&target(&server), config.users).await?;
     let env = |key: &str| c.server_env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    const DEFAULT: relay_server::store::EmbeddedSizes = relay_server::store::EmbeddedSizes::DEFAULT;
     let mut database = relay_server::store::StoreConfig {
         url: c.database.clone(),
         credentials: env("DATABASE_USER").zip(env("DATABASE_PASS")),
         namespace: env("DATABASE_NS").unwrap_or_else(|| "relay".into()),
         database: env("DATABASE_DB").unwrap_or_else(|| "chat".into()),
         timeout: std::time::Duration::from_secs(600),
-        embedded: relay_server::store::EmbeddedSizes::DEFAULT,
+        embedded: relay_server::store::EmbeddedSizes {
+            cache_bytes: env("DATABASE_CACHE_BYTES").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT.cache_bytes),
+            memtable_bytes: env("DATABASE_MEMTABLE_BYTES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT.memtable_bytes),
+        },
     };
     let server = if remote {
         let took = search::fill(&database, &users, &config, !c.quiet).await?;

@@ -2,8 +2,9 @@
 //! `CHAT_ARCHIVE_AFTER_DAYS` ago (their messages leave the live table for
 //! `chat_message_archive`) and purges, with every message, those deleted more than
 //! `CHAT_PURGE_AFTER_DAYS` ago. It runs at start-up and then every
-//! `CHAT_RETENTION_INTERVAL_SECS` (daily), in bounded batches so no transaction grows large.
-//! It also deletes idempotency keys older than 24 hours.
+//! `CHAT_RETENTION_INTERVAL_SECS` (daily), in bounded batches; a batch whose transaction
+//! fails (its sessions' text may not fit the embedded database's memtable) is tried again
+//! with half as many. It also deletes idempotency keys older than 24 hours.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,36 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// Sessions handled per transaction.
+/// Sessions handled per transaction, at most.
 const BATCH: usize = 500;
+
+/// Runs `step` (which handles up to the batch it is given, and answers how many it handled
+/// and what went with them) until it handles fewer than it was given. A step that fails is
+/// tried again with half the batch, down to one, and the smaller batch is kept: the
+/// sessions of a batch may hold more text than one transaction can take.
+async fn in_batches<F, Fut>(mut step: F) -> Result<(u64, u64), StoreError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, u64), StoreError>>,
+{
+    let (mut batch, mut handled, mut with) = (BATCH, 0, 0);
+    loop {
+        match step(batch).await {
+            Ok((n, m)) => {
+                handled += n;
+                with += m;
+                if (n as usize) < batch {
+                    return Ok((handled, with));
+                }
+            }
+            Err(error) if batch > 1 => {
+                tracing::warn!(%error, batch, "a retention batch failed; trying half as many");
+                batch /= 2;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// The time `age` before `now`, or the earliest time there is when that lies further back
 /// (the configuration bounds ages, so that is only a guard: subtracting must never panic).
@@ -57,31 +86,17 @@ impl Retention {
     pub async fn run(&self) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         let cutoff = |age: Duration| cutoff(Utc::now(), age);
-        loop {
-            let (sessions, messages) = self.store.archive_deleted_before(cutoff(self.archive_after), BATCH).await?;
-            report.archived_sessions += sessions;
-            report.archived_messages += messages;
-            if (sessions as usize) < BATCH {
-                break;
-            }
-        }
-        loop {
-            let (sessions, messages) = self.store.purge_deleted_before(cutoff(self.purge_after), BATCH).await?;
-            report.purged_sessions += sessions;
-            report.purged_messages += messages;
-            if (sessions as usize) < BATCH {
-                break;
-            }
-        }
+        (report.archived_sessions, report.archived_messages) =
+            in_batches(|batch| self.store.archive_deleted_before(cutoff(self.archive_after), batch)).await?;
+        (report.purged_sessions, report.purged_messages) =
+            in_batches(|batch| self.store.purge_deleted_before(cutoff(self.purge_after), batch)).await?;
         // Idempotency keys hold a day; write-batch markers matter only while their writer
         // retries (a writer that stopped leaves one behind).
-        loop {
-            let (keys, markers) = self.store.expire_keys_and_markers(BATCH).await?;
-            report.expired_keys += keys;
-            if (keys.max(markers) as usize) < BATCH {
-                break;
-            }
-        }
+        (_, report.expired_keys) = in_batches(|batch| async move {
+            let (keys, markers) = self.store.expire_keys_and_markers(batch).await?;
+            Ok((keys.max(markers), keys))
+        })
+        .await?;
         let counted = [
             ("archived", report.archived_sessions, report.archived_messages),
             ("purged", report.purged_sessions, report.purged_messages),
@@ -124,5 +139,32 @@ mod tests {
         assert_eq!(cutoff(now, Duration::from_secs(86_400)), now - chrono::Duration::days(1));
         assert_eq!(cutoff(now, Duration::MAX), DateTime::<Utc>::MIN_UTC);
         assert_eq!(cutoff(now, Duration::from_secs(u64::MAX / 2)), DateTime::<Utc>::MIN_UTC);
+    }
+
+    /// A batch too large for one transaction is halved until it fits, and the work goes
+    /// on at that size to the end; a step that fails even alone fails the run.
+    #[tokio::test]
+    async fn a_failing_batch_is_halved_until_it_fits() {
+        let left = std::cell::Cell::new(1_000u64);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let done = in_batches(|batch| {
+            asked.borrow_mut().push(batch);
+            let result = if batch > 100 {
+                Err(StoreError::Batch("Memtable arena is full".into()))
+            } else {
+                let n = left.get().min(batch as u64);
+                left.set(left.get() - n);
+                Ok((n, 2 * n))
+            };
+            async move { result }
+        })
+        .await
+        .unwrap();
+        assert_eq!(done, (1_000, 2_000));
+        let asked = asked.into_inner();
+        assert_eq!(&asked[..3], &[500, 250, 125]);
+        assert!(asked[3..].iter().all(|&b| b == 62), "{asked:?}");
+        let never = in_batches(|_| async { Err::<(u64, u64), _>(StoreError::Timeout) }).await;
+        assert!(matches!(never, Err(StoreError::Timeout)));
     }
 }

@@ -609,7 +609,7 @@ async fn the_embedded_database_takes_its_memory_sizes_from_the_environment() {
     let log = std::fs::File::create(&log_path).unwrap();
     let vars = [
         ("DATABASE_CACHE_BYTES", "33554432"),
-        ("DATABASE_MEMTABLE_BYTES", "50331648"),
+        ("DATABASE_MEMTABLE_BYTES", "268435456"),
         ("RUST_LOG", "warn,surrealdb::core::kvs::surrealkv=info"),
     ];
     let node = Process::start_with(&dir.path().join("data"), &vars, log.into());
@@ -617,7 +617,7 @@ async fn the_embedded_database_takes_its_memory_sizes_from_the_environment() {
     assert!(node.terminate().success());
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(logs.contains("Setting block cache capacity: 33554432"), "{logs}");
-    assert!(logs.contains("Setting max memtable size: 50331648"), "{logs}");
+    assert!(logs.contains("Setting max memtable size: 268435456"), "{logs}");
 }
 
 #[tokio::test]

@@ -267,6 +267,41 @@ async fn editing_a_message_older_than_the_window_is_refused() {
     assert!(!messages[0].superseded && !messages[1].superseded, "the exchange before it stays");
 }
 
+/// One edit supersedes at most 32 replies' worth of text (`CHAT_MAX_REPLY_BYTES` each):
+/// marking them rewrites them in the edit's transaction, which must fit the database. An
+/// edit further back is `bad_request`, saying so, and changes nothing; a later one works.
+#[tokio::test]
+async fn an_edit_that_would_supersede_too_much_text_is_refused() {
+    let server = TestServer::with(&[("CHAT_MAX_REPLY_BYTES", "1000"), ("CHAT_DAILY_MESSAGE_QUOTA", "1000")]).await;
+    let (token, _, sid) = user_with_session(&server, "reviser").await;
+    let post = |path: String, body: serde_json::Value| {
+        server.http.post(server.url(&path)).bearer_auth(&token).json(&body).send()
+    };
+    // 40 exchanges whose replies are cut at 1,000 bytes: over 32,000 bytes in all.
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let content = format!("question {i} [[mock tokens=400 delay_ms=0]]");
+        let response =
+            post(format!("/api/v1/chat/sessions/{sid}/messages"), json!({ "content": content })).await.unwrap();
+        assert_eq!(response.status(), 200);
+        sent.push(response.json::<SendMessageResponse>().await.unwrap());
+    }
+    let edit = |id: Uuid| format!("/api/v1/chat/sessions/{sid}/messages/{id}/edit");
+    let too_far = post(edit(sent[0].user_message.id), json!({"content": "x"})).await.unwrap();
+    assert_eq!(too_far.status(), 400);
+    let body: relay_protocol::ErrorResponse = too_far.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::BadRequest);
+    assert!(body.error.message.contains("edit a later message"), "{}", body.error.message);
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.len(), 80);
+    assert!(messages.iter().all(|m| !m.superseded), "the refused edit changed nothing");
+
+    let edited = post(edit(sent[30].user_message.id), json!({"content": "y [[mock tokens=1]]"})).await.unwrap();
+    assert_eq!(edited.status(), 200);
+    let messages = stored(&server, &token, sid).await.messages;
+    assert_eq!(messages.iter().filter(|m| m.superseded).count(), 20, "the edited exchange and the 9 after it");
+}
+
 /// While a reply runs, regenerate and edit are `busy`; an empty session has nothing to
 /// regenerate.
 #[tokio::test]

@@ -432,17 +432,26 @@ impl Config {
                 ),
             });
         }
-        let largest_batch = crate::store::MAX_BATCH_CONTENT_BYTES.max(config.max_reply_bytes) as u64;
-        if config.database_embedded.memtable_bytes < 4 * largest_batch {
-            return Err(ConfigError {
-                var: "DATABASE_MEMTABLE_BYTES",
-                reason: format!(
-                    "{} is less than {} (4 × the larger of a write batch's 8 MiB of text and \
-                     CHAT_MAX_REPLY_BYTES): a transaction must fit the memtable",
-                    config.database_embedded.memtable_bytes,
-                    4 * largest_batch
-                ),
-            });
+        // Only the embedded on-disk engine has a memtable this server sizes.
+        if config.database_url.starts_with("surrealkv://") {
+            let memtable = config.database_embedded.memtable_bytes;
+            let needed = crate::store::memtable_needed(config.max_reply_bytes);
+            if memtable < needed {
+                return Err(ConfigError {
+                    var: "DATABASE_MEMTABLE_BYTES",
+                    reason: format!(
+                        "{memtable} is less than {needed} (128 × the larger of 1 MiB and CHAT_MAX_REPLY_BYTES): \
+                         the largest write must fit the memtable"
+                    ),
+                });
+            }
+            // SurrealKV's arena is indexed by u32 and quietly caps a larger one.
+            if memtable > u64::from(u32::MAX) {
+                return Err(ConfigError {
+                    var: "DATABASE_MEMTABLE_BYTES",
+                    reason: format!("{memtable} is more than SurrealKV's largest memtable, {} bytes", u32::MAX),
+                });
+            }
         }
         Ok(config)
     }

@@ -146,18 +146,23 @@ fn embedded_database_sizes() {
         load(&[]).unwrap().database_embedded,
         EmbeddedSizes { cache_bytes: 256 << 20, memtable_bytes: 128 << 20 }
     );
-    let set = load(&[("DATABASE_CACHE_BYTES", "1048576"), ("DATABASE_MEMTABLE_BYTES", "33554432")]).unwrap();
-    assert_eq!(set.database_embedded, EmbeddedSizes { cache_bytes: 1 << 20, memtable_bytes: 32 << 20 });
+    let set = load(&[("DATABASE_CACHE_BYTES", "1048576"), ("DATABASE_MEMTABLE_BYTES", "268435456")]).unwrap();
+    assert_eq!(set.database_embedded, EmbeddedSizes { cache_bytes: 1 << 20, memtable_bytes: 256 << 20 });
     assert_eq!(load(&[("DATABASE_CACHE_BYTES", "0")]).unwrap_err().var, "DATABASE_CACHE_BYTES");
     assert_eq!(load(&[("DATABASE_CACHE_BYTES", "1GiB")]).unwrap_err().var, "DATABASE_CACHE_BYTES");
-    let small = load(&[("DATABASE_MEMTABLE_BYTES", "33554431")]).unwrap_err();
+    let small = load(&[("DATABASE_MEMTABLE_BYTES", "134217727")]).unwrap_err();
     assert_eq!(small.var, "DATABASE_MEMTABLE_BYTES");
-    assert!(small.to_string().contains("33554432"), "{small}");
-    // A larger reply cap needs a larger memtable: 4 × 40 MiB, more than the default.
-    let big_replies = [("CHAT_MAX_REPLY_BYTES", "41943040"), ("WS_OUTBOUND_QUEUE_BYTES", "83886080")];
+    assert!(small.to_string().contains("134217728"), "{small}");
+    let huge = load(&[("DATABASE_MEMTABLE_BYTES", "4294967296")]).unwrap_err();
+    assert_eq!(huge.var, "DATABASE_MEMTABLE_BYTES");
+    // A larger reply cap needs a larger memtable: 128 × 2 MiB.
+    let big_replies = [("CHAT_MAX_REPLY_BYTES", "2097152"), ("WS_OUTBOUND_QUEUE_BYTES", "8388608")];
     assert_eq!(load(&big_replies).unwrap_err().var, "DATABASE_MEMTABLE_BYTES");
-    let fits = [big_replies[0], big_replies[1], ("DATABASE_MEMTABLE_BYTES", "167772160")];
-    assert_eq!(load(&fits).unwrap().database_embedded.memtable_bytes, 160 << 20);
+    let fits = [big_replies[0], big_replies[1], ("DATABASE_MEMTABLE_BYTES", "268435456")];
+    assert_eq!(load(&fits).unwrap().database_embedded.memtable_bytes, 256 << 20);
+    // Nor does it apply where the server sizes no memtable: in memory, or a database server.
+    let in_memory = [big_replies[0], big_replies[1], ("DATABASE_URL", "mem://")];
+    assert_eq!(load(&in_memory).unwrap().max_reply_bytes, 2 << 20);
 }
 
 #[test]

@@ -23,11 +23,24 @@ pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// A fence's index in a batch: writes name the fence they were made under.
 type FenceIx = usize;
 
-/// The message text a batch takes before it refuses further saves (one save of any size
-/// is always taken alone). A transaction must fit the database's memtable, and the
-/// embedded one holds `DATABASE_MEMTABLE_BYTES`: a batch of 128 whole replies of 1 MiB
-/// would not fit the default, and a batch that cannot be applied is retried for ever.
-pub const MAX_BATCH_CONTENT_BYTES: usize = 8 << 20;
+/// The text a batch takes (see [`Save::text_bytes`]) before it refuses further saves; a
+/// save of any size is taken alone. A transaction must fit the database's memtable
+/// (`DATABASE_MEMTABLE_BYTES` for the embedded one), or it fails each time it is retried,
+/// for ever. The full-text index makes a message cost the memtable 6 (prose) to 55
+/// (distinct numbers) times its text; marking one superseded, 1.25 times (measured with
+/// `write_behind::tests::memtable_needs`). Small replies still share batches of up to 128.
+pub const MAX_BATCH_TEXT_BYTES: usize = 1 << 20;
+
+/// The most text an edit may supersede (the edited message and every later one), in
+/// replies of `CHAT_MAX_REPLY_BYTES`: marking them rewrites their records in the edit's
+/// transaction (40 × the reply cap at most, within [`memtable_needed`]).
+pub const MAX_SUPERSEDED_REPLIES: usize = 32;
+
+/// What the memtable must hold, at least, for the largest transaction a batch makes: the
+/// worst measured cost (55×) of the largest text a batch takes, with room to spare.
+pub fn memtable_needed(max_reply_bytes: usize) -> u64 {
+    (MAX_BATCH_TEXT_BYTES.max(max_reply_bytes) as u64).saturating_mul(128)
+}
 
 /// One batch, merged: the last version of each message, one fence check per session
 /// epoch, one usage row per user and day.
@@ -51,8 +64,9 @@ pub struct Plan {
     after_usage: Vec<((Uuid, NaiveDate), AfterUsage)>,
     flushes: Vec<oneshot::Sender<()>>,
     ops: usize,
-    /// The text of the saves taken (a replaced version still counts: it was written).
-    content_bytes: usize,
+    /// The text of the saves taken ([`Save::text_bytes`]; an earlier version of a message
+    /// still counts, which only errs on the safe side).
+    text_bytes: usize,
 }
 
 /// What a committed batch reports: the fences it found stale (their writes were not
@@ -110,10 +124,11 @@ impl Plan {
     /// cannot share a batch with another use of its key or another version of its message,
     /// nor can a version of a message saved under another fence (each fence's writes are
     /// answered by that fence's check): it waits for the next batch, where what this one
-    /// stores decides it.
+    /// stores decides it. Nor does a save join a batch it would take past
+    /// [`MAX_BATCH_TEXT_BYTES`].
     pub fn takes(&self, op: &Op) -> bool {
         let Op::Save { fence, save, .. } = op else { return true };
-        if self.ops > 0 && self.content_bytes + save.message.content.len() > MAX_BATCH_CONTENT_BYTES {
+        if self.ops > 0 && self.text_bytes + save.text_bytes() > MAX_BATCH_TEXT_BYTES {
             return false;
         }
         let other_fence =
@@ -133,7 +148,7 @@ impl Plan {
         self.ops += 1;
         match op {
             Op::Save { fence, save, done } => {
-                self.content_bytes += save.message.content.len();
+                self.text_bytes += save.text_bytes();
                 let f = self.fence(fence);
                 if let Some(tokens) = save.tokens {
                     let entry = self.usage.entry((tokens.user_id, tokens.day)).or_default();
@@ -589,8 +604,16 @@ mod tests {
 
         let key = |key: &str| Some(SendKey { user_id: user, key: key.into(), reply_id: Uuid::new_v4() });
         let new_reply = Uuid::new_v4();
-        let regenerate =
-            || save(fence, Save::of(question.clone()).keyed(key("r-1")).superseding(vec![answer.id], new_reply));
+        let regenerate = || {
+            save(
+                fence,
+                Save::of(question.clone()).keyed(key("r-1")).superseding(
+                    vec![answer.id],
+                    new_reply,
+                    answer.content.len(),
+                ),
+            )
+        };
         let mut plan = Plan::default();
         plan.add(regenerate());
         assert!(!plan.takes(&regenerate()), "a second use of a key waits for the next batch");
@@ -606,7 +629,11 @@ mod tests {
         let other = message(fence.session_id, Role::User, "other");
         plan.add(save(
             fence,
-            Save::of(other.clone()).counted().keyed(key("r-1")).superseding(vec![question.id], Uuid::new_v4()),
+            Save::of(other.clone()).counted().keyed(key("r-1")).superseding(
+                vec![question.id],
+                Uuid::new_v4(),
+                question.content.len(),
+            ),
         ));
         let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 3 }, false).await.unwrap();
         assert_eq!(outcome.repeats.len(), 1, "{outcome:?}");
@@ -622,7 +649,10 @@ mod tests {
         store.claim_session(fence.session_id).await.unwrap().unwrap();
         let edit = message(fence.session_id, Role::User, "edited");
         let mut plan = Plan::default();
-        plan.add(save(fence, Save::of(edit.clone()).counted().superseding(vec![question.id], Uuid::new_v4())));
+        plan.add(save(
+            fence,
+            Save::of(edit.clone()).counted().superseding(vec![question.id], Uuid::new_v4(), question.content.len()),
+        ));
         let outcome = plan.write(&store, &BatchId { run: 7, writer: 0, n: 4 }, false).await.unwrap();
         assert_eq!(outcome.stale, vec![0]);
         assert!(store.get_message(fence.session_id, edit.id).await.unwrap().is_none());

@@ -5,7 +5,9 @@
 //! hands SurrealKV an empty configuration: its block cache would take half the machine's
 //! memory less 1 GiB (11 GiB on a 24 GiB host) and its memtable up to 1 GiB, whatever the
 //! operator wants. Built by hand, both come from [`EmbeddedSizes`] (`DATABASE_CACHE_BYTES`,
-//! `DATABASE_MEMTABLE_BYTES`).
+//! `DATABASE_MEMTABLE_BYTES`). This leans on two of SurrealDB 3.3.5's hidden functions
+//! (`unstable_from_datastore`, `__into_endpoint`) and on `surrealdb-engine-local`: the
+//! versions are pinned (`=3.3.5`) and move together.
 
 use std::sync::Arc;
 
@@ -41,10 +43,13 @@ pub(super) enum Database {
 }
 
 impl Database {
-    /// Opens the embedded database at `url` (`surrealkv://path`, `mem://`, `memory`) with
-    /// the SDK's default capabilities. Runs on the runtime the database's own tasks are to
-    /// live on.
+    /// Opens the embedded database at `url` (`surrealkv://path`, `mem://`, `memory`) as the
+    /// SDK's `connect` would (its path handling, its default capabilities, no credentials,
+    /// no timeouts), but with `sizes`, and without live-query notifications, which this
+    /// server does not use. Runs on the runtime the database's own tasks are to live on.
     pub(super) async fn open_embedded(url: &str, sizes: EmbeddedSizes) -> Result<Database, StoreError> {
+        // The SDK's own reading of the path: `~/` expanded, `..` and `.` cleaned.
+        let path = surrealdb::engine::any::__into_endpoint(url)?.path;
         let config = surrealdb_cnf::ConfigMap::empty()
             .with_key_value("surrealkv_block_cache_capacity", sizes.cache_bytes.to_string())
             .with_key_value("surrealkv_max_memtable_size", sizes.memtable_bytes.to_string());
@@ -56,7 +61,7 @@ impl Database {
             .with_config(config)
             .with_capabilities(capabilities.into())
             .without_maintenance_tasks()
-            .build_with_path(url)
+            .build_with_path(&path)
             .await
             .map_err(open)?;
         datastore.check_version().await.map_err(open)?;

@@ -17,13 +17,24 @@ impl Store {
     /// Marks replies left `generating` by a server that stopped without storing them (a
     /// crash, a kill) as `error`; returns how many. Run at start-up, before any actor runs.
     pub async fn fail_interrupted_replies(&self) -> Result<usize, StoreError> {
-        let rows: Vec<serde_json::Value> = self
-            .rows(
-                "UPDATE chat_message SET status = 'error' WHERE status = 'generating' RETURN record::id(id) AS id",
-                serde_json::json!({}),
-            )
-            .await?;
-        Ok(rows.len())
+        // A few at a time: each rewrites its reply's record, up to `CHAT_MAX_REPLY_BYTES` of
+        // text, and a crash in the middle of many long replies must not leave more than one
+        // transaction can take (the embedded database's memtable).
+        const AT_ONCE: usize = 16;
+        let mut failed = 0;
+        loop {
+            let rows: Vec<serde_json::Value> = self
+                .rows(
+                    "UPDATE (SELECT VALUE id FROM chat_message WHERE status = 'generating' LIMIT $n) \
+                     SET status = 'error' RETURN record::id(id) AS id",
+                    serde_json::json!({"n": AT_ONCE}),
+                )
+                .await?;
+            failed += rows.len();
+            if rows.len() < AT_ONCE {
+                return Ok(failed);
+            }
+        }
     }
 
     /// Takes a session over for a new actor: raises its epoch (the fencing token every

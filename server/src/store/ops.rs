@@ -62,6 +62,8 @@ pub struct Save {
     /// The message that takes their place (an edit's new message, a regenerate's new
     /// reply), stored as their `replaced_by`.
     pub replaced_by: Option<Uuid>,
+    /// The text of the messages it supersedes: marking them rewrites their records.
+    pub superseded_bytes: usize,
     /// How many messages the session's count grows by (1 for a new message, 0 for a
     /// checkpoint or another version), moving its `updated_at` to `at`.
     pub counts: i32,
@@ -75,7 +77,16 @@ pub struct Save {
 impl Save {
     /// A save of `message` alone: nothing counted, keyed or replaced.
     pub fn of(message: Message) -> Save {
-        Save { message, key: None, supersedes: Vec::new(), replaced_by: None, counts: 0, at: Utc::now(), tokens: None }
+        Save {
+            message,
+            key: None,
+            supersedes: Vec::new(),
+            replaced_by: None,
+            superseded_bytes: 0,
+            counts: 0,
+            at: Utc::now(),
+            tokens: None,
+        }
     }
 
     /// Counts the message as a new one of its session, active now.
@@ -91,11 +102,19 @@ impl Save {
         self
     }
 
-    /// Marks `ids` superseded with the message, replaced by the message `by`.
-    pub fn superseding(mut self, ids: Vec<Uuid>, by: Uuid) -> Save {
+    /// Marks `ids` superseded with the message, replaced by the message `by`; `bytes` is
+    /// their text.
+    pub fn superseding(mut self, ids: Vec<Uuid>, by: Uuid, bytes: usize) -> Save {
         self.supersedes = ids;
         self.replaced_by = Some(by);
+        self.superseded_bytes = bytes;
         self
+    }
+
+    /// The text this save writes: its message's and that of the records it marks
+    /// superseded (what [`MAX_BATCH_TEXT_BYTES`](super::MAX_BATCH_TEXT_BYTES) bounds).
+    pub fn text_bytes(&self) -> usize {
+        self.message.content.len() + self.superseded_bytes
     }
 
     /// Adds the reply's tokens to its user's day.

@@ -44,6 +44,11 @@ impl SessionState {
         self.emit(|seq| ServerFrame::Message { session_id, seq, message });
     }
 
+    /// The text of the messages `ids` held in memory.
+    pub(super) fn text_of(&self, ids: &[Uuid]) -> usize {
+        self.history.iter().filter(|m| ids.contains(&m.id)).map(|m| m.content.len()).sum()
+    }
+
     /// Keeps a stored message in memory, in `created_at` order; a newer version of a
     /// message replaces the old one.
     pub(super) fn remember(&mut self, message: Message) {

@@ -14,7 +14,7 @@ use super::*;
 use crate::auth::AuthUser;
 use crate::fanout::{Outbound, Receiver, ReceiverKind};
 use crate::session::SendAccepted;
-use crate::store::{Save, Saved, SendKey, StoreError, StoredSend};
+use crate::store::{MAX_SUPERSEDED_REPLIES, Save, Saved, SendKey, StoreError, StoredSend};
 
 impl SessionState {
     pub(super) async fn send(
@@ -76,7 +76,8 @@ impl SessionState {
         if key.is_some() || !replaced.is_empty() {
             // The message answered is stored again as it is, carrying the key and what
             // the regenerate replaces.
-            let save = Save::of(answering.clone()).keyed(key).superseding(replaced.clone(), reply_id);
+            let bytes = self.text_of(&replaced);
+            let save = Save::of(answering.clone()).keyed(key).superseding(replaced.clone(), reply_id, bytes);
             match self.store_durably(save).await {
                 Ok(Saved::Stored) => {}
                 Ok(Saved::Repeat { session_id, message_id, reply_id }) => {
@@ -141,6 +142,14 @@ impl SessionState {
             return Err(SessionError::Invalid("only a user message can be edited".into()));
         }
         let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
+        let superseded_bytes: usize = live[at..].iter().map(|m| m.content.len()).sum();
+        let most = MAX_SUPERSEDED_REPLIES * self.deps.settings.max_reply_bytes;
+        if superseded_bytes > most {
+            return Err(SessionError::Invalid(format!(
+                "editing this message would replace {superseded_bytes} bytes of messages, more than the \
+                 {most} one edit may ({MAX_SUPERSEDED_REPLIES} whole replies): edit a later message"
+            )));
+        }
         let admission = self.admit(&request.requester.user, Storing::NewMessage).await?;
         self.accept(admission, request, replaced, myself).await
     }
@@ -250,7 +259,8 @@ impl SessionState {
         let key = requester.key.as_ref().map(|key| SendKey { user_id: requester.user.id, key: key.clone(), reply_id });
         let runs_next = self.current.is_none() && self.queue.is_empty();
         let prepared = runs_next.then(|| self.spawn_generation(&message, &replaces, myself));
-        let save = Save::of(message.clone()).counted().keyed(key).superseding(replaces.clone(), message.id);
+        let bytes = self.text_of(&replaces);
+        let save = Save::of(message.clone()).counted().keyed(key).superseding(replaces.clone(), message.id, bytes);
         let saved = match self.store_durably(save).await {
             Ok(saved) => saved,
             Err(e) => {
