@@ -138,6 +138,9 @@ impl AppError {
             AppError::Store(StoreError::Batch(_)) => {
                 (ErrorCode::Unavailable, "the server is not taking writes now; retry shortly".into(), Some(1000))
             }
+            AppError::Store(StoreError::TooLarge) => {
+                (ErrorCode::Internal, "the message is too large for the database to store".into(), None)
+            }
             AppError::Store(_) => (ErrorCode::Internal, "internal error".into(), None),
             AppError::KeyReused => (ErrorCode::Conflict, self.to_string(), None),
             AppError::Conflict(m) => (ErrorCode::Conflict, m.clone(), None),

@@ -82,21 +82,38 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// Runs once: archives, then purges, batch by batch until nothing is left to do.
+    /// Runs once: archives, then purges, then expires keys, each batch by batch until
+    /// nothing is left to do. A step that fails does not keep the next from running (a
+    /// session too large to archive in one transaction must not stop purges); the first
+    /// failure is the run's answer.
     pub async fn run(&self) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
+        let mut failed = None;
+        let mut note = |step: &str, result: Result<(u64, u64), StoreError>| match result {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, step, "a retention step failed");
+                failed.get_or_insert(error);
+                (0, 0)
+            }
+        };
         let cutoff = |age: Duration| cutoff(Utc::now(), age);
-        (report.archived_sessions, report.archived_messages) =
-            in_batches(|batch| self.store.archive_deleted_before(cutoff(self.archive_after), batch)).await?;
+        (report.archived_sessions, report.archived_messages) = note(
+            "archive",
+            in_batches(|batch| self.store.archive_deleted_before(cutoff(self.archive_after), batch)).await,
+        );
         (report.purged_sessions, report.purged_messages) =
-            in_batches(|batch| self.store.purge_deleted_before(cutoff(self.purge_after), batch)).await?;
+            note("purge", in_batches(|batch| self.store.purge_deleted_before(cutoff(self.purge_after), batch)).await);
         // Idempotency keys hold a day; write-batch markers matter only while their writer
         // retries (a writer that stopped leaves one behind).
-        (_, report.expired_keys) = in_batches(|batch| async move {
-            let (keys, markers) = self.store.expire_keys_and_markers(batch).await?;
-            Ok((keys.max(markers), keys))
-        })
-        .await?;
+        (_, report.expired_keys) = note(
+            "expire keys",
+            in_batches(|batch| async move {
+                let (keys, markers) = self.store.expire_keys_and_markers(batch).await?;
+                Ok((keys.max(markers), keys))
+            })
+            .await,
+        );
         let counted = [
             ("archived", report.archived_sessions, report.archived_messages),
             ("purged", report.purged_sessions, report.purged_messages),
@@ -105,7 +122,7 @@ impl Retention {
             self.metrics.retention_sessions.with_label_values(&[action]).inc_by(sessions);
             self.metrics.retention_messages.with_label_values(&[action]).inc_by(messages);
         }
-        Ok(report)
+        failed.map_or(Ok(report), Err)
     }
 
     /// Runs now and then every `every` until `stop`.

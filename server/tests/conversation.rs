@@ -267,12 +267,14 @@ async fn editing_a_message_older_than_the_window_is_refused() {
     assert!(!messages[0].superseded && !messages[1].superseded, "the exchange before it stays");
 }
 
-/// One edit supersedes at most 32 replies' worth of text (`CHAT_MAX_REPLY_BYTES` each):
-/// marking them rewrites them in the edit's transaction, which must fit the database. An
-/// edit further back is `bad_request`, saying so, and changes nothing; a later one works.
+/// One edit supersedes at most 32 replies' worth of text (`CHAT_MAX_REPLY_BYTES` each, or
+/// 4 bytes per character of `CHAT_MAX_MESSAGE_LENGTH` if that is more): marking them
+/// rewrites them in the edit's transaction, which must fit the database. An edit further
+/// back is `bad_request`, saying so, and changes nothing; a later one works.
 #[tokio::test]
 async fn an_edit_that_would_supersede_too_much_text_is_refused() {
-    let server = TestServer::with(&[("CHAT_MAX_REPLY_BYTES", "1000"), ("CHAT_DAILY_MESSAGE_QUOTA", "1000")]).await;
+    let limits = [("CHAT_MAX_REPLY_BYTES", "1000"), ("CHAT_MAX_MESSAGE_LENGTH", "200")];
+    let server = TestServer::with(&[limits[0], limits[1], ("CHAT_DAILY_MESSAGE_QUOTA", "1000")]).await;
     let (token, _, sid) = user_with_session(&server, "reviser").await;
     let post = |path: String, body: serde_json::Value| {
         server.http.post(server.url(&path)).bearer_auth(&token).json(&body).send()

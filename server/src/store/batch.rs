@@ -25,21 +25,25 @@ type FenceIx = usize;
 
 /// The text a batch takes (see [`Save::text_bytes`]) before it refuses further saves; a
 /// save of any size is taken alone. A transaction must fit the database's memtable
-/// (`DATABASE_MEMTABLE_BYTES` for the embedded one), or it fails each time it is retried,
-/// for ever. The full-text index makes a message cost the memtable 6 (prose) to 55
-/// (distinct numbers) times its text; marking one superseded, 1.25 times (measured with
-/// `write_behind::tests::memtable_needs`). Small replies still share batches of up to 128.
-pub const MAX_BATCH_TEXT_BYTES: usize = 1 << 20;
+/// (`DATABASE_MEMTABLE_BYTES` for the embedded one), or it fails each time it is retried.
+/// The full-text index makes a new message cost the memtable 6 (prose) to 64 (distinct
+/// numbers) times its text, and replacing a stored version (a checkpoint, the final
+/// reply) also removes the old entries; marking one superseded costs 1 to 1.5 times its
+/// text (measured with `write_behind::tests::memtable_needs`). So a batch of several
+/// stays far inside [`memtable_needed`], and only a lone save can be too large (it is
+/// then given up). Short replies still share batches of up to 128.
+pub const MAX_BATCH_TEXT_BYTES: usize = 512 << 10;
 
 /// The most text an edit may supersede (the edited message and every later one), in
-/// replies of `CHAT_MAX_REPLY_BYTES`: marking them rewrites their records in the edit's
-/// transaction (40 × the reply cap at most, within [`memtable_needed`]).
+/// replies of `CHAT_MAX_REPLY_BYTES` (or messages of `CHAT_MAX_MESSAGE_LENGTH`, if
+/// longer): marking them rewrites their records in the edit's transaction (48 × the cap
+/// at most, within [`memtable_needed`]).
 pub const MAX_SUPERSEDED_REPLIES: usize = 32;
 
-/// What the memtable must hold, at least, for the largest transaction a batch makes: the
-/// worst measured cost (55×) of the largest text a batch takes, with room to spare.
+/// What the memtable must hold, at least: twice the worst measured cost (64×) of a whole
+/// reply, or of a batch's text.
 pub fn memtable_needed(max_reply_bytes: usize) -> u64 {
-    (MAX_BATCH_TEXT_BYTES.max(max_reply_bytes) as u64).saturating_mul(128)
+    ((1usize << 20).max(max_reply_bytes) as u64).saturating_mul(128)
 }
 
 /// One batch, merged: the last version of each message, one fence check per session
@@ -339,6 +343,24 @@ impl Plan {
             .collect();
         let stale = stale.into_iter().map(|f| self.fences[f]).collect();
         Answered { answers, follow_ups, stale, flushes: self.flushes }
+    }
+
+    /// Answers every durable save of a batch that was given up with `error`; nothing of it
+    /// was stored, so no usage is reported. Flushes waiting on it are let go.
+    pub fn refuse(self, error: StoreError) -> Answered {
+        let message = error.to_string();
+        let answers = self
+            .waiting
+            .into_iter()
+            .map(|(_, _, done)| {
+                let answer = match &error {
+                    StoreError::TooLarge => Err(StoreError::TooLarge),
+                    _ => Err(StoreError::Batch(message.clone())),
+                };
+                (done, answer)
+            })
+            .collect();
+        Answered { answers, follow_ups: Vec::new(), stale: Vec::new(), flushes: self.flushes }
     }
 }
 

@@ -54,7 +54,12 @@ impl Database {
             .with_key_value("surrealkv_block_cache_capacity", sizes.cache_bytes.to_string())
             .with_key_value("surrealkv_max_memtable_size", sizes.memtable_bytes.to_string());
         let capabilities = surrealdb::opt::capabilities::Capabilities::default();
-        let open = |e: anyhow::Error| StoreError::Open(format!("{e:#}"));
+        // A log written under a larger memtable is replayed into this one at open.
+        let open = |e: anyhow::Error| {
+            let e = format!("{e:#}");
+            let hint = if e.contains("memtable") { " (raise DATABASE_MEMTABLE_BYTES)" } else { "" };
+            StoreError::Open(format!("{e}{hint}"))
+        };
         // The order `surrealdb-engine-local`'s `connect` keeps: maintenance tasks write, and
         // must not run before the version check has seen (or written) the version key.
         let datastore = surrealdb_engine_local::Datastore::builder()

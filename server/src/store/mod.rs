@@ -71,6 +71,10 @@ pub enum StoreError {
     /// The embedded database could not be opened (its files, its version).
     #[error("cannot open the embedded database: {0}")]
     Open(String),
+    /// A write alone is larger than the embedded database's memtable can take
+    /// (`DATABASE_MEMTABLE_BYTES`): retrying would never store it.
+    #[error("the write is too large for the database's memtable (DATABASE_MEMTABLE_BYTES)")]
+    TooLarge,
     /// The database holds a schema newer than this server knows.
     #[error("database schema version {found} is newer than this server knows ({known}); upgrade the server")]
     SchemaTooNew {
@@ -226,6 +230,12 @@ where
             result => return result,
         }
     }
+}
+
+/// Whether an error is SurrealKV refusing a transaction larger than its whole memtable:
+/// the same transaction is refused every time.
+pub(crate) fn is_too_large(error: &StoreError) -> bool {
+    matches!(error, StoreError::TooLarge) || error.to_string().contains("Memtable arena is full")
 }
 
 /// Whether an error is a transaction conflict SurrealDB says can be retried.

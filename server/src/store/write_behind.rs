@@ -284,8 +284,10 @@ impl Writer {
             }
             self.metrics.write_batch.observe(plan.len() as f64);
             let id = BatchId { run: self.run, writer: self.k, n: next.fetch_add(1, Ordering::Relaxed) };
-            let outcome = self.write_until_stored(&plan, &id).await;
-            let answered = plan.answer(outcome);
+            let answered = match self.write_until_stored(&plan, &id).await {
+                Ok(outcome) => plan.answer(outcome),
+                Err(refused) => plan.refuse(refused),
+            };
             // Usage first: a user's quota frame goes out before the `done` of a reply stored
             // in the same batch.
             for (then, usage) in answered.follow_ups {
@@ -320,9 +322,12 @@ impl Writer {
     }
 
     /// Applies a batch, retrying for as long as it takes: the database may be down or
-    /// restarting, and what is queued is never given up. A retry never applies a batch
-    /// twice (its marker tells an attempt that did commit).
-    async fn write_until_stored(&self, plan: &Plan, id: &BatchId) -> super::batch::Outcome {
+    /// restarting, and what is queued is never given up, with one exception. A retry never
+    /// applies a batch twice (its marker tells an attempt that did commit). The exception is
+    /// a lone write larger than the whole memtable: it is refused each time, so it is given
+    /// up ([`StoreError::TooLarge`]) rather than hold up every write after it. Batches of
+    /// several are bounded (see [`Plan::takes`]) to fit.
+    async fn write_until_stored(&self, plan: &Plan, id: &BatchId) -> Result<super::batch::Outcome, StoreError> {
         let mut attempt: u32 = 1;
         if let Some(delay) = crate::faults::write_delay() {
             tokio::time::sleep(delay).await;
@@ -337,7 +342,15 @@ impl Writer {
                         }
                         tracing::info!(attempt, writes = plan.len(), "batched writes stored after retrying");
                     }
-                    return outcome;
+                    return Ok(outcome);
+                }
+                Err(e) if plan.len() == 1 && super::is_too_large(&e) => {
+                    self.metrics.write_failures.inc();
+                    if attempt > 3 {
+                        self.metrics.write_stalled.dec();
+                    }
+                    tracing::error!(error = %e, "a write larger than the database's memtable was given up");
+                    return Err(StoreError::TooLarge);
                 }
                 Err(e) => {
                     self.metrics.write_failures.inc();
@@ -604,15 +617,39 @@ pub(crate) mod tests {
         assert_eq!(metrics.write_failures.get(), 0, "no batch was refused");
     }
 
+    /// A lone write larger than the whole memtable (here, a memtable smaller than the
+    /// configuration allows) is given up as `TooLarge` at once, not retried for ever, and
+    /// the writes after it go on being stored.
+    #[tokio::test]
+    async fn a_write_too_large_for_the_memtable_is_given_up_and_the_rest_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_on_disk(dir.path(), 2 << 20).await;
+        let metrics = Arc::new(Metrics::new());
+        let writes = WriteBehind::start(store.clone(), 1024, Duration::from_secs(30), metrics.clone());
+        let fence = claimed(&store, Uuid::new_v4(), "t").await;
+        let big = reply(fence.session_id, Uuid::new_v4(), &prose(1 << 20), MessageStatus::Complete);
+        let refused = tokio::time::timeout(Duration::from_secs(20), writes.save(fence, Save::of(big.clone())))
+            .await
+            .expect("answered, not retried for ever");
+        assert!(matches!(refused, Err(StoreError::TooLarge)), "{refused:?}");
+        let small = reply(fence.session_id, Uuid::new_v4(), "fits", MessageStatus::Complete);
+        writes.save(fence, Save::of(small.clone())).await.expect("the next write is stored");
+        let page = store.messages_before(fence.session_id, None, 10).await.unwrap().unwrap().0;
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), [small.id], "the large one was not stored");
+    }
+
     /// Replies left `generating` by a server that stopped are all marked `error` at start,
-    /// a few per transaction: more of them than one transaction takes.
+    /// a few per transaction: marking 40 long ones in one transaction (rewriting 20 MiB of
+    /// records) would not fit this 16 MiB memtable.
     #[tokio::test]
     async fn interrupted_replies_are_failed_in_chunks() {
-        let store = store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_on_disk(dir.path(), 16 << 20).await;
         let writes = writes(&store, 1024, Arc::new(Metrics::new()));
         let fence = claimed(&store, Uuid::new_v4(), "t").await;
-        for i in 0..40 {
-            let message = reply(fence.session_id, Uuid::new_v4(), &format!("part {i}"), MessageStatus::Generating);
+        let text = prose(512 << 10);
+        for _ in 0..40 {
+            let message = reply(fence.session_id, Uuid::new_v4(), &text, MessageStatus::Generating);
             writes.save(fence, Save::of(message)).await.unwrap();
         }
         assert_eq!(store.fail_interrupted_replies().await.unwrap(), 40);

@@ -143,7 +143,8 @@ impl SessionState {
         }
         let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
         let superseded_bytes: usize = live[at..].iter().map(|m| m.content.len()).sum();
-        let most = MAX_SUPERSEDED_REPLIES * self.deps.settings.max_reply_bytes;
+        let settings = &self.deps.settings;
+        let most = MAX_SUPERSEDED_REPLIES * settings.max_reply_bytes.max(settings.max_message_length * 4);
         if superseded_bytes > most {
             return Err(SessionError::Invalid(format!(
                 "editing this message would replace {superseded_bytes} bytes of messages, more than the \
