@@ -435,12 +435,14 @@ impl Config {
         // Only the embedded on-disk engine has a memtable this server sizes.
         if config.database_url.starts_with("surrealkv://") {
             let memtable = config.database_embedded.memtable_bytes;
-            let needed = crate::store::memtable_needed(config.max_reply_bytes);
+            let largest_message = config.max_reply_bytes.max(config.max_message_length.saturating_mul(4));
+            let needed = crate::store::memtable_needed(largest_message);
             if memtable < needed {
                 return Err(ConfigError {
                     var: "DATABASE_MEMTABLE_BYTES",
                     reason: format!(
-                        "{memtable} is less than {needed} (128 × the larger of 1 MiB and CHAT_MAX_REPLY_BYTES): \
+                        "{memtable} is less than {needed} (128 × the largest of 1 MiB, CHAT_MAX_REPLY_BYTES and \
+                         4 × CHAT_MAX_MESSAGE_LENGTH): \
                          the largest write must fit the memtable"
                     ),
                 });

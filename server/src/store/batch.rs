@@ -28,7 +28,7 @@ type FenceIx = usize;
 /// (`DATABASE_MEMTABLE_BYTES` for the embedded one), or it fails each time it is retried.
 /// The full-text index makes a new message cost the memtable 6 (prose) to 64 (distinct
 /// numbers) times its text, and replacing a stored version (a checkpoint, the final
-/// reply) also removes the old entries; marking one superseded costs 1 to 1.5 times its
+/// reply) also removes the old entries; marking one superseded costs 1 to 1.25 times its
 /// text (measured with `write_behind::tests::memtable_needs`). So a batch of several
 /// stays far inside [`memtable_needed`], and only a lone save can be too large (it is
 /// then given up). Short replies still share batches of up to 128.
@@ -36,14 +36,15 @@ pub const MAX_BATCH_TEXT_BYTES: usize = 512 << 10;
 
 /// The most text an edit may supersede (the edited message and every later one), in
 /// replies of `CHAT_MAX_REPLY_BYTES` (or messages of `CHAT_MAX_MESSAGE_LENGTH`, if
-/// longer): marking them rewrites their records in the edit's transaction (48 × the cap
-/// at most, within [`memtable_needed`]).
+/// longer): marking them rewrites their records in the edit's transaction (40 × that
+/// size at most, within [`memtable_needed`] of it).
 pub const MAX_SUPERSEDED_REPLIES: usize = 32;
 
-/// What the memtable must hold, at least: twice the worst measured cost (64×) of a whole
-/// reply, or of a batch's text.
-pub fn memtable_needed(max_reply_bytes: usize) -> u64 {
-    ((1usize << 20).max(max_reply_bytes) as u64).saturating_mul(128)
+/// What the memtable must hold, at least: twice the worst measured cost (64×) of a batch's
+/// text or of the largest message, `largest_message` bytes (a whole reply, or a user
+/// message of `CHAT_MAX_MESSAGE_LENGTH` characters at 4 bytes each).
+pub fn memtable_needed(largest_message: usize) -> u64 {
+    ((1usize << 20).max(largest_message) as u64).saturating_mul(128)
 }
 
 /// One batch, merged: the last version of each message, one fence check per session
@@ -131,6 +132,11 @@ impl Plan {
     /// stores decides it. Nor does a save join a batch it would take past
     /// [`MAX_BATCH_TEXT_BYTES`].
     pub fn takes(&self, op: &Op) -> bool {
+        // A save too large to share a batch is alone in it: if even that does not fit, it
+        // is given up, which only a batch of one may be.
+        if self.text_bytes > MAX_BATCH_TEXT_BYTES {
+            return false;
+        }
         let Op::Save { fence, save, .. } = op else { return true };
         if self.ops > 0 && self.text_bytes + save.text_bytes() > MAX_BATCH_TEXT_BYTES {
             return false;

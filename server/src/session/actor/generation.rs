@@ -337,6 +337,25 @@ impl SessionState {
                 self.lost = true;
                 return;
             }
+            Err(StoreError::TooLarge) => {
+                // Sent again whole, it would be refused again: what is kept is its start, as
+                // much as a batch takes, counted as the reply.
+                tracing::error!(session_id = %self.session.id, message_id = %message.id, "the reply is too large to store whole; it is kept cut short, as error");
+                self.deps.metrics.error(ErrorCode::Internal);
+                let mut content = message.content;
+                let mut cut = content.len().min(crate::store::MAX_BATCH_TEXT_BYTES);
+                while !content.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                content.truncate(cut);
+                let failed = Message { status: MessageStatus::Error, content, ..message };
+                self.deps.writes.save_soon(self.fence, Save::of(failed.clone()).counted().with_tokens(tokens));
+                let body = ErrorBody::new(
+                    ErrorCode::Internal,
+                    "the reply is too large for the database to store whole; its start is kept, as failed",
+                );
+                (FinishReason::Error, Some(body), failed)
+            }
             Err(e) => {
                 tracing::error!(session_id = %self.session.id, message_id = %message.id, error = %e, "could not store the reply in time; it ends as error");
                 self.deps.metrics.error(ErrorCode::Unavailable);
