@@ -70,6 +70,8 @@ pub struct Metrics {
     pub write_fenced: IntCounter,
     /// Write-behind writers retrying a batch the database does not take now.
     pub write_stalled: IntGauge,
+    /// Lone writes given up as larger than the embedded database's memtable.
+    pub write_too_large: IntCounter,
     /// Checkpoints of replies in progress not queued because the write queue was full.
     pub checkpoints_skipped: IntCounter,
     /// Entries in the session registry: actors started or starting (set when `/metrics` is read).
@@ -216,6 +218,11 @@ impl Metrics {
         let write_stalled =
             IntGauge::new("write_stalled_writers", "Write-behind writers retrying a batch the database does not take")
                 .expect("valid metric");
+        let write_too_large = IntCounter::new(
+            "write_too_large_total",
+            "Writes given up because one alone is larger than DATABASE_MEMTABLE_BYTES can take",
+        )
+        .expect("valid metric");
         let checkpoints_skipped = IntCounter::new(
             "checkpoints_skipped_total",
             "Checkpoints of replies in progress not queued because the write queue was full",
@@ -281,6 +288,7 @@ impl Metrics {
             write_timeouts,
             write_fenced,
             write_stalled,
+            write_too_large,
             checkpoints_skipped,
             session_slots,
             cluster_pending_calls,
@@ -326,6 +334,7 @@ impl Metrics {
             Box::new(metrics.write_timeouts.clone()),
             Box::new(metrics.write_fenced.clone()),
             Box::new(metrics.write_stalled.clone()),
+            Box::new(metrics.write_too_large.clone()),
             Box::new(metrics.checkpoints_skipped.clone()),
             Box::new(metrics.session_slots.clone()),
             Box::new(metrics.cluster_pending_calls.clone()),

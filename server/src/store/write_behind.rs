@@ -346,6 +346,7 @@ impl Writer {
                 }
                 Err(e) if plan.len() == 1 && super::is_too_large(&e) => {
                     self.metrics.write_failures.inc();
+                    self.metrics.write_too_large.inc();
                     if attempt > 3 {
                         self.metrics.write_stalled.dec();
                     }
@@ -649,6 +650,7 @@ pub(crate) mod tests {
             .expect("answered, not retried for ever")
             .unwrap();
         assert!(matches!(refused, Err(StoreError::TooLarge)), "{refused:?}");
+        assert_eq!(metrics.write_too_large.get(), 1);
         let small = reply(fence.session_id, Uuid::new_v4(), "fits", MessageStatus::Complete);
         writes.save(fence, Save::of(small.clone())).await.expect("the next write is stored");
         let page = store.messages_before(fence.session_id, None, 10).await.unwrap().unwrap().0;
