@@ -243,14 +243,7 @@ async fn editing_a_message_older_than_the_window_is_refused() {
     let mut sent = Vec::new();
     // 101 exchanges: 202 messages, the first exchange older than the 200 held in memory.
     for i in 0..101 {
-        let response = post(
-            format!("/api/v1/chat/sessions/{sid}/messages"),
-            json!({"content": format!("question {i} [[mock tokens=1]]")}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 200);
-        sent.push(response.json::<SendMessageResponse>().await.unwrap());
+        sent.push(server.send_rest(&token, sid, &format!("question {i} [[mock tokens=1]]")).await);
     }
     let edit = |id: Uuid| format!("/api/v1/chat/sessions/{sid}/messages/{id}/edit");
     let too_old = post(edit(sent[0].user_message.id), json!({"content": "x"})).await.unwrap();
@@ -282,11 +275,7 @@ async fn an_edit_that_would_supersede_too_much_text_is_refused() {
     // 40 exchanges whose replies are cut at 1,000 bytes: over 32,000 bytes in all.
     let mut sent = Vec::new();
     for i in 0..40 {
-        let content = format!("question {i} [[mock tokens=400 delay_ms=0]]");
-        let response =
-            post(format!("/api/v1/chat/sessions/{sid}/messages"), json!({ "content": content })).await.unwrap();
-        assert_eq!(response.status(), 200);
-        sent.push(response.json::<SendMessageResponse>().await.unwrap());
+        sent.push(server.send_rest(&token, sid, &format!("question {i} [[mock tokens=400 delay_ms=0]]")).await);
     }
     let edit = |id: Uuid| format!("/api/v1/chat/sessions/{sid}/messages/{id}/edit");
     let too_far = post(edit(sent[0].user_message.id), json!({"content": "x"})).await.unwrap();

@@ -435,8 +435,8 @@ impl Config {
         // Only the embedded on-disk engine has a memtable this server sizes.
         if config.database_url.starts_with("surrealkv://") {
             let memtable = config.database_embedded.memtable_bytes;
-            let largest_message = config.max_reply_bytes.max(config.max_message_length.saturating_mul(4));
-            let needed = crate::store::memtable_needed(largest_message);
+            let largest = crate::store::largest_message(config.max_reply_bytes, config.max_message_length);
+            let needed = crate::store::memtable_needed(largest);
             if memtable < needed {
                 return Err(ConfigError {
                     var: "DATABASE_MEMTABLE_BYTES",

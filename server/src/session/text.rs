@@ -19,6 +19,15 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), SessionEr
     Ok(())
 }
 
+/// Cuts `text` to at most `max_bytes`, at a character boundary.
+pub fn cut_to(text: &mut String, max_bytes: usize) {
+    let mut cut = max_bytes.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+}
+
 /// A session title from a first message: its first non-blank line, trimmed to 60 characters.
 pub fn derive_title(content: &str) -> String {
     let line = content.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(DEFAULT_TITLE);

@@ -40,9 +40,14 @@ pub const MAX_BATCH_TEXT_BYTES: usize = 512 << 10;
 /// size at most, within [`memtable_needed`] of it).
 pub const MAX_SUPERSEDED_REPLIES: usize = 32;
 
+/// The most text one message may hold, in bytes: a whole reply (`CHAT_MAX_REPLY_BYTES`),
+/// or a user message of `CHAT_MAX_MESSAGE_LENGTH` characters at 4 bytes each.
+pub fn largest_message(max_reply_bytes: usize, max_message_chars: usize) -> usize {
+    max_reply_bytes.max(max_message_chars.saturating_mul(4))
+}
+
 /// What the memtable must hold, at least: twice the worst measured cost (64×) of a batch's
-/// text or of the largest message, `largest_message` bytes (a whole reply, or a user
-/// message of `CHAT_MAX_MESSAGE_LENGTH` characters at 4 bytes each).
+/// text or of the [`largest_message`], `largest_message` bytes.
 pub fn memtable_needed(largest_message: usize) -> u64 {
     ((1usize << 20).max(largest_message) as u64).saturating_mul(128)
 }
@@ -351,21 +356,11 @@ impl Plan {
         Answered { answers, follow_ups, stale, flushes: self.flushes }
     }
 
-    /// Answers every durable save of a batch that was given up with `error`; nothing of it
-    /// was stored, so no usage is reported. Flushes waiting on it are let go.
-    pub fn refuse(self, error: StoreError) -> Answered {
-        let message = error.to_string();
-        let answers = self
-            .waiting
-            .into_iter()
-            .map(|(_, _, done)| {
-                let answer = match &error {
-                    StoreError::TooLarge => Err(StoreError::TooLarge),
-                    _ => Err(StoreError::Batch(message.clone())),
-                };
-                (done, answer)
-            })
-            .collect();
+    /// Answers every durable save of a batch given up as too large for the memtable with
+    /// [`StoreError::TooLarge`]; nothing of it was stored, so no usage is reported.
+    /// Flushes waiting on it are let go.
+    pub fn refuse_too_large(self) -> Answered {
+        let answers = self.waiting.into_iter().map(|(_, _, done)| (done, Err(StoreError::TooLarge))).collect();
         Answered { answers, follow_ups: Vec::new(), stale: Vec::new(), flushes: self.flushes }
     }
 }

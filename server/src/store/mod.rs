@@ -31,7 +31,7 @@ use std::sync::Arc;
 use surrealdb::opt::auth::Root;
 use uuid::Uuid;
 
-pub use batch::{IDEMPOTENCY_WINDOW, MAX_BATCH_TEXT_BYTES, MAX_SUPERSEDED_REPLIES, memtable_needed};
+pub use batch::{IDEMPOTENCY_WINDOW, MAX_BATCH_TEXT_BYTES, MAX_SUPERSEDED_REPLIES, largest_message, memtable_needed};
 pub use database::EmbeddedSizes;
 pub use migrations::{MIGRATIONS, Migration};
 pub use models::ModelDay;

@@ -285,8 +285,8 @@ impl Writer {
             self.metrics.write_batch.observe(plan.len() as f64);
             let id = BatchId { run: self.run, writer: self.k, n: next.fetch_add(1, Ordering::Relaxed) };
             let answered = match self.write_until_stored(&plan, &id).await {
-                Ok(outcome) => plan.answer(outcome),
-                Err(refused) => plan.refuse(refused),
+                Some(outcome) => plan.answer(outcome),
+                None => plan.refuse_too_large(),
             };
             // Usage first: a user's quota frame goes out before the `done` of a reply stored
             // in the same batch.
@@ -325,9 +325,9 @@ impl Writer {
     /// restarting, and what is queued is never given up, with one exception. A retry never
     /// applies a batch twice (its marker tells an attempt that did commit). The exception is
     /// a lone write larger than the whole memtable: it is refused each time, so it is given
-    /// up ([`StoreError::TooLarge`]) rather than hold up every write after it. Batches of
-    /// several are bounded (see [`Plan::takes`]) to fit.
-    async fn write_until_stored(&self, plan: &Plan, id: &BatchId) -> Result<super::batch::Outcome, StoreError> {
+    /// up (`None`: its saves are answered [`StoreError::TooLarge`]) rather than hold up every
+    /// write after it. Batches of several are bounded (see [`Plan::takes`]) to fit.
+    async fn write_until_stored(&self, plan: &Plan, id: &BatchId) -> Option<super::batch::Outcome> {
         let mut attempt: u32 = 1;
         if let Some(delay) = crate::faults::write_delay() {
             tokio::time::sleep(delay).await;
@@ -342,7 +342,7 @@ impl Writer {
                         }
                         tracing::info!(attempt, writes = plan.len(), "batched writes stored after retrying");
                     }
-                    return Ok(outcome);
+                    return Some(outcome);
                 }
                 Err(e) if plan.len() == 1 && super::is_too_large(&e) => {
                     self.metrics.write_failures.inc();
@@ -351,7 +351,7 @@ impl Writer {
                         self.metrics.write_stalled.dec();
                     }
                     tracing::error!(error = %e, "a write larger than the database's memtable was given up");
-                    return Err(StoreError::TooLarge);
+                    return None;
                 }
                 Err(e) => {
                     self.metrics.write_failures.inc();

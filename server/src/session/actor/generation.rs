@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::*;
 use crate::auth::AuthUser;
 use crate::llm::{ContextMessage, LlmEvent, UpstreamFinish};
+use crate::session::text::cut_to;
 use crate::store::{Save, StoreError, Tokens};
 
 /// Model text already waiting when a token is handled joins its delta, up to about this
@@ -218,11 +219,7 @@ impl SessionState {
         let room = max.saturating_sub(running.content.len());
         let full = text.len() >= room;
         if full {
-            let mut cut = room;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
+            cut_to(&mut text, room);
         }
         running.content.push_str(&text);
         let (session_id, message_id) = (self.session.id, running.reply_id);
@@ -343,11 +340,7 @@ impl SessionState {
                 tracing::error!(session_id = %self.session.id, message_id = %message.id, "the reply is too large to store whole; it is kept cut short, as error");
                 self.deps.metrics.error(ErrorCode::Internal);
                 let mut content = message.content;
-                let mut cut = content.len().min(crate::store::MAX_BATCH_TEXT_BYTES);
-                while !content.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                content.truncate(cut);
+                cut_to(&mut content, crate::store::MAX_BATCH_TEXT_BYTES);
                 let failed = Message { status: MessageStatus::Error, content, ..message };
                 self.deps.writes.save_soon(self.fence, Save::of(failed.clone()).counted().with_tokens(tokens));
                 let body = ErrorBody::new(

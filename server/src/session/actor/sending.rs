@@ -14,7 +14,7 @@ use super::*;
 use crate::auth::AuthUser;
 use crate::fanout::{Outbound, Receiver, ReceiverKind};
 use crate::session::SendAccepted;
-use crate::store::{MAX_SUPERSEDED_REPLIES, Save, Saved, SendKey, StoreError, StoredSend};
+use crate::store::{MAX_SUPERSEDED_REPLIES, Save, Saved, SendKey, StoreError, StoredSend, largest_message};
 
 impl SessionState {
     pub(super) async fn send(
@@ -144,7 +144,7 @@ impl SessionState {
         let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
         let superseded_bytes: usize = live[at..].iter().map(|m| m.content.len()).sum();
         let settings = &self.deps.settings;
-        let most = MAX_SUPERSEDED_REPLIES * settings.max_reply_bytes.max(settings.max_message_length * 4);
+        let most = MAX_SUPERSEDED_REPLIES * largest_message(settings.max_reply_bytes, settings.max_message_length);
         if superseded_bytes > most {
             return Err(SessionError::Invalid(format!(
                 "editing this message would replace {superseded_bytes} bytes of messages, more than the \
