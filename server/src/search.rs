@@ -16,8 +16,8 @@ pub const MAX_PER_PAGE: u32 = 50;
 /// The highest page number accepted.
 pub const MAX_PAGE: u32 = 1_000;
 /// How deep pages go: a result past this many is never returned (a deeper page is empty;
-/// the total still counts it). Deep pages cost the database as much as all the pages
-/// before them.
+/// the total still counts it). Every page costs the same (every match is scored for
+/// each), so this bounds what a client pages through, not the database's work.
 pub const MAX_RESULTS_REACHABLE: u64 = 1_000;
 
 /// About how many characters of a message a snippet shows.
@@ -67,9 +67,7 @@ pub async fn search(
         state.store.search_messages(user_id, q, start, limit).await?
     } else {
         // Past the reachable results: none, but the total still.
-        let mut counted = state.store.search_messages(user_id, q, 0, 1).await?;
-        counted.hits.clear();
-        counted
+        state.store.search_messages(user_id, q, 0, 0).await?
     };
     let results = found
         .hits
