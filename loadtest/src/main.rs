@@ -105,6 +105,11 @@ enum Command {
         /// Searches kept running at once beside those streams.
         #[arg(long, default_value_t = 4)]
         searchers: usize,
+        /// Rounds of the searches, one after another: the first straight after the fill,
+        /// while the database still folds the full-text index's changes, the later ones
+        /// after it. Each round is printed; the report holds the last.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Users chatting: each on one WebSocket with several sessions, a few messages each.
     Chat {
@@ -249,14 +254,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "note: the server answers from its own model; give it and --upstream the same model for a fair comparison"
         );
     }
-    if let Command::Search { messages, users, sessions, queries, vocabulary, streams, searchers } = cli.command {
+    if let Command::Search { messages, users, sessions, queries, vocabulary, streams, searchers, rounds } = cli.command
+    {
         let config = search::SearchConfig { messages, users, sessions_per_user: sessions, queries, vocabulary };
         let streams = (streams > 0).then(|| search_streams::StreamsConfig {
             streams,
             searchers,
             ..search_streams::StreamsConfig::default()
         });
-        return search_scenario(c, upstream.clone().unwrap_or_default(), config, streams).await;
+        return search_scenario(c, upstream.clone().unwrap_or_default(), config, streams, rounds).await;
     }
     let spawned = match &c.spawn_server {
         Some(binary) => {
@@ -294,6 +300,7 @@ async fn search_scenario(
     upstream: String,
     config: search::SearchConfig,
     streams: Option<search_streams::StreamsConfig>,
+    rounds: usize,
 ) -> anyhow::Result<()> {
     let Some(binary) = &c.spawn_server else {
         anyhow::bail!("search fills the server's database itself: give --spawn-server");
@@ -353,7 +360,15 @@ async fn search_scenario(
         c.database,
         took.as_secs_f64()
     );
-    let result = search::run(&target(&server), &users, &config, took).await;
+    let started = std::time::Instant::now();
+    let mut result = search::run(&target(&server), &users, &config, took).await;
+    for round in 2..=rounds {
+        if let Ok(report) = &result {
+            let since = started.elapsed().as_secs_f64();
+            eprintln!("round {} of {rounds} (ended {since:.0} s after the searches began):\n{report}", round - 1);
+        }
+        result = search::run(&target(&server), &users, &config, took).await;
+    }
     let result = match (result, streams) {
         (Ok(mut report), Some(streams)) => {
             search_streams::run(&target(&server), &users, &streams).await.map(|streams| {
