@@ -142,7 +142,7 @@ impl SessionState {
             return Err(SessionError::Invalid("only a user message can be edited".into()));
         }
         let replaced: Vec<Uuid> = live[at..].iter().map(|m| m.id).collect();
-        let superseded_bytes: usize = live[at..].iter().map(|m| m.content.len()).sum();
+        let superseded_bytes = self.text_of(&replaced);
         let settings = &self.deps.settings;
         let most = MAX_SUPERSEDED_REPLIES * largest_message(settings.max_reply_bytes, settings.max_message_length);
         if superseded_bytes > most {
