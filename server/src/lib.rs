@@ -17,6 +17,8 @@ pub mod error;
 pub mod export;
 pub mod fanout;
 pub mod faults;
+#[cfg(feature = "heap-stats")]
+pub mod heap_stats;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -8,12 +8,22 @@ use tracing_subscriber::EnvFilter;
 
 // mimalloc hands freed memory back to the system soon after a load peak, where glibc's
 // per-thread arenas keep it (see BENCHMARKS.md); `--no-default-features` goes back to glibc.
-#[cfg(feature = "mimalloc")]
+#[cfg(all(feature = "mimalloc", not(feature = "heap-stats")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// `heap-stats` counts what the program holds, around whichever allocator is chosen.
+#[cfg(all(feature = "mimalloc", feature = "heap-stats"))]
+#[global_allocator]
+static ALLOCATOR: relay_server::heap_stats::Counting<mimalloc::MiMalloc> =
+    relay_server::heap_stats::Counting(mimalloc::MiMalloc);
+#[cfg(all(not(feature = "mimalloc"), feature = "heap-stats"))]
+#[global_allocator]
+static ALLOCATOR: relay_server::heap_stats::Counting<std::alloc::System> =
+    relay_server::heap_stats::Counting(std::alloc::System);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    no_transparent_huge_pages();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,relay_server=info"));
     // Logs go to stderr: as text (colored on a terminal), or with `LOG_FORMAT=json` one JSON
     // object per line, spans (session and user ids) included, for log collectors.
@@ -57,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
     }
     #[cfg(feature = "profile")]
     let profiler = profile::start();
+    #[cfg(feature = "heap-stats")]
+    relay_server::heap_stats::report_from_env();
     // Errors are printed here rather than by returning them: a library's error may echo
     // a secret it was given, and this is the last place that knows them all to scrub.
     let redact = {
@@ -207,4 +219,16 @@ fn raise_open_files_limit() -> Option<u64> {
         }
     }
     Some(limit.rlim_cur)
+}
+
+/// Turns transparent huge pages off for this process. mimalloc asks the kernel for them on
+/// its arenas (`madvise`), and a 2 MiB page stays resident while any 4 KiB of it is in use:
+/// two minutes after a burst of 1,000 sends the server kept 45–67 MiB more resident with
+/// them (BENCHMARKS.md, "Memory after a load").
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it takes no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        eprintln!("relay-server: could not turn transparent huge pages off; memory after a load may stay higher");
+    }
 }
