@@ -18,12 +18,14 @@ struct Shard(AtomicI64);
 
 static LIVE: [Shard; SHARDS] = [const { Shard(AtomicI64::new(0)) }; SHARDS];
 
-/// The shard of the calling thread: the address of a thread-local byte, which differs per
-/// thread and needs no allocation to find (an allocator must not allocate).
+/// The shard of the calling thread, from an address on its stack: threads' stacks lie far
+/// apart, and finding it needs no thread-local (whose first use may allocate on some
+/// targets, and an allocator must not allocate).
 fn shard() -> &'static AtomicI64 {
-    std::thread_local! { static MARK: u8 = const { 0 }; }
-    let addr = MARK.with(|m| m as *const u8 as usize);
-    &LIVE[(addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) % SHARDS].0
+    let mark = 0u8;
+    let addr = std::hint::black_box(&mark) as *const u8 as usize;
+    // Stacks are megabytes apart: the bits above 1 MiB tell threads apart.
+    &LIVE[(addr >> 20) % SHARDS].0
 }
 
 /// A global allocator that counts the bytes handed out and not yet freed.
@@ -79,10 +81,11 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-/// With `RELAY_HEAP_STATS_SECS` set to a number of seconds, starts a thread that prints
-/// `heap-stats rss_mib=… live_mib=… kept_mib=…` to stderr at that interval. `kept` is
-/// resident memory the program does not hold: the allocator's free memory, thread stacks,
-/// the binary and mapped files.
+/// With `RELAY_HEAP_STATS_SECS` set to a number of seconds (at least 1), starts a thread
+/// that prints `heap-stats rss_mib=… live_mib=… rss_minus_live_mib=…` to stderr at that
+/// interval. RSS less live is mostly what the allocator keeps after the program freed it,
+/// plus the mapped binary and thread stacks; it can be negative, because live bytes count
+/// zeroed allocations the program has not touched yet (not resident).
 pub fn report_from_env() {
     let Some(secs) = std::env::var("RELAY_HEAP_STATS_SECS").ok().and_then(|s| s.parse::<u64>().ok()) else {
         return;
@@ -94,13 +97,15 @@ pub fn report_from_env() {
         .spawn(move || {
             loop {
                 let live = live_bytes() as f64;
-                let rss = resident_bytes().unwrap_or(0) as f64;
-                eprintln!(
-                    "heap-stats rss_mib={:.1} live_mib={:.1} kept_mib={:.1}",
-                    mib(rss),
-                    mib(live),
-                    mib(rss - live)
-                );
+                match resident_bytes() {
+                    Some(rss) => eprintln!(
+                        "heap-stats rss_mib={:.1} live_mib={:.1} rss_minus_live_mib={:.1}",
+                        mib(rss as f64),
+                        mib(live),
+                        mib(rss as f64 - live)
+                    ),
+                    None => eprintln!("heap-stats rss_mib=n/a live_mib={:.1}", mib(live)),
+                }
                 std::thread::sleep(every);
             }
         })

@@ -21,9 +21,14 @@ static ALLOCATOR: relay_server::heap_stats::Counting<mimalloc::MiMalloc> =
 static ALLOCATOR: relay_server::heap_stats::Counting<std::alloc::System> =
     relay_server::heap_stats::Counting(std::alloc::System);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads start allocating, so none of their memory is in huge pages.
     no_transparent_huge_pages();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
+}
+
+/// Logging, configuration, then the server until Ctrl-C or SIGTERM.
+async fn serve() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,relay_server=info"));
     // Logs go to stderr: as text (colored on a terminal), or with `LOG_FORMAT=json` one JSON
     // object per line, spans (session and user ids) included, for log collectors.
@@ -223,12 +228,22 @@ fn raise_open_files_limit() -> Option<u64> {
 
 /// Turns transparent huge pages off for this process. mimalloc asks the kernel for them on
 /// its arenas (`madvise`), and a 2 MiB page stays resident while any 4 KiB of it is in use:
-/// two minutes after a burst of 1,000 sends the server kept 45–67 MiB more resident with
-/// them (BENCHMARKS.md, "Memory after a load").
+/// in one pair of runs, two minutes after a burst of 1,000 sends the server kept 45–67 MiB
+/// more resident with them (BENCHMARKS.md, "Memory after a load").
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it takes no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it takes no pointers, and
+    // the unused arguments are passed as the zero longs the kernel requires.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } != 0
+    {
         eprintln!("relay-server: could not turn transparent huge pages off; memory after a load may stay higher");
     }
 }
