@@ -6,8 +6,9 @@ use std::io::IsTerminal;
 use relay_server::{Config, Server, app};
 use tracing_subscriber::EnvFilter;
 
-// mimalloc hands freed memory back to the system soon after a load peak, where glibc's
-// per-thread arenas keep it (see BENCHMARKS.md); `--no-default-features` goes back to glibc.
+// mimalloc hands most freed memory back to the system after a load peak, where glibc's
+// per-thread arenas keep it; what mimalloc still keeps is measured in BENCHMARKS.md ("Memory
+// after a load"). `--no-default-features` goes back to glibc.
 #[cfg(all(feature = "mimalloc", not(feature = "heap-stats")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
