@@ -21,6 +21,7 @@ pub mod faults;
 pub mod heap_stats;
 pub mod http;
 pub mod hub;
+pub mod idle_memory;
 pub mod limits;
 pub mod llm;
 pub mod metrics;

@@ -25,7 +25,11 @@ static ALLOCATOR: relay_server::heap_stats::Counting<std::alloc::System> =
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads start allocating, so none of their memory is in huge pages.
     no_transparent_huge_pages();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(relay_server::idle_memory::thread_going_idle)
+        .build()?
+        .block_on(serve())
 }
 
 /// Logging, configuration, then the server until Ctrl-C or SIGTERM.

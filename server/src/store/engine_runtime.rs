@@ -29,6 +29,7 @@ impl EngineRuntime {
             let built = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .thread_name("relay-db")
+                .on_thread_park(crate::idle_memory::thread_going_idle)
                 .enable_all()
                 .build();
             let runtime = match built {
