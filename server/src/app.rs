@@ -34,6 +34,8 @@ pub struct Server {
     /// The built-in mock model, when no provider key is configured.
     pub mock: Option<MockLlm>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The retention loop, awaited before the database closes.
+    retention: JoinHandle<()>,
 }
 
 impl Server {
@@ -187,7 +189,7 @@ impl Server {
         };
 
         state.limiter.spawn_upkeep(state.shutdown.clone());
-        state.retention.clone().spawn(state.shutdown.clone());
+        let retention = state.retention.clone().spawn(state.shutdown.clone());
         let listener = tokio::net::TcpListener::bind(state.config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", state.config.bind_addr))?;
@@ -213,15 +215,15 @@ impl Server {
             %addr, url = %format!("http://{addr}/"), node_id = %state.config.node_id, cluster = state.cluster.is_some(),
             model = %state.config.model, mock = state.mock_model, "relay-chat listening"
         );
-        Ok(Server { addr, state, mock, task })
+        Ok(Server { addr, state, mock, task, retention })
     }
 
     /// Shuts down gracefully, in an order that loses nothing: first no new work is
     /// accepted (sends answer `unavailable`), then every running reply is stored as it
     /// stands (its watchers get `done` `cancelled`) and everything the sessions queued is
     /// written, then (in a cluster) the leases are given up, then every WebSocket
-    /// connection is closed with 1001 and in-flight requests finish, and only then does
-    /// this return.
+    /// connection is closed with 1001 and in-flight requests finish, then the last queued
+    /// writes are stored and the database closed, and only then does this return.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.state.sessions.shutdown().await;
@@ -253,9 +255,17 @@ impl Server {
                 Ok(())
             }
         };
-        // Last: requests that were finishing may still have queued writes.
+        // Requests that were finishing may still have queued writes.
         if tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.close()).await.is_err() {
             tracing::error!("queued writes were not stored within {SHUTDOWN_GRACE:?}");
+        }
+        // Stopped by the token above; a run under way ends at its next await.
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.retention).await;
+        // Last: nothing writes any more.
+        match tokio::time::timeout(CLOSE_GRACE, self.state.store.close()).await {
+            Ok(Ok(())) => tracing::info!("database closed"),
+            Ok(Err(error)) => tracing::error!(%error, "the database did not close cleanly"),
+            Err(_) => tracing::error!("the database did not close within {CLOSE_GRACE:?}"),
         }
         if let Some(mock) = &self.mock {
             mock.shutdown();
@@ -269,6 +279,10 @@ const WRITE_QUEUE: usize = 16_384;
 
 /// How long shutdown waits for connections to take their close frames and requests to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// How long shutdown waits for the retention loop to stop, then for the database to close
+/// (writing its memtables to disk: a second or two for the default 128 MiB).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

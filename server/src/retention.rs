@@ -125,8 +125,10 @@ impl Retention {
         failed.map_or(Ok(report), Err)
     }
 
-    /// Runs now and then every `every` until `stop`.
-    pub fn spawn(self: Arc<Self>, stop: CancellationToken) {
+    /// Runs now and then every `every` until `stop`, which also ends a run under way (it
+    /// starts over at the next start: each of its writes is a transaction of its own). The
+    /// task ends once stopped, so a shutdown can wait for it before closing the database.
+    pub fn spawn(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.every);
             loop {
@@ -134,7 +136,11 @@ impl Retention {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                match self.run().await {
+                let ran = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ran = self.run() => ran,
+                };
+                match ran {
                     Ok(report) if report != RetentionReport::default() => {
                         tracing::info!(?report, "retention: old deleted sessions archived and purged")
                     }
@@ -142,7 +148,7 @@ impl Retention {
                     Err(e) => tracing::error!(error = %e, "retention run failed; it runs again later"),
                 }
             }
-        });
+        })
     }
 }
 

@@ -652,11 +652,19 @@ async fn refuses_a_database_with_a_newer_schema() {
     }
 }
 
+/// Also: SIGTERM closes the embedded database (its memtables written, its log closed), so
+/// the next start has nothing to replay, and nothing errs on the way out.
 #[tokio::test]
 async fn on_disk_data_and_logins_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let http = reqwest::Client::new();
-    let first = Process::start(dir.path());
+    let logs = ["first.log", "second.log"].map(|name| dir.path().join(name));
+    let start = |log: &std::path::Path| {
+        let vars = [("RUST_LOG", "warn,relay_server::app=info,surrealkv::wal::recovery=info")];
+        Process::start_with(&data, &vars, std::fs::File::create(log).unwrap().into())
+    };
+    let first = start(&logs[0]);
     first.ready(&http).await;
     let base = format!("http://{}", first.addr);
     let (token, session) = first.user_with_session(&http, "olga", "Keep me").await;
@@ -671,8 +679,11 @@ async fn on_disk_data_and_logins_survive_a_restart() {
         .await
         .unwrap();
     assert!(first.terminate().success(), "SIGTERM is a clean exit");
+    let first_log = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(first_log.contains("database closed"), "{first_log}");
+    assert!(!first_log.contains(" ERROR "), "{first_log}");
 
-    let second = Process::start(dir.path());
+    let second = start(&logs[1]);
     second.ready(&http).await;
     // The generated dev secret was kept beside the data, so the old token still works.
     let got: SessionWithMessages =
@@ -682,6 +693,11 @@ async fn on_disk_data_and_logins_survive_a_restart() {
     assert_eq!(got.messages, vec![sent.user_message, sent.assistant_message]);
     assert_eq!(second.login(&http, "olga", "password123").await.status(), 200);
     assert!(second.terminate().success());
+    let second_log = std::fs::read_to_string(&logs[1]).unwrap();
+    assert!(
+        second_log.contains("WAL recovery complete: 0 batches"),
+        "a clean close leaves no log to replay: {second_log}"
+    );
 }
 
 #[test]

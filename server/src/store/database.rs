@@ -36,8 +36,9 @@ impl EmbeddedSizes {
 /// A connection to the database; the store shares one (cloning a `Surreal` handle opens a
 /// new database session).
 pub(super) enum Database {
-    /// SurrealKV or the in-memory engine, in this process.
-    Embedded(Surreal<Db>),
+    /// SurrealKV or the in-memory engine, in this process, and the datastore under it (kept
+    /// to close it).
+    Embedded(Surreal<Db>, Arc<surrealdb_engine_local::Datastore>),
     /// A SurrealDB server (`ws://`, `wss://`).
     Server(Surreal<Any>),
 }
@@ -77,12 +78,29 @@ impl Database {
             memtable_bytes = sizes.memtable_bytes,
             "embedded database open"
         );
-        Ok(Database::Embedded(Surreal::<Db>::unstable_from_datastore(Arc::clone(&datastore), None).await?))
+        let db = Surreal::<Db>::unstable_from_datastore(Arc::clone(&datastore), None).await?;
+        Ok(Database::Embedded(db, datastore))
     }
 
     /// Connects to a SurrealDB server.
     pub(super) async fn connect_server(url: &str) -> Result<Database, StoreError> {
         Ok(Database::Server(surrealdb::engine::any::connect(url).await?))
+    }
+
+    /// Closes an embedded database for good: its maintenance stopped, its memtables written
+    /// to disk and its log closed, so the next start has nothing to replay. Left to the
+    /// last handle's drop, it never ran (the process exits first) and the next start
+    /// replayed the whole log. SurrealKV still warns "No runtime available for closing the
+    /// store correctly" during this close: its commit thread drops its own handle on the
+    /// store outside any runtime; the store is closed all the same. A server's connection
+    /// just closes when dropped.
+    pub(super) async fn close(&self) -> Result<(), StoreError> {
+        match self {
+            Database::Embedded(_, datastore) => {
+                datastore.shutdown().await.map_err(|e| StoreError::Engine(std::io::Error::other(format!("{e:#}"))))
+            }
+            Database::Server(_) => Ok(()),
+        }
     }
 
     /// Runs `sql` with the parameters of `bind` (a JSON object), if any.
@@ -93,8 +111,8 @@ impl Database {
     ) -> surrealdb::Result<IndexedResults> {
         let sql = sql.into();
         match (self, bind) {
-            (Database::Embedded(db), Some(bind)) => db.query(sql).bind(bind).await,
-            (Database::Embedded(db), None) => db.query(sql).await,
+            (Database::Embedded(db, _), Some(bind)) => db.query(sql).bind(bind).await,
+            (Database::Embedded(db, _), None) => db.query(sql).await,
             (Database::Server(db), Some(bind)) => db.query(sql).bind(bind).await,
             (Database::Server(db), None) => db.query(sql).await,
         }
@@ -103,7 +121,7 @@ impl Database {
     /// Signs in as a root user.
     pub(super) async fn signin(&self, root: Root) -> surrealdb::Result<()> {
         match self {
-            Database::Embedded(db) => db.signin(root).await.map(drop),
+            Database::Embedded(db, _) => db.signin(root).await.map(drop),
             Database::Server(db) => db.signin(root).await.map(drop),
         }
     }
@@ -111,7 +129,7 @@ impl Database {
     /// Selects the namespace and database every later query runs in.
     pub(super) async fn use_ns_db(&self, namespace: &str, database: &str) -> surrealdb::Result<()> {
         match self {
-            Database::Embedded(db) => db.use_ns(namespace).use_db(database).await.map(drop),
+            Database::Embedded(db, _) => db.use_ns(namespace).use_db(database).await.map(drop),
             Database::Server(db) => db.use_ns(namespace).use_db(database).await.map(drop),
         }
     }

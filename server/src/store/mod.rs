@@ -299,6 +299,15 @@ impl Store {
         }
     }
 
+    /// Closes the database for good, at the end of a graceful shutdown (see
+    /// [`Database::close`]). On SurrealKV every commit after this is refused; `mem://`
+    /// closes nothing and keeps answering (a test's server can still be read after its
+    /// shutdown); a server's connection stays as it is.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let db = Arc::clone(&self.db);
+        self.on_engine(async move { db.close().await }).await
+    }
+
     /// Runs a query future within the query timeout: a database that does not answer (a
     /// paused or partitioned server) makes a request fail instead of hang.
     async fn timed<T>(&self, query: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
