@@ -259,12 +259,13 @@ impl Server {
         if tokio::time::timeout(SHUTDOWN_GRACE, self.state.writes.close()).await.is_err() {
             tracing::error!("queued writes were not stored within {SHUTDOWN_GRACE:?}");
         }
-        // Stopped by the token above; a run under way ends at its next await.
+        // Stopped by the token above; a run under way ends after its current batch.
         let _ = tokio::time::timeout(CLOSE_GRACE, self.retention).await;
-        // Last: nothing writes any more.
+        // Last. Whatever still writes after a grace above ran out is refused from here; a
+        // close cut short only leaves the next start a log to replay.
         match tokio::time::timeout(CLOSE_GRACE, self.state.store.close()).await {
             Ok(Ok(())) => tracing::info!("database closed"),
-            Ok(Err(error)) => tracing::error!(%error, "the database did not close cleanly"),
+            Ok(Err(error)) => tracing::error!(%error, "the database did not close"),
             Err(_) => tracing::error!("the database did not close within {CLOSE_GRACE:?}"),
         }
         if let Some(mock) = &self.mock {
@@ -281,8 +282,8 @@ const WRITE_QUEUE: usize = 16_384;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// How long shutdown waits for the retention loop to stop, then for the database to close
-/// (writing its memtables to disk: a second or two for the default 128 MiB).
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// (its memtables written to disk).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -6,7 +6,10 @@
 //! BENCHMARKS.md, "Memory after a load"). Each runtime calls [`thread_going_idle`] as its
 //! threads park: a collection there hands back the pages that thread keeps for itself and
 //! runs the program-wide purge of the pages any thread freed. A runtime's timers wake its
-//! threads now and then, so one of them collects within seconds of a load's end.
+//! threads now and then, so one of them collects within seconds of a load's end. A thread
+//! whose last park came within a second of its previous collection, and that no timer
+//! wakes, keeps the few pages it holds for itself (BENCHMARKS.md: on disk, what the
+//! program holds besides its data and code after a load is next to nothing).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};

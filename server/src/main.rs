@@ -95,8 +95,8 @@ async fn serve() -> anyhow::Result<()> {
     app::shutdown_signal().await;
     // Held past the shutdown, which closes the database: when the embedded engine's last
     // handle goes, it shuts its datastore down again, logging errors about the store it
-    // finds closed. The process exits below without dropping it.
-    let store = server.state.store.clone();
+    // finds closed. The process exits below, which drops nothing.
+    let _last_handle = server.state.store.clone();
     let result = server.shutdown().await;
     #[cfg(feature = "profile")]
     profile::finish(profiler);
@@ -104,7 +104,6 @@ async fn serve() -> anyhow::Result<()> {
         tracing::error!(error = %redact(&e), "shutdown failed");
         std::process::exit(1);
     }
-    std::mem::forget(store);
     std::process::exit(0)
 }
 

@@ -19,16 +19,21 @@ use crate::store::{Store, StoreError};
 const BATCH: usize = 500;
 
 /// Runs `step` (which handles up to the batch it is given, and answers how many it handled
-/// and what went with them) until it handles fewer than it was given. A step that fails is
-/// tried again with half the batch, down to one, and the smaller batch is kept: the
-/// sessions of a batch may hold more text than one transaction can take.
-async fn in_batches<F, Fut>(mut step: F) -> Result<(u64, u64), StoreError>
+/// and what went with them) until it handles fewer than it was given, or until `stop`,
+/// checked between batches (a batch is a transaction: cut off, it would be rolled back
+/// with an error logged). A step that fails is tried again with half the batch, down to
+/// one, and the smaller batch is kept: the sessions of a batch may hold more text than one
+/// transaction can take.
+async fn in_batches<F, Fut>(stop: &CancellationToken, mut step: F) -> Result<(u64, u64), StoreError>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<(u64, u64), StoreError>>,
 {
     let (mut batch, mut handled, mut with) = (BATCH, 0, 0);
     loop {
+        if stop.is_cancelled() {
+            return Ok((handled, with));
+        }
         match step(batch).await {
             Ok((n, m)) => {
                 handled += n;
@@ -87,6 +92,12 @@ impl Retention {
     /// session too large to archive in one transaction must not stop purges); the first
     /// failure is the run's answer.
     pub async fn run(&self) -> Result<RetentionReport, StoreError> {
+        self.run_until(&CancellationToken::new()).await
+    }
+
+    /// [`Retention::run`], ending between two batches once `stop` is cancelled; the next
+    /// run finds what is left.
+    async fn run_until(&self, stop: &CancellationToken) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         let mut failed = None;
         let mut note = |step: &str, result: Result<(u64, u64), StoreError>| match result {
@@ -100,15 +111,17 @@ impl Retention {
         let cutoff = |age: Duration| cutoff(Utc::now(), age);
         (report.archived_sessions, report.archived_messages) = note(
             "archive",
-            in_batches(|batch| self.store.archive_deleted_before(cutoff(self.archive_after), batch)).await,
+            in_batches(stop, |batch| self.store.archive_deleted_before(cutoff(self.archive_after), batch)).await,
         );
-        (report.purged_sessions, report.purged_messages) =
-            note("purge", in_batches(|batch| self.store.purge_deleted_before(cutoff(self.purge_after), batch)).await);
+        (report.purged_sessions, report.purged_messages) = note(
+            "purge",
+            in_batches(stop, |batch| self.store.purge_deleted_before(cutoff(self.purge_after), batch)).await,
+        );
         // Idempotency keys hold a day; write-batch markers matter only while their writer
         // retries (a writer that stopped leaves one behind).
         (_, report.expired_keys) = note(
             "expire keys",
-            in_batches(|batch| async move {
+            in_batches(stop, |batch| async move {
                 let (keys, markers) = self.store.expire_keys_and_markers(batch).await?;
                 Ok((keys.max(markers), keys))
             })
@@ -125,9 +138,9 @@ impl Retention {
         failed.map_or(Ok(report), Err)
     }
 
-    /// Runs now and then every `every` until `stop`, which also ends a run under way (it
-    /// starts over at the next start: each of its writes is a transaction of its own). The
-    /// task ends once stopped, so a shutdown can wait for it before closing the database.
+    /// Runs now and then every `every` until `stop`, which also ends a run under way after
+    /// its current batch. The task ends once stopped, so a shutdown can wait for it before
+    /// closing the database.
     pub fn spawn(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.every);
@@ -136,11 +149,7 @@ impl Retention {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let ran = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ran = self.run() => ran,
-                };
-                match ran {
+                match self.run_until(&stop).await {
                     Ok(report) if report != RetentionReport::default() => {
                         tracing::info!(?report, "retention: old deleted sessions archived and purged")
                     }
@@ -170,7 +179,7 @@ mod tests {
     async fn a_failing_batch_is_halved_until_it_fits() {
         let left = std::cell::Cell::new(1_000u64);
         let asked = std::cell::RefCell::new(Vec::new());
-        let done = in_batches(|batch| {
+        let done = in_batches(&CancellationToken::new(), |batch| {
             asked.borrow_mut().push(batch);
             let result = if batch > 100 {
                 Err(StoreError::Batch("Memtable arena is full".into()))
@@ -187,7 +196,28 @@ mod tests {
         let asked = asked.into_inner();
         assert_eq!(&asked[..3], &[500, 250, 125]);
         assert!(asked[3..].iter().all(|&b| b == 62), "{asked:?}");
-        let never = in_batches(|_| async { Err::<(u64, u64), _>(StoreError::Timeout) }).await;
+        let never =
+            in_batches(&CancellationToken::new(), |_| async { Err::<(u64, u64), _>(StoreError::Timeout) }).await;
         assert!(matches!(never, Err(StoreError::Timeout)));
+    }
+
+    /// A stop lets the batch under way finish (it is a transaction) and starts no other.
+    #[tokio::test]
+    async fn a_stop_ends_the_work_between_batches() {
+        let stop = CancellationToken::new();
+        let batches = std::cell::Cell::new(0u64);
+        let done = in_batches(&stop, |batch| {
+            batches.set(batches.get() + 1);
+            if batches.get() == 2 {
+                stop.cancel();
+            }
+            // Work for four batches, were it not stopped.
+            let handled = if batches.get() < 4 { batch as u64 } else { 0 };
+            async move { Ok((handled, 1)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(batches.get(), 2);
+        assert_eq!(done, (2 * BATCH as u64, 2));
     }
 }

@@ -88,12 +88,12 @@ impl Database {
     }
 
     /// Closes an embedded database for good: its maintenance stopped, its memtables written
-    /// to disk and its log closed, so the next start has nothing to replay. Left to the
-    /// last handle's drop, it never ran (the process exits first) and the next start
-    /// replayed the whole log. SurrealKV still warns "No runtime available for closing the
-    /// store correctly" during this close: its commit thread drops its own handle on the
-    /// store outside any runtime; the store is closed all the same. A server's connection
-    /// just closes when dropped.
+    /// to disk and its log closed, so the next start has nothing to replay. Called
+    /// explicitly: the process exits before the last handle's drop would run it. SurrealKV
+    /// logs its own failures here and answers `Ok` all the same, and it warns "No runtime
+    /// available for closing the store correctly" on the way (its commit thread drops its
+    /// handle on the store outside any runtime; the store is closed regardless). `mem://`
+    /// closes nothing; a server's connection just closes when dropped.
     pub(super) async fn close(&self) -> Result<(), StoreError> {
         match self {
             Database::Embedded(_, datastore) => {
