@@ -700,6 +700,20 @@ async fn on_disk_data_and_logins_survive_a_restart() {
     );
 }
 
+/// The binary turns transparent huge pages off for itself before its runtime starts
+/// (a 2 MiB page stays resident while any 4 KiB of it is used: BENCHMARKS.md, "Memory after
+/// a load").
+#[tokio::test]
+async fn the_server_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Process::start(dir.path());
+    node.ready(&reqwest::Client::new()).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    let thp = status.lines().find(|line| line.starts_with("THP_enabled:"));
+    assert_eq!(thp.map(|line| line.split_whitespace().nth(1)), Some(Some("0")), "{status}");
+    assert!(node.terminate().success());
+}
+
 #[test]
 fn production_refuses_a_weak_secret() {
     let dir = tempfile::tempdir().unwrap();
