@@ -4,23 +4,18 @@
 //! blocks allocated here are the only ones mimalloc holds.
 #![cfg(feature = "mimalloc")]
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::rss_bytes;
 use libmimalloc_sys as mi;
 use relay_server::idle_memory::{AT_MOST_EVERY, thread_going_idle};
 
 const BLOCKS: usize = 64 * 1024;
 const SIZE: usize = 1024;
 const FREED: usize = BLOCKS * SIZE;
-
-/// The process's resident bytes.
-fn resident() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
 
 /// 64 MiB of small blocks, allocated by mimalloc on the calling thread and written whole.
 fn allocate() -> Vec<usize> {
@@ -63,13 +58,13 @@ fn going_idle_gives_back_what_other_threads_freed() {
     let owner = std::thread::spawn(move || {
         blocks_tx.send(allocate()).unwrap();
         freed_rx.recv().unwrap();
-        let held = resident();
+        let held = rss_bytes() as usize;
         thread_going_idle();
         // The first collection schedules the purge; a collection a purge delay later (a
         // second, as `AT_MOST_EVERY`) runs it.
         std::thread::sleep(AT_MOST_EVERY + Duration::from_millis(200));
         thread_going_idle();
-        (held, resident())
+        (held, rss_bytes() as usize)
     });
     free(blocks_rx.recv().unwrap());
     freed_tx.send(()).unwrap();
