@@ -1344,8 +1344,9 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
 }
 
 /// A reply too long for one batch of groups (over a thousand blocks) shows every block once
-/// and in order while it streams in: the same blocks as the stored reply drawn at once after
-/// a reload.
+/// and in order while it streams in: the same words as the stored reply drawn at once after
+/// a reload. Its groups far off screen are unloaded to their words (so find-in-page still
+/// finds them) and drawn again when scrolled to.
 #[tokio::test]
 async fn a_long_reply_shows_every_block_once_in_order() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -1357,18 +1358,42 @@ async fn a_long_reply_shows_every_block_once_in_order() {
             h.tab(a).send("A long one [[mock demo tokens=40000 tps=4000]]").await?;
             h.tab(a).element("#streaming").await?;
             h.tab(a).wait("the reply to end", "return !document.querySelector('#streaming')").await?;
-            let blocks = "const r = [...document.querySelectorAll('#messages article.assistant')].pop(); \
-                          return [...r.querySelectorAll('.md-group')].map(g => [...g.querySelectorAll('.md-block')].map(b => b.textContent))";
-            let streamed = h.tab(a).js(blocks).await?;
+            // Each group as its words without spaces (a drawn group's code bars left out),
+            // and how many blocks it draws (null when unloaded).
+            let groups = "const r = [...document.querySelectorAll('#messages article.assistant')].pop(); \
+                          return [...r.querySelectorAll('.md-group')].map(g => { \
+                            const c = g.cloneNode(true); c.querySelectorAll('.code-bar').forEach(b => b.remove()); \
+                            return [c.textContent.replace(/\\s+/g, ''), \
+                                    g.classList.contains('unloaded') ? null : g.querySelectorAll(':scope > .md-block').length]; })";
+            let streamed = h.tab(a).js(groups).await?;
             h.tab(a).driver.refresh().await?;
             h.tab(a).element("#messages article.assistant .md-block").await?;
-            let stored = h.tab(a).js(blocks).await?;
-            let groups = streamed.as_array().map(Vec::len).unwrap_or_default();
-            let counts: Vec<usize> = streamed.as_array().into_iter().flatten().filter_map(|g| g.as_array().map(Vec::len)).collect();
-            println!("{groups} groups, {} blocks", counts.iter().sum::<usize>());
-            anyhow::ensure!(streamed == stored, "the streamed blocks differ from the stored reply's");
-            anyhow::ensure!(groups > 32, "{groups} groups: too short a reply to cross a batch");
-            anyhow::ensure!(counts.iter().all(|&c| c <= 32), "a group holds more than 32 blocks: {counts:?}");
+            h.tab(a).wait("far groups unloaded after the reload", "return !!document.querySelector('.md-group.unloaded')").await?;
+            let stored = h.tab(a).js(groups).await?;
+            let words = |v: &Value| -> Vec<String> {
+                v.as_array().into_iter().flatten().map(|g| g[0].as_str().unwrap_or_default().to_owned()).collect()
+            };
+            let drawn = |v: &Value| -> Vec<u64> { v.as_array().into_iter().flatten().filter_map(|g| g[1].as_u64()).collect() };
+            let total = words(&streamed).len();
+            println!("{total} groups; drawn {:?} streamed, {:?} stored", drawn(&streamed), drawn(&stored));
+            anyhow::ensure!(words(&streamed) == words(&stored), "the streamed words differ from the stored reply's");
+            anyhow::ensure!(total > 32, "{total} groups: too short a reply to cross a batch");
+            for (when, v) in [("streamed", &streamed), ("stored", &stored)] {
+                let counts = drawn(v);
+                anyhow::ensure!(counts.iter().all(|&c| c <= 32), "a group holds more than 32 blocks: {counts:?}");
+                anyhow::ensure!(!counts.is_empty() && counts.len() < total / 2, "{when}: {} of {total} groups drawn", counts.len());
+            }
+            // Scrolled to its start, the reply's first group is drawn again, as it was.
+            h.tab(a).js("document.querySelector('#messages article.assistant .md-group').scrollIntoView()").await?;
+            h.tab(a)
+                .wait(
+                    "the first group drawn again",
+                    "const g = document.querySelector('#messages article.assistant .md-group'); \
+                     return !g.classList.contains('unloaded') && g.querySelectorAll(':scope > .md-block').length === 32",
+                )
+                .await?;
+            let again = h.tab(a).js(groups).await?;
+            anyhow::ensure!(words(&again) == words(&stored), "the words changed as groups were drawn again");
             Ok(())
         })
         .await;

@@ -255,6 +255,24 @@ async fn long_replies_stream_without_blocking_the_page() {
                 f.last_ms
             );
         }
+        // Reopening the chat (a reload): the stored replies are drawn at once.
+        h.tab(a).driver.refresh().await?;
+        h.tab(a).element("#messages article.assistant .md-block").await?;
+        h.tab(a).wait("the chat to open", "return !!document.querySelector('#composer')").await?;
+        // Long tasks are reported after they end.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let opened = h
+            .tab(a)
+            .js("const t = window.__bench.longtasks.map(l => l[1]); \
+                 return [t.length, Math.max(0, ...t), t.reduce((a, b) => a + b, 0), document.getElementsByTagName('*').length]")
+            .await?;
+        println!(
+            "reopened: {} long tasks, longest {:.0} ms, {:.0} ms in all; {} elements",
+            opened[0],
+            opened[1].as_f64().unwrap_or(f64::NAN),
+            opened[2].as_f64().unwrap_or(f64::NAN),
+            opened[3]
+        );
         Ok(())
     })
     .await;
