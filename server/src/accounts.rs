@@ -39,6 +39,10 @@ pub enum CreateAdminError {
     /// The database failed while creating the account.
     #[error(transparent)]
     Store(StoreError),
+    /// The account was stored but the database did not close cleanly (the next start
+    /// replays its log).
+    #[error("the account was created, but the database did not close cleanly: {0}")]
+    Close(StoreError),
 }
 
 impl CreateAdminError {
@@ -51,15 +55,37 @@ impl CreateAdminError {
 
 /// Creates the account `username`, listed in `CHAT_ADMIN_USERS`, with `password`, in the
 /// configured database. With the embedded database, run it while the server is stopped.
-pub async fn create_admin(config: &Config, username: &str, password: String) -> Result<(), CreateAdminError> {
+///
+/// The database is closed before this returns (the embedded one writes its memtables and
+/// closes its log, so the server's next start has nothing to replay), and its closed
+/// handle is handed back with the outcome: the caller keeps it until the process exits,
+/// since the embedded engine shuts its datastore down again, logging errors about the
+/// closed store, when its last handle is dropped.
+pub async fn create_admin(
+    config: &Config,
+    username: &str,
+    password: String,
+) -> (Result<(), CreateAdminError>, Option<Store>) {
     if !config.admin_users.iter().any(|a| a == username) {
-        return Err(CreateAdminError::NotListed(username.to_string()));
+        return (Err(CreateAdminError::NotListed(username.to_string())), None);
     }
-    auth::validate_username(username).map_err(CreateAdminError::Rule)?;
-    auth::validate_password(&password).map_err(CreateAdminError::Rule)?;
-    let store = Store::connect(&config.store_config())
-        .await
-        .map_err(|source| CreateAdminError::Database { url: redact_url(&config.database_url), source })?;
+    let rules = auth::validate_username(username).and_then(|()| auth::validate_password(&password));
+    if let Err(rule) = rules {
+        return (Err(CreateAdminError::Rule(rule)), None);
+    }
+    let store = match Store::connect(&config.store_config()).await {
+        Ok(store) => store,
+        Err(source) => {
+            return (Err(CreateAdminError::Database { url: redact_url(&config.database_url), source }), None);
+        }
+    };
+    let created = create(&store, username, password).await;
+    let closed = store.close().await.map_err(CreateAdminError::Close);
+    (created.and(closed), Some(store))
+}
+
+/// Stores the admin account in an open database.
+async fn create(store: &Store, username: &str, password: String) -> Result<(), CreateAdminError> {
     let hash = PasswordHashing::new(1, 0).hash(password).await.map_err(CreateAdminError::Hashing)?;
     match store.create_user(username, &hash, UserRole::Admin).await {
         Ok(_) => Ok(()),

@@ -65,7 +65,7 @@ async fn serve() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => {}
-        ["create-admin", name] => std::process::exit(create_admin(&config, name).await),
+        ["create-admin", name] => create_admin(&config, name).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -113,18 +113,20 @@ const USAGE: &str = "usage: relay-server                     serve (configured b
                                          with the password read from stdin";
 
 /// `relay-server create-admin <name>`: creates the admin account, its password read from
-/// the first line of stdin (not echoed on a terminal). Returns the exit code: 0 when
-/// created, 2 for a usage error (a name not listed in `CHAT_ADMIN_USERS`, a name or
-/// password breaking the rules), 1 when the database fails or the account exists already.
-async fn create_admin(config: &Config, name: &str) -> i32 {
+/// the first line of stdin (not echoed on a terminal), and exits: 0 when created, 2 for a
+/// usage error (a name not listed in `CHAT_ADMIN_USERS`, a name or password breaking the
+/// rules), 1 when the database fails or the account exists already.
+async fn create_admin(config: &Config, name: &str) -> ! {
     let password = match read_password() {
         Ok(password) => password,
         Err(e) => {
             eprintln!("relay-server: create-admin: cannot read the password from stdin: {e}");
-            return 2;
+            std::process::exit(2);
         }
     };
-    match relay_server::accounts::create_admin(config, name, password).await {
+    // The closed database's handle is held until the exit (see `accounts::create_admin`).
+    let (created, _closed_store) = relay_server::accounts::create_admin(config, name, password).await;
+    let code = match created {
         Ok(()) => {
             eprintln!("relay-server: created the admin account {name:?}");
             0
@@ -133,7 +135,8 @@ async fn create_admin(config: &Config, name: &str) -> i32 {
             eprintln!("relay-server: create-admin: {}", config.redact(&e.to_string()));
             if e.is_usage() { 2 } else { 1 }
         }
-    }
+    };
+    std::process::exit(code)
 }
 
 /// The first line of stdin, without its line ending; on a terminal, asked for and read

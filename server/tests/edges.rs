@@ -260,8 +260,9 @@ async fn a_second_redis_outage_counts_the_quota_from_the_database() {
 
 /// A name in `CHAT_ADMIN_USERS` cannot be registered over the API, whether or not it
 /// exists: the answer is the one a taken name gets, so it tells nothing more. The operator
-/// creates the account with `relay-server create-admin <name>` (password on stdin), and it
-/// logs in as an admin.
+/// creates the account with `relay-server create-admin <name>` (password on stdin), which
+/// closes the database (the server's next start has no log to replay), and it logs in as
+/// an admin.
 #[tokio::test]
 async fn admin_names_are_created_by_the_operator_not_by_whoever_registers_first() {
     let server = TestServer::with(&[("CHAT_ADMIN_USERS", "boss")]).await;
@@ -287,10 +288,15 @@ async fn admin_names_are_created_by_the_operator_not_by_whoever_registers_first(
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
     let out = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.contains("a-strong-password"), "the password is not echoed: {out}");
+    assert!(!out.contains("ERROR"), "the database closed quietly: {out}");
 
     let http = reqwest::Client::new();
-    let node = Process::start_with(dir.path(), &admins, std::process::Stdio::inherit());
+    let log = dir.path().join("node.log");
+    let vars = [admins[0], ("RUST_LOG", "warn,surrealkv::wal::recovery=info")];
+    let node = Process::start_with(dir.path(), &vars, std::fs::File::create(&log).unwrap().into());
     node.ready(&http).await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("WAL recovery complete: 0 batches"), "create-admin closed the database: {log}");
     let login = node.login(&http, "boss", "a-strong-password").await;
     assert_eq!(login.status(), 200);
     let login: relay_protocol::AuthResponse = login.json().await.unwrap();
