@@ -1344,9 +1344,10 @@ async fn models_instructions_ratings_and_saved_prompts_in_a_chat() {
 }
 
 /// A reply too long for one batch of groups (over a thousand blocks) shows every block once
-/// and in order while it streams in: the same words as the stored reply drawn at once after
-/// a reload. Its groups far off screen are unloaded to their words (so find-in-page still
-/// finds them) and drawn again when scrolled to.
+/// and in order while it streams in: the same blocks, cut the same, with the same words, as
+/// the stored reply drawn at once after a reload. Its groups far off screen are unloaded to
+/// their words (find-in-page still finds them), are drawn again when scrolled to, and all
+/// before the page is printed; the reopened chat is at its end.
 #[tokio::test]
 async fn a_long_reply_shows_every_block_once_in_order() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -1358,30 +1359,43 @@ async fn a_long_reply_shows_every_block_once_in_order() {
             h.tab(a).send("A long one [[mock demo tokens=40000 tps=4000]]").await?;
             h.tab(a).element("#streaming").await?;
             h.tab(a).wait("the reply to end", "return !document.querySelector('#streaming')").await?;
-            // Each group as its words without spaces (a drawn group's code bars left out),
-            // and how many blocks it draws (null when unloaded).
+            // Each group as its words without spaces (a drawn group's code bars left out), how
+            // many blocks it holds, and whether they are drawn.
             let groups = "const r = [...document.querySelectorAll('#messages article.assistant')].pop(); \
                           return [...r.querySelectorAll('.md-group')].map(g => { \
                             const c = g.cloneNode(true); c.querySelectorAll('.code-bar').forEach(b => b.remove()); \
-                            return [c.textContent.replace(/\\s+/g, ''), \
-                                    g.classList.contains('unloaded') ? null : g.querySelectorAll(':scope > .md-block').length]; })";
+                            const drawn = !g.classList.contains('unloaded'); \
+                            const blocks = drawn ? g.querySelectorAll(':scope > .md-block').length : Number(g.dataset.blocks); \
+                            return [c.textContent.replace(/\\s+/g, ''), blocks, drawn]; })";
             let streamed = h.tab(a).js(groups).await?;
+            let total = streamed.as_array().map(Vec::len).unwrap_or_default();
             h.tab(a).driver.refresh().await?;
-            h.tab(a).element("#messages article.assistant .md-block").await?;
-            h.tab(a).wait("far groups unloaded after the reload", "return !!document.querySelector('.md-group.unloaded')").await?;
+            h.tab(a)
+                .wait(
+                    "the stored reply's groups",
+                    &format!("return document.querySelectorAll('#messages article.assistant .md-group').length === {total}"),
+                )
+                .await?;
+            // The groups near the end are drawn as the page is laid out; the list stays at its end.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let at_end = "const l = document.querySelector('#messages'); return l.scrollTop + l.clientHeight >= l.scrollHeight - 2";
+            anyhow::ensure!(h.tab(a).js(at_end).await? == json!(true), "the reopened chat is not at its end");
             let stored = h.tab(a).js(groups).await?;
-            let words = |v: &Value| -> Vec<String> {
-                v.as_array().into_iter().flatten().map(|g| g[0].as_str().unwrap_or_default().to_owned()).collect()
+            let cut = |v: &Value| -> Vec<(String, u64)> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| (g[0].as_str().unwrap_or_default().to_owned(), g[1].as_u64().unwrap_or_default()))
+                    .collect()
             };
-            let drawn = |v: &Value| -> Vec<u64> { v.as_array().into_iter().flatten().filter_map(|g| g[1].as_u64()).collect() };
-            let total = words(&streamed).len();
-            println!("{total} groups; drawn {:?} streamed, {:?} stored", drawn(&streamed), drawn(&stored));
-            anyhow::ensure!(words(&streamed) == words(&stored), "the streamed words differ from the stored reply's");
+            let drawn = |v: &Value| v.as_array().into_iter().flatten().filter(|g| g[2] == json!(true)).count();
+            println!("{total} groups; drawn {} streamed, {} stored", drawn(&streamed), drawn(&stored));
+            anyhow::ensure!(cut(&streamed) == cut(&stored), "the streamed blocks differ from the stored reply's");
             anyhow::ensure!(total > 32, "{total} groups: too short a reply to cross a batch");
+            let counts: Vec<u64> = cut(&stored).into_iter().map(|(_, n)| n).collect();
+            anyhow::ensure!(counts.iter().all(|&c| (1..=32).contains(&c)), "groups of 1 to 32 blocks: {counts:?}");
             for (when, v) in [("streamed", &streamed), ("stored", &stored)] {
-                let counts = drawn(v);
-                anyhow::ensure!(counts.iter().all(|&c| c <= 32), "a group holds more than 32 blocks: {counts:?}");
-                anyhow::ensure!(!counts.is_empty() && counts.len() < total / 2, "{when}: {} of {total} groups drawn", counts.len());
+                anyhow::ensure!((1..total / 2).contains(&drawn(v)), "{when}: {} of {total} groups drawn", drawn(v));
             }
             // Scrolled to its start, the reply's first group is drawn again, as it was.
             h.tab(a).js("document.querySelector('#messages article.assistant .md-group').scrollIntoView()").await?;
@@ -1393,7 +1407,12 @@ async fn a_long_reply_shows_every_block_once_in_order() {
                 )
                 .await?;
             let again = h.tab(a).js(groups).await?;
-            anyhow::ensure!(words(&again) == words(&stored), "the words changed as groups were drawn again");
+            anyhow::ensure!(cut(&again) == cut(&stored), "the blocks changed as groups were drawn again");
+            // Before the page is printed, every group is drawn.
+            h.tab(a).js("window.dispatchEvent(new Event('beforeprint'))").await?;
+            h.tab(a).wait("every group drawn to print", "return !document.querySelector('.md-group.unloaded')").await?;
+            let printed = h.tab(a).js(groups).await?;
+            anyhow::ensure!(cut(&printed) == cut(&stored), "the blocks changed as the reply was drawn to print");
             Ok(())
         })
         .await;

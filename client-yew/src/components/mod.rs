@@ -12,6 +12,7 @@ pub mod load_more;
 pub mod login;
 pub mod message;
 pub mod prompt_picker;
+pub mod reply_body;
 pub mod search;
 pub mod share_menu;
 pub mod shared_page;
