@@ -35,10 +35,23 @@ pub fn reply_body(props: &BodyProps) -> Html {
     let open = Rc::<str>::from(blocks.open(text));
     drop(blocks);
     let unload_far = finished >= UNLOAD_FROM_BLOCKS;
-    // A long reply shown whole at once (a stored one, or a tab joining late) draws only its
-    // last groups at first: the list opens at its end, and the groups that come within two
-    // screens of the view are drawn as soon as the page is laid out.
-    let unloaded_before = *use_state(|| if unload_far { finished.saturating_sub(2 * BLOCKS_PER_GROUP) } else { 0 });
+    // A long reply shown whole at once (a stored one, a tab joining late, a text cut
+    // afresh) draws only its last groups at first: the list opens at its end, and the
+    // groups that come within two screens of the view are drawn as soon as the page is
+    // laid out. Decided at each cut's first render: a reply streaming in has no finished
+    // block then.
+    let first_render = use_mut_ref(|| None::<(u64, usize)>);
+    let unloaded_before = match *first_render.borrow() {
+        Some((cut, before)) if cut == generation => before,
+        _ => {
+            if unload_far {
+                finished.saturating_sub(2 * BLOCKS_PER_GROUP)
+            } else {
+                0
+            }
+        }
+    };
+    *first_render.borrow_mut() = Some((generation, unloaded_before));
     // Finished blocks go in groups, so the page's layout deals with a few dozen boxes, not
     // thousands, and a group off screen is skipped whole; groups go in batches, so a piece
     // of a long reply costs this render a few batches, not every group. Every child keyed,
