@@ -39,8 +39,9 @@ pub enum CreateAdminError {
     /// The database failed while creating the account.
     #[error(transparent)]
     Store(StoreError),
-    /// The account was stored but the database did not close cleanly (the next start
-    /// replays its log).
+    /// The account was stored but closing the database failed or took over
+    /// `CLOSE_GRACE` (the next start replays its log). SurrealKV logs most failures of
+    /// its own close rather than returning them, so this is rare.
     #[error("the account was created, but the database did not close cleanly: {0}")]
     Close(StoreError),
 }
@@ -80,7 +81,13 @@ pub async fn create_admin(
         }
     };
     let created = create(&store, username, password).await;
-    let closed = store.close().await.map_err(CreateAdminError::Close);
+    let closed = match tokio::time::timeout(crate::app::CLOSE_GRACE, store.close()).await {
+        Ok(closed) => closed.map_err(CreateAdminError::Close),
+        Err(_) => Err(CreateAdminError::Close(StoreError::Timeout)),
+    };
+    if let (Err(_), Err(close)) = (&created, &closed) {
+        tracing::warn!(error = %close, "the database did not close cleanly either");
+    }
     (created.and(closed), Some(store))
 }
 

@@ -283,7 +283,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// How long shutdown waits for the retention loop to stop, then for the database to close
 /// (its memtables written to disk).
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
