@@ -81,10 +81,7 @@ pub async fn create_admin(
         }
     };
     let created = create(&store, username, password).await;
-    let closed = match tokio::time::timeout(crate::app::CLOSE_GRACE, store.close()).await {
-        Ok(closed) => closed.map_err(CreateAdminError::Close),
-        Err(_) => Err(CreateAdminError::Close(StoreError::Timeout)),
-    };
+    let closed = store.close_within(crate::app::CLOSE_GRACE).await.map_err(CreateAdminError::Close);
     if let (Err(_), Err(close)) = (&created, &closed) {
         tracing::warn!(error = %close, "the database did not close cleanly either");
     }

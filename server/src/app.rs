@@ -22,7 +22,7 @@ use crate::retention::Retention;
 use crate::session::{SessionDeps, SessionRegistry, SessionSettings};
 use crate::share::viewers::Viewers;
 use crate::state::AppState;
-use crate::store::{Store, WriteBehind};
+use crate::store::{Store, StoreError, WriteBehind};
 use relay_mock_llm::MockLlm;
 
 /// A running server.
@@ -263,10 +263,10 @@ impl Server {
         let _ = tokio::time::timeout(CLOSE_GRACE, self.retention).await;
         // Last. Whatever still writes after a grace above ran out is refused from here; a
         // close cut short only leaves the next start a log to replay.
-        match tokio::time::timeout(CLOSE_GRACE, self.state.store.close()).await {
-            Ok(Ok(())) => tracing::info!("database closed"),
-            Ok(Err(error)) => tracing::error!(%error, "the database did not close"),
-            Err(_) => tracing::error!("the database did not close within {CLOSE_GRACE:?}"),
+        match self.state.store.close_within(CLOSE_GRACE).await {
+            Ok(()) => tracing::info!("database closed"),
+            Err(StoreError::Timeout) => tracing::error!("the database did not close within {CLOSE_GRACE:?}"),
+            Err(error) => tracing::error!(%error, "the database did not close"),
         }
         if let Some(mock) = &self.mock {
             mock.shutdown();

@@ -308,6 +308,12 @@ impl Store {
         self.on_engine(async move { db.close().await }).await
     }
 
+    /// [`Store::close`], given up after `grace` as [`StoreError::Timeout`] (a close cut
+    /// short only leaves the next start a log to replay).
+    pub async fn close_within(&self, grace: std::time::Duration) -> Result<(), StoreError> {
+        tokio::time::timeout(grace, self.close()).await.unwrap_or(Err(StoreError::Timeout))
+    }
+
     /// Runs a query future within the query timeout: a database that does not answer (a
     /// paused or partitioned server) makes a request fail instead of hang.
     async fn timed<T>(&self, query: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
